@@ -1,0 +1,1 @@
+"""Export: PyTorch CROME model -> ONNX / TensorRT deployment bundle."""

@@ -1,0 +1,73 @@
+"""Names and versions of every artifact crome-edge writes: adapter files, bundles, ONNX graphs.
+
+One module so that the trainer, the exporter, the runtime and the tests agree by construction
+(llama.cpp keeps its GGUF keys in one header for the same reason). Torch-free: the runtime imports it.
+"""
+
+# --- Adapter file (*.safetensors) -------------------------------------------------------------
+ADAPTER_FORMAT = "crome-adapter"
+ADAPTER_FORMAT_VERSION = 1
+
+# The five tensors of DESIGN.md §2: per-modality down (Wd) and gate (Wg) projections, shared up (Wu).
+ADAPTER_TENSORS = ("visual.down", "visual.gate", "text.down", "text.gate", "up")
+
+# String metadata keys (safetensors metadata is str -> str; structured values are JSON strings).
+META_FORMAT = "format"
+META_FORMAT_VERSION = "format_version"
+META_ADAPTER_CONFIG = "adapter_config"  # JSON: {"d_model": int, "rank": int}
+META_BACKBONE_NAME = "backbone_name"
+META_BACKBONE_FINGERPRINT = "backbone_fingerprint"
+META_PROMPT_TEMPLATE = "prompt_template"  # JSON: PromptTemplate fields
+META_TRAINING = "training"  # JSON: free-form training summary
+META_TRAIN_DATA = "train_data"  # path of the training dataset (JSONL), for calibration at export
+
+# --- Bundle directory ---------------------------------------------------------------------------
+BUNDLE_FORMAT = "crome-bundle"
+BUNDLE_FORMAT_VERSION = 1
+
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.json"
+TOKENIZER_FILE = "tokenizer.json"
+EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the frozen LLM
+VISION_ONNX = "vision.onnx"
+ADAPTER_ONNX = "adapter.onnx"
+DECODER_ONNX = "decoder.onnx"
+ENGINES_DIR = "engines"  # TensorRT engines, built on the target by `crome-edge build-engines`
+
+# --- ONNX graph input/output names ----------------------------------------------------------------
+# vision.onnx: image (+ instruction when the Q-Former is instruction-aware) -> projected query embeddings
+IN_PIXEL_VALUES = "pixel_values"  # (B, 3, H, W) float32, normalised
+IN_INSTRUCTION_IDS = "qformer_input_ids"  # (B, L) int64
+IN_INSTRUCTION_MASK = "qformer_attention_mask"  # (B, L) int64
+OUT_VISUAL_EMBEDS = "visual_embeds"  # (B, Nq, d)
+
+# adapter.onnx: one branch per modality, fused gated projection
+IN_ADAPTER_X = "x"  # (B, N, d)
+OUT_ADAPTER_Y = "y"  # (B, N, d)
+
+# decoder.onnx: LLM over inputs_embeds with a KV cache
+IN_INPUTS_EMBEDS = "inputs_embeds"  # (B, S, d)
+IN_ATTENTION_MASK = "attention_mask"  # (B, P + S) int64
+IN_POSITION_IDS = "position_ids"  # (B, S) int64
+OUT_LOGITS = "logits"  # (B, S, vocab)
+
+
+def past_key_name(layer: int) -> str:
+    return f"past_key_values.{layer}.key"  # (B, kv_heads, P, head_dim)
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:
+    return f"present.{layer}.key"  # (B, kv_heads, P + S, head_dim)
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+# Custom ONNX domain of the fused gated projection function (export/ writes it, TensorRT plugins match it).
+CROME_ONNX_DOMAIN = "ai.crome"
+FUSED_GATED_PROJECTION_OP = "FusedGatedProjection"
