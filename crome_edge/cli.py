@@ -1,0 +1,42 @@
+"""`crome-edge` command line: a thin dispatcher over one module per command.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int` and must be cheap to import
+(no torch at module level), so that `crome-edge run`/`serve` work on a torch-free device.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from crome_edge.errors import CromeError
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crome-edge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except CromeError as error:
+        print(f"crome-edge {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"crome-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
