@@ -28,6 +28,7 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 TOKENIZER_FILE = "tokenizer.json"
+QFORMER_TOKENIZER_FILE = "qformer_tokenizer.json"  # instruction-aware Q-Formers only
 EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the frozen LLM
 VISION_ONNX = "vision.onnx"
 ADAPTER_ONNX = "adapter.onnx"

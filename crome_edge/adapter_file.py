@@ -1,0 +1,149 @@
+"""Adapter files: the five CROME tensors + metadata in one `.safetensors` (DESIGN.md §4).
+
+`save_adapter` writes atomically (temp file + rename). `load_adapter` checks format, version, tensor
+names, shapes, dtype, finiteness and — given a backbone — its fingerprint, and says how to fix a mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.errors import CromeError
+from crome_runtime import formats
+from crome_runtime.prompt import PromptTemplate
+
+
+class AdapterFileError(CromeError):
+    pass
+
+
+@dataclass
+class AdapterMetadata:
+    config: AdapterConfig
+    backbone_name: str
+    backbone_fingerprint: str
+    prompt: PromptTemplate
+    training: dict = field(default_factory=dict)
+    train_data: str = ""  # dataset the adapter was trained on (calibration frames for export)
+    format_version: int = formats.ADAPTER_FORMAT_VERSION
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            formats.META_FORMAT: formats.ADAPTER_FORMAT,
+            formats.META_FORMAT_VERSION: str(self.format_version),
+            formats.META_ADAPTER_CONFIG: self.config.to_json(),
+            formats.META_BACKBONE_NAME: self.backbone_name,
+            formats.META_BACKBONE_FINGERPRINT: self.backbone_fingerprint,
+            formats.META_PROMPT_TEMPLATE: self.prompt.to_json(),
+            formats.META_TRAINING: json.dumps(self.training, sort_keys=True),
+            formats.META_TRAIN_DATA: self.train_data,
+        }
+
+
+def adapter_tensors(adapter: CromeAdapter) -> dict[str, torch.Tensor]:
+    return {
+        "visual.down": adapter.down["visual"], "visual.gate": adapter.gate["visual"],
+        "text.down": adapter.down["text"], "text.gate": adapter.gate["text"], "up": adapter.up,
+    }
+
+
+def save_adapter(path: Path, adapter: CromeAdapter, metadata: AdapterMetadata) -> None:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise AdapterFileError(f"cannot write {path}: directory {path.parent} does not exist (create it first)")
+    tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in adapter_tensors(adapter).items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata.to_strings())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: Path) -> AdapterMetadata:
+    """Reads and validates the header only (cheap; no tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"adapter file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(
+            f"{path} is not a readable safetensors file ({error}); is it truncated or a different format?"
+        ) from None
+    if raw.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
+        raise AdapterFileError(f"{path} is a safetensors file but not a crome-edge adapter (no '{formats.META_FORMAT}' metadata)")
+    version = int(raw.get(formats.META_FORMAT_VERSION, "0"))
+    if version > formats.ADAPTER_FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{path} has adapter format version {version}; this crome-edge reads up to "
+            f"{formats.ADAPTER_FORMAT_VERSION}. Upgrade crome-edge."
+        )
+    try:
+        return AdapterMetadata(
+            config=AdapterConfig.from_json(raw[formats.META_ADAPTER_CONFIG]),
+            backbone_name=raw[formats.META_BACKBONE_NAME],
+            backbone_fingerprint=raw[formats.META_BACKBONE_FINGERPRINT],
+            prompt=PromptTemplate.from_json(raw[formats.META_PROMPT_TEMPLATE]),
+            training=json.loads(raw.get(formats.META_TRAINING, "{}")),
+            train_data=raw.get(formats.META_TRAIN_DATA, ""),
+            format_version=version,
+        )
+    except (KeyError, ValueError, TypeError) as error:
+        raise AdapterFileError(f"{path}: adapter metadata is incomplete or malformed ({error!r})") from None
+
+
+def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetadata]:
+    """Loads and validates an adapter; with `backbone`, also checks it was trained for that backbone."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if backbone is not None:
+        check_backbone_match(meta, backbone, path)
+    d, r = meta.config.d_model, meta.config.rank
+    expected = {"visual.down": (d, r), "visual.gate": (d, r), "text.down": (d, r), "text.gate": (d, r), "up": (r, d)}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if names != set(expected):
+                raise AdapterFileError(
+                    f"{path}: tensors {sorted(names)} do not match the CROME adapter's {sorted(expected)}"
+                )
+            tensors = {name: f.get_tensor(name) for name in expected}
+    except (SafetensorError, OSError) as error:
+        raise AdapterFileError(f"{path}: cannot read tensors ({error}); the file may be truncated") from None
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise AdapterFileError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, expected {expected[name]} for d={d}, r={r}"
+            )
+        if not tensor.is_floating_point():
+            raise AdapterFileError(f"{path}: tensor {name} has dtype {tensor.dtype}; adapters are floating point")
+        if not torch.isfinite(tensor).all():
+            raise AdapterFileError(f"{path}: tensor {name} contains NaN or Inf; the training run diverged — retrain")
+    adapter = CromeAdapter(meta.config)
+    with torch.no_grad():
+        for name, param in adapter_tensors(adapter).items():
+            param.copy_(tensors[name].to(torch.float32))
+    return adapter, meta
+
+
+def check_backbone_match(meta: AdapterMetadata, backbone, path: Path) -> None:
+    info = backbone.info
+    if meta.config.d_model != info.d_model or meta.backbone_fingerprint != backbone.fingerprint():
+        raise AdapterFileError(
+            f"adapter {path.name} was trained for backbone {meta.backbone_name} "
+            f"(d={meta.config.d_model}, fingerprint {meta.backbone_fingerprint[:12]}…); this backbone is "
+            f"{backbone.short_description()}. Re-train the adapter on this backbone or pass "
+            f"--backbone {meta.backbone_name}"
+        )

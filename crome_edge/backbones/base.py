@@ -1,0 +1,162 @@
+"""CromeBackbone: the frozen multimodal LLM the adapter sits on, whatever checkpoint it came from.
+
+Holds the parts in one shape for every source (HF BLIP-2/InstructBLIP, `tiny`, `smol`):
+vision tower (pixels -> patch features), learned query tokens, Q-Former, projection to the LLM width,
+and the decoder LLM with its tokenizer. It is not the adapter and not the training loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from crome_runtime.prompt import PromptTemplate
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class BackboneInfo:
+    name: str
+    architecture: str  # "instructblip" | "blip2" | "smol"
+    d_model: int  # LLM width d
+    num_query_tokens: int  # Nq
+    image_size: int
+    instruction_aware: bool  # InstructBLIP-style Q-Former that also reads the question
+    prompt: PromptTemplate = field(default_factory=PromptTemplate)
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_instruction_tokens: int = 64
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["prompt"] = self.prompt.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BackboneInfo":
+        data = dict(data)
+        data["prompt"] = PromptTemplate.from_dict(data["prompt"])
+        data["image_mean"] = tuple(data["image_mean"])
+        data["image_std"] = tuple(data["image_std"])
+        return cls(**data)
+
+
+class CromeBackbone(nn.Module):
+    def __init__(
+        self,
+        info: BackboneInfo,
+        parts: "BackboneParts",
+        llm_tokenizer: Tokenizer,
+        qformer_tokenizer: Tokenizer | None = None,
+    ):
+        super().__init__()
+        self.info = info
+        self.vision = parts.vision
+        self.query_tokens = parts.query_tokens
+        self.qformer = parts.qformer
+        self.projection = parts.projection
+        self.llm = parts.llm
+        self.llm_tokenizer = llm_tokenizer
+        self.qformer_tokenizer = qformer_tokenizer
+        self._fingerprint: str | None = None
+        self.freeze()
+
+    # --- freezing -------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Everything frozen and in eval mode; a training stage unfreezes exactly what it trains."""
+        self.requires_grad_(False)
+        self.eval()
+
+    # --- forward pieces -------------------------------------------------------------------------
+    def encode_image(
+        self,
+        pixel_values: torch.Tensor,  # (B, 3, H, W)
+        qformer_input_ids: torch.Tensor | None = None,  # (B, L)
+        qformer_attention_mask: torch.Tensor | None = None,  # (B, L)
+    ) -> torch.Tensor:
+        """Frozen visual path -> projected query embeddings V: (B, Nq, d)."""
+        features = self.vision(pixel_values)
+        if not isinstance(features, torch.Tensor):  # HF vision models return a ModelOutput
+            features = features.last_hidden_state  # (B, Np, Dv)
+        batch = features.shape[0]
+        queries = self.query_tokens.expand(batch, -1, -1)  # (B, Nq, Dq)
+        image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+        if self.info.instruction_aware:
+            if qformer_input_ids is None:
+                raise ValueError("this backbone's Q-Former reads the instruction: pass qformer_input_ids")
+            if qformer_attention_mask is None:
+                qformer_attention_mask = torch.ones_like(qformer_input_ids)
+            query_mask = torch.ones(queries.shape[:2], dtype=torch.long, device=features.device)
+            out = self.qformer(
+                input_ids=qformer_input_ids,
+                attention_mask=torch.cat([query_mask, qformer_attention_mask], dim=1),
+                query_embeds=queries,
+                encoder_hidden_states=features,
+                encoder_attention_mask=image_mask,
+                return_dict=True,
+            )
+        else:
+            out = self.qformer(
+                query_embeds=queries,
+                encoder_hidden_states=features,
+                encoder_attention_mask=image_mask,
+                return_dict=True,
+            )
+        query_output = out.last_hidden_state[:, : queries.shape[1]]  # (B, Nq, Dq)
+        return self.projection(query_output)  # (B, Nq, d)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (B, N, d) through the frozen LLM's input-embedding table."""
+        return self.llm.get_input_embeddings()(input_ids)
+
+    # --- tokenisation ---------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm_tokenizer.encode(text, add_special_tokens=self.info.prompt.add_special_tokens).ids
+
+    def tokenize_instruction(self, question: str) -> list[int]:
+        """Ids for an instruction-aware Q-Former (its own tokenizer), truncated to its budget."""
+        assert self.qformer_tokenizer is not None
+        ids = self.qformer_tokenizer.encode(question).ids
+        return ids[: self.info.max_instruction_tokens]
+
+    def stop_token_ids(self) -> set[int]:
+        ids = {self.llm_tokenizer.token_to_id(t) for t in self.info.prompt.stop_tokens}
+        ids.discard(None)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm_tokenizer.decode(ids, skip_special_tokens=True)
+
+    # --- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 over every frozen tensor's name, shape, dtype and bytes (computed once per object)."""
+        if self._fingerprint is None:
+            self._fingerprint = tensor_fingerprint(self.state_dict())
+        return self._fingerprint
+
+    def short_description(self) -> str:
+        return f"{self.info.name} (d={self.info.d_model}, fingerprint {self.fingerprint()[:12]}…)"
+
+
+@dataclass
+class BackboneParts:
+    vision: nn.Module
+    query_tokens: nn.Parameter  # (1, Nq, Dq)
+    qformer: nn.Module
+    projection: nn.Module
+    llm: nn.Module  # a Hugging Face decoder-only CausalLM
+
+
+def tensor_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(json.dumps([name, list(tensor.shape), str(tensor.dtype)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

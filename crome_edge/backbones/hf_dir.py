@@ -1,0 +1,114 @@
+"""Load a local Hugging Face BLIP-2 / InstructBLIP directory (decoder-only LLM) as a CromeBackbone."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, CromeBackbone
+from crome_edge.backbones.tiny import from_instructblip_model
+from crome_edge.errors import CromeError
+from crome_runtime.prompt import PromptTemplate
+
+SUPPORTED_ARCHITECTURES = ("blip-2", "instructblip")
+DECODER_ONLY_LLMS = ("llama", "opt", "mistral", "qwen2")
+
+
+def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbone:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise CromeError(f"{path} is not a Hugging Face model directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise CromeError(
+            f"{path}: unsupported architecture {model_type!r}; crome-edge loads BLIP-2 and InstructBLIP "
+            f"checkpoints ({', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    llm_type = config.get("text_config", {}).get("model_type", "opt")
+    if llm_type not in DECODER_ONLY_LLMS:
+        raise CromeError(
+            f"{path}: the LLM is {llm_type!r}, an encoder-decoder or unsupported model; crome-edge supports "
+            f"decoder-only LLMs ({', '.join(DECODER_ONLY_LLMS)}). Use e.g. a BLIP-2 OPT or InstructBLIP "
+            "Vicuna checkpoint instead of a Flan-T5 one."
+        )
+    llm_tokenizer = _load_tokenizer(path / "tokenizer.json")
+    qformer_tokenizer = None
+    if model_type == "instructblip":
+        qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
+    if model_type == "instructblip":
+        from transformers import InstructBlipForConditionalGeneration as Model
+    else:
+        from transformers import Blip2ForConditionalGeneration as Model
+    model = Model.from_pretrained(path, dtype=torch.float32)
+    mean, std = _image_normalisation(path)
+    prompt = prompt or _default_prompt(model.config.text_config, llm_tokenizer)
+    return from_instructblip_model(
+        model, llm_tokenizer, qformer_tokenizer, name=path.name, prompt=prompt, image_mean=mean, image_std=std
+    )
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise CromeError(
+            f"missing {path}: crome-edge needs the fast tokenizer file; save it with "
+            "AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
+        )
+    return Tokenizer.from_file(str(path))
+
+
+def _image_normalisation(path: Path) -> tuple[tuple, tuple]:
+    preprocessor = path / "preprocessor_config.json"
+    if preprocessor.is_file():
+        data = json.loads(preprocessor.read_text())
+        return tuple(data.get("image_mean", CLIP_MEAN)), tuple(data.get("image_std", CLIP_STD))
+    return CLIP_MEAN, CLIP_STD
+
+
+def _default_prompt(text_config, tokenizer: Tokenizer) -> PromptTemplate:
+    eos_id = text_config.eos_token_id
+    eos = tokenizer.id_to_token(eos_id) if isinstance(eos_id, int) else None
+    stops = (eos,) if eos else ()
+    return PromptTemplate(text="Question: {question} Answer:", answer_suffix=eos or "", stop_tokens=stops)
+
+
+def save_hf_dir(backbone: CromeBackbone, path: Path) -> None:
+    """Writes an HF-style backbone (tiny or loaded) back out as a directory `load_hf_dir` reads."""
+    from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
+
+    info = backbone.info
+    if info.architecture not in ("instructblip", "blip2"):
+        raise CromeError(f"only HF-architecture backbones can be saved as a HF directory, not {info.architecture}")
+    raise_if_exists = path.exists() and any(path.iterdir())
+    if raise_if_exists:
+        raise CromeError(f"{path} exists and is not empty")
+    Model = InstructBlipForConditionalGeneration if info.instruction_aware else Blip2ForConditionalGeneration
+    config = _rebuild_config(backbone)
+    model = Model(config)
+    model.vision_model.load_state_dict(backbone.vision.state_dict())
+    model.qformer.load_state_dict(backbone.qformer.state_dict())
+    model.language_projection.load_state_dict(backbone.projection.state_dict())
+    model.language_model.load_state_dict(backbone.llm.state_dict())
+    model.query_tokens.data.copy_(backbone.query_tokens.data)
+    model.save_pretrained(path)
+    backbone.llm_tokenizer.save(str(path / "tokenizer.json"))
+    if backbone.qformer_tokenizer is not None:
+        (path / "qformer_tokenizer").mkdir()
+        backbone.qformer_tokenizer.save(str(path / "qformer_tokenizer" / "tokenizer.json"))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": list(info.image_mean), "image_std": list(info.image_std)})
+    )
+
+
+def _rebuild_config(backbone: CromeBackbone):
+    from transformers import Blip2Config, InstructBlipConfig
+
+    Config = InstructBlipConfig if backbone.info.instruction_aware else Blip2Config
+    return Config(
+        vision_config=backbone.vision.config.to_dict(),
+        qformer_config=backbone.qformer.config.to_dict(),
+        text_config=backbone.llm.config.to_dict(),
+        num_query_tokens=backbone.info.num_query_tokens,
+    )

@@ -1,0 +1,142 @@
+"""The bundle manifest (`manifest.json`): what a bundle is, what it was made from, and every file's sha256.
+
+Torch-free. The exporter writes it (crome_export), the runtime reads and verifies it (crome_runtime).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crome_runtime import formats
+from crome_runtime.prompt import PromptTemplate
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is; the message names the file and the fix."""
+
+
+@dataclass
+class BackboneSpec:
+    name: str
+    fingerprint: str
+    architecture: str
+    d_model: int
+    num_query_tokens: int
+    instruction_aware: bool
+    image_size: int
+    image_mean: list[float]
+    image_std: list[float]
+    max_instruction_tokens: int = 64
+
+
+@dataclass
+class LlmSpec:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+
+
+@dataclass
+class AdapterSpec:
+    name: str
+    sha256: str  # of the adapter .safetensors the bundle was exported from
+    rank: int
+    training: dict = field(default_factory=dict)
+
+
+@dataclass
+class FileEntry:
+    sha256: str
+    bytes: int
+    precision: str  # "fp32" | "fp16" | "int8" | "data"
+
+
+@dataclass
+class GenerationDefaults:
+    max_new_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class Manifest:
+    backbone: BackboneSpec
+    llm: LlmSpec
+    adapter: AdapterSpec
+    prompt: PromptTemplate
+    precision: str
+    files: dict[str, FileEntry]
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    tools: dict[str, str] = field(default_factory=dict)  # package versions and the ONNX opset
+    format: str = formats.BUNDLE_FORMAT
+    format_version: int = formats.BUNDLE_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["prompt"] = self.prompt.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest.json") -> "Manifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise BundleError(f"{source} is not valid JSON ({error}); re-export the bundle") from None
+        if data.get("format") != formats.BUNDLE_FORMAT:
+            raise BundleError(f"{source} is not a crome-edge bundle manifest")
+        version = data.get("format_version", 0)
+        if version > formats.BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{source} has bundle format version {version}; this runtime reads up to "
+                f"{formats.BUNDLE_FORMAT_VERSION}. Upgrade crome-edge on this device."
+            )
+        try:
+            return cls(
+                backbone=BackboneSpec(**data["backbone"]),
+                llm=LlmSpec(**data["llm"]),
+                adapter=AdapterSpec(**data["adapter"]),
+                prompt=PromptTemplate.from_dict(data["prompt"]),
+                precision=data["precision"],
+                files={name: FileEntry(**entry) for name, entry in data["files"].items()},
+                generation=GenerationDefaults(**data.get("generation", {})),
+                tools=data.get("tools", {}),
+                format=data["format"],
+                format_version=version,
+            )
+        except (KeyError, TypeError) as error:
+            raise BundleError(f"{source} is missing or has malformed fields ({error!r}); re-export the bundle") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path, precision: str) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size, precision=precision)
+
+
+def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
+    """Reads `bundle/manifest.json`; with `verify`, checks every listed file exists and matches its sha256."""
+    bundle = Path(bundle)
+    path = bundle / formats.MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{bundle} is not a crome-edge bundle (no {formats.MANIFEST_FILE}); export one with `crome-edge export`")
+    manifest = Manifest.from_json(path.read_text(), source=str(path))
+    if verify:
+        for name, entry in manifest.files.items():
+            file = bundle / name
+            if not file.is_file():
+                raise BundleError(f"bundle {bundle} is missing {name}; re-export or copy the whole bundle directory")
+            if file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
+                raise BundleError(f"bundle file {name} was altered (sha256 differs from the manifest); re-export the bundle")
+    return manifest
