@@ -89,7 +89,10 @@ class CromeModel(nn.Module):
     # --- training -------------------------------------------------------------------------------
     def loss(self, pixel_values: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens only (prompt and visual positions carry no loss)."""
-        visual = self.visual_embeds(pixel_values, questions)  # (B, Nq, d)
+        return self.loss_from_visual(self.visual_embeds(pixel_values, questions), questions, answers)
+
+    def loss_from_visual(self, visual: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
+        """`loss` from precomputed visual queries V (B, Nq, d): adapter fine-tuning caches V once."""
         prefixes = self.prefix_rows(visual, questions)
         answer_ids = [torch.tensor(self.answer_ids(a), device=self.device) for a in answers]
         rows = [torch.cat([p, self.backbone.embed_tokens(a[None])[0]]) for p, a in zip(prefixes, answer_ids)]
@@ -111,7 +114,11 @@ class CromeModel(nn.Module):
 
     # --- inference ------------------------------------------------------------------------------
     def build_prefix(self, pixel_values: torch.Tensor, questions: list[str]) -> PrefixBatch:
-        rows = self.prefix_rows(self.visual_embeds(pixel_values, questions), questions)
+        return self.prefix_from_visual(self.visual_embeds(pixel_values, questions), questions)
+
+    def prefix_from_visual(self, visual: torch.Tensor, questions: list[str]) -> PrefixBatch:
+        """`build_prefix` from precomputed visual queries V (B, Nq, d)."""
+        rows = self.prefix_rows(visual, questions)
         embeds, mask = pad_left_embeds(rows)
         return PrefixBatch(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
 
