@@ -1,0 +1,1 @@
+"""Recipes that produced shipped artifacts (the smol vision weights, the line3 adapter); rerun to reproduce."""
