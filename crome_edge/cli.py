@@ -14,6 +14,9 @@ from crome_edge.errors import CromeError
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("crome_edge.models_cli", "List, pull and inspect backbone models"),
+    "train": ("crome_edge.train_cli", "Train a CROME adapter (finetune) or the backbone's Q-Former/projection (pretrain)"),
+    "eval": ("crome_edge.eval_cli", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),
+    "info": ("crome_edge.info_cli", "Print what an adapter file or bundle is"),
 }
 
 

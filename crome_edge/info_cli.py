@@ -1,0 +1,186 @@
+"""`crome-edge info FILE`: say what a file is — adapter, backbone parts, training checkpoint or bundle.
+
+Bundles are read torch-free (crome_runtime.manifest), so this works on a deployment device; adapter
+and parts files are recognised from their safetensors header without torch, then fully validated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from pathlib import Path
+
+from crome_edge.errors import CromeError
+
+ADAPTER_FORMAT = "crome-adapter"  # crome_runtime.formats.ADAPTER_FORMAT (imported lazily there)
+PARTS_FORMAT = "crome-backbone-parts"  # crome_edge.training.parts.PARTS_FORMAT
+MAX_HEADER = 100 << 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="adapter .safetensors, backbone-parts .safetensors, training checkpoint or bundle directory")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--verify", action="store_true", help="bundles: also check every file's sha256")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path).expanduser()
+    if not path.exists():
+        raise CromeError(f"{path} does not exist")
+    info = describe(path, verify=args.verify)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        print(render(info))
+    return 0
+
+
+def describe(path: Path, verify: bool = False) -> dict:
+    if path.is_dir():
+        return _describe_bundle(path, verify)
+    metadata = safetensors_metadata(path)
+    if metadata is not None:
+        kind = metadata.get("format")
+        if kind == ADAPTER_FORMAT:
+            return _describe_adapter(path)
+        if kind == PARTS_FORMAT:
+            return _describe_parts(path)
+        raise CromeError(f"{path} is a safetensors file but not a crome-edge file (format {kind!r})")
+    if _is_zip(path):
+        return _describe_checkpoint(path)
+    raise CromeError(f"{path} is not a crome-edge file (adapter, backbone parts, training checkpoint or bundle)")
+
+
+def safetensors_metadata(path: Path) -> dict | None:
+    """The `__metadata__` of a safetensors header, or None when the file is not safetensors."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER:
+            return None
+        raw = f.read(size)
+    if len(raw) < size:
+        return None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return header.get("__metadata__") or {} if isinstance(header, dict) else None
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _describe_adapter(path: Path) -> dict:
+    from crome_edge.adapter_file import load_adapter
+
+    adapter, meta = load_adapter(path)  # validates names, shapes, dtypes and finiteness
+    return {
+        "kind": "adapter",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "format_version": meta.format_version,
+        "config": {"d_model": meta.config.d_model, "rank": meta.config.rank},
+        "parameters": sum(p.numel() for p in adapter.parameters()),
+        "backbone": {"name": meta.backbone_name, "fingerprint": meta.backbone_fingerprint},
+        "prompt": meta.prompt.to_dict(),
+        "training": meta.training,
+        "train_data": meta.train_data,
+    }
+
+
+def _describe_parts(path: Path) -> dict:
+    from safetensors import safe_open
+
+    from crome_edge.training.parts import read_parts_metadata
+
+    meta = read_parts_metadata(path)
+    counts: dict[str, int] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            shape = f.get_slice(name).get_shape()
+            part = name.split(".", 1)[0]
+            numel = 1
+            for dim in shape:
+                numel *= dim
+            counts[part] = counts.get(part, 0) + numel
+    return {
+        "kind": "backbone parts",
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "format_version": meta["format_version"],
+        "backbone": {"name": meta["backbone_name"], "llm_fingerprint": meta["llm_fingerprint"]},
+        "parameters": counts,
+        "training": meta["training"],
+    }
+
+
+def _describe_checkpoint(path: Path) -> dict:
+    from crome_edge.training.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+    except CromeError:
+        raise CromeError(f"{path} is not a crome-edge file (a zip archive, but not a training checkpoint)") from None
+    config = json.loads(state.get("config", "{}"))
+    return {
+        "kind": "training checkpoint",
+        "path": str(path),
+        "step": state["step"],
+        "stage": state["compat"]["stage"],
+        "backbone": {"name": config.get("backbone"), "fingerprint": state["compat"]["backbone_fingerprint"]},
+        "data": config.get("data"),
+        "out": config.get("out"),
+        "seconds": state.get("seconds"),
+        "epochs_done": len(state["history"]["epochs"]),
+    }
+
+
+def _describe_bundle(path: Path, verify: bool) -> dict:
+    from crome_runtime.manifest import BundleError, read_manifest
+
+    try:
+        manifest = read_manifest(path, verify=verify)
+    except BundleError as error:
+        raise CromeError(f"{path} is not a usable crome-edge bundle: {error}") from None
+    missing = [name for name in manifest.files if not (path / name).is_file()]
+    return {
+        "kind": "bundle",
+        "path": str(path),
+        "format_version": manifest.format_version,
+        "backbone": {
+            "name": manifest.backbone.name, "fingerprint": manifest.backbone.fingerprint,
+            "architecture": manifest.backbone.architecture, "d_model": manifest.backbone.d_model,
+            "image_size": manifest.backbone.image_size,
+        },
+        "adapter": {"name": manifest.adapter.name, "rank": manifest.adapter.rank, "sha256": manifest.adapter.sha256},
+        "precision": manifest.precision,
+        "prompt": manifest.prompt.to_dict(),
+        "files": {name: {"bytes": e.bytes, "precision": e.precision} for name, e in sorted(manifest.files.items())},
+        "missing_files": missing,
+        "verified": verify,
+        "tools": manifest.tools,
+    }
+
+
+def render(info: dict) -> str:
+    """Readable text: one `key: value` line per field, nested dicts indented."""
+    lines = [f"{info['path']}: crome-edge {info['kind']}"]
+
+    def walk(data: dict, indent: int) -> None:
+        for key, value in data.items():
+            if key in ("kind", "path"):
+                continue
+            pad = "  " * indent
+            if isinstance(value, dict) and value:
+                lines.append(f"{pad}{key}:")
+                walk(value, indent + 1)
+            else:
+                lines.append(f"{pad}{key}: {json.dumps(value) if isinstance(value, (list, dict)) else value}")
+
+    walk(info, 1)
+    return "\n".join(lines)

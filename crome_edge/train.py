@@ -1,0 +1,17 @@
+"""Public entry point for training: `train(TrainConfig) -> TrainResult` (the code is in crome_edge/training/)."""
+from __future__ import annotations
+
+from crome_edge.training import (
+    STAGES, TrainConfig, Trainer, TrainingInterrupted, TrainResult, load_backbone_parts, save_backbone_parts,
+)
+
+
+def train(config: TrainConfig, **kwargs) -> TrainResult:
+    """Runs one training run; kwargs go to `Trainer` (backbone=, dataset=, on_step=)."""
+    return Trainer(config, **kwargs).run()
+
+
+__all__ = [
+    "STAGES", "TrainConfig", "Trainer", "TrainResult", "TrainingInterrupted", "load_backbone_parts",
+    "save_backbone_parts", "train",
+]

@@ -1,0 +1,136 @@
+"""Backbone-parts files: the visual side a `--stage pretrain` run trains, in one `.safetensors`.
+
+Holds the vision tower, query tokens, Q-Former and projection (tensor names `<part>.<name>`), with
+metadata naming the backbone and fingerprinting its frozen LLM, so parts are only ever loaded onto the
+LLM they were trained against. The embedded `smol` default ships such a file. Not the adapter (see
+crome_edge.adapter_file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
+from crome_edge.errors import CromeError
+
+PARTS_FORMAT = "crome-backbone-parts"
+PARTS_FORMAT_VERSION = 1
+PARTS = ("vision", "query_tokens", "qformer", "projection")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+META_FORMAT = "format"
+META_FORMAT_VERSION = "format_version"
+META_BACKBONE_NAME = "backbone_name"
+META_LLM_FINGERPRINT = "llm_fingerprint"  # sha256 of the frozen LLM's tensors
+META_BACKBONE_INFO = "backbone_info"  # JSON: BackboneInfo
+META_TRAINING = "training"  # JSON: training summary
+
+
+def llm_fingerprint(backbone: CromeBackbone) -> str:
+    return tensor_fingerprint(backbone.llm.state_dict())
+
+
+def parts_state(backbone: CromeBackbone) -> dict[str, torch.Tensor]:
+    state = {"query_tokens": backbone.query_tokens}
+    for part in ("vision", "qformer", "projection"):
+        for name, tensor in getattr(backbone, part).state_dict().items():
+            state[f"{part}.{name}"] = tensor
+    return state
+
+
+def save_backbone_parts(
+    path: str | Path, backbone: CromeBackbone, dtype: torch.dtype | str = torch.float32, training: dict | None = None
+) -> None:
+    """Writes the visual parts atomically (temp file + rename); floating tensors are stored as `dtype`."""
+    path = Path(path)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if not path.parent.is_dir():
+        raise CromeError(f"cannot write {path}: directory {path.parent} does not exist (create it first)")
+    tensors = {
+        name: (t.detach().to(dtype) if t.is_floating_point() else t.detach()).contiguous().cpu()
+        for name, t in parts_state(backbone).items()
+    }
+    metadata = {
+        META_FORMAT: PARTS_FORMAT,
+        META_FORMAT_VERSION: str(PARTS_FORMAT_VERSION),
+        META_BACKBONE_NAME: backbone.info.name,
+        META_LLM_FINGERPRINT: llm_fingerprint(backbone),
+        META_BACKBONE_INFO: json.dumps(backbone.info.to_dict(), sort_keys=True),
+        META_TRAINING: json.dumps(training or {}, sort_keys=True),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_parts_metadata(path: str | Path) -> dict:
+    """Header only: {format_version, backbone_name, llm_fingerprint, backbone_info, training}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CromeError(f"backbone-parts file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CromeError(f"{path} is not a readable safetensors file ({error}); is it truncated?") from None
+    if raw.get(META_FORMAT) != PARTS_FORMAT:
+        raise CromeError(f"{path} is not a crome-edge backbone-parts file (written by `crome-edge train --stage pretrain`)")
+    version = int(raw.get(META_FORMAT_VERSION, "0"))
+    if version > PARTS_FORMAT_VERSION:
+        raise CromeError(f"{path} has backbone-parts format {version}; this crome-edge reads up to {PARTS_FORMAT_VERSION}. Upgrade crome-edge.")
+    try:
+        return {
+            "format_version": version,
+            "backbone_name": raw[META_BACKBONE_NAME],
+            "llm_fingerprint": raw[META_LLM_FINGERPRINT],
+            "backbone_info": json.loads(raw.get(META_BACKBONE_INFO, "{}")),
+            "training": json.loads(raw.get(META_TRAINING, "{}")),
+        }
+    except (KeyError, ValueError) as error:
+        raise CromeError(f"{path}: backbone-parts metadata is incomplete or malformed ({error!r})") from None
+
+
+def load_backbone_parts(path: str | Path, backbone: CromeBackbone) -> dict:
+    """Loads the parts into `backbone` in place (after checking they were trained on its LLM); returns
+    the metadata. The backbone's fingerprint is recomputed afterwards: it is a different backbone now."""
+    path = Path(path)
+    meta = read_parts_metadata(path)
+    own = llm_fingerprint(backbone)
+    if meta["llm_fingerprint"] != own:
+        raise CromeError(
+            f"{path.name} was trained for backbone {meta['backbone_name']} (LLM fingerprint "
+            f"{meta['llm_fingerprint'][:12]}…); this backbone {backbone.info.name} has LLM fingerprint {own[:12]}…. "
+            f"Load it onto --backbone {meta['backbone_name']} or pretrain again on this backbone"
+        )
+    expected = parts_state(backbone)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if names != set(expected):
+                missing, extra = sorted(set(expected) - names)[:5], sorted(names - set(expected))[:5]
+                raise CromeError(f"{path}: tensors do not match this backbone's parts (missing {missing}, unexpected {extra})")
+            tensors = {name: f.get_tensor(name) for name in expected}
+    except (SafetensorError, OSError) as error:
+        raise CromeError(f"{path}: cannot read tensors ({error}); the file may be truncated") from None
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CromeError(f"{path}: {name} has shape {tuple(tensor.shape)}, this backbone needs {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CromeError(f"{path}: {name} contains NaN or Inf; the pretraining run diverged")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(tensors[name].to(target.dtype))
+    backbone._fingerprint = None  # CromeBackbone caches it; the visual side just changed
+    backbone.freeze()
+    return meta

@@ -1,0 +1,136 @@
+"""The two training stages: what each one trains, how it computes the loss, what it saves.
+
+- finetune: the CROME adapter alone (DESIGN.md §2). The whole backbone stays frozen, so the visual
+  prefix V of every (image, instruction) is computed once up front and reused by every epoch.
+- pretrain: query tokens, Q-Former and projection (+ the vision tower with --train-vision), no adapter;
+  one optimizer group per trained module; the LLM stays frozen. Saves backbone parts.
+
+A stage exposes `trainable` (an nn.Module holding exactly the trained parameters: what DDP wraps and
+checkpoints store), `param_groups()`, `loss(samples)`, `prefix(samples)` for generation, `save(...)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.backbones.base import CromeBackbone
+from crome_edge.data.dataset import Sample
+from crome_edge.data.pixels import PixelStore
+from crome_edge.model import CromeModel, PrefixBatch
+from crome_edge.training.config import TrainConfig
+
+VISUAL_CACHE_BATCH = 32
+
+
+class FinetuneStage:
+    name = "finetune"
+
+    def __init__(self, backbone: CromeBackbone, config: TrainConfig, pixels: PixelStore, device: torch.device):
+        self.backbone, self.config, self.pixels, self.device = backbone, config, pixels, device
+        backbone.freeze()
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            self.adapter = CromeAdapter(AdapterConfig(d_model=backbone.info.d_model, rank=config.rank)).to(device)
+        self.model = CromeModel(backbone, self.adapter)
+        self.trainable = nn.ModuleDict({"adapter": self.adapter})
+        self._visual: dict[tuple[Path, str], torch.Tensor] = {}  # (image, instruction) -> V (Nq, d)
+
+    def param_groups(self) -> list[dict]:
+        return [{"name": "adapter", "params": list(self.adapter.parameters()), "lr": self.config.learning_rate}]
+
+    def _key(self, sample: Sample) -> tuple[Path, str]:
+        return sample.image, sample.question if self.backbone.info.instruction_aware else ""
+
+    @torch.no_grad()
+    def prepare(self, samples: list[Sample]) -> None:
+        """Caches the frozen visual prefix V for every distinct (image, instruction), in fp32."""
+        self.pixels.prepare(samples)
+        todo = list({self._key(s): s for s in samples if self._key(s) not in self._visual}.values())
+        for start in range(0, len(todo), VISUAL_CACHE_BATCH):
+            chunk = todo[start : start + VISUAL_CACHE_BATCH]
+            pixels = self.pixels.batch(chunk).to(self.device)  # (B, 3, S, S)
+            visual = self.model.visual_embeds(pixels, [s.question for s in chunk])  # (B, Nq, d)
+            for sample, v in zip(chunk, visual):
+                self._visual[self._key(sample)] = v
+
+    def visual(self, samples: list[Sample]) -> torch.Tensor:
+        return torch.stack([self._visual[self._key(s)] for s in samples])  # (B, Nq, d)
+
+    def loss(self, samples: list[Sample]) -> torch.Tensor:
+        return self.model.loss_from_visual(self.visual(samples), [s.question for s in samples], [s.answer for s in samples])
+
+    def prefix(self, samples: list[Sample]) -> PrefixBatch:
+        return self.model.prefix_from_visual(self.visual(samples), [s.question for s in samples])
+
+    def train(self) -> None:
+        self.adapter.train()
+
+    def eval(self) -> None:
+        self.adapter.eval()
+
+    def save(self, path: Path, summary: dict, train_data: str) -> None:
+        from crome_edge.adapter_file import AdapterMetadata, save_adapter
+
+        metadata = AdapterMetadata(
+            config=self.adapter.config,
+            backbone_name=self.backbone.info.name,
+            backbone_fingerprint=self.backbone.fingerprint(),
+            prompt=self.backbone.info.prompt,
+            training=summary,
+            train_data=train_data,
+        )
+        save_adapter(path, self.adapter, metadata)
+
+
+class PretrainStage:
+    name = "pretrain"
+
+    def __init__(self, backbone: CromeBackbone, config: TrainConfig, pixels: PixelStore, device: torch.device):
+        self.backbone, self.config, self.pixels, self.device = backbone, config, pixels, device
+        backbone.freeze()
+        self.model = CromeModel(backbone)
+        self.trainable = nn.Module()
+        self.trainable.query_tokens = backbone.query_tokens
+        self.trainable.qformer = backbone.qformer
+        self.trainable.projection = backbone.projection
+        if config.train_vision:
+            self.trainable.vision = backbone.vision
+        self.trainable.requires_grad_(True)
+
+    def param_groups(self) -> list[dict]:
+        lr, encoder_lr = self.config.learning_rate, self.config.encoder_learning_rate
+        groups = [
+            {"name": "query_tokens", "params": [self.trainable.query_tokens], "lr": encoder_lr},
+            {"name": "qformer", "params": list(self.trainable.qformer.parameters()), "lr": encoder_lr},
+            {"name": "projection", "params": list(self.trainable.projection.parameters()), "lr": lr},
+        ]
+        if self.config.train_vision:
+            groups.append({"name": "vision", "params": list(self.trainable.vision.parameters()), "lr": encoder_lr})
+        return groups
+
+    def prepare(self, samples: list[Sample]) -> None:
+        self.pixels.prepare(samples)
+
+    def loss(self, samples: list[Sample]) -> torch.Tensor:
+        pixels = self.pixels.batch(samples).to(self.device)
+        return self.model.loss(pixels, [s.question for s in samples], [s.answer for s in samples])
+
+    def prefix(self, samples: list[Sample]) -> PrefixBatch:
+        return self.model.build_prefix(self.pixels.batch(samples).to(self.device), [s.question for s in samples])
+
+    def train(self) -> None:
+        self.trainable.train()
+
+    def eval(self) -> None:
+        self.backbone.eval()
+
+    def save(self, path: Path, summary: dict, train_data: str) -> None:
+        from crome_edge.training.parts import save_backbone_parts
+
+        save_backbone_parts(path, self.backbone, self.config.save_dtype, training={**summary, "train_data": train_data})
+
+
+STAGE_CLASSES = {"finetune": FinetuneStage, "pretrain": PretrainStage}

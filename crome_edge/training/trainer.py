@@ -1,0 +1,399 @@
+"""Trainer: one training run from a TrainConfig — data, stage, optimizer, loop, validation, checkpoints.
+
+Loop: a seeded permutation per epoch; every global batch has `batch_size` samples (the epoch's last one
+wraps around) and is split across torchrun ranks; AdamW with one group per trained module, linear
+warm-up then cosine decay to 10%; gradient clipping; optional bf16 autocast. Validation (loss on answer
+tokens + greedy exact-match accuracy) before training and after every epoch. Checkpoints after every
+epoch (and every `checkpoint_every` steps) and when Ctrl-C/SIGTERM stops the run between two steps.
+Only rank 0 prints and writes files. Not here: what is trained (stages.py), the CLI (train_cli.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from crome_edge.backbones.base import CromeBackbone
+from crome_edge.data.dataset import Dataset, Sample, load_dataset
+from crome_edge.data.pixels import PixelStore
+from crome_edge.data.split import split_dataset
+from crome_edge.errors import CromeError
+from crome_edge.evaluate import generate_answers, generation_budget, score
+from crome_edge.training.checkpoint import (
+    StopRequest, TrainingInterrupted, check_compatible, load_checkpoint, save_checkpoint,
+)
+from crome_edge.training.config import STAGES, TrainConfig
+from crome_edge.training.distributed import DistContext, init_distributed, pick_device, shutdown_distributed
+from crome_edge.training.stages import STAGE_CLASSES
+
+LOSS_WINDOW = 20  # steps averaged for the progress bar and the curve's first/last values
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    checkpoint: Path
+    summary: dict = field(default_factory=dict)
+
+
+class _Objective(nn.Module):
+    """What DDP wraps: exactly the trained modules; forward runs the stage's loss around them."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.trainable = stage.trainable
+        self.stage = stage  # not an nn.Module: not registered, so DDP sees only the trained parameters
+
+    def forward(self, samples: list[Sample]) -> torch.Tensor:
+        return self.stage.loss(samples)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        backbone: CromeBackbone | None = None,
+        dataset: Dataset | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ):
+        self.config = config
+        self.backbone = backbone
+        self.dataset = dataset
+        self.on_step = on_step  # called after every optimizer step with (step, loss)
+        self.ready = False
+
+    # --- setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Checks options and paths, reads and splits the data, loads the backbone, caches what the stage
+        caches, builds the optimizer and, with `resume`, restores the checkpoint. Writes nothing."""
+        if self.ready:
+            return
+        config = self.config
+        self._check_options()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = pick_device(config.device)
+        self.dist: DistContext = init_distributed(self.device)
+        if config.batch_size % self.dist.world_size:
+            raise CromeError(
+                f"--batch-size {config.batch_size} is the global batch; it must divide evenly over "
+                f"{self.dist.world_size} processes"
+            )
+        torch.manual_seed(config.seed)
+
+        if self.dataset is None:
+            self.dataset = load_dataset(config.data, question=config.question)
+        self.train_samples, self.val_samples = split_dataset(self.dataset.samples, config.val_fraction, config.seed)
+        if len(self.train_samples) < self.dist.world_size:
+            raise CromeError(f"{len(self.train_samples)} training samples cannot be shared by {self.dist.world_size} processes")
+        if self.backbone is None:
+            from crome_edge.backbones.registry import load_backbone
+
+            self.backbone = load_backbone(config.backbone)
+        if config.backbone_parts:
+            from crome_edge.training.parts import load_backbone_parts
+
+            load_backbone_parts(config.backbone_parts, self.backbone)
+        self.backbone.to(self.device)
+        self.compat = self._compat_record()  # before any weight changes
+
+        pixels = PixelStore.for_backbone(self.backbone.info)
+        self.stage = STAGE_CLASSES[config.stage](self.backbone, config, pixels, self.device)
+        self.stage.prepare(self.train_samples + self.val_samples)  # checks every image, caches what it can
+        self.objective = _Objective(self.stage)
+        self.model_for_step: nn.Module = self.objective
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model_for_step = DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=config.stage == "pretrain",
+            )
+        self.optimizer = torch.optim.AdamW(self.stage.param_groups(), weight_decay=0.0)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+
+        self.batch = min(config.batch_size, len(self.train_samples))
+        self.batch -= self.batch % self.dist.world_size
+        self.steps_per_epoch = math.ceil(len(self.train_samples) / self.batch)
+        self.total_steps = config.steps if config.steps else config.epochs * self.steps_per_epoch
+        self.warmup = config.warmup_steps if config.warmup_steps is not None else min(100, max(1, self.total_steps // 20))
+        self.step = 0
+        self.seconds_before = 0.0
+        self.history: dict = {"step_loss": [], "epochs": [], "initial": None}
+        if config.resume:
+            self._restore(load_checkpoint(config.checkpoint_path))
+        self.ready = True
+
+    def _check_options(self) -> None:
+        config = self.config
+        if config.stage not in STAGES:
+            raise CromeError(f"unknown stage {config.stage!r}; choose one of {', '.join(STAGES)}")
+        for name in ("epochs", "batch_size", "rank"):
+            if getattr(config, name) < 1:
+                raise CromeError(f"--{name.replace('_', '-')} must be at least 1")
+        if config.steps is not None and config.steps < 1:
+            raise CromeError("--steps must be at least 1")
+        if not config.learning_rate > 0:
+            raise CromeError("--lr must be positive")
+        for label, path in (("--out", Path(config.out)), ("--checkpoint", config.checkpoint_path)):
+            if path.is_dir():
+                raise CromeError(f"{label} {path} is a directory; give a file name such as {path / 'line3.safetensors'}")
+            if not path.absolute().parent.is_dir():
+                raise CromeError(f"{label} {path}: directory {path.absolute().parent} does not exist (create it first)")
+
+    def _compat_record(self) -> dict:
+        config = self.config
+        return {
+            "stage": config.stage,
+            "backbone_fingerprint": self.backbone.fingerprint(),
+            "data_fingerprint": self.dataset.fingerprint(),
+            "rank": config.rank if config.stage == "finetune" else None,
+            "train_vision": config.train_vision if config.stage == "pretrain" else None,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "val_fraction": config.val_fraction,
+        }
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict:
+        return {
+            "compat": self.compat,
+            "step": self.step,
+            "trainable": self.stage.trainable.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "seconds": self.seconds_before + (time.perf_counter() - self.started),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.to_json(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        path = self.config.checkpoint_path
+        check_compatible(state["compat"], self.compat, path)
+        if state["step"] >= self.total_steps:
+            raise CromeError(
+                f"checkpoint {path} is already at step {state['step']} of {self.total_steps}; "
+                "pass more --epochs/--steps to train further"
+            )
+        self.stage.trainable.load_state_dict(state["trainable"])
+        base_lrs = [group["base_lr"] for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, base_lr in zip(self.optimizer.param_groups, base_lrs):  # this run's --lr wins
+            group["base_lr"] = base_lr
+        self.step = int(state["step"])
+        self.history = state["history"]
+        self.seconds_before = float(state["seconds"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def _save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.config.checkpoint_path, self._checkpoint_state())
+        self.dist.barrier()  # no rank leaves (and lets torchrun stop the others) before the file is whole
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        try:
+            self.setup()
+            return self._train()
+        finally:
+            if getattr(self, "backbone", None) is not None:
+                self.backbone.freeze()
+                if self.config.stage == "pretrain":
+                    self.backbone._fingerprint = None  # cached by CromeBackbone; its visual side changed
+            if getattr(self, "dist", None) is not None:
+                shutdown_distributed(self.dist)
+
+    def _train(self) -> TrainResult:
+        config, dist = self.config, self.dist
+        self.started = time.perf_counter()
+        self._log(
+            f"{config.stage}: {len(self.train_samples)} training / {len(self.val_samples)} validation samples, "
+            f"{self.total_steps} steps of {self.batch} (x{dist.world_size} process(es)), "
+            f"{self._trainable_count():,} trained parameters"
+            + (f"; resuming at step {self.step}" if self.step else "")
+        )
+        if self.history["initial"] is None and self.val_samples:
+            self.history["initial"] = self.validate()
+            self._log(f"before training: {_describe(self.history['initial'])}")
+        bar = self._progress_bar()
+        run_samples, run_started = 0, time.perf_counter()
+        self.stage.train()
+        with StopRequest(announce=dist.is_main) as stop:
+            while self.step < self.total_steps:
+                loss = self._train_step(self._batch_for(self.step))
+                self.step += 1
+                run_samples += self.batch
+                self.history["step_loss"].append(loss)
+                if bar is not None:
+                    window = self.history["step_loss"][-LOSS_WINDOW:]
+                    rate = run_samples / max(time.perf_counter() - run_started, 1e-9)
+                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", samples_s=f"{rate:.1f}", refresh=False)
+                    bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
+                epoch_done = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                if epoch_done:
+                    self._end_epoch(bar)
+                if dist.any(stop.requested):
+                    if not epoch_done:
+                        self._save_checkpoint()
+                    if bar is not None:
+                        bar.close()
+                    raise TrainingInterrupted(
+                        f"training stopped at step {self.step} of {self.total_steps}; checkpoint "
+                        f"{self.config.checkpoint_path} holds it. Continue with the same command plus --resume"
+                    )
+                if not epoch_done and config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self._save_checkpoint()
+        if bar is not None:
+            bar.close()
+        summary = self.summary()
+        if dist.is_main:
+            self.stage.save(Path(config.out), summary, str(self.dataset.source))
+        dist.barrier()
+        self._log(f"wrote {config.out} ({summary['seconds']:.1f} s); checkpoint {config.checkpoint_path}")
+        return TrainResult(Path(config.out), config.checkpoint_path, summary)
+
+    def _train_step(self, samples: list[Sample]) -> float:
+        factor = self._lr_factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        with self._autocast():
+            loss = self.model_for_step(samples[self.dist.rank :: self.dist.world_size])
+        mean_loss = self.dist.all_reduce_sum([loss.item()])[0] / self.dist.world_size
+        if not math.isfinite(mean_loss):  # every rank sees the same value, so all of them stop here
+            raise CromeError(f"the loss became {mean_loss} at step {self.step + 1}; lower --lr (now {self.config.learning_rate})")
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.stage.trainable.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return mean_loss
+
+    def _end_epoch(self, bar) -> None:
+        epoch = math.ceil(self.step / self.steps_per_epoch)
+        start = (epoch - 1) * self.steps_per_epoch
+        losses = self.history["step_loss"][start : self.step]
+        record = {"epoch": epoch, "step": self.step, "train_loss": sum(losses) / max(len(losses), 1)}
+        if self.val_samples:
+            record.update(self.validate())
+        self.history["epochs"].append(record)
+        self._save_checkpoint()
+        self._log(f"epoch {epoch} (step {self.step}): train loss {record['train_loss']:.4f}, {_describe(record)}", bar)
+
+    def _batch_for(self, step: int) -> list[Sample]:
+        """The global batch of `step`: a slice of its epoch's seeded permutation, wrapped to full size."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_samples), generator=generator).tolist()
+        picked = order[index * self.batch : (index + 1) * self.batch]
+        picked += order[: self.batch - len(picked)]
+        return [self.train_samples[i] for i in picked]
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _autocast(self):
+        if not self.config.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # --- validation -----------------------------------------------------------------------------
+    def validate(self) -> dict:
+        """{"val_loss", "val_accuracy", "val_n"} over the validation split (sharded across ranks)."""
+        shard = self.val_samples[self.dist.rank :: self.dist.world_size]
+        model = self.stage.model
+        loss_sum = tokens = 0.0
+        predictions: list[str] = []
+        self.stage.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                for start in range(0, len(shard), self.batch):
+                    chunk = shard[start : start + self.batch]
+                    n_tokens = sum(len(model.answer_ids(s.answer)) for s in chunk)
+                    loss_sum += self.stage.loss(chunk).item() * n_tokens
+                    tokens += n_tokens
+                if shard:
+                    budget = generation_budget(model, self.val_samples, self.config.max_new_tokens)
+                    predictions = generate_answers(model, self.stage.prefix, shard, self.batch, budget)
+        finally:
+            self.stage.train()
+        local = score(shard, predictions)
+        loss_sum, tokens, correct, n = self.dist.all_reduce_sum([loss_sum, tokens, local.correct, local.n])
+        return {"val_loss": loss_sum / max(tokens, 1), "val_accuracy": correct / max(n, 1), "val_n": int(n)}
+
+    # --- reporting ------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        config, history = self.config, self.history
+        losses, epochs = history["step_loss"], history["epochs"]
+        last = epochs[-1] if epochs else {}
+        initial = history["initial"] or {}
+        summary = {
+            "stage": config.stage,
+            "steps": self.step,
+            "epochs": round(self.step / self.steps_per_epoch, 3),
+            "examples": len(self.train_samples),
+            "val_examples": len(self.val_samples),
+            "batch_size": config.batch_size,
+            "lr": config.learning_rate,
+            "rank": config.rank if config.stage == "finetune" else None,
+            "val_fraction": config.val_fraction,
+            "split_seed": config.seed,
+            "question": self.dataset.question,
+            "bf16": config.bf16,
+            "world_size": self.dist.world_size,
+            "val_accuracy": last.get("val_accuracy"),
+            "val_loss": last.get("val_loss"),
+            "initial_val_loss": initial.get("val_loss"),
+            "initial_val_accuracy": initial.get("val_accuracy"),
+            "loss_curve": {
+                "first": _mean(losses[:LOSS_WINDOW]),
+                "last": _mean(losses[-LOSS_WINDOW:]),
+                "min": min(losses) if losses else None,
+                "train_per_epoch": [round(e["train_loss"], 5) for e in epochs],
+                "val_per_epoch": [round(e["val_loss"], 5) for e in epochs if "val_loss" in e],
+                "val_accuracy_per_epoch": [round(e["val_accuracy"], 4) for e in epochs if "val_accuracy" in e],
+            },
+            "seconds": round(self.seconds_before + time.perf_counter() - self.started, 2),
+        }
+        if config.stage == "pretrain":
+            summary["train_vision"] = config.train_vision
+            summary["encoder_lr"] = config.encoder_learning_rate
+        return summary
+
+    def _trainable_count(self) -> int:
+        return sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])
+
+    def _progress_bar(self):
+        if not (self.config.progress and self.dist.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc=self.config.stage, unit="step", dynamic_ncols=True)
+
+    def _log(self, message: str, bar=None) -> None:
+        if not self.dist.is_main:
+            return
+        if bar is not None:
+            bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _describe(record: dict) -> str:
+    return f"val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.1%} (n={record['val_n']})"
