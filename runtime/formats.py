@@ -31,9 +31,26 @@ TOKENIZER_FILE = "tokenizer.json"
 QFORMER_TOKENIZER_FILE = "qformer_tokenizer.json"  # instruction-aware Q-Formers only
 EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the frozen LLM
 VISION_ONNX = "vision.onnx"
-ADAPTER_ONNX = "adapter.onnx"
+# The adapter is one graph per modality, so the runtime can run the text branch once per prompt (and
+# cache it) and the visual branch once per frame. Both are fp32 at every bundle precision (5·d·r params).
+ADAPTER_VISUAL_ONNX = "adapter_visual.onnx"
+ADAPTER_TEXT_ONNX = "adapter_text.onnx"
+ADAPTER_WEIGHTS_FILE = "adapter.safetensors"  # the adapter's five tensors, for a native fused kernel
 DECODER_ONNX = "decoder.onnx"
 ENGINES_DIR = "engines"  # TensorRT engines, built on the target by `crome-edge build-engines`
+ENGINES_MANIFEST = "engines.json"  # inside ENGINES_DIR: TensorRT version, device, profiles, engine files
+TIMING_CACHE_FILE = "timing.cache"  # inside ENGINES_DIR: TensorRT tactic timing cache, reused by rebuilds
+
+PRECISIONS = ("int8", "fp16", "fp32")  # `crome-edge export --precision`
+FILE_PRECISIONS = ("fp32", "fp16", "int8", "data")  # manifest FileEntry.precision
+DEFAULT_OPSET = 18  # lowest opset the graphs need (Split num_outputs, LayerNormalization)
+REPORT_FORMAT = "crome-fidelity-report"
+REPORT_FORMAT_VERSION = 1
+
+
+def adapter_onnx(modality: str) -> str:
+    """"visual" | "text" -> the adapter graph of that branch."""
+    return {"visual": ADAPTER_VISUAL_ONNX, "text": ADAPTER_TEXT_ONNX}[modality]
 
 # --- ONNX graph input/output names ----------------------------------------------------------------
 # vision.onnx: image (+ instruction when the Q-Former is instruction-aware) -> projected query embeddings
@@ -42,15 +59,19 @@ IN_INSTRUCTION_IDS = "qformer_input_ids"  # (B, L) int64
 IN_INSTRUCTION_MASK = "qformer_attention_mask"  # (B, L) int64
 OUT_VISUAL_EMBEDS = "visual_embeds"  # (B, Nq, d)
 
-# adapter.onnx: one branch per modality, fused gated projection
-IN_ADAPTER_X = "x"  # (B, N, d)
-OUT_ADAPTER_Y = "y"  # (B, N, d)
+# adapter_visual.onnx / adapter_text.onnx: one branch each, a single FusedGatedProjection node
+# y = x + (SiLU(x·Wg) ⊙ (x·Wd))·Wu, computed as one x·[Wd | Wg] GEMM, split, SiLU·mul, then ·Wu + x.
+IN_ADAPTER_X = "x"  # (B, N, d) float32
+OUT_ADAPTER_Y = "y"  # (B, N, d) float32
+ADAPTER_W_DOWN_GATE = "w_down_gate"  # initializer (d, 2r): [Wd | Wg]
+ADAPTER_W_UP = "w_up"  # initializer (r, d): Wu
 
-# decoder.onnx: LLM over inputs_embeds with a KV cache
-IN_INPUTS_EMBEDS = "inputs_embeds"  # (B, S, d)
+# decoder.onnx: LLM over inputs_embeds with a KV cache; one graph for prefill (P = 0, or any P) and
+# decode (S = 1). Rows are left-padded: attention_mask is 0 on padding, position_ids = cumsum(mask) - 1.
+IN_INPUTS_EMBEDS = "inputs_embeds"  # (B, S, d) float32
 IN_ATTENTION_MASK = "attention_mask"  # (B, P + S) int64
 IN_POSITION_IDS = "position_ids"  # (B, S) int64
-OUT_LOGITS = "logits"  # (B, S, vocab)
+OUT_LOGITS = "logits"  # (B, 1, vocab) float32: the last position only (all a greedy/sampling step needs)
 
 
 def past_key_name(layer: int) -> str:

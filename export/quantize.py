@@ -1,0 +1,168 @@
+"""INT8 for a bundle's backbone parts, with ONNX Runtime's quantisation tools.
+
+- Vision: static QDQ, symmetric INT8 activations (zero point 0) and per-channel symmetric INT8 weights,
+  restricted to MatMul/Conv/Gemm (DESIGN.md §6: quantising every op type broke InstructBLIP) with float
+  biases, calibrated on real frames. That is the form TensorRT's explicit-quantisation path accepts as well
+  as ONNX Runtime (trt_check.py verifies it). `quantize_vision_dynamic` is the fallback the report names.
+- Decoder: weight-only / dynamic INT8 of every MatMul, including the LM head (DECODER_INT8_METHODS).
+- FP16: float16 weights and compute, float32 inputs and outputs.
+
+The tools write `*.data` and `sym_shape_infer_temp.onnx` into the working directory, so every call runs
+inside its own temporary directory. Not here: which frames calibrate (frames.py), accuracy (fidelity.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
+DECODER_INT8_METHODS = ("matmulnbits8", "dynamic-qint8")
+DEFAULT_DECODER_INT8 = "matmulnbits8"  # faster than dynamic-qint8 at equal accuracy (report in export/README.md)
+NBITS_BLOCK_SIZE = 32
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="crome-quantize-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(previous)
+
+
+class _FeedsReader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts (one batch each)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+    def rewind(self):  # not needed by MinMax calibration, part of the protocol
+        pass
+
+
+def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
+    """Static QDQ INT8 of a vision graph; returns a description for the manifest and the report."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration_feeds:
+        raise ValueError("static quantisation needs at least one calibration batch")
+    source, target = Path(source).resolve(), Path(target).resolve()
+    with _scratch_dir() as tmp:
+        prepared = tmp / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # InstructBLIP needs the skip
+        quantize_static(
+            str(prepared), str(target), _FeedsReader(calibration_feeds),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OP_TYPES),
+            per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": True,  # TensorRT: INT8 activations with zero point 0
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # biases stay float (TensorRT fuses them in float)
+                "DedicatedQDQPair": True,  # one Q/DQ pair per consumer: each MatMul/Conv owns its inputs' scales
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # output channels of a (K, N) weight
+                "OpTypesToExcludeOutputQuantization": list(STATIC_OP_TYPES),  # Q/DQ on inputs only
+            },
+        )
+    model = onnx.load(str(target))
+    restrict_dequantized_consumers(model, STATIC_OP_TYPES)
+    onnx.save(model, str(target))
+    return {
+        "method": "static-qdq",
+        "op_types": list(STATIC_OP_TYPES),
+        "activations": "int8 symmetric per-tensor (MinMax)",
+        "weights": "int8 symmetric per-channel",
+        "calibration_batches": len(calibration_feeds),
+        "calibration_frames": int(sum(next(iter(f.values())).shape[0] for f in calibration_feeds)),
+    }
+
+
+def restrict_dequantized_consumers(model: onnx.ModelProto, op_types: tuple[str, ...]) -> int:
+    """Rewires every consumer of a DequantizeLinear output that is not one of `op_types` (e.g. a Shape
+    reading the same activation as a Conv) to the float tensor the QuantizeLinear read, then drops Q/DQ
+    pairs left without consumers. Returns how many inputs were rewired."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # a constant INT8 weight: only its MatMul/Conv/Gemm reads it
+        for node in graph.node:
+            if node.op_type in op_types:
+                continue
+            for i, name in enumerate(node.input):
+                if name == dq.output[0]:
+                    node.input[i] = q.input[0]
+                    rewired += 1
+    graph_outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | graph_outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(initializer)
+    return rewired
+
+
+def quantize_vision_dynamic(source: Path, target: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = Path(source).resolve(), Path(target).resolve()
+    with _scratch_dir():
+        quantize_dynamic(
+            str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
+    return {"method": "dynamic-qint8", "op_types": ["MatMul", "Gemm"], "weights": "int8 per-channel",
+            "activations": "quantised at run time (ONNX Runtime only; TensorRT cannot build it)"}
+
+
+def quantize_decoder(source: Path, target: Path, method: str = DEFAULT_DECODER_INT8) -> dict:
+    """INT8 weights for every MatMul of the decoder (attention, MLP, LM head)."""
+    source, target = Path(source).resolve(), Path(target).resolve()
+    if method == "matmulnbits8":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        with _scratch_dir():
+            quantizer = MatMulNBitsQuantizer(
+                onnx.load(str(source)), bits=8, block_size=NBITS_BLOCK_SIZE, is_symmetric=True, accuracy_level=4,
+            )
+            quantizer.process()
+            onnx.save(quantizer.model.model, str(target))
+        return {"method": "matmulnbits8", "op": "com.microsoft.MatMulNBits", "bits": 8,
+                "block_size": NBITS_BLOCK_SIZE, "symmetric": True, "accuracy_level": 4}
+    if method == "dynamic-qint8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with _scratch_dir():
+            quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+        return {"method": "dynamic-qint8", "op": "DynamicQuantizeLinear + MatMulInteger", "weights": "int8 per-channel"}
+    raise ValueError(f"unknown decoder INT8 method {method!r}; choose one of {', '.join(DECODER_INT8_METHODS)}")
+
+
+def convert_fp16(source: Path, target: Path) -> dict:
+    """float16 weights and compute; inputs/outputs stay float32 so the runtime feeds the same arrays."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return {"method": "fp16", "io": "float32"}

@@ -1,0 +1,48 @@
+"""Shared plumbing for `torch.onnx.export` of the frozen backbone's parts (vision.py, decoder.py).
+
+The TorchScript exporter (`dynamo=False`) is used: it exports these graphs ~100x faster than dynamo
+(DESIGN.md §6). During export every attention module runs its "eager" implementation: plain
+MatMul/Softmax ops with an additive mask, no SDPA-specific IsNaN guards or shape-dependent branches.
+The parity checks in fidelity.py compare the exported graphs with the model as PyTorch runs it (SDPA).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Switches every Hugging Face config under `model` to eager attention, restoring it afterwards."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    saved = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = saved[key]
+
+
+def export_onnx(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
+    """torch.onnx.export (TorchScript tracer) with the tracer's expected warnings silenced."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python-int shapes in HF code we do not own
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+        )
