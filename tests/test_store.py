@@ -65,6 +65,29 @@ def test_fetch_writes_entry_with_hashes_once(fake):
     assert fake.fetches == 1
 
 
+def test_entry_is_readable_by_others(fake):
+    path = ensure_model("fake")
+    assert oct(path.stat().st_mode & 0o777) == "0o755"
+    assert oct((path / "weights.bin").stat().st_mode & 0o777) == "0o644"
+
+
+def test_unwritable_cache_is_a_clear_error(fake, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("CROME_EDGE_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(CromeError, match="cannot write the model cache.*set CROME_EDGE_CACHE"):
+        ensure_model("fake")
+
+
+def test_stale_build_dirs_are_cleaned_fresh_ones_kept(fake, empty_cache):
+    models = empty_cache / "models"
+    stale, fresh = models / ".tmp-fake-killed", models / ".tmp-fake-running"
+    for directory in (stale, fresh):
+        directory.mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    ensure_model("fake")
+    assert sorted(p.name for p in models.iterdir()) == [".tmp-fake-running", "fake"]
+
+
 def test_failed_fetch_leaves_nothing_in_cache(fake, empty_cache):
     fake.fail = True
     with pytest.raises(RuntimeError, match="halfway"):
@@ -115,12 +138,15 @@ def test_copied_entry_with_new_mtimes_is_rehashed_not_refetched(fake):
     assert cache.entry_problems(path, full=False) == []  # new mtimes recorded
 
 
-def test_missing_entry_json_means_absent(fake):
+def test_missing_or_garbled_entry_json_means_absent(fake):
     path = ensure_model("fake")
     (path / "entry.json").unlink()
     _new_process()
     ensure_model("fake")
-    assert fake.fetches == 2
+    (path / "entry.json").write_text('{"format_version": 1, "sou')
+    _new_process()
+    ensure_model("fake")
+    assert fake.fetches == 3
 
 
 def test_entry_from_another_revision_is_rebuilt(fake, monkeypatch, capsys):

@@ -7,6 +7,8 @@ particular models; `registry.py` and `smollm2.py` do.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from crome_edge.errors import CromeError
 
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT_VERSION = 1
@@ -69,14 +73,26 @@ def read_entry(directory: Path) -> dict | None:
     """The entry record of a cache directory, or None if there is no complete entry there."""
     try:
         return json.loads((directory / ENTRY_FILE).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # absent, or damaged beyond use
         return None
 
 
 def _remove_stale_builds(parent: Path) -> None:
     for tmp in parent.glob(".tmp-*"):
-        if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # another process may be cleaning up too
+            if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_build_dir(directory: Path) -> Path:
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
+    except OSError as error:
+        raise CromeError(
+            f"cannot write the model cache in {directory.parent} ({error.strerror}); "
+            "set CROME_EDGE_CACHE to a writable directory"
+        ) from error
 
 
 def write_entry(directory: Path, build: Callable[[Path], dict]) -> Path:
@@ -84,18 +100,26 @@ def write_entry(directory: Path, build: Callable[[Path], dict]) -> Path:
 
     Any previous entry at `directory` is replaced. If `build` raises, nothing is left in the cache.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_build_dir(directory)
     _remove_stale_builds(directory.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
     try:
         source = build(tmp)
         record = {"format_version": ENTRY_FORMAT_VERSION, "source": source, "files": _file_records(tmp)}
         _write_json_atomic(tmp / ENTRY_FILE, record)
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp and some writers use 0o700/0o600: weights are public
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if directory.exists():  # replacing a corrupt or outdated entry: move it aside, then swap
             old = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-old-", dir=directory.parent))
             os.replace(directory, old / directory.name)
             shutil.rmtree(old)
         os.replace(tmp, directory)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise CromeError(
+            f"no space left for the model cache in {directory.parent}; free some space or set "
+            "CROME_EDGE_CACHE to a directory on a larger disk"
+        ) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
     _verified_this_process.add(directory)

