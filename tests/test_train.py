@@ -1,0 +1,200 @@
+"""Training on the tiny backbone: finetune trains the adapter alone (one optimizer group, backbone
+bit-identical), lowers the validation loss and writes an adapter that `info` and `eval` read back;
+checkpoints survive Ctrl-C and resume at their step; pretrain trains the visual side, never the LLM."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from crome_edge.backbones.base import tensor_fingerprint
+from crome_edge.backbones.tiny import build_tiny
+from crome_edge.cli import main
+from crome_edge.errors import CromeError
+from crome_edge.train import TrainConfig, Trainer, TrainingInterrupted, load_backbone_parts
+from crome_edge.training.checkpoint import load_checkpoint
+from crome_edge.training.parts import llm_fingerprint
+from test_data import write_colour_dataset
+
+FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    return write_colour_dataset(tmp_path_factory.mktemp("colours"), n=24)
+
+
+def _config(data, out, **changes):
+    return TrainConfig(data=str(data), out=str(out), backbone="tiny", **{**FAST, **changes})
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_finetune_has_one_optimizer_group_of_adapter_parameters(tmp_path, colour_data, tiny_backbone):
+    trainer = Trainer(_config(colour_data, tmp_path / "a.safetensors"), backbone=tiny_backbone)
+    trainer.setup()
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 1 and groups[0]["name"] == "adapter"
+    adapter_params = list(trainer.stage.adapter.parameters())
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in adapter_params}
+    assert sum(p.numel() for p in adapter_params) == 5 * 64 * 8
+    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    assert [id(p) for p in trainer.objective.parameters()] == [id(p) for p in adapter_params]
+
+
+def test_finetune_leaves_every_backbone_tensor_bit_identical(tmp_path, colour_data, tiny_backbone):
+    before = tensor_fingerprint(tiny_backbone.state_dict())
+    result = Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=4), backbone=tiny_backbone).run()
+    assert tensor_fingerprint(tiny_backbone.state_dict()) == before == tiny_backbone.fingerprint()
+    assert not any(p.requires_grad for p in tiny_backbone.parameters()) and not tiny_backbone.training
+    assert result.summary["steps"] == 4
+
+
+def test_cli_finetune_lowers_val_loss_and_writes_an_adapter_info_and_eval_read(tmp_path, colour_data, capsys):
+    out = tmp_path / "line3.safetensors"
+    argv = ["train", "--backbone", "tiny", "--stage", "finetune", "--data", str(colour_data), "--out", str(out),
+            "--epochs", "8", "--batch-size", "6", "--rank", "8", "--lr", "0.02", "--val-fraction", "0.25",
+            "--threads", "1", "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["val_loss"] < summary["initial_val_loss"] * 0.5, summary
+    assert summary["steps"] == 8 * 3 and summary["examples"] == 18 and summary["val_examples"] == 6
+    assert len(summary["loss_curve"]["val_per_epoch"]) == 8
+
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "adapter" and info["config"] == {"d_model": 64, "rank": 8} and info["parameters"] == 5 * 64 * 8
+    assert info["backbone"]["name"] == "tiny" and info["backbone"]["fingerprint"] == build_tiny(0).fingerprint()
+    assert info["train_data"] == str(colour_data)
+    training = info["training"]
+    assert training["val_loss"] == summary["val_loss"] and training["split_seed"] == 0 and training["val_fraction"] == 0.25
+    assert training["stage"] == "finetune" and training["rank"] == 8 and training["seconds"] > 0
+    assert main(["info", str(out)]) == 0
+    assert "crome-edge adapter" in capsys.readouterr().out
+
+    assert main(["eval", "--backbone", "tiny", "--adapter", str(out), "--data", str(colour_data), "--split", "val"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 6 and report["accuracy"] == pytest.approx(training["val_accuracy"])
+    assert set(report["per_question"]) == {"what colour is the part?"}
+
+
+def test_bf16_autocast_trains(tmp_path, colour_data, tiny_backbone):
+    result = Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=3, bf16=True), backbone=tiny_backbone).run()
+    assert result.summary["bf16"] and torch.isfinite(torch.tensor(result.summary["loss_curve"]["last"]))
+    assert result.summary["val_loss"] < result.summary["initial_val_loss"]
+
+
+def _interrupt_at(step):
+    def on_step(current, loss):
+        if current == step:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    return on_step
+
+
+def test_ctrl_c_leaves_a_valid_checkpoint_and_resume_continues_from_it(tmp_path, colour_data, tiny_backbone):
+    straight = Trainer(_config(colour_data, tmp_path / "straight.safetensors", epochs=3), backbone=tiny_backbone).run()
+
+    config = _config(colour_data, tmp_path / "a.safetensors", epochs=3)
+    with pytest.raises(TrainingInterrupted, match=r"stopped at step 4 of 9.*--resume"):
+        Trainer(config, backbone=tiny_backbone, on_step=_interrupt_at(4)).run()
+    assert load_checkpoint(config.checkpoint_path)["step"] == 4
+    assert not (tmp_path / "a.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is not None  # handler restored
+
+    steps = []
+    config.resume = True
+    resumed = Trainer(config, backbone=tiny_backbone, on_step=lambda step, loss: steps.append(step)).run()
+    assert steps == list(range(5, 10)) and resumed.summary["steps"] == 9
+    from crome_edge.adapter_file import load_adapter
+
+    a, _ = load_adapter(tmp_path / "a.safetensors")
+    b, _ = load_adapter(tmp_path / "straight.safetensors")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7, msg=name)
+    assert resumed.summary["initial_val_loss"] == straight.summary["initial_val_loss"]
+
+
+def test_cli_ctrl_c_exits_non_zero_with_the_resume_hint(tmp_path, colour_data, monkeypatch, capsys):
+    from crome_edge.training import trainer as trainer_module
+
+    original = trainer_module.Trainer.setup
+
+    def setup_with_interrupt(self):
+        self.on_step = _interrupt_at(2)
+        original(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "setup", setup_with_interrupt)
+    out = tmp_path / "a.safetensors"
+    argv = ["train", "--backbone", "tiny", "--data", str(colour_data), "--out", str(out), "--epochs", "2",
+            "--batch-size", "6", "--threads", "1", "--no-progress", "--val-fraction", "0.25"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training stopped at step 2" in err and "--resume" in err
+    assert load_checkpoint(tmp_path / "a.safetensors.ckpt")["step"] == 2 and not out.exists()
+
+
+def test_resume_refuses_another_run_and_a_missing_checkpoint(tmp_path, colour_data, tiny_backbone):
+    config = _config(colour_data, tmp_path / "a.safetensors", steps=2)
+    with pytest.raises(CromeError, match="no checkpoint at"):
+        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
+    Trainer(config, backbone=tiny_backbone).run()
+    with pytest.raises(CromeError, match=r"different run \(rank: checkpoint 8, now 4\)"):
+        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=4, rank=4, resume=True), backbone=tiny_backbone).run()
+    with pytest.raises(CromeError, match="already at step 2 of 2"):
+        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
+
+
+def test_bad_invocations_fail_before_training_and_write_nothing(tmp_path, colour_data, capsys):
+    base = ["train", "--backbone", "tiny", "--data", str(colour_data), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "missing" / "a.safetensors")]) == 2
+    assert f"directory {tmp_path / 'missing'} does not exist (create it first)" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + ["--out", str(tmp_path / "a.safetensors"), "--stage", "instruct"])
+    assert exit_info.value.code == 2 and "invalid choice: 'instruct'" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "images/000.png", "question": "q"}\n')
+    assert main(["train", "--backbone", "tiny", "--data", str(bad), "--out", str(tmp_path / "b.safetensors")]) == 2
+    assert "bad.jsonl line 1 has no 'answer'" in capsys.readouterr().err
+    (colour_data.parent / "missing.jsonl").write_text('{"image": "images/404.png", "question": "q", "answer": "a"}\n' * 3)
+    assert main(["train", "--backbone", "tiny", "--data", str(colour_data.parent / "missing.jsonl"), "--val-fraction", "0",
+                 "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "404.png (missing.jsonl line 1) not found" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+@pytest.mark.parametrize("train_vision", [False, True])
+def test_pretrain_trains_the_visual_side_never_the_llm(tmp_path, colour_data, train_vision):
+    backbone = build_tiny(0)
+    llm_before, vision_before = tensor_fingerprint(backbone.llm.state_dict()), _state(backbone.vision)
+    qformer_before, projection_before = _state(backbone.qformer), _state(backbone.projection)
+    queries_before = backbone.query_tokens.detach().clone()
+    config = _config(colour_data, tmp_path / "parts.safetensors", stage="pretrain", steps=4, train_vision=train_vision)
+    trainer = Trainer(config, backbone=backbone)
+    trainer.setup()
+    names = [g["name"] for g in trainer.optimizer.param_groups]
+    assert names == ["query_tokens", "qformer", "projection"] + (["vision"] if train_vision else [])
+    assert not any(p.requires_grad for p in backbone.llm.parameters())
+    result = trainer.run()
+
+    assert tensor_fingerprint(backbone.llm.state_dict()) == llm_before
+    assert not torch.equal(backbone.query_tokens, queries_before)
+    assert any(not torch.equal(v, qformer_before[k]) for k, v in backbone.qformer.state_dict().items())
+    assert any(not torch.equal(v, projection_before[k]) for k, v in backbone.projection.state_dict().items())
+    vision_changed = any(not torch.equal(v, vision_before[k]) for k, v in backbone.vision.state_dict().items())
+    assert vision_changed == train_vision
+    assert backbone.fingerprint() != build_tiny(0).fingerprint()  # its cached fingerprint was refreshed
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert result.summary["stage"] == "pretrain" and result.summary["steps"] == 4
+
+    fresh = build_tiny(0)
+    meta = load_backbone_parts(tmp_path / "parts.safetensors", fresh)
+    assert meta["backbone_name"] == "tiny" and meta["llm_fingerprint"] == llm_fingerprint(fresh)
+    assert fresh.fingerprint() == backbone.fingerprint()
+    with pytest.raises(CromeError, match="was trained for backbone tiny"):
+        load_backbone_parts(tmp_path / "parts.safetensors", build_tiny(1))
