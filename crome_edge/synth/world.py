@@ -179,9 +179,11 @@ def make_part(
     visible placement, a new pose is drawn. The labels are never changed to make a defect fit.
     """
     kind, colour, defect = labels
-    jitter = rng.uniform(-14, 14, 3)
-    base = np.clip(np.array(COLOURS[colour], np.float64) + jitter, 0, 255)
     while True:
+        # The colour jitter is redrawn with the pose: some jitters leave a defect invisible in every pose
+        # (a missing hole on a purple gear whose paint is near the belt's grey), which would loop forever.
+        jitter = rng.uniform(-14, 14, 3)
+        base = np.clip(np.array(COLOURS[colour], np.float64) + jitter, 0, 255)
         radius = float(rng.uniform(*radius_range))
         angle = float(rng.uniform(0, 360))
         style = _Style(base=base, line=max(1, round(radius / 13)))
