@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-
 from test_data import write_colour_dataset
 
 
