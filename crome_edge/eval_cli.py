@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="generation batch (default: 16)")
     parser.add_argument("--max-new-tokens", type=int, help="generation cap (default: longest reference answer + 4)")
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
 
 
@@ -76,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
         adapter, _ = load_adapter(args.adapter, backbone)  # refuses an adapter made for another backbone
         model.attach_adapter(adapter)
+    from crome_edge.training.distributed import pick_device
+
+    model.to(pick_device(args.device))
     pixels = PixelStore.for_backbone(backbone.info)
     pixels.prepare(samples)
     result = evaluate(model, samples, pixels, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=args.progress)

@@ -16,7 +16,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "crome_edge.cli", "train", "--backbone", "tiny", "--data", str(data), "--out", str(out),
         "--epochs", "3", "--batch-size", "6", "--rank", "8", "--lr", "0.02", "--val-fraction", "0.25",
-        "--threads", "1", "--json",
+        "--threads", "1", "--device", "cpu", "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

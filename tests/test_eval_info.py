@@ -11,7 +11,7 @@ from crome_edge.evaluate import exact_match, score
 from crome_edge.train import TrainConfig, Trainer
 from test_data import write_colour_dataset
 
-FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny")
+FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")

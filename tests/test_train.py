@@ -17,7 +17,7 @@ from crome_edge.training.checkpoint import load_checkpoint
 from crome_edge.training.parts import llm_fingerprint
 from test_data import write_colour_dataset
 
-FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False)
+FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
