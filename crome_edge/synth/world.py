@@ -36,13 +36,15 @@ DEFAULT_SIZE = 128
 # Part radius (half its largest extent) as a fraction of the frame's shorter side.
 RADIUS_RANGE = (0.2, 0.32)
 
-# Visibility check for defects: a pixel "shows" the defect when some channel differs by at least
-# VISIBLE_DELTA between the clean and the defective sprite; a defect is accepted when at least
-# max(VISIBLE_MIN_FRACTION of the part's area, VISIBLE_MIN_PIXELS scaled to the part) pixels show it.
-VISIBLE_DELTA = 60
+# Visibility check for defects: a pixel "shows" the defect when the clean and the defective sprite
+# (both over belt grey) differ there by at least VISIBLE_DELTA, summed over B, G and R; a defect is
+# accepted when at least max(VISIBLE_MIN_FRACTION of the part's area, VISIBLE_MIN_PIXELS scaled to
+# the part's radius) pixels show it.
+VISIBLE_DELTA = 80
 VISIBLE_MIN_FRACTION = 0.025
 VISIBLE_MIN_PIXELS = 30  # at radius 25 px; scales with radius²
-_DEFECT_TRIES = 12
+_DEFECT_TRIES = 12  # placements of a defect per pose
+_POSE_TRIES = 200  # poses per part before giving up (never reached for the shipped constants; tested)
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
@@ -179,7 +181,7 @@ def make_part(
     visible placement, a new pose is drawn. The labels are never changed to make a defect fit.
     """
     kind, colour, defect = labels
-    while True:
+    for _ in range(_POSE_TRIES):
         # The colour jitter is redrawn with the pose: some jitters leave a defect invisible in every pose
         # (a missing hole on a purple gear whose paint is near the belt's grey), which would loop forever.
         jitter = rng.uniform(-14, 14, 3)
@@ -195,6 +197,7 @@ def make_part(
             sprite, mask = _draw_defective(rng, kind, radius, angle, style, defect, clean_sprite, clean_mask)
             if defect_is_visible(clean_sprite, clean_mask, sprite, mask, radius):
                 return Part(kind, colour, defect, radius, angle, sprite, mask, clean_sprite, clean_mask)
+    raise RuntimeError(f"no visible {defect} found on a {colour} {kind} in {_POSE_TRIES} poses (synth bug)")
 
 
 def defect_is_visible(
@@ -209,7 +212,7 @@ def visible_defect_pixels(clean_sprite, clean_mask, sprite, mask) -> int:
     grey = np.full_like(sprite, 120)
     a = np.where(clean_mask[..., None] > 0, clean_sprite, grey).astype(np.int16)
     b = np.where(mask[..., None] > 0, sprite, grey).astype(np.int16)
-    return int((np.abs(a - b).max(axis=2) >= VISIBLE_DELTA).sum())
+    return int((np.abs(a - b).sum(axis=2) >= VISIBLE_DELTA).sum())
 
 
 def min_visible_pixels(clean_mask: np.ndarray, radius: float) -> int:
@@ -395,9 +398,16 @@ def _draw_defective(rng, kind, radius, angle, style, defect, clean_sprite, clean
         cv2.polylines(img, [poly], False, (20, 20, 24), t, cv2.LINE_AA, _SHIFT)
         cv2.polylines(layer, [poly], False, 1, t + 1, cv2.LINE_8, _SHIFT)
     elif defect == "dent":
-        r = rng.uniform(0.16, 0.24) * radius
-        axes = (int(r * _ONE), int(r * rng.uniform(0.6, 0.85) * _ONE))
+        # centred well inside the part, so that most of it lands on paint (not in a gear's tooth gap)
+        r = rng.uniform(0.2, 0.3) * radius
+        axes = (int(r * _ONE), int(r * rng.uniform(0.65, 0.9) * _ONE))
         tilt = float(rng.uniform(0, 180))
+        k_size = max(3, int(r) | 1)
+        inner = cv2.erode(clean_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_size, k_size)))
+        iy, ix = np.nonzero(inner)
+        if len(ix):
+            k = int(rng.integers(len(ix)))
+            p = np.array([ix[k], iy[k]], np.float64)
         c = _fix(p)
         cv2.ellipse(img, c, axes, tilt, 0, 360, style.shade(0.42), -1, cv2.LINE_AA, _SHIFT)
         cv2.ellipse(img, c, axes, tilt, 200, 340, style.shade(1.3, 45), t, cv2.LINE_AA, _SHIFT)
@@ -439,14 +449,11 @@ def paste_part(frame: np.ndarray, sprite: np.ndarray, mask: np.ndarray, cx: floa
     if shadow is not None:
         (fy, fx), (sy, sx) = shadow
         region = frame[fy, fx]
-        m = mask[sy, sx] > 0
-        region[m] = (region[m] * 0.55).astype(np.uint8)
+        np.copyto(region, cv2.convertScaleAbs(region, alpha=0.55), where=mask[sy, sx, None] > 0)
     part = _clip_region(frame, x0, y0, s)
     if part is not None:
         (fy, fx), (sy, sx) = part
-        region = frame[fy, fx]
-        m = mask[sy, sx] > 0
-        region[m] = sprite[sy, sx][m]
+        np.copyto(frame[fy, fx], sprite[sy, sx], where=mask[sy, sx, None] > 0)
 
 
 def _clip_region(frame: np.ndarray, x0: int, y0: int, s: int):
@@ -457,16 +464,49 @@ def _clip_region(frame: np.ndarray, x0: int, y0: int, s: int):
     return (slice(fy0, fy1), slice(fx0, fx1)), (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
 
 
-def camera_effects(frame: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
-    """Lighting (gain, tint, a brightness slope), slight optical blur, then sensor noise."""
+def light_map(height: int, width: int, look: Look) -> np.ndarray:
+    """(H, W, 1) float32 per-pixel gain: the overall gain x a brightness slope (tint applied apart)."""
+    ys = (np.arange(height, dtype=np.float32) - height / 2) / max(height, width)
+    xs = (np.arange(width, dtype=np.float32) - width / 2) / max(height, width)
+    ca, sa = math.cos(look.light_angle), math.sin(look.light_angle)
+    ramp = look.gain * (1 + look.light_slope * (ca * xs[None, :] + sa * ys[:, None]))  # (H, W)
+    return ramp[..., None]
+
+
+_NOISE_SIDE = 512
+_noise_bank: np.ndarray | None = None
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """Unit Gaussian sensor noise (H, W, 3) float32: a random window of a fixed noise field.
+
+    Drawing fresh normals costs more than the rest of a 128x128 frame; a window at a random offset
+    (and flip) of a 512x512 field built once is as good for training and ~10x cheaper. Larger frames
+    draw fresh noise.
+    """
+    global _noise_bank
+    h, w, _ = shape
+    if h > _NOISE_SIDE or w > _NOISE_SIDE:
+        return rng.standard_normal(shape, dtype=np.float32)
+    if _noise_bank is None:
+        _noise_bank = np.random.default_rng(0x5EED).standard_normal((_NOISE_SIDE, _NOISE_SIDE, 3), dtype=np.float32)
+    y, x, flip = rng.integers(0, _NOISE_SIDE - h + 1), rng.integers(0, _NOISE_SIDE - w + 1), rng.integers(2)
+    window = _noise_bank[y : y + h, x : x + w]
+    return window[:, ::-1] if flip else window
+
+
+def camera_effects(
+    frame: np.ndarray, look: Look, rng: np.random.Generator, lights: np.ndarray | None = None
+) -> np.ndarray:
+    """Slight optical blur, lighting (`light_map`, pass it in to reuse it), then sensor noise."""
     h, w = frame.shape[:2]
     img = cv2.GaussianBlur(frame, (3, 3), look.blur_sigma) if look.blur_sigma > 0.05 else frame
-    ys = (np.arange(h, dtype=np.float32) - h / 2) / max(h, w)
-    xs = (np.arange(w, dtype=np.float32) - w / 2) / max(h, w)
-    ramp = look.gain * (1 + look.light_slope * (math.cos(look.light_angle) * xs[None, :] + math.sin(look.light_angle) * ys[:, None]))
-    out = img.astype(np.float32) * ramp[..., None] * np.asarray(look.tint, np.float32)
-    out += rng.standard_normal(out.shape, dtype=np.float32) * look.noise_sigma
-    return np.clip(out, 0, 255).astype(np.uint8)
+    out = img.astype(np.float32)
+    out *= light_map(h, w, look) if lights is None else lights
+    out *= np.asarray(look.tint, np.float32)
+    out += _noise(rng, out.shape) * np.float32(look.noise_sigma)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
