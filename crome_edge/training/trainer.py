@@ -87,25 +87,40 @@ class Trainer:
                 f"{self.dist.world_size} processes"
             )
         torch.manual_seed(config.seed)
+        self._load_data()
+        self._load_backbone()
+        self.compat = self._compat_record()  # before any weight changes
+        self._build_stage()
+        self._plan_steps()
+        if config.resume:
+            self._restore(load_checkpoint(config.checkpoint_path))
+        self.ready = True
 
+    def _load_data(self) -> None:
         if self.dataset is None:
-            self.dataset = load_dataset(config.data, question=config.question)
-        self.train_samples, self.val_samples = split_dataset(self.dataset.samples, config.val_fraction, config.seed)
+            self.dataset = load_dataset(self.config.data, question=self.config.question)
+        self.train_samples, self.val_samples = split_dataset(
+            self.dataset.samples, self.config.val_fraction, self.config.seed
+        )
         if len(self.train_samples) < self.dist.world_size:
             raise CromeError(f"{len(self.train_samples)} training samples cannot be shared by {self.dist.world_size} processes")
+
+    def _load_backbone(self) -> None:
+        """Loads the backbone unless one was given (a given one is moved to the run's device)."""
         if self.backbone is None:
             from crome_edge.backbones.registry import load_backbone
 
-            self.backbone = load_backbone(config.backbone)
-        if config.backbone_parts:
+            self.backbone = load_backbone(self.config.backbone)
+        if self.config.backbone_parts:
             from crome_edge.training.parts import load_backbone_parts
 
-            load_backbone_parts(config.backbone_parts, self.backbone)
+            load_backbone_parts(self.config.backbone_parts, self.backbone)
         self.backbone.to(self.device)
-        self.compat = self._compat_record()  # before any weight changes
 
+    def _build_stage(self) -> None:
+        """The stage (what is trained), its caches, the DDP wrapper and the optimizer (a group per module)."""
         pixels = PixelStore.for_backbone(self.backbone.info)
-        self.stage = STAGE_CLASSES[config.stage](self.backbone, config, pixels, self.device)
+        self.stage = STAGE_CLASSES[self.config.stage](self.backbone, self.config, pixels, self.device)
         self.stage.prepare(self.train_samples + self.val_samples)  # checks every image, caches what it can
         self.objective = _Objective(self.stage)
         self.model_for_step: nn.Module = self.objective
@@ -114,13 +129,15 @@ class Trainer:
 
             self.model_for_step = DistributedDataParallel(
                 self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=config.stage == "pretrain",
+                broadcast_buffers=False, find_unused_parameters=self.config.stage == "pretrain",
             )
         self.optimizer = torch.optim.AdamW(self.stage.param_groups(), weight_decay=0.0)
         for group in self.optimizer.param_groups:
-            group["base_lr"] = group["lr"]
+            group["base_lr"] = group["lr"]  # the schedule scales this every step
 
-        self.batch = min(config.batch_size, len(self.train_samples))
+    def _plan_steps(self) -> None:
+        config = self.config
+        self.batch = min(config.batch_size, len(self.train_samples))  # global batch of every step
         self.batch -= self.batch % self.dist.world_size
         self.steps_per_epoch = math.ceil(len(self.train_samples) / self.batch)
         self.total_steps = config.steps if config.steps else config.epochs * self.steps_per_epoch
@@ -128,9 +145,6 @@ class Trainer:
         self.step = 0
         self.seconds_before = 0.0
         self.history: dict = {"step_loss": [], "epochs": [], "initial": None}
-        if config.resume:
-            self._restore(load_checkpoint(config.checkpoint_path))
-        self.ready = True
 
     def _check_options(self) -> None:
         config = self.config
@@ -143,6 +157,10 @@ class Trainer:
             raise CromeError("--steps must be at least 1")
         if not config.learning_rate > 0:
             raise CromeError("--lr must be positive")
+        if config.resume and not config.checkpoint_path.is_file():
+            raise CromeError(
+                f"--resume: no checkpoint at {config.checkpoint_path} (pass --checkpoint PATH, or drop --resume to start over)"
+            )
         for label, path in (("--out", Path(config.out)), ("--checkpoint", config.checkpoint_path)):
             if path.is_dir():
                 raise CromeError(f"{label} {path} is a directory; give a file name such as {path / 'line3.safetensors'}")
@@ -345,7 +363,7 @@ class Trainer:
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "examples": len(self.train_samples),
             "val_examples": len(self.val_samples),
-            "batch_size": config.batch_size,
+            "batch_size": self.batch,
             "lr": config.learning_rate,
             "rank": config.rank if config.stage == "finetune" else None,
             "val_fraction": config.val_fraction,
