@@ -33,7 +33,9 @@ def _status(info: dict) -> str:
         return f"missing {', '.join(missing)}" if missing else "complete"
     if info["kind"] == "built in code":
         return "in code"
-    return {"cache": "cached", "package data": "installed"}[info["kind"]] if info["present"] else "absent"
+    if not info["present"]:
+        return "no config.json" if info["kind"] == "local directory" else "absent"
+    return {"cache": "cached", "package data": "installed", "local directory": "present"}[info["kind"]]
 
 
 def _list() -> int:

@@ -202,7 +202,7 @@ def test_wrong_wheel_is_refused(tmp_path, empty_cache):
     assert list((empty_cache / "models").iterdir()) == []
 
 
-def test_cli_list_info_and_errors(fake, capsys):
+def test_cli_list_info_and_errors(fake, capsys, tmp_path):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "smol-llm" in out and "fake" in out and "absent" in out
@@ -215,5 +215,8 @@ def test_cli_list_info_and_errors(fake, capsys):
     assert "DAMAGED" in capsys.readouterr().out
     assert main(["models", "info", "smol"]) == 0
     assert "smol-vision" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    assert main(["models", "info", str(tmp_path)]) == 0
+    assert "LlamaForCausalLM" in capsys.readouterr().out
     assert main(["models", "info", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
