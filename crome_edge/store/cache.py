@@ -167,7 +167,8 @@ def check_entry(directory: Path, *, full: bool = False) -> list[str]:
             record = read_entry(directory)
             for name, file_record in record["files"].items():
                 file_record["mtime_ns"] = (directory / name).stat().st_mtime_ns
-            _write_json_atomic(directory / ENTRY_FILE, record)
+            with contextlib.suppress(OSError):  # a read-only cache: it is simply re-hashed in the next process
+                _write_json_atomic(directory / ENTRY_FILE, record)
     if problems:
         _verified_this_process.discard(directory)
     else:

@@ -29,9 +29,9 @@ _BLOCK_TENSORS = {
 }
 _GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
-# `tokenizer.ggml.pre` -> how text is split before byte-level BPE. "smollm" is llama.cpp's name for
-# SmolLM's split: every digit alone, then the GPT-2 regex (llama.cpp's llama-vocab.cpp, PRE_TYPE_SMOLLM).
-_SPLIT_DIGITS = {"smollm": True}
+# `tokenizer.ggml.pre` values we can rebuild. "smollm" is llama.cpp's name for SmolLM's split: every
+# digit alone, then the GPT-2 regex (llama.cpp llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_SMOLLM).
+SUPPORTED_PRE_TOKENIZERS = ("smollm",)
 
 CONTROL_TOKEN = 3  # llama.cpp token type of special tokens such as <|im_start|>
 
@@ -98,10 +98,10 @@ def _check_supported(meta: dict) -> None:
     if arch != "llama":
         raise CromeError(f"GGUF architecture {arch!r} is not supported; only 'llama' (LLaMA, SmolLM2) converts")
     pre = meta.get("tokenizer.ggml.pre")
-    if meta.get("tokenizer.ggml.model") != "gpt2" or pre not in _SPLIT_DIGITS:
+    if meta.get("tokenizer.ggml.model") != "gpt2" or pre not in SUPPORTED_PRE_TOKENIZERS:
         raise CromeError(
             f"GGUF tokenizer {meta.get('tokenizer.ggml.model')!r}/{pre!r} is not supported; "
-            f"only byte-level BPE with pre-tokenizer {sorted(_SPLIT_DIGITS)}"
+            f"only byte-level BPE ('gpt2') with pre-tokenizer {', '.join(SUPPORTED_PRE_TOKENIZERS)}"
         )
 
 
@@ -133,16 +133,14 @@ def _llama_config(meta: dict, tied: bool, stop_token_id: int) -> dict:
 
 
 def build_tokenizer(meta: dict):
-    """A `tokenizers.Tokenizer` equal to the model's own tokenizer.json: byte-level BPE, no BOS added."""
+    """The SmolLM-style tokenizer the GGUF metadata describes: byte-level BPE, digits split, no BOS added."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     tokens = meta["tokenizer.ggml.tokens"]
     merges = [tuple(merge.split(" ")) for merge in meta["tokenizer.ggml.merges"]]
     tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    split_digits = _SPLIT_DIGITS[meta["tokenizer.ggml.pre"]]
-    tokenizer.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits else byte_level
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
