@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("crome_edge.train_cli", "Train a CROME adapter (finetune) or the backbone's Q-Former/projection (pretrain)"),
     "eval": ("crome_edge.eval_cli", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),
     "info": ("crome_edge.info_cli", "Print what an adapter file or bundle is"),
+    "data": ("crome_edge.data_cli", "Generate synthetic conveyor datasets"),
 }
 
 

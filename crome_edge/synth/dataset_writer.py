@@ -1,0 +1,125 @@
+"""Write a synthetic dataset to disk: PNG frames, data.jsonl (Q&A), scenes.jsonl (ground truth).
+
+Layout of DIR (what `crome-edge data synth` writes and `crome_edge.data.load_dataset` reads):
+
+    images/000000.png ...   frame i of the dataset (BGR PNG, size x size)
+    data.jsonl              one line per (frame, question): {"image": "images/000000.png",
+                            "question": "...", "answer": "..."}; image paths are relative to DIR
+    scenes.jsonl            one line per frame: {"image": ..., "seed", "kind", "colour", "defect",
+                            "geometry": {"cx", "cy", "radius", "angle"}} — labels for representation
+                            training (stage A) and for checking answers
+    dataset.json            how it was made: task, split, seeds, size, question mode, counts
+
+Pretraining datasets ask every frame all five PRETRAIN_QUESTIONS (5 lines per frame, questions="all")
+or one question per frame, rotating by seed (questions="one"); line3 datasets ask LINE3_QUESTION once.
+The directory is written next to DIR under a temporary name and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+
+from crome_edge.errors import CromeError
+from crome_edge.synth.qa import Q_CAPTION
+from crome_edge.synth.samples import iter_samples
+from crome_edge.synth.splits import split_seeds
+from crome_edge.synth.world import DEFAULT_SIZE
+
+DATA_FILE = "data.jsonl"
+SCENES_FILE = "scenes.jsonl"
+INFO_FILE = "dataset.json"
+IMAGES_DIR = "images"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    out: str
+    task: str = "pretrain"  # "pretrain" | "line3"
+    split: str = "train"  # "train" | "val" | "test"
+    n: int = 1000  # frames
+    seed: int = 0  # first frame's offset inside the split's seed range
+    size: int = DEFAULT_SIZE
+    questions: str = "all"  # pretrain only: "all" | "one"
+    force: bool = False  # replace an existing non-empty DIR
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    out: str
+    frames: int
+    samples: int
+    first_seed: int
+    answers: dict[str, int]  # answer -> count (line3 and short pretraining answers)
+
+
+def write_dataset(config: SynthConfig) -> SynthSummary:
+    """Render config.n frames of a task's split into config.out (atomically). CromeError on bad input."""
+    out = Path(config.out).expanduser().absolute()
+    _check_target(out, config.force)
+    if config.size < 32:
+        raise CromeError(f"--size must be at least 32 pixels, got {config.size}")
+    if config.n < 1:
+        raise CromeError(f"--n must be at least 1, got {config.n}")
+    seeds = split_seeds(config.task, config.split, config.n, config.seed)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / IMAGES_DIR).mkdir()
+        answers: Counter[str] = Counter()
+        samples = 0
+        names = {seed: f"{IMAGES_DIR}/{i:06d}.png" for i, seed in enumerate(seeds)}
+        with open(tmp / DATA_FILE, "w", encoding="utf-8") as data, open(tmp / SCENES_FILE, "w", encoding="utf-8") as scenes:
+            last_seed = None
+            for sample in iter_samples(config.task, seeds, config.size, config.questions):
+                name = names[sample.scene.seed]
+                if sample.scene.seed != last_seed:  # first sample of a new frame
+                    if not cv2.imwrite(str(tmp / name), sample.image):
+                        raise CromeError(f"OpenCV could not write {tmp / name}")
+                    scenes.write(json.dumps({"image": name, **sample.scene.to_dict()}) + "\n")
+                    last_seed = sample.scene.seed
+                data.write(json.dumps({"image": name, "question": sample.question, "answer": sample.answer}) + "\n")
+                samples += 1
+                if sample.question != Q_CAPTION:  # closed-vocabulary answers only
+                    answers[sample.answer] += 1
+        summary = SynthSummary(str(out), len(seeds), samples, seeds.start, dict(sorted(answers.items())))
+        made = {k: v for k, v in asdict(config).items() if k not in ("out", "force")}
+        info = {**made, "first_seed": seeds.start, "last_seed": seeds.stop - 1,
+                "frames": len(seeds), "samples": samples, "answers": summary.answers}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if not out.parent.is_dir():
+        raise CromeError(f"cannot write {out}: parent directory {out.parent} does not exist (create it first)")
+    if out.exists() and not out.is_dir():
+        raise CromeError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CromeError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename tmp to out; an existing out (empty, or replaced under --force) is moved aside first."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old / out.name, out)  # put the old one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
