@@ -93,7 +93,7 @@ def write_dataset(config: SynthConfig) -> SynthSummary:
         info = {**made, "first_seed": seeds.start, "last_seed": seeds.stop - 1,
                 "frames": len(seeds), "samples": samples, "answers": summary.answers}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; give it a plain directory's mode
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,6 +108,12 @@ def _check_target(out: Path, force: bool) -> None:
         raise CromeError(f"{out} exists and is not a directory; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise CromeError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+
+
+def _dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

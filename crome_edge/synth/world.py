@@ -41,8 +41,8 @@ RADIUS_RANGE = (0.2, 0.32)
 # accepted when at least max(VISIBLE_MIN_FRACTION of the part's area, VISIBLE_MIN_PIXELS scaled to
 # the part's radius) pixels show it.
 VISIBLE_DELTA = 80
-VISIBLE_MIN_FRACTION = 0.025
-VISIBLE_MIN_PIXELS = 30  # at radius 25 px; scales with radius²
+VISIBLE_MIN_FRACTION = 0.03
+VISIBLE_MIN_PIXELS = 45  # at radius 25 px; scales with radius²
 _DEFECT_TRIES = 12  # placements of a defect per pose
 _POSE_TRIES = 200  # poses per part before giving up (never reached for the shipped constants; tested)
 
