@@ -1,0 +1,311 @@
+"""ctypes binding of the runtime's C core (runtime/csrc/crome_core.h) with numpy-checked wrappers.
+
+Every wrapper validates dtype, shape and memory layout before calling C, and the C side checks again and
+returns a status, so a bad call raises CoreError instead of crashing the process. Inputs whose layout C
+cannot address (e.g. a transposed view) are copied once; each wrapper documents when. This module is not
+a reference: the numpy/OpenCV references live in preprocess.py and sampling.py. numpy + ctypes only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import weakref
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+ABI_VERSION = 2  # CROME_ABI_VERSION in crome_core.h
+
+PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
+_F32, _I8 = 0, 1  # crome_dtype
+_F32DT = np.dtype(np.float32)
+
+
+class CoreError(ValueError):
+    """A C core call refused its arguments; the message names the argument and what it must be."""
+
+
+class CoreUnavailable(ImportError):
+    """The C core library is missing or stale; the message says how to build it."""
+
+
+class _Image(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("uv", ctypes.c_void_p),
+        ("stride", ctypes.c_int64),
+        ("uv_stride", ctypes.c_int64),
+        ("width", ctypes.c_int32),
+        ("height", ctypes.c_int32),
+        ("format", ctypes.c_int32),
+    ]
+
+
+class _PreprocessParams(ctypes.Structure):
+    _fields_ = [
+        ("out_width", ctypes.c_int32),
+        ("out_height", ctypes.c_int32),
+        ("mean", ctypes.c_float * 3),
+        ("std", ctypes.c_float * 3),
+    ]
+
+
+class _GprojParams(ctypes.Structure):
+    _fields_ = [("d_model", ctypes.c_int32), ("rank", ctypes.c_int32), ("weight_type", ctypes.c_int32)]
+
+
+class _GprojWeights(ctypes.Structure):
+    _fields_ = [
+        ("w1", ctypes.c_void_p),
+        ("w1_scale", ctypes.c_void_p),
+        ("wu", ctypes.c_void_p),
+        ("wu_scale", ctypes.c_void_p),
+    ]
+
+
+class _SamplerParams(ctypes.Structure):
+    _fields_ = [
+        ("temperature", ctypes.c_double),
+        ("top_p", ctypes.c_double),
+        ("repetition_penalty", ctypes.c_float),
+        ("top_k", ctypes.c_int32),
+    ]
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (here / f"_crome_core{suffix}").is_file():
+            return here / f"_crome_core{suffix}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    """The loaded C core, with argument types declared; raises CoreUnavailable naming the fix."""
+    fix = "build it with `pip install -e .` in the crome-edge checkout (or `python setup.py build_ext --inplace`)"
+    path = _library_path()
+    if path is None:
+        raise CoreUnavailable(f"crome_runtime's C core is not built (no _crome_core*.so in {Path(__file__).parent}): {fix}")
+    lib = ctypes.CDLL(str(path))
+    lib.crome_abi_version.restype = ctypes.c_int
+    if lib.crome_abi_version() != ABI_VERSION:
+        raise CoreUnavailable(
+            f"{path.name} has C ABI {lib.crome_abi_version()}, this crome_runtime needs {ABI_VERSION}: "
+            f"the library is stale; re{fix[1:]}"
+        )
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    lib.crome_status_str.argtypes, lib.crome_status_str.restype = [ctypes.c_int], ctypes.c_char_p
+    lib.crome_preprocess.argtypes = [ctypes.POINTER(_Image), ctypes.POINTER(_PreprocessParams), p]
+    lib.crome_gproj_init.argtypes = [ctypes.POINTER(_GprojParams), ctypes.POINTER(_GprojWeights), ctypes.POINTER(p)]
+    lib.crome_gproj_free.argtypes, lib.crome_gproj_free.restype = [p], None
+    lib.crome_gproj_apply.argtypes = [p, p, i64, p, i64, i64]
+    lib.crome_sample.argtypes = [p, i64, p, i64, ctypes.POINTER(_SamplerParams), ctypes.c_double, ctypes.POINTER(i32)]
+    for name in ("crome_preprocess", "crome_gproj_init", "crome_gproj_apply", "crome_sample"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """Whether the C core loads (the reason is in the CoreUnavailable that library() raises)."""
+    try:
+        library()
+    except CoreUnavailable:
+        return False
+    return True
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise CoreError(f"{what}: {library().crome_status_str(status).decode()} (status {status})")
+
+
+# --- crome_preprocess -------------------------------------------------------------------------------
+
+
+def _frame_view(frame: np.ndarray, pixfmt: str) -> tuple[np.ndarray, _Image]:
+    """The frame (copied when C cannot address its layout) and the crome_image describing it."""
+    if pixfmt not in PIXEL_FORMATS:
+        raise CoreError(f"pixel format {pixfmt!r} is not one of {sorted(PIXEL_FORMATS)}")
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        raise CoreError(f"frame must be a uint8 numpy array, got {getattr(frame, 'dtype', type(frame).__name__)}")
+    if pixfmt == "nv12":
+        if frame.ndim != 2 or frame.shape[0] % 3 or frame.shape[0] == 0:
+            raise CoreError(f"an nv12 frame is (height * 3 / 2, width) uint8, got shape {frame.shape}")
+        if frame.strides[1] != 1:  # rows must be byte-contiguous; any row stride is fine
+            frame = np.ascontiguousarray(frame)
+        height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+    else:
+        channels = 2 if pixfmt == "yuyv" else 3
+        if frame.ndim != 3 or frame.shape[2] != channels:
+            raise CoreError(f"a {pixfmt} frame is (height, width, {channels}) uint8, got shape {frame.shape}")
+        if frame.strides[2] != 1 or frame.strides[1] != channels:  # pixels packed within a row
+            frame = np.ascontiguousarray(frame)
+        height, width = frame.shape[:2]
+    if width == 0 or height == 0:
+        raise CoreError(f"frame is empty: shape {frame.shape}")
+    data, stride = frame.ctypes.data, frame.strides[0]
+    uv = data + height * stride if pixfmt == "nv12" else None
+    return frame, _Image(data, uv, stride, stride, width, height, PIXEL_FORMATS[pixfmt])
+
+
+def preprocess(
+    frame: np.ndarray,
+    pixfmt: str,
+    size: int | tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Camera frame -> (3, H, W) float32 encoder input, bit-exact with preprocess.preprocess_image.
+
+    frame: "bgr"/"rgb" (H, W, 3), "yuyv" (H, W, 2) as OpenCV lays it out, or "nv12" (H * 3 / 2, W);
+    uint8, any row stride (negative too: a flipped view costs nothing). A frame whose pixels are not
+    packed within a row (e.g. a channel-reversed or transposed view) is copied first.
+    size: int for square output, or (height, width). out: optional C-contiguous float32 (3, H, W).
+    """
+    out_h, out_w = (size, size) if isinstance(size, (int, np.integer)) else size
+    if len(mean) != 3 or len(std) != 3:
+        raise CoreError(f"mean and std need 3 values (R, G, B), got {len(mean)} and {len(std)}")
+    if out is None:
+        out = np.empty((3, out_h, out_w), np.float32)
+    elif out.dtype != np.float32 or out.shape != (3, out_h, out_w) or not out.flags.c_contiguous:
+        raise CoreError(f"out must be C-contiguous float32 (3, {out_h}, {out_w}), got {out.dtype} {out.shape}")
+    frame, image = _frame_view(frame, pixfmt)
+    if np.may_share_memory(frame, out):
+        raise CoreError("out overlaps the frame")
+    params = _PreprocessParams(out_w, out_h, (ctypes.c_float * 3)(*mean), (ctypes.c_float * 3)(*std))
+    _check(library().crome_preprocess(ctypes.byref(image), ctypes.byref(params), out.ctypes.data), "crome_preprocess")
+    return out
+
+
+# --- crome_gproj ------------------------------------------------------------------------------------
+
+
+class GatedProjection:
+    """One modality's fused gated projection y = x + (SiLU(x.Wg) * (x.Wd)) . Wu, in the C core.
+
+    w1: (d, 2r) = [Wd | Wg], wu: (r, d); both float32, or both int8 with w1_scale (2r,) and wu_scale (d,)
+    float32 per output column (W = q * scale). The weights are copied into the handle, which is immutable:
+    apply() may run on several threads at once. Free it with close() or by dropping the object.
+    """
+
+    def __init__(
+        self,
+        w1: np.ndarray,
+        wu: np.ndarray,
+        w1_scale: np.ndarray | None = None,
+        wu_scale: np.ndarray | None = None,
+    ):
+        if w1.ndim != 2 or wu.ndim != 2 or w1.shape[1] % 2 or wu.shape != (w1.shape[1] // 2, w1.shape[0]):
+            raise CoreError(f"need w1 (d, 2r) and wu (r, d), got w1 {w1.shape} and wu {wu.shape}")
+        self.d_model, self.rank = w1.shape[0], w1.shape[1] // 2
+        if w1.dtype != wu.dtype or w1.dtype not in (np.float32, np.int8):
+            raise CoreError(f"w1 and wu must both be float32 or both int8, got {w1.dtype} and {wu.dtype}")
+        int8 = w1.dtype == np.int8
+        if int8 != (w1_scale is not None) or int8 != (wu_scale is not None):
+            raise CoreError("int8 weights need w1_scale and wu_scale; float32 weights take neither")
+        arrays = [np.ascontiguousarray(w1), np.ascontiguousarray(wu)]
+        scales = [None, None]
+        if int8:
+            scales = [np.ascontiguousarray(s, dtype=np.float32) for s in (w1_scale, wu_scale)]
+            if scales[0].shape != (2 * self.rank,) or scales[1].shape != (self.d_model,):
+                raise CoreError(f"need w1_scale ({2 * self.rank},) and wu_scale ({self.d_model},), "
+                                f"got {scales[0].shape} and {scales[1].shape}")
+        self.weight_dtype = w1.dtype
+        lib = library()
+        params = _GprojParams(self.d_model, self.rank, _I8 if int8 else _F32)
+        weights = _GprojWeights(
+            arrays[0].ctypes.data,
+            scales[0].ctypes.data if int8 else None,
+            arrays[1].ctypes.data,
+            scales[1].ctypes.data if int8 else None,
+        )
+        handle = ctypes.c_void_p()
+        _check(lib.crome_gproj_init(ctypes.byref(params), ctypes.byref(weights), ctypes.byref(handle)),
+               "crome_gproj_init")
+        self._handle = handle.value
+        self._apply = lib.crome_gproj_apply
+        self._finalizer = weakref.finalize(self, lib.crome_gproj_free, handle.value)
+
+    def close(self) -> None:
+        self._finalizer()
+        self._handle = None
+
+    def __enter__(self) -> GatedProjection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def apply(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """x: float32 (..., d) -> y (..., d). Rows may have any stride; if the leading axes cannot be
+        walked with one row stride (or the last axis is strided) x is copied first. out may be x (in place)."""
+        if self._handle is None:
+            raise CoreError("GatedProjection is closed")
+        if type(x) is not np.ndarray or x.dtype != _F32DT or x.ndim < 1 or x.shape[-1] != self.d_model:
+            raise CoreError(f"x must be float32 (..., {self.d_model}), got "
+                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        d = self.d_model
+        if out is None:
+            out = np.empty(x.shape, _F32DT)
+        elif type(out) is not np.ndarray or out.dtype != _F32DT or out.shape != x.shape:
+            raise CoreError(f"out must be float32 {x.shape}, got {getattr(out, 'dtype', '?')} {getattr(out, 'shape', '')}")
+        elif out is not x and np.may_share_memory(x, out):
+            x = np.ascontiguousarray(x)  # C reads x tile by tile: a partial overlap would be clobbered
+        n = x.size // d
+        if n == 0:
+            return out
+        x_rows = d if x.flags.c_contiguous else _row_stride(x)
+        y_rows = d if out.flags.c_contiguous else _row_stride(out)
+        if y_rows is None:
+            raise CoreError("out must be addressable as rows of one stride (e.g. C-contiguous)")
+        if x_rows is None:
+            x, x_rows = np.ascontiguousarray(x), d
+        _check(self._apply(self._handle, x.ctypes.data, x_rows, out.ctypes.data, y_rows, n), "crome_gproj_apply")
+        return out
+
+
+def _row_stride(a: np.ndarray) -> int | None:
+    """Element stride between consecutive rows of a viewed as (-1, a.shape[-1]), or None if not one stride."""
+    if a.strides[-1] != a.itemsize:
+        return None
+    lead = [(n, s) for n, s in zip(a.shape[:-1], a.strides[:-1]) if n > 1]
+    if not lead:
+        return a.shape[-1]
+    for (_, outer), (n_in, inner) in zip(lead, lead[1:]):
+        if outer != n_in * inner:
+            return None
+    step = lead[-1][1]
+    return step // a.itemsize if step > 0 and step % a.itemsize == 0 else None
+
+
+# --- crome_sample -----------------------------------------------------------------------------------
+
+
+def sample(logits: np.ndarray, params, recent_tokens: np.ndarray, u: float) -> int:
+    """crome_sample on one row of logits. params: an object with temperature, top_k, top_p and
+    repetition_penalty (sampling.SamplingParams); recent_tokens: int32 ids, C-contiguous; u in [0, 1).
+    float16/float64 or strided logits are copied to contiguous float32."""
+    if not isinstance(logits, np.ndarray) or logits.ndim != 1 or logits.size == 0:
+        raise CoreError(f"logits must be a non-empty 1-D array, got {getattr(logits, 'shape', type(logits).__name__)}")
+    if logits.dtype != np.float32 or not logits.flags.c_contiguous:
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+    recent = np.asarray(recent_tokens)
+    if recent.size and (recent.ndim != 1 or recent.dtype.kind not in "iu" or recent.min() < 0
+                        or recent.max() >= logits.size):
+        raise CoreError(f"recent_tokens must be 1-D integer ids in [0, {logits.size})")
+    recent = np.ascontiguousarray(recent, dtype=np.int32)
+    cparams = _SamplerParams(params.temperature, params.top_p, params.repetition_penalty, params.top_k)
+    token = ctypes.c_int32()
+    _check(
+        library().crome_sample(
+            logits.ctypes.data, logits.size, recent.ctypes.data, recent.size, ctypes.byref(cparams), u,
+            ctypes.byref(token),
+        ),
+        "crome_sample",
+    )
+    return token.value

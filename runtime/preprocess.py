@@ -1,0 +1,206 @@
+"""Image loading and the reference preprocessing shared by training and the runtime.
+
+`preprocess_image` defines the encoder input: training calls it, the runtime calls `preprocess_frame`,
+whose C core (crome_preprocess) reproduces it bit-exactly from BGR, RGB, YUYV or NV12 camera frames in
+one pass; tests/test_ccore_preprocess.py holds the two together. numpy + cv2 only (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+# CLIP's normalisation, used by the BLIP-2 / InstructBLIP image processors (RGB order, [0, 1] scale).
+DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
+
+MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of BGR; refuse larger before decoding
+MAX_FILE_BYTES = 256 << 20
+IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, TIFF, PNM"
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 BGR (alpha dropped, grey expanded, EXIF orientation applied).
+
+    The dimensions are read from the header first, so an absurdly large image is refused without
+    allocating it. Raises ImageError for a missing or unreadable file, a file that is not an image of a
+    supported format, a 0x0 image, more than max_pixels pixels, or data that does not decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    size_bytes = path.stat().st_size
+    if size_bytes > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file is {size_bytes / 2**20:.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
+    try:
+        with open(path, "rb") as f:
+            dims = _header_size(f)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
+    if dims is None:
+        raise ImageError(f"{path}: not an image crome-edge can read (unrecognised header; supported: {IMAGE_FORMATS})")
+    width, height = dims
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path}: image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
+            "limit; downscale it first or pass a larger max_pixels"
+        )
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"{path}: could not decode the {width}x{height} image (corrupt or truncated file?)")
+    return image
+
+
+def _header_size(f) -> tuple[int, int] | None:
+    """(width, height) from the header of a supported image file, or None if the format is not recognised."""
+    head = f.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(f)
+    if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return struct.unpack("<HH", head[18:22])
+        width, height = struct.unpack("<ii", head[18:26])
+        return width, abs(height)  # negative height: top-down rows
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return _webp_size(head + f.read(32))
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_size(f, "<" if head[:2] == b"II" else ">")
+    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
+        return _pnm_size(head + f.read(1024))
+    return None
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    f.seek(2)
+    while True:
+        if f.read(1) != b"\xff":
+            return None
+        code = f.read(1)
+        while code == b"\xff":  # fill bytes before a marker code
+            code = f.read(1)
+        if not code:
+            return None
+        if code[0] == 0x01 or 0xD0 <= code[0] <= 0xD7:  # markers without a payload
+            continue
+        length_bytes = f.read(2)
+        if len(length_bytes) < 2:
+            return None
+        if 0xC0 <= code[0] <= 0xCF and code[0] not in (0xC4, 0xC8, 0xCC):  # start of frame
+            sof = f.read(5)
+            if len(sof) < 5:
+                return None
+            height, width = struct.unpack(">HH", sof[1:5])
+            return width, height
+        f.seek(struct.unpack(">H", length_bytes)[0] - 2, os.SEEK_CUR)
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = struct.unpack("<I", head[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(head) >= 30:
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _tiff_size(f, order: str) -> tuple[int, int] | None:
+    f.seek(4)
+    (ifd,) = struct.unpack(order + "I", f.read(4))
+    f.seek(ifd)
+    count_bytes = f.read(2)
+    if len(count_bytes) < 2:
+        return None
+    dims = {}
+    for _ in range(struct.unpack(order + "H", count_bytes)[0]):
+        entry = f.read(12)
+        if len(entry) < 12:
+            return None
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            dims[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
+    return (dims[256], dims[257]) if len(dims) == 2 else None
+
+
+def _pnm_size(head: bytes) -> tuple[int, int] | None:
+    fields = []
+    for line in head[2:].split(b"\n"):
+        fields += line.split(b"#", 1)[0].split()
+        if len(fields) >= 2:
+            break
+    try:
+        return int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
+# --- preprocessing ----------------------------------------------------------------------------------
+
+
+def preprocess_image(
+    image_bgr: np.ndarray,
+    size: int,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> np.ndarray:
+    """BGR uint8 (H, W, 3) -> normalised RGB float32 (3, size, size): the encoder input, by definition.
+
+    cv2.cvtColor BGR->RGB, cv2.resize to (size, size) with INTER_LINEAR on uint8, x / 255 in float32,
+    then (x - mean) / std per channel, channels first. Training and the runtime both use exactly this.
+    """
+    if not isinstance(image_bgr, np.ndarray) or image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 \
+            or image_bgr.shape[2] != 3 or 0 in image_bgr.shape:
+        raise ValueError(f"image must be a non-empty uint8 (H, W, 3) BGR array, got "
+                         f"{getattr(image_bgr, 'dtype', type(image_bgr).__name__)} {getattr(image_bgr, 'shape', '')}")
+    if not image_bgr.flags.c_contiguous:
+        image_bgr = np.ascontiguousarray(image_bgr)
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)  # (size, size, 3) uint8
+    x = rgb.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, size, size)
+
+
+def yuyv_to_bgr(frame: np.ndarray) -> np.ndarray:
+    """YUYV (YUY2) camera frame as OpenCV lays it out, (H, W, 2) uint8, W even -> (H, W, 3) BGR."""
+    return cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_YUYV)
+
+
+def nv12_to_bgr(frame: np.ndarray) -> np.ndarray:
+    """NV12 camera frame, (H * 3 / 2, W) uint8 (Y plane, then interleaved UV), H and W even -> (H, W, 3) BGR."""
+    return cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_NV12)
+
+
+def preprocess_frame(
+    frame: np.ndarray,
+    pixfmt: str = "bgr",
+    size: int = 224,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The runtime's preprocessing: a camera frame ("bgr", "rgb", "yuyv", "nv12") -> (3, size, size)
+    float32, in one pass in the C core; equal to preprocess_image on the frame converted to BGR.
+    out: optional C-contiguous float32 (3, size, size), e.g. one slot of a batch."""
+    from crome_runtime import ccore  # the C library; the training side never needs it
+
+    return ccore.preprocess(frame, pixfmt, size, mean, std, out)
