@@ -122,6 +122,15 @@ class CromeModel(nn.Module):
         embeds, mask = pad_left_embeds(rows)
         return PrefixBatch(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
 
+    def build_text_prefix(self, questions: list[str]) -> PrefixBatch:
+        """A text-only prompt (no image): the adapter's text branch alone feeds the LLM."""
+        rows = []
+        for question in questions:
+            ids = torch.tensor(self.prompt_ids(question), device=self.device)
+            rows.append(self.adapt(self.backbone.embed_tokens(ids[None]), "text")[0])
+        embeds, mask = pad_left_embeds(rows)
+        return PrefixBatch(embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+
     @torch.no_grad()
     def generate(
         self, pixel_values: torch.Tensor, questions: list[str], config: GenerationConfig | None = None

@@ -18,10 +18,11 @@ def load_backbone(spec: str) -> CromeBackbone:
 
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return build_tiny(seed)
-    if spec == "smol":
+    if spec in ("smol", "smol:untrained"):
         from crome_edge.backbones.smol import load_smol
 
-        return load_smol()
+        # smol:untrained is the fresh vision side that pretraining starts from (--backbone-parts)
+        return load_smol(require_trained=spec == "smol")
     path = Path(spec).expanduser()
     if path.is_dir():
         from crome_edge.backbones.hf_dir import load_hf_dir
