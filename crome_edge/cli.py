@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("crome_edge.eval_cli", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),
     "info": ("crome_edge.info_cli", "Print what an adapter file or bundle is"),
     "data": ("crome_edge.data_cli", "Generate synthetic conveyor datasets"),
+    "export": ("crome_edge.export_cli", "Export an adapter + its backbone to a deployment bundle"),
+    "build-engines": ("crome_edge.engines_cli", "Build TensorRT engines for a bundle on this device"),
 }
 
 

@@ -13,6 +13,7 @@ inside its own temporary directory. Not here: which frames calibrate (frames.py)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -140,6 +141,8 @@ def quantize_decoder(source: Path, target: Path, method: str = DEFAULT_DECODER_I
     source, target = Path(source).resolve(), Path(target).resolve()
     if method == "matmulnbits8":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # per-node INFO
 
         with _scratch_dir():
             quantizer = MatMulNBitsQuantizer(

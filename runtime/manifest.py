@@ -74,6 +74,7 @@ class Manifest:
     files: dict[str, FileEntry]
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     tools: dict[str, str] = field(default_factory=dict)  # package versions and the ONNX opset
+    quantization: dict = field(default_factory=dict)  # per part ("vision", "decoder"): method and settings
     format: str = formats.BUNDLE_FORMAT
     format_version: int = formats.BUNDLE_FORMAT_VERSION
 
@@ -106,6 +107,7 @@ class Manifest:
                 files={name: FileEntry(**entry) for name, entry in data["files"].items()},
                 generation=GenerationDefaults(**data.get("generation", {})),
                 tools=data.get("tools", {}),
+                quantization=data.get("quantization", {}),
                 format=data["format"],
                 format_version=version,
             )

@@ -32,12 +32,12 @@ def tiny_config(vocab_size: int) -> InstructBlipConfig:
     return InstructBlipConfig(
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            image_size=32, patch_size=8,
+            image_size=32, patch_size=8, initializer_range=0.2,  # HF default 1e-10 makes the tower ignore the image
         ),
         qformer_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
             vocab_size=vocab_size, encoder_hidden_size=32, max_position_embeddings=64,
-            cross_attention_frequency=1, pad_token_id=2,
+            cross_attention_frequency=1, pad_token_id=2, initializer_range=0.2,
         ),
         text_config=dict(
             model_type="llama", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,

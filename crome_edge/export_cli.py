@@ -1,0 +1,45 @@
+"""`crome-edge export`: an adapter + its backbone -> a deployment bundle (ONNX, INT8, fidelity report).
+
+Thin: parses arguments into crome_export.pipeline.ExportConfig; torch is imported only when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crome_runtime import formats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, type=Path, help="adapter .safetensors (crome-edge train)")
+    parser.add_argument("--backbone", help="backbone (tiny, smol or a HF directory); default: the adapter's")
+    parser.add_argument("--out", type=Path, help="bundle directory; default: <adapter>.bundle next to the adapter")
+    parser.add_argument("--precision", default="int8",
+                        help=f"backbone precision: {' | '.join(formats.PRECISIONS)} (default int8; adapter stays fp32)")
+    parser.add_argument("--calib", metavar="N|DIR",
+                        help="INT8 calibration: N frames of the adapter's training data (default 128) or a directory of images")
+    parser.add_argument("--opset", type=int, default=formats.DEFAULT_OPSET, help="ONNX opset (18..20, default %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle (atomically)")
+    parser.add_argument("--int8-threshold", type=float, default=1.0, metavar="POINTS",
+                        help="warn when INT8 loses more task accuracy than this (default %(default)s point)")
+    parser.add_argument("--eval-limit", type=int, default=200, metavar="N",
+                        help="held-out samples the fidelity report runs on (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, help="generation cap for the report (default: longest answer + 2)")
+    parser.add_argument("--decoder-int8", default="matmulnbits8", choices=("matmulnbits8", "dynamic-qint8"),
+                        help="INT8 form of the decoder's weights (default %(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads for the fidelity run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crome_export.pipeline import ExportConfig, export_bundle
+
+    config = ExportConfig(
+        adapter=args.adapter, backbone=args.backbone, out=args.out, precision=args.precision, calib=args.calib,
+        opset=args.opset, force=args.force, int8_threshold=args.int8_threshold, eval_limit=args.eval_limit,
+        max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8, use_cache=not args.no_cache,
+        threads=args.threads,
+    )
+    result = export_bundle(config)
+    print(result.bundle)
+    return 0

@@ -1,0 +1,98 @@
+"""Cache of exported backbone parts, so that a second adapter for the same backbone exports in seconds.
+
+An entry is `<cache>/export-parts/<key>/`: the part files plus `entry.json` (what the key was made of,
+every file's sha256 and size, and the builder's notes). Keys are sha256 over the backbone fingerprint, the
+precision, the calibration set, the opset, the decoder INT8 method and the exporting tools' versions.
+Entries are built in a temporary directory inside the cache and renamed into place: complete or absent.
+`<cache>` is $CROME_EDGE_CACHE or platformdirs' user_cache_dir("crome-edge"), as for the model store.
+Not here: what goes into an entry (parts.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from crome_runtime.manifest import sha256_file
+
+CACHE_FORMAT_VERSION = 1
+ENTRY_FILE = "entry.json"
+
+
+def cache_root() -> Path:
+    override = os.environ.get("CROME_EDGE_CACHE")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("crome-edge"))
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def parts_key(fields: dict) -> str:
+    """A readable, collision-safe directory name for `fields` (which must hold `fingerprint`, `precision`)."""
+    payload = json.dumps({**fields, "cache_format": CACHE_FORMAT_VERSION, "tools": tool_versions()}, sort_keys=True)
+    return f"{fields['fingerprint'][:12]}-{fields['precision']}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+class PartsCache:
+    def __init__(self, root: Path | None = None, enabled: bool = True):
+        self.root = (root or cache_root()) / "export-parts"
+        self.enabled = enabled
+
+    def lookup(self, key: str) -> tuple[Path, dict] | None:
+        """The entry's directory and entry.json when it is complete (every file there, sizes match)."""
+        if not self.enabled:
+            return None
+        directory = self.root / key
+        try:
+            entry = json.loads((directory / ENTRY_FILE).read_text())
+            for name, record in entry["files"].items():
+                if (directory / name).stat().st_size != record["bytes"]:
+                    return None
+        except (OSError, ValueError, KeyError):
+            return None
+        return directory, entry
+
+    def build(self, key: str, fields: dict, builder: Callable[[Path], dict]) -> tuple[Path, dict]:
+        """Runs builder(dir) -> notes into a fresh directory and stores it under `key`. With the cache
+        disabled, builds into a temporary directory that lives as long as this process."""
+        if not self.enabled:
+            directory = Path(tempfile.mkdtemp(prefix="crome-export-parts-"))
+            return directory, self._finish(directory, fields, builder(directory))
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=self.root))
+        try:
+            entry = self._finish(staging, fields, builder(staging))
+            target = self.root / key
+            if target.exists():  # a stale or broken entry, or another process finished first
+                shutil.rmtree(target, ignore_errors=True)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target, entry
+
+    def invalidate(self, key: str) -> None:
+        shutil.rmtree(self.root / key, ignore_errors=True)
+
+    @staticmethod
+    def _finish(directory: Path, fields: dict, notes: dict) -> dict:
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in sorted(directory.iterdir()) if p.is_file() and p.name != ENTRY_FILE}
+        entry = {"key": fields, "files": files, "notes": notes, "tools": tool_versions()}
+        (directory / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True))
+        return entry
