@@ -2,8 +2,9 @@
 
 Every wrapper validates dtype, shape and memory layout before calling C, and the C side checks again and
 returns a status, so a bad call raises CoreError instead of crashing the process. Inputs whose layout C
-cannot address (e.g. a transposed view) are copied once; each wrapper documents when. This module is not
-a reference: the numpy/OpenCV references live in preprocess.py and sampling.py. numpy + ctypes only.
+cannot address (e.g. a transposed view) are copied once; each wrapper documents when. The numpy/OpenCV
+references the kernels are tested against live in preprocess.py and sampling.py, and for the gated
+projection here (gated_projection_reference). numpy + ctypes only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 ABI_VERSION = 2  # CROME_ABI_VERSION in crome_core.h
 
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
+MAX_OUT_SIDE = 8192  # crome_preprocess_params.out_width/out_height
 _F32, _I8 = 0, 1  # crome_dtype
 _F32DT = np.dtype(np.float32)
 
@@ -168,6 +170,8 @@ def preprocess(
     size: int for square output, or (height, width). out: optional C-contiguous float32 (3, H, W).
     """
     out_h, out_w = (size, size) if isinstance(size, (int, np.integer)) else size
+    if not (1 <= out_h <= MAX_OUT_SIDE and 1 <= out_w <= MAX_OUT_SIDE):
+        raise CoreError(f"output size {out_h}x{out_w} is out of range (1..{MAX_OUT_SIDE} a side)")
     if len(mean) != 3 or len(std) != 3:
         raise CoreError(f"mean and std need 3 values (R, G, B), got {len(mean)} and {len(std)}")
     if out is None:
@@ -255,7 +259,7 @@ class GatedProjection:
         elif type(out) is not np.ndarray or out.dtype != _F32DT or out.shape != x.shape:
             raise CoreError(f"out must be float32 {x.shape}, got {getattr(out, 'dtype', '?')} {getattr(out, 'shape', '')}")
         elif out is not x and np.may_share_memory(x, out):
-            x = np.ascontiguousarray(x)  # C reads x tile by tile: a partial overlap would be clobbered
+            x = x.copy()  # C reads x tile by tile: a partial overlap would be clobbered
         n = x.size // d
         if n == 0:
             return out
@@ -267,6 +271,26 @@ class GatedProjection:
             x, x_rows = np.ascontiguousarray(x), d
         _check(self._apply(self._handle, x.ctypes.data, x_rows, out.ctypes.data, y_rows, n), "crome_gproj_apply")
         return out
+
+
+def gated_projection_reference(
+    x: np.ndarray,
+    w1: np.ndarray,
+    wu: np.ndarray,
+    w1_scale: np.ndarray | None = None,
+    wu_scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """numpy definition of GatedProjection.apply (DESIGN.md section 2, fused form), float32 throughout:
+    h = x . W1 (..., 2r); z = SiLU(h[..., r:]) * h[..., :r]; y = x + z . Wu. int8 weights are dequantised
+    as q * scale per output column."""
+    if w1_scale is not None:
+        w1 = w1.astype(np.float32) * w1_scale
+        wu = wu.astype(np.float32) * wu_scale
+    r = w1.shape[1] // 2
+    h = x @ w1  # (..., 2r)
+    gate = h[..., r:]
+    z = gate / (np.float32(1.0) + np.exp(-gate)) * h[..., :r]  # (..., r)
+    return x + z @ wu
 
 
 def _row_stride(a: np.ndarray) -> int | None:

@@ -56,8 +56,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
         raise ImageError(f"{path}: image has zero size ({width}x{height})")
     if width * height > max_pixels:
         raise ImageError(
-            f"{path}: image is {width}x{height} = {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-            "limit; downscale it first or pass a larger max_pixels"
+            f"{path}: image is {width}x{height} ({width * height:,} pixels), over the {max_pixels:,}-pixel limit; "
+            "downscale it first or pass a larger max_pixels"
         )
     image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:

@@ -1,0 +1,43 @@
+"""Builds tests/c/test_crome_core.c with the C core under AddressSanitizer + UndefinedBehaviorSanitizer and
+runs it, once with the library's tuned flags (-march=native) and once with the portable ones."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "runtime" / "csrc"
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+def _compiler_with_sanitizers(tmp: Path) -> str | None:
+    cc = shutil.which(os.environ.get("CC", "gcc"))
+    if cc is None:
+        return None
+    probe = tmp / "probe.c"
+    probe.write_text("#include <stdlib.h>\nint main(void) { free(malloc(1)); return 0; }\n")
+    built = subprocess.run([cc, *SANITIZE, str(probe), "-o", str(tmp / "probe")], capture_output=True)
+    if built.returncode != 0:
+        return None
+    ran = subprocess.run([str(tmp / "probe")], capture_output=True, env=ENV)
+    return cc if ran.returncode == 0 else None
+
+
+@pytest.mark.parametrize("target", [["-march=native"], []], ids=["native", "portable"])
+def test_c_core_under_sanitizers(tmp_path, target):
+    cc = _compiler_with_sanitizers(tmp_path)
+    if cc is None:
+        pytest.skip("no C compiler with working -fsanitize=address,undefined (set CC to one that has it)")
+    exe = tmp_path / "test_crome_core"
+    sources = sorted(str(p) for p in CSRC.glob("*.c"))
+    cmd = [cc, "-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", *target, *SANITIZE, f"-I{CSRC}",
+           str(ROOT / "tests" / "c" / "test_crome_core.c"), *sources, "-lm", "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "all C core checks passed" in ran.stdout
