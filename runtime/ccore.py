@@ -101,6 +101,7 @@ def library() -> ctypes.CDLL:
         )
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.crome_status_str.argtypes, lib.crome_status_str.restype = [ctypes.c_int], ctypes.c_char_p
+    lib.crome_build_info.argtypes, lib.crome_build_info.restype = [], ctypes.c_char_p
     lib.crome_preprocess.argtypes = [ctypes.POINTER(_Image), ctypes.POINTER(_PreprocessParams), p]
     lib.crome_gproj_init.argtypes = [ctypes.POINTER(_GprojParams), ctypes.POINTER(_GprojWeights), ctypes.POINTER(p)]
     lib.crome_gproj_free.argtypes, lib.crome_gproj_free.restype = [p], None
@@ -118,6 +119,11 @@ def available() -> bool:
     except CoreUnavailable:
         return False
     return True
+
+
+def build_info() -> str:
+    """How the loaded library was compiled, e.g. "gcc 12.2.0, AVX-512, 16 floats per vector"."""
+    return library().crome_build_info().decode()
 
 
 def _check(status: int, what: str) -> None:

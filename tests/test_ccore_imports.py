@@ -9,6 +9,12 @@ import pytest
 from crome_runtime import ccore
 
 
+def test_build_info_names_the_simd_target():
+    if not ccore.available():
+        pytest.skip("C core not built (pip install -e .)")
+    assert "floats per vector" in ccore.build_info()
+
+
 def test_runtime_modules_import_without_torch():
     code = (
         "import sys\n"

@@ -47,6 +47,7 @@ typedef enum crome_status {
 
 CROME_API int crome_abi_version(void);                   /* == CROME_ABI_VERSION of the built library */
 CROME_API const char *crome_status_str(int status);      /* static text, never NULL (unknown codes too) */
+CROME_API const char *crome_build_info(void);            /* static text: compiler, SIMD target, vector width */
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Preprocessing: camera frame -> encoder input                                                       */

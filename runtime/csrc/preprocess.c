@@ -2,8 +2,9 @@
  *
  * Reproduces OpenCV bit-exactly on uint8: cv2.cvtColor (BT.601 fixed point) and cv2.resize INTER_LINEAR
  * (11-bit fixed-point coefficients; x clamped at the borders, y rows clipped; vertical pass as in OpenCV's
- * VResizeLinearVec_32s8u). Each source row the output needs is converted and resampled horizontally
- * once (two rows cached), so a frame is never converted or stored whole.
+ * VResizeLinearVec_32s8u). Each source row the output needs is converted (YUV: a whole row to planar RGB,
+ * in loops that vectorise) and resampled horizontally once (two rows cached), so a frame is never
+ * converted or stored whole.
  */
 #include "crome_core.h"
 
@@ -29,24 +30,41 @@ crome_preprocess_params crome_preprocess_params_default(void) {
 
 static inline int32_t clamp_u8(int32_t v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
 
-/* One YUV sample -> R, G, B weighted by coefficient a, added into d[0], d[plane], d[2 * plane]. */
-static inline void yuv_axpy(int32_t y, int32_t u, int32_t v, int32_t a, int32_t *d, int64_t plane) {
-    int32_t yy = (y > 16 ? y - 16 : 0) * YUV_CY;
-    u -= 128;
-    v -= 128;
-    d[0] += a * clamp_u8((yy + YUV_HALF + YUV_CVR * v) >> YUV_SHIFT);
-    d[plane] += a * clamp_u8((yy + YUV_HALF + YUV_CVG * v + YUV_CUG * u) >> YUV_SHIFT);
-    d[2 * plane] += a * clamp_u8((yy + YUV_HALF + YUV_CUB * u) >> YUV_SHIFT);
+/* One pixel pair (Y0, Y1 sharing U, V) -> R, G, B exactly as OpenCV's YUV422 / YUV420sp to RGB
+ * (BT.601 limited range), into planar rows at x, x + 1. */
+static inline void yuv_pair(int32_t y0, int32_t y1, int32_t u, int32_t v, uint8_t *restrict r,
+                            uint8_t *restrict g, uint8_t *restrict b, int64_t x) {
+    u -= 128, v -= 128;
+    const int32_t ruv = YUV_HALF + YUV_CVR * v, guv = YUV_HALF + YUV_CVG * v + YUV_CUG * u;
+    const int32_t buv = YUV_HALF + YUV_CUB * u;
+    const int32_t yy[2] = {(y0 > 16 ? y0 - 16 : 0) * YUV_CY, (y1 > 16 ? y1 - 16 : 0) * YUV_CY};
+    for (int k = 0; k < 2; k++) {
+        r[x + k] = (uint8_t)clamp_u8((yy[k] + ruv) >> YUV_SHIFT);
+        g[x + k] = (uint8_t)clamp_u8((yy[k] + guv) >> YUV_SHIFT);
+        b[x + k] = (uint8_t)clamp_u8((yy[k] + buv) >> YUV_SHIFT);
+    }
+}
+
+/* Source row sy of a YUV frame as planar R, G, B rows of width bytes (contiguous loops that vectorise). */
+static void yuv_row_to_planar(const crome_image *im, int32_t sy, uint8_t *restrict r, uint8_t *restrict g,
+                              uint8_t *restrict b) {
+    const uint8_t *restrict row = im->data + (int64_t)sy * im->stride;
+    const int64_t pairs = im->width / 2;
+    if (im->format == CROME_PIXFMT_YUYV) {
+        for (int64_t p = 0; p < pairs; p++) yuv_pair(row[4 * p], row[4 * p + 2], row[4 * p + 1], row[4 * p + 3], r, g, b, 2 * p);
+    } else { /* NV12 */
+        const uint8_t *restrict uv = im->uv + (int64_t)(sy >> 1) * im->uv_stride;
+        for (int64_t p = 0; p < pairs; p++) yuv_pair(row[2 * p], row[2 * p + 1], uv[2 * p], uv[2 * p + 1], r, g, b, 2 * p);
+    }
 }
 
 /* Horizontal pass over one source row: out (3, dw) int32 RGB planes, scale COEF_ONE.
- * x0/x1: left/right source pixel of each output column (x1 = min(x0 + 1, w - 1)); a: their weights. */
+ * x0/x1: left/right source pixel of each output column (x1 = min(x0 + 1, w - 1)); a: their weights.
+ * planar: scratch for YUV frames, 3 rows of width bytes. */
 static void hresize_row(const crome_image *im, int32_t sy, const int32_t *x0, const int32_t *x1,
-                        const int16_t *a, int32_t dw, int32_t *out) {
-    const uint8_t *row = im->data + (int64_t)sy * im->stride;
-    switch (im->format) {
-    case CROME_PIXFMT_BGR24:
-    case CROME_PIXFMT_RGB24: {
+                        const int16_t *a, int32_t dw, uint8_t *const planar[3], int32_t *out) {
+    if (im->format == CROME_PIXFMT_BGR24 || im->format == CROME_PIXFMT_RGB24) {
+        const uint8_t *row = im->data + (int64_t)sy * im->stride;
         const int r = im->format == CROME_PIXFMT_BGR24 ? 2 : 0; /* byte offset of R within a pixel */
         for (int32_t dx = 0; dx < dw; dx++) {
             const uint8_t *p0 = row + 3 * (int64_t)x0[dx], *p1 = row + 3 * (int64_t)x1[dx];
@@ -55,26 +73,13 @@ static void hresize_row(const crome_image *im, int32_t sy, const int32_t *x0, co
             out[dw + dx] = p0[1] * a0 + p1[1] * a1;
             out[2 * dw + dx] = p0[2 - r] * a0 + p1[2 - r] * a1;
         }
-        break;
+        return;
     }
-    case CROME_PIXFMT_YUYV:
-        for (int32_t dx = 0; dx < dw; dx++) {
-            const uint8_t *q0 = row + 4 * (int64_t)(x0[dx] >> 1), *q1 = row + 4 * (int64_t)(x1[dx] >> 1);
-            out[dx] = out[dw + dx] = out[2 * dw + dx] = 0;
-            yuv_axpy(q0[2 * (x0[dx] & 1)], q0[1], q0[3], a[2 * dx], out + dx, dw);
-            yuv_axpy(q1[2 * (x1[dx] & 1)], q1[1], q1[3], a[2 * dx + 1], out + dx, dw);
-        }
-        break;
-    case CROME_PIXFMT_NV12: {
-        const uint8_t *uv = im->uv + (int64_t)(sy >> 1) * im->uv_stride;
-        for (int32_t dx = 0; dx < dw; dx++) {
-            const int32_t s0 = x0[dx], s1 = x1[dx];
-            out[dx] = out[dw + dx] = out[2 * dw + dx] = 0;
-            yuv_axpy(row[s0], uv[s0 & ~1], uv[(s0 & ~1) + 1], a[2 * dx], out + dx, dw);
-            yuv_axpy(row[s1], uv[s1 & ~1], uv[(s1 & ~1) + 1], a[2 * dx + 1], out + dx, dw);
-        }
-        break;
-    }
+    yuv_row_to_planar(im, sy, planar[0], planar[1], planar[2]);
+    for (int c = 0; c < 3; c++) {
+        const uint8_t *p = planar[c];
+        int32_t *o = out + (int64_t)c * dw;
+        for (int32_t dx = 0; dx < dw; dx++) o[dx] = p[x0[dx]] * a[2 * dx] + p[x1[dx]] * a[2 * dx + 1];
     }
 }
 
@@ -112,11 +117,15 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
     for (int c = 0; c < 3; c++)
         if (!isfinite(p->mean[c]) || !isfinite(p->std[c]) || !(p->std[c] > 0.0f)) return CROME_ERR_PARAM;
 
-    /* workspace: x0, x1 (dw int32 each), a (2 * dw int16), two cached rows (3 * dw int32 each) */
-    char *ws = malloc((size_t)dw * (2 * sizeof(int32_t) + 2 * sizeof(int16_t) + 6 * sizeof(int32_t)));
+    /* workspace: x0, x1 (dw int32 each), two cached rows (3 * dw int32 each), a (2 * dw int16),
+     * planar RGB of one source row for YUV frames (3 * sw bytes) */
+    const int yuv = im->format == CROME_PIXFMT_YUYV || im->format == CROME_PIXFMT_NV12;
+    char *ws = malloc((size_t)dw * (8 * sizeof(int32_t) + 2 * sizeof(int16_t)) + (yuv ? 3 * (size_t)sw : 0));
     if (!ws) return CROME_ERR_NOMEM;
     int32_t *x0 = (int32_t *)ws, *x1 = x0 + dw, *rows[2] = {x1 + dw, x1 + 4 * (int64_t)dw};
     int16_t *xa = (int16_t *)(rows[1] + 3 * (int64_t)dw);
+    uint8_t *const rgb_row = (uint8_t *)(xa + 2 * (int64_t)dw);
+    uint8_t *planar[3] = {rgb_row, rgb_row + sw, rgb_row + 2 * (int64_t)sw};
     int32_t row_of[2] = {-1, -1}; /* source row held by rows[k] */
 
     const double scale_x = 1.0 / ((double)dw / sw), scale_y = 1.0 / ((double)dh / sh);
@@ -145,8 +154,8 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
             row_of[0] = want[0];
             row_of[1] = -1;
         }
-        if (row_of[0] != want[0]) hresize_row(im, row_of[0] = want[0], x0, x1, xa, dw, rows[0]);
-        if (row_of[1] != want[1]) hresize_row(im, row_of[1] = want[1], x0, x1, xa, dw, rows[1]);
+        if (row_of[0] != want[0]) hresize_row(im, row_of[0] = want[0], x0, x1, xa, dw, planar, rows[0]);
+        if (row_of[1] != want[1]) hresize_row(im, row_of[1] = want[1], x0, x1, xa, dw, planar, rows[1]);
 
         for (int c = 0; c < 3; c++) {
             const int32_t *s0 = rows[0] + c * (int64_t)dw, *s1 = rows[1] + c * (int64_t)dw;

@@ -39,6 +39,7 @@ static uint8_t *random_bytes(size_t n) {
 
 static void test_status(void) {
     CHECK(crome_abi_version() == CROME_ABI_VERSION);
+    CHECK(strlen(crome_build_info()) > 0);
     for (int s = CROME_OK; s <= CROME_ERR_NOMEM; s++) CHECK(crome_status_str(s) && strlen(crome_status_str(s)) > 0);
     CHECK(strcmp(crome_status_str(-1), "unknown status") == 0);
     CHECK(strcmp(crome_status_str(99), "unknown status") == 0);
