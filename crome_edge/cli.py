@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("crome_edge.data_cli", "Generate synthetic conveyor datasets"),
     "export": ("crome_edge.export_cli", "Export an adapter + its backbone to a deployment bundle"),
     "build-engines": ("crome_edge.engines_cli", "Build TensorRT engines for a bundle on this device"),
+    "run": ("crome_edge.run_cli", "Answer a question about an image with a bundle (torch-free)"),
 }
 
 

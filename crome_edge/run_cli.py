@@ -1,0 +1,97 @@
+"""`crome-edge run`: answer questions about an image with a bundle, torch-free (crome_runtime.engine).
+
+Streams each answer to stdout as tokens arrive; says on stderr what ran where and how fast. `--profile
+out.json` writes the per-stage summary (p50/p90/p99, time to first token, tokens/s) and a Chrome trace
+(out.trace.json, for Perfetto). `--repeat N` runs every prompt N times with the engine's caches cleared
+before each round, so every stage is measured each time; several `--prompt`s on one image share its
+vision output, as in a deployment. Runtime errors become CromeError (a clear message, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from crome_edge.errors import CromeError
+
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="bundle directory (crome-edge export)")
+    parser.add_argument("--image", required=True, type=Path, help="image file (PNG, JPEG, BMP, WebP, TIFF, PNM)")
+    parser.add_argument("--prompt", required=True, action="append", metavar="TEXT",
+                        help="question about the image; repeat for several questions about the same image")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length cap (default: the bundle's)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the bundle's)")
+    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--repetition-penalty", type=float, help="penalty for repeating answer tokens (1 = off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per graph (default: one per core)")
+    parser.add_argument("--provider", default="auto", choices=PROVIDERS,
+                        help="execution provider (default auto: TensorRT > CUDA > CPU, whichever is available)")
+    parser.add_argument("--profile", type=Path, metavar="OUT.json",
+                        help="write a per-stage latency summary here and a Chrome trace to OUT.trace.json")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run every prompt N times (default 1)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per answer instead of streaming")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crome_runtime.errors import RUNTIME_ERRORS
+
+    if args.repeat < 1:
+        raise CromeError("--repeat must be at least 1")
+    try:
+        return _run(args)
+    except RUNTIME_ERRORS as error:
+        raise CromeError(str(error)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+    from crome_runtime.profiler import format_summary
+
+    config = EngineConfig(provider=args.provider, threads=args.threads, verify=not args.no_verify)
+    engine = Engine.load(args.bundle, config)
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    report = engine.providers
+    threads = args.threads or "default"
+    print(f"bundle {engine.bundle.name} on {report.summary()} (threads: {threads})", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for round_ in range(args.repeat):
+        engine.clear_caches()
+        frame = engine.frame(args.image)  # capture + preprocess, once per round; the prompts share it
+        for prompt in args.prompt:
+            stream = engine.stream(frame, prompt, options)
+            if args.json:
+                for _ in stream:
+                    pass
+                answer = stream.answer
+                print(json.dumps({"prompt": prompt, "answer": answer.text, "tokens": answer.token_ids,
+                                  "finish_reason": answer.finish_reason, "ttft_ms": answer.ttft_ms,
+                                  "total_ms": answer.total_ms, "cache": answer.cache}), flush=True)
+            else:
+                for piece in stream:
+                    print(piece, end="", flush=True)
+                print(flush=True)
+            answer = stream.answer
+            if not args.json and round_ == args.repeat - 1:
+                tokens_per_s = len(answer.token_ids) / (answer.total_ms / 1e3) if answer.total_ms else 0.0
+                ttft = f"{answer.ttft_ms:.1f} ms" if answer.ttft_ms is not None else "n/a"
+                print(f"[{len(answer.token_ids)} tokens, {answer.finish_reason}; first token {ttft}, "
+                      f"{tokens_per_s:.1f} tokens/s end to end]", file=sys.stderr)
+    if args.profile:
+        metadata = {"command": "crome-edge run", "engine": engine.describe(), "repeat": args.repeat,
+                    "prompts": args.prompt, "image": str(args.image)}
+        try:
+            summary_path, trace_path = engine.profiler.write(args.profile, metadata)
+        except OSError as error:
+            raise CromeError(f"cannot write the profile {args.profile}: {error.strerror or error}") from None
+        print(format_summary(engine.profiler.summary()), file=sys.stderr)
+        print(f"profile: {summary_path} (Chrome trace: {trace_path}, open it in https://ui.perfetto.dev)", file=sys.stderr)
+    return 0

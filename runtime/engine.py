@@ -1,0 +1,326 @@
+"""The torch-free engine: a bundle answers questions about frames, streaming text as tokens arrive.
+
+    engine = Engine.load("line3.bundle", EngineConfig(threads=2))
+    frame = engine.frame("part.png")                       # capture + preprocess (C core), once per frame
+    for piece in engine.stream(frame, "Is the part defective?"):
+        print(piece, end="", flush=True)
+    answer = engine.answer(frame, "What colour is it?")    # -> Answer(text, token_ids, finish_reason, ...)
+
+Pipeline per answer: frame -> vision.onnx -> adapter_visual.onnx (cached per frame, or per frame and
+question for an instruction-aware Q-Former) ; prompt -> tokenizer -> embedding rows -> adapter_text.onnx
+(cached per prompt) ; concat -> prefill -> decode with the KV cache (decoder.py: IO binding, buffers
+allocated once) -> sampler (C core) -> streaming detokeniser. Generation stops on the prompt template's
+stop tokens, at max_new_tokens, or at the end of the decoder's context. The same steps as
+CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. Every stage is timed by the
+engine's profiler (profiler.py). One engine serves one thread at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from crome_runtime import formats, providers
+from crome_runtime.bundle import GRAPHS, Bundle, GraphSignature, check_graphs, load_bundle
+from crome_runtime.cache import LRUCache
+from crome_runtime.decoder import KVDecoder
+from crome_runtime.detokenize import StreamDetokenizer
+from crome_runtime.errors import EngineError, PromptTooLong
+from crome_runtime.profiler import Profiler, Run, now
+from crome_runtime.sampling import SamplingParams, sample_next_token
+
+
+@dataclass
+class EngineConfig:
+    provider: str = "auto"  # auto | cpu | cuda | tensorrt (providers.py)
+    threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = one per core
+    spin: bool = True  # idle ORT worker threads spin (lower latency; set False on a shared CPU)
+    verify: bool = True  # sha256 of every bundle file at load
+    vision_cache: int = 8  # frames (or frame + question) whose adapted visual queries are kept
+    text_cache: int = 64  # prompts whose adapted text embeddings are kept
+
+
+@dataclass
+class GenerationOptions:
+    """None = the bundle's default (manifest `generation`)."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int = 0
+
+    def resolve(self, defaults) -> tuple[int, SamplingParams]:
+        pick = lambda mine, default: default if mine is None else mine  # noqa: E731
+        max_new = int(pick(self.max_new_tokens, defaults.max_new_tokens))
+        if max_new < 0:
+            raise EngineError(f"max_new_tokens must be >= 0, got {max_new}")
+        try:
+            params = SamplingParams(
+                temperature=float(pick(self.temperature, defaults.temperature)),
+                top_k=int(pick(self.top_k, defaults.top_k)),
+                top_p=float(pick(self.top_p, defaults.top_p)),
+                repetition_penalty=float(pick(self.repetition_penalty, defaults.repetition_penalty)),
+            )
+        except ValueError as error:
+            raise EngineError(str(error)) from None
+        return max_new, params
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A preprocessed frame: the vision graph's input and the identity its vision output is cached under."""
+
+    key: str
+    pixels: np.ndarray  # (3, S, S) float32, normalised
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray, key: str | None = None) -> "Frame":
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        return cls(key or pixel_key(pixels), pixels)
+
+
+def pixel_key(pixels: np.ndarray) -> str:
+    """Content identity of a preprocessed frame (what the vision graph sees): blake2b of its bytes."""
+    return hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]  # without the stop token
+    finish_reason: str  # "stop" | "length" | "context" (decoder context full) | "cancelled"
+    prompt_tokens: int  # prefix length: visual queries + prompt tokens
+    ttft_ms: float | None
+    total_ms: float | None
+    timings_ms: dict[str, float]  # stage -> ms in this answer
+    cache: dict[str, bool]  # {"vision": hit, "text": hit}
+
+
+class AnswerStream:
+    """Text pieces as they are decoded; `answer` holds the Answer once the stream is exhausted (or closed)."""
+
+    def __init__(self, engine: "Engine", image, prompt: str, options: GenerationOptions):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise EngineError("the prompt is empty; ask a question about the image")
+        max_new, params = options.resolve(engine.manifest.generation)  # EngineError before anything runs
+        self.answer: Answer | None = None
+        self._pieces = engine._generate(self, image, prompt, max_new, params, options.seed)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
+@dataclass
+class _State:
+    """One answer in progress (what `Answer` is made from)."""
+
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    finish: str = "cancelled"
+    prompt_tokens: int = 0
+    cache: dict[str, bool] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, config: EngineConfig | None = None, profiler: Profiler | None = None):
+        self.bundle, self.config = bundle, config or EngineConfig()
+        self.manifest = bundle.manifest
+        self.profiler = profiler or Profiler()
+        self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
+        self.sessions = {graph: providers.open_session(bundle.graph_path(graph), self.plan, self.config.threads,
+                                                       self.config.spin) for graph in GRAPHS}
+        check_graphs(bundle, {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()})
+        actual = {graph: list(s.get_providers()) for graph, s in self.sessions.items()}
+        notes = list(self.plan.notes) + list(bundle.notes)
+        for graph, names in actual.items():
+            note = providers.check_actual(self.plan, graph, names)  # raises when an explicit request fell back
+            if note:
+                notes.append(note)
+        self.providers = providers.ProviderReport(self.config.provider, self.plan.providers, actual, notes)
+        llm, d = self.manifest.llm, self.manifest.backbone.d_model
+        on_gpu = self.providers.primary in (providers.ORT_NAMES["cuda"], providers.ORT_NAMES["tensorrt"])
+        self.decoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
+                                 llm.vocab_size, "cuda" if on_gpu else "cpu")
+        self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
+        self._row_bytes = d * 4
+        self._recent = np.zeros(0, np.int32)  # generated ids for the repetition penalty, grown with the answer
+        self.vision_cache = LRUCache(self.config.vision_cache)
+        self.text_cache = LRUCache(self.config.text_cache)
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike, config: EngineConfig | None = None,
+             profiler: Profiler | None = None) -> "Engine":
+        """Reads and verifies the bundle (BundleError on any problem), opens its sessions, checks their dims."""
+        config = config or EngineConfig()
+        return cls(load_bundle(bundle, verify=config.verify), config, profiler)
+
+    # --- frames -------------------------------------------------------------------------------------
+    def frame(self, image, pixfmt: str = "bgr", key: str | None = None) -> Frame:
+        """An image file path or a camera frame (uint8 array in `pixfmt`: bgr, rgb, yuyv, nv12) -> Frame.
+        key: the frame's identity for the vision cache (default: a hash of the preprocessed pixels)."""
+        from crome_runtime.preprocess import load_image, preprocess_frame
+
+        prof = self.profiler
+        if isinstance(image, (str, os.PathLike)):
+            t = now()
+            image = load_image(image)  # ImageError: missing, unreadable, 0x0, over the pixel limit (header check)
+            prof.record("capture", t)
+            pixfmt = "bgr"
+        if not isinstance(image, np.ndarray):
+            raise EngineError(f"an image is a file path or a uint8 numpy frame, got {type(image).__name__}")
+        b = self.manifest.backbone
+        t = now()
+        pixels = preprocess_frame(image, pixfmt, b.image_size, b.image_mean, b.image_std)  # (3, S, S)
+        frame = Frame(key or pixel_key(pixels), pixels)
+        prof.record("preprocess", t)
+        return frame
+
+    def frame_from_pixels(self, pixels: np.ndarray, key: str | None = None) -> Frame:
+        """An already preprocessed (3, S, S) float32 frame (e.g. from crome_edge.data's pixel store)."""
+        size = self.manifest.backbone.image_size
+        if pixels.shape != (3, size, size):
+            raise EngineError(f"preprocessed pixels must be (3, {size}, {size}) for this bundle, got {pixels.shape}")
+        return Frame.from_pixels(pixels, key)
+
+    # --- answering ----------------------------------------------------------------------------------
+    def stream(self, image, prompt: str, options: GenerationOptions | None = None) -> AnswerStream:
+        """Iterate for the answer's text pieces; `.answer` has the Answer afterwards. image: Frame, path or array."""
+        return AnswerStream(self, image, prompt, options or GenerationOptions())
+
+    def answer(self, image, prompt: str, options: GenerationOptions | None = None) -> Answer:
+        stream = self.stream(image, prompt, options)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def clear_caches(self) -> None:
+        self.vision_cache.clear()
+        self.text_cache.clear()
+
+    def _generate(self, stream: AnswerStream, image, prompt: str, max_new: int, params: SamplingParams,
+                  seed: int) -> Iterator[str]:
+        prof = self.profiler
+        prof.begin_run("answer")
+        state = _State()
+        try:
+            frame = image if isinstance(image, Frame) else self.frame(image)
+            visual, state.cache["vision"] = self._visual(frame, prompt)  # (Nq, d)
+            text, state.cache["text"] = self._text(prompt)  # (Nt, d)
+            prefix = np.concatenate([visual, text])[None]  # (1, L, d)
+            length = state.prompt_tokens = prefix.shape[1]
+            budget = min(max_new, self.manifest.llm.max_position_embeddings - length)
+            self.decoder.reserve(length + budget)
+            if self._recent.size < budget:
+                self._recent = np.zeros(max(budget, 2 * self._recent.size), np.int32)
+            t = now()
+            logits = self.decoder.prefill(prefix)  # (vocab,)
+            prof.record("prefill", t)
+            yield from self._decode(logits, max_new, budget, params, np.random.default_rng(seed), state)
+        finally:
+            self._finish(stream, prof.end_run({"prompt": prompt}), state)
+
+    def _decode(self, logits, max_new: int, budget: int, params: SamplingParams, rng, state: _State) -> Iterator[str]:
+        prof, stop_ids, recent, tokens = self.profiler, self.bundle.stop_ids, self._recent, state.tokens
+        detokenizer = StreamDetokenizer(self.bundle.tokenizer)
+        table, row_bytes = self.embeddings.ctypes.data, self._row_bytes
+        state.finish = "length"
+        for step in range(max_new):
+            if step == budget:
+                state.finish = "context"
+                break
+            if step:
+                t = now()
+                logits = self.decoder.step(table + tokens[-1] * row_bytes)
+                prof.record("decode", t)
+            t = now()
+            token = sample_next_token(logits, params, recent[:step], rng)
+            prof.record("sample", t)
+            if token in stop_ids:
+                state.finish = "stop"
+                break
+            prof.token()
+            tokens.append(token)
+            recent[step] = token
+            t = now()
+            piece = detokenizer.push(token)
+            prof.record("detokenize", t)
+            if piece:
+                state.pieces.append(piece)
+                yield piece
+        tail = detokenizer.finish()
+        if tail:
+            state.pieces.append(tail)
+            yield tail
+
+    def _finish(self, stream: AnswerStream, run: Run, state: _State) -> None:
+        stream.answer = Answer("".join(state.pieces), list(state.tokens), state.finish, state.prompt_tokens,
+                               run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache))
+
+    # --- stages -------------------------------------------------------------------------------------
+    def _visual(self, frame: Frame, question: str) -> tuple[np.ndarray, bool]:
+        """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former)."""
+        b = self.manifest.backbone
+        key = (frame.key, question) if b.instruction_aware else frame.key
+        cached = self.vision_cache.get(key)
+        if cached is not None:
+            return cached, True
+        prof = self.profiler
+        t = now()
+        feeds = {formats.IN_PIXEL_VALUES: frame.pixels[None]}  # (1, 3, S, S)
+        if b.instruction_aware:
+            ids = self.bundle.qformer_tokenizer.encode(question).ids[: b.max_instruction_tokens]  # as CromeModel
+            feeds[formats.IN_INSTRUCTION_IDS] = np.asarray([ids], np.int64)  # (1, L)
+            feeds[formats.IN_INSTRUCTION_MASK] = np.ones((1, len(ids)), np.int64)
+        visual = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (1, Nq, d)
+        prof.record("vision", t)
+        t = now()
+        adapted = self.sessions["adapter_visual"].run(None, {formats.IN_ADAPTER_X: visual})[0][0]  # (Nq, d)
+        prof.record("adapter_visual", t)
+        self.vision_cache.put(key, adapted)
+        return adapted, False
+
+    def _text(self, question: str) -> tuple[np.ndarray, bool]:
+        """Adapted prompt embeddings (Nt, d): the template around the question, tokenised, embedded, adapted."""
+        text = self.manifest.prompt.format(question)
+        cached = self.text_cache.get(text)
+        if cached is not None:
+            return cached, True
+        prof = self.profiler
+        t = now()
+        ids = self.bundle.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        prof.record("tokenize", t)
+        self._check_context(len(ids))
+        t = now()
+        embeds = np.ascontiguousarray(self.embeddings[ids])[None]  # (1, Nt, d)
+        adapted = self.sessions["adapter_text"].run(None, {formats.IN_ADAPTER_X: embeds})[0][0]  # (Nt, d)
+        prof.record("adapter_text", t)
+        self.text_cache.put(text, adapted)
+        return adapted, False
+
+    def _check_context(self, prompt_tokens: int) -> None:
+        queries, context = self.manifest.backbone.num_query_tokens, self.manifest.llm.max_position_embeddings
+        if queries + prompt_tokens + 1 > context:
+            raise PromptTooLong(
+                f"the prompt is {prompt_tokens} tokens; with the {queries} visual queries that leaves no room for an "
+                f"answer in the decoder's context of {context} positions. Shorten the question to under "
+                f"{context - queries - 1} tokens"
+            )
+
+    # --- description --------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        m = self.manifest
+        return {
+            "bundle": str(self.bundle.path), "backbone": m.backbone.name, "adapter": m.adapter.name,
+            "precision": m.precision, "providers": self.providers.to_dict(), "threads": self.config.threads,
+            "kv_cache": {"device": self.decoder.device, "capacity_tokens": self.decoder.capacity,
+                         "bytes": self.decoder.kv_bytes, "allocations": self.decoder.allocations},
+            "caches": {"vision": self.vision_cache.stats(), "text": self.text_cache.stats()},
+        }
