@@ -180,7 +180,7 @@ def render(info: dict) -> str:
                 lines.append(f"{pad}{key}:")
                 walk(value, indent + 1)
             else:
-                lines.append(f"{pad}{key}: {json.dumps(value) if isinstance(value, (list, dict)) else value}")
+                lines.append(f"{pad}{key}: {json.dumps(value) if isinstance(value, (list, tuple, dict)) else value}")
 
     walk(info, 1)
     return "\n".join(lines)

@@ -30,6 +30,24 @@ def write_colour_dataset(root: Path, n: int = 24, seed: int = 0, size: int = 32)
     return root / "data.jsonl"
 
 
+def synth_dataset(root: Path, n: int = 24, task: str = "line3", seed: int = 0) -> Path:
+    """`crome-edge data synth` at 32 px (the tiny backbone's image size); returns the data.jsonl."""
+    from crome_edge.cli import main
+
+    assert main(["data", "synth", "--out", str(root), "--n", str(n), "--seed", str(seed), "--task", task, "--size", "32"]) == 0
+    return root / "data.jsonl"
+
+
+def test_a_synthetic_dataset_directory_loads(tmp_path):
+    synth_dataset(tmp_path / "line3", n=6)
+    dataset = load_dataset(tmp_path / "line3")
+    assert dataset.layout == "jsonl" and len(dataset) == 6 and dataset.source == tmp_path / "line3" / "data.jsonl"
+    assert {s.question for s in dataset.samples} == {"Which bin does this part go to?"}
+    check_images(dataset.samples)
+    pretrain = load_dataset(synth_dataset(tmp_path / "pretrain", n=2, task="pretrain"))
+    assert len(pretrain) == 10 and len(split_dataset(pretrain.samples, 0.5, 0)[1]) == 5  # 5 questions, 1 image
+
+
 def test_jsonl_paths_are_relative_to_the_file_and_blank_lines_are_skipped(tmp_path):
     data = write_colour_dataset(tmp_path, n=4)
     data.write_text(data.read_text().replace("\n", "\n\n", 1))

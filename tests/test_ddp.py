@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-from test_data import write_colour_dataset
+from test_data import synth_dataset
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    data = write_colour_dataset(tmp_path / "data", n=24)
+    data = synth_dataset(tmp_path / "data", n=24)
     out = tmp_path / "line3.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [

@@ -9,7 +9,7 @@ import pytest
 from crome_edge.cli import main
 from crome_edge.evaluate import exact_match, score
 from crome_edge.train import TrainConfig, Trainer
-from test_data import write_colour_dataset
+from test_data import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
 
@@ -17,7 +17,7 @@ FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progres
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    data = write_colour_dataset(root / "data", n=24)
+    data = synth_dataset(root / "data", n=24)
     Trainer(TrainConfig(data=str(data), out=str(root / "line3.safetensors"), steps=3, **FAST)).run()
     Trainer(TrainConfig(data=str(data), out=str(root / "parts.safetensors"), stage="pretrain", steps=2, **FAST)).run()
     return root, data
@@ -33,7 +33,7 @@ def test_eval_prints_accuracy_json(trained, capsys):
     assert main(["eval", "--backbone", "tiny", "--adapter", str(root / "line3.safetensors"), "--data", str(data), "--limit", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 5 and 0.0 <= report["accuracy"] <= 1.0 and report["seconds"] > 0
-    assert report["per_question"]["what colour is the part?"]["n"] == 5
+    assert report["per_question"]["Which bin does this part go to?"]["n"] == 5
     assert report["backbone"] == "tiny" and report["adapter"].endswith("line3.safetensors")
     assert main(["eval", "--backbone", "tiny", "--data", str(data), "--limit", "3"]) == 0  # the backbone alone
     assert json.loads(capsys.readouterr().out)["adapter"] is None

@@ -15,14 +15,14 @@ from crome_edge.errors import CromeError
 from crome_edge.train import TrainConfig, Trainer, TrainingInterrupted, load_backbone_parts
 from crome_edge.training.checkpoint import load_checkpoint
 from crome_edge.training.parts import llm_fingerprint
-from test_data import write_colour_dataset
+from test_data import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def colour_data(tmp_path_factory):
-    return write_colour_dataset(tmp_path_factory.mktemp("colours"), n=24)
+def line3_data(tmp_path_factory):
+    return synth_dataset(tmp_path_factory.mktemp("line3") / "line3", n=24)
 
 
 def _config(data, out, **changes):
@@ -33,8 +33,8 @@ def _state(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-def test_finetune_has_one_optimizer_group_of_adapter_parameters(tmp_path, colour_data, tiny_backbone):
-    trainer = Trainer(_config(colour_data, tmp_path / "a.safetensors"), backbone=tiny_backbone)
+def test_finetune_has_one_optimizer_group_of_adapter_parameters(tmp_path, line3_data, tiny_backbone):
+    trainer = Trainer(_config(line3_data, tmp_path / "a.safetensors"), backbone=tiny_backbone)
     trainer.setup()
     groups = trainer.optimizer.param_groups
     assert len(groups) == 1 and groups[0]["name"] == "adapter"
@@ -45,22 +45,22 @@ def test_finetune_has_one_optimizer_group_of_adapter_parameters(tmp_path, colour
     assert [id(p) for p in trainer.objective.parameters()] == [id(p) for p in adapter_params]
 
 
-def test_finetune_leaves_every_backbone_tensor_bit_identical(tmp_path, colour_data, tiny_backbone):
+def test_finetune_leaves_every_backbone_tensor_bit_identical(tmp_path, line3_data, tiny_backbone):
     before = tensor_fingerprint(tiny_backbone.state_dict())
-    result = Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=4), backbone=tiny_backbone).run()
+    result = Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=4), backbone=tiny_backbone).run()
     assert tensor_fingerprint(tiny_backbone.state_dict()) == before == tiny_backbone.fingerprint()
     assert not any(p.requires_grad for p in tiny_backbone.parameters()) and not tiny_backbone.training
     assert result.summary["steps"] == 4
 
 
-def test_cli_finetune_lowers_val_loss_and_writes_an_adapter_info_and_eval_read(tmp_path, colour_data, capsys):
+def test_cli_finetune_lowers_val_loss_and_writes_an_adapter_info_and_eval_read(tmp_path, line3_data, capsys):
     out = tmp_path / "line3.safetensors"
-    argv = ["train", "--backbone", "tiny", "--stage", "finetune", "--data", str(colour_data), "--out", str(out),
+    argv = ["train", "--backbone", "tiny", "--stage", "finetune", "--data", str(line3_data), "--out", str(out),
             "--epochs", "8", "--batch-size", "6", "--rank", "8", "--lr", "0.02", "--val-fraction", "0.25",
             "--threads", "1", "--no-progress", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["val_loss"] < summary["initial_val_loss"] * 0.5, summary
+    assert summary["val_loss"] < 0.75 * summary["initial_val_loss"], summary
     assert summary["steps"] == 8 * 3 and summary["examples"] == 18 and summary["val_examples"] == 6
     assert len(summary["loss_curve"]["val_per_epoch"]) == 8
 
@@ -68,21 +68,21 @@ def test_cli_finetune_lowers_val_loss_and_writes_an_adapter_info_and_eval_read(t
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "adapter" and info["config"] == {"d_model": 64, "rank": 8} and info["parameters"] == 5 * 64 * 8
     assert info["backbone"]["name"] == "tiny" and info["backbone"]["fingerprint"] == build_tiny(0).fingerprint()
-    assert info["train_data"] == str(colour_data)
+    assert info["train_data"] == str(line3_data)
     training = info["training"]
     assert training["val_loss"] == summary["val_loss"] and training["split_seed"] == 0 and training["val_fraction"] == 0.25
     assert training["stage"] == "finetune" and training["rank"] == 8 and training["seconds"] > 0
     assert main(["info", str(out)]) == 0
     assert "crome-edge adapter" in capsys.readouterr().out
 
-    assert main(["eval", "--backbone", "tiny", "--adapter", str(out), "--data", str(colour_data), "--split", "val"]) == 0
+    assert main(["eval", "--backbone", "tiny", "--adapter", str(out), "--data", str(line3_data), "--split", "val"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 6 and report["accuracy"] == pytest.approx(training["val_accuracy"])
-    assert set(report["per_question"]) == {"what colour is the part?"}
+    assert set(report["per_question"]) == {"Which bin does this part go to?"}
 
 
-def test_bf16_autocast_trains(tmp_path, colour_data, tiny_backbone):
-    result = Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=3, bf16=True), backbone=tiny_backbone).run()
+def test_bf16_autocast_trains(tmp_path, line3_data, tiny_backbone):
+    result = Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=3, bf16=True), backbone=tiny_backbone).run()
     assert result.summary["bf16"] and torch.isfinite(torch.tensor(result.summary["loss_curve"]["last"]))
     assert result.summary["val_loss"] < result.summary["initial_val_loss"]
 
@@ -95,10 +95,10 @@ def _interrupt_at(step):
     return on_step
 
 
-def test_ctrl_c_leaves_a_valid_checkpoint_and_resume_continues_from_it(tmp_path, colour_data, tiny_backbone):
-    straight = Trainer(_config(colour_data, tmp_path / "straight.safetensors", epochs=3), backbone=tiny_backbone).run()
+def test_ctrl_c_leaves_a_valid_checkpoint_and_resume_continues_from_it(tmp_path, line3_data, tiny_backbone):
+    straight = Trainer(_config(line3_data, tmp_path / "straight.safetensors", epochs=3), backbone=tiny_backbone).run()
 
-    config = _config(colour_data, tmp_path / "a.safetensors", epochs=3)
+    config = _config(line3_data, tmp_path / "a.safetensors", epochs=3)
     with pytest.raises(TrainingInterrupted, match=r"stopped at step 4 of 9.*--resume"):
         Trainer(config, backbone=tiny_backbone, on_step=_interrupt_at(4)).run()
     assert load_checkpoint(config.checkpoint_path)["step"] == 4
@@ -118,7 +118,7 @@ def test_ctrl_c_leaves_a_valid_checkpoint_and_resume_continues_from_it(tmp_path,
     assert resumed.summary["initial_val_loss"] == straight.summary["initial_val_loss"]
 
 
-def test_cli_ctrl_c_exits_non_zero_with_the_resume_hint(tmp_path, colour_data, monkeypatch, capsys):
+def test_cli_ctrl_c_exits_non_zero_with_the_resume_hint(tmp_path, line3_data, monkeypatch, capsys):
     from crome_edge.training import trainer as trainer_module
 
     original = trainer_module.Trainer.setup
@@ -129,7 +129,7 @@ def test_cli_ctrl_c_exits_non_zero_with_the_resume_hint(tmp_path, colour_data, m
 
     monkeypatch.setattr(trainer_module.Trainer, "setup", setup_with_interrupt)
     out = tmp_path / "a.safetensors"
-    argv = ["train", "--backbone", "tiny", "--data", str(colour_data), "--out", str(out), "--epochs", "2",
+    argv = ["train", "--backbone", "tiny", "--data", str(line3_data), "--out", str(out), "--epochs", "2",
             "--batch-size", "6", "--threads", "1", "--no-progress", "--val-fraction", "0.25"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -137,19 +137,19 @@ def test_cli_ctrl_c_exits_non_zero_with_the_resume_hint(tmp_path, colour_data, m
     assert load_checkpoint(tmp_path / "a.safetensors.ckpt")["step"] == 2 and not out.exists()
 
 
-def test_resume_refuses_another_run_and_a_missing_checkpoint(tmp_path, colour_data, tiny_backbone):
-    config = _config(colour_data, tmp_path / "a.safetensors", steps=2)
+def test_resume_refuses_another_run_and_a_missing_checkpoint(tmp_path, line3_data, tiny_backbone):
+    config = _config(line3_data, tmp_path / "a.safetensors", steps=2)
     with pytest.raises(CromeError, match="no checkpoint at"):
-        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
+        Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
     Trainer(config, backbone=tiny_backbone).run()
     with pytest.raises(CromeError, match=r"different run \(rank: checkpoint 8, now 4\)"):
-        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=4, rank=4, resume=True), backbone=tiny_backbone).run()
+        Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=4, rank=4, resume=True), backbone=tiny_backbone).run()
     with pytest.raises(CromeError, match="already at step 2 of 2"):
-        Trainer(_config(colour_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
+        Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=2, resume=True), backbone=tiny_backbone).run()
 
 
-def test_bad_invocations_fail_before_training_and_write_nothing(tmp_path, colour_data, capsys):
-    base = ["train", "--backbone", "tiny", "--data", str(colour_data), "--no-progress"]
+def test_bad_invocations_fail_before_training_and_write_nothing(tmp_path, line3_data, capsys):
+    base = ["train", "--backbone", "tiny", "--data", str(line3_data), "--no-progress"]
     assert main(base + ["--out", str(tmp_path / "missing" / "a.safetensors")]) == 2
     assert f"directory {tmp_path / 'missing'} does not exist (create it first)" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path)]) == 2
@@ -161,20 +161,20 @@ def test_bad_invocations_fail_before_training_and_write_nothing(tmp_path, colour
     bad.write_text('{"image": "images/000.png", "question": "q"}\n')
     assert main(["train", "--backbone", "tiny", "--data", str(bad), "--out", str(tmp_path / "b.safetensors")]) == 2
     assert "bad.jsonl line 1 has no 'answer'" in capsys.readouterr().err
-    (colour_data.parent / "missing.jsonl").write_text('{"image": "images/404.png", "question": "q", "answer": "a"}\n' * 3)
-    assert main(["train", "--backbone", "tiny", "--data", str(colour_data.parent / "missing.jsonl"), "--val-fraction", "0",
+    (line3_data.parent / "missing.jsonl").write_text('{"image": "images/404.png", "question": "q", "answer": "a"}\n' * 3)
+    assert main(["train", "--backbone", "tiny", "--data", str(line3_data.parent / "missing.jsonl"), "--val-fraction", "0",
                  "--out", str(tmp_path / "c.safetensors")]) == 2
     assert "404.png (missing.jsonl line 1) not found" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
 @pytest.mark.parametrize("train_vision", [False, True])
-def test_pretrain_trains_the_visual_side_never_the_llm(tmp_path, colour_data, train_vision):
+def test_pretrain_trains_the_visual_side_never_the_llm(tmp_path, line3_data, train_vision):
     backbone = build_tiny(0)
     llm_before, vision_before = tensor_fingerprint(backbone.llm.state_dict()), _state(backbone.vision)
     qformer_before, projection_before = _state(backbone.qformer), _state(backbone.projection)
     queries_before = backbone.query_tokens.detach().clone()
-    config = _config(colour_data, tmp_path / "parts.safetensors", stage="pretrain", steps=4, train_vision=train_vision)
+    config = _config(line3_data, tmp_path / "parts.safetensors", stage="pretrain", steps=4, train_vision=train_vision)
     trainer = Trainer(config, backbone=backbone)
     trainer.setup()
     names = [g["name"] for g in trainer.optimizer.param_groups]
