@@ -13,6 +13,7 @@ from crome_edge.errors import CromeError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "ask": ("crome_edge.ask_cli", "Answer questions about an image with the PyTorch model (quick look)"),
     "models": ("crome_edge.models_cli", "List, pull and inspect backbone models"),
     "train": ("crome_edge.train_cli", "Train a CROME adapter (finetune) or the backbone's Q-Former/projection (pretrain)"),
     "eval": ("crome_edge.eval_cli", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),

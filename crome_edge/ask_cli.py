@@ -1,0 +1,74 @@
+"""`crome-edge ask`: answer a question about one image with the PyTorch model (backbone + optional adapter).
+
+The quickest way to see a backbone at work; `--synthetic SEED` renders a conveyor frame and prints its
+ground truth, so no camera or image is needed. For deployment, export a bundle and use `crome-edge run`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from crome_edge.errors import CromeError
+
+SHIPPED_ADAPTERS = {"line3": "line3.safetensors"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="smol", help="tiny | smol | a local HF directory (default: smol)")
+    parser.add_argument("--adapter", help="adapter .safetensors, or 'line3' for the shipped demo adapter")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="image file")
+    source.add_argument("--synthetic", type=int, metavar="SEED", help="render synthetic conveyor frame SEED")
+    parser.add_argument("--question", action="append", required=True, help="may be given several times")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def resolve_adapter(name: str) -> Path:
+    if name in SHIPPED_ADAPTERS:
+        from importlib import resources
+
+        path = Path(str(resources.files("crome_edge") / "weights" / SHIPPED_ADAPTERS[name]))
+        if not path.is_file():
+            raise CromeError(f"the shipped {name} adapter is missing from this install ({path}); reinstall crome-edge")
+        return path
+    return Path(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from crome_edge.adapter_file import load_adapter
+    from crome_edge.backbones.registry import load_backbone
+    from crome_edge.model import CromeModel, GenerationConfig
+    from crome_runtime.preprocess import ImageError, load_image, preprocess_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    model = CromeModel(backbone)
+    if args.adapter:
+        adapter, _ = load_adapter(resolve_adapter(args.adapter), backbone)
+        model.attach_adapter(adapter)
+    truth = None
+    if args.synthetic is not None:
+        from crome_edge.synth.world import render_scene
+
+        image, scene = render_scene(args.synthetic, backbone.info.image_size)
+        truth = {"kind": scene.kind, "colour": scene.colour, "defect": scene.defect}
+    else:
+        try:
+            image = load_image(args.image)
+        except ImageError as error:
+            raise CromeError(str(error)) from None
+    info = backbone.info
+    pixels = torch.from_numpy(preprocess_image(image, info.image_size, info.image_mean, info.image_std))[None]
+    answers = model.answer(pixels.expand(len(args.question), -1, -1, -1), args.question,
+                           GenerationConfig(max_new_tokens=args.max_new_tokens))
+    result = {"answers": dict(zip(args.question, answers))}
+    if truth is not None:
+        result["ground_truth"] = truth
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
