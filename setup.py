@@ -38,7 +38,7 @@ setup(
                 "runtime/csrc/sampler.c",
             ],
             include_dirs=["runtime/csrc"],
-            extra_compile_args=["-O3", "-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"]
+            extra_compile_args=["-O3", "-std=c11", "-fno-wrapv", "-fvisibility=hidden", "-Wall", "-Wextra"]
             + ([] if _portable else ["-march=native"]),
             libraries=["m"],
         )

@@ -23,7 +23,9 @@ ABI_VERSION = 2  # CROME_ABI_VERSION in crome_core.h
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
 MAX_OUT_SIDE = 8192  # crome_preprocess_params.out_width/out_height
 _F32, _I8 = 0, 1  # crome_dtype
-_F32DT = np.dtype(np.float32)
+_F32DT, _I64DT = np.dtype(np.float32), np.dtype(np.int64)
+_NO_TOKENS = np.zeros(0, np.int64)
+_ERR_VALUE = 6  # CROME_ERR_VALUE
 
 
 class CoreError(ValueError):
@@ -316,26 +318,26 @@ def _row_stride(a: np.ndarray) -> int | None:
 # --- crome_sample -----------------------------------------------------------------------------------
 
 
-def sample(logits: np.ndarray, params, recent_tokens: np.ndarray, u: float) -> int:
-    """crome_sample on one row of logits. params: an object with temperature, top_k, top_p and
-    repetition_penalty (sampling.SamplingParams); recent_tokens: int32 ids, C-contiguous; u in [0, 1).
-    float16/float64 or strided logits are copied to contiguous float32."""
-    if not isinstance(logits, np.ndarray) or logits.ndim != 1 or logits.size == 0:
+def sample(logits: np.ndarray, params, recent_tokens, u: float) -> int:
+    """crome_sample on one row of logits (vocab,). params: an object with temperature, top_k, top_p and
+    repetition_penalty (sampling.SamplingParams); recent_tokens: integer ids (any sequence or array);
+    u in [0, 1). float16/float64 or strided logits are copied to contiguous float32."""
+    if type(logits) is not np.ndarray or logits.ndim != 1 or logits.size == 0:
         raise CoreError(f"logits must be a non-empty 1-D array, got {getattr(logits, 'shape', type(logits).__name__)}")
-    if logits.dtype != np.float32 or not logits.flags.c_contiguous:
+    if logits.dtype != _F32DT or not logits.flags.c_contiguous:
         logits = np.ascontiguousarray(logits, dtype=np.float32)
     recent = np.asarray(recent_tokens)
-    if recent.size and (recent.ndim != 1 or recent.dtype.kind not in "iu" or recent.min() < 0
-                        or recent.max() >= logits.size):
-        raise CoreError(f"recent_tokens must be 1-D integer ids in [0, {logits.size})")
-    recent = np.ascontiguousarray(recent, dtype=np.int32)
+    if recent.size == 0:
+        recent = _NO_TOKENS
+    elif recent.ndim != 1 or recent.dtype.kind not in "iu":
+        raise CoreError(f"recent_tokens must be 1-D integer ids, got {recent.dtype} {recent.shape}")
+    elif recent.dtype != _I64DT or not recent.flags.c_contiguous:
+        recent = np.ascontiguousarray(recent, dtype=np.int64)  # uint64 ids >= 2^63 turn negative: refused in C
     cparams = _SamplerParams(params.temperature, params.top_p, params.repetition_penalty, params.top_k)
     token = ctypes.c_int32()
-    _check(
-        library().crome_sample(
-            logits.ctypes.data, logits.size, recent.ctypes.data, recent.size, ctypes.byref(cparams), u,
-            ctypes.byref(token),
-        ),
-        "crome_sample",
-    )
+    status = library().crome_sample(logits.ctypes.data, logits.size, recent.ctypes.data, recent.size,
+                                    ctypes.byref(cparams), u, ctypes.byref(token))
+    if status == _ERR_VALUE and recent.size and not (0 <= recent.min() and recent.max() < logits.size):
+        raise CoreError(f"recent_tokens must be ids in [0, {logits.size}), got {recent.min()}..{recent.max()}")
+    _check(status, "crome_sample")
     return token.value

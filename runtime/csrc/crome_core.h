@@ -90,7 +90,7 @@ CROME_API crome_preprocess_params crome_preprocess_params_default(void);
  *   where q is the uint8 image that OpenCV produces for the same frame with cv2.cvtColor (BGR2RGB,
  *   YUV2RGB_YUYV, YUV2RGB_NV12: BT.601 limited range) followed by cv2.resize(..., INTER_LINEAR):
  *   bilinear with half-pixel centres and OpenCV's 11-bit fixed-point arithmetic, reproduced bit-exactly.
- * Allocates a workspace of O(out_width) bytes per call (CROME_ERR_NOMEM if that fails). */
+ * Allocates a workspace of O(out_width + width) bytes per call (CROME_ERR_NOMEM if that fails). */
 CROME_API crome_status crome_preprocess(const crome_image *image, const crome_preprocess_params *params,
                                         float *dst);
 
@@ -158,7 +158,7 @@ CROME_API crome_sampler_params crome_sampler_params_default(void);
  *        -> top-k -> softmax -> top-p (smallest prefix, by descending logit then ascending id, whose
  *        mass >= top_p) -> inverse CDF at u over the kept tokens.
  * Allocates O(n_vocab) scratch per call. */
-CROME_API crome_status crome_sample(const float *logits, int64_t n_vocab, const int32_t *recent, int64_t n_recent,
+CROME_API crome_status crome_sample(const float *logits, int64_t n_vocab, const int64_t *recent, int64_t n_recent,
                                     const crome_sampler_params *params, double u, int32_t *token);
 
 #ifdef __cplusplus

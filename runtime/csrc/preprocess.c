@@ -2,14 +2,19 @@
  *
  * Reproduces OpenCV bit-exactly on uint8: cv2.cvtColor (BT.601 fixed point) and cv2.resize INTER_LINEAR
  * (11-bit fixed-point coefficients; x clamped at the borders, y rows clipped; vertical pass as in OpenCV's
- * VResizeLinearVec_32s8u). Each source row the output needs is converted (YUV: a whole row to planar RGB,
- * in loops that vectorise) and resampled horizontally once (two rows cached), so a frame is never
- * converted or stored whole.
+ * VResizeLinearVec_32s8u). Each source row the output needs is resampled horizontally once (two rows
+ * cached), converting only the two source pixels of each output column: one wide load per column, the
+ * conversion and blend in loops that vectorise. A frame is never converted or stored whole.
  */
 #include "crome_core.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "preprocess.c picks bytes out of wide loads assuming a little-endian target"
+#endif
 
 enum { MAX_SIDE = 32768, MAX_OUT_SIDE = 8192 };
 enum { COEF_BITS = 11, COEF_ONE = 1 << COEF_BITS };
@@ -30,63 +35,118 @@ crome_preprocess_params crome_preprocess_params_default(void) {
 
 static inline int32_t clamp_u8(int32_t v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
 
-/* One pixel pair (Y0, Y1 sharing U, V) -> R, G, B exactly as OpenCV's YUV422 / YUV420sp to RGB
- * (BT.601 limited range), into planar rows at x, x + 1. */
-static inline void yuv_pair(int32_t y0, int32_t y1, int32_t u, int32_t v, uint8_t *restrict r,
-                            uint8_t *restrict g, uint8_t *restrict b, int64_t x) {
+/* Y, U, V -> R, G, B exactly as OpenCV's YUV422 / YUV420sp to RGB (BT.601 limited range). */
+static inline void yuv_to_rgb(int32_t y, int32_t u, int32_t v, int32_t rgb[3]) {
+    const int32_t yy = (y > 16 ? y - 16 : 0) * YUV_CY + YUV_HALF;
     u -= 128, v -= 128;
-    const int32_t ruv = YUV_HALF + YUV_CVR * v, guv = YUV_HALF + YUV_CVG * v + YUV_CUG * u;
-    const int32_t buv = YUV_HALF + YUV_CUB * u;
-    const int32_t yy[2] = {(y0 > 16 ? y0 - 16 : 0) * YUV_CY, (y1 > 16 ? y1 - 16 : 0) * YUV_CY};
-    for (int k = 0; k < 2; k++) {
-        r[x + k] = (uint8_t)clamp_u8((yy[k] + ruv) >> YUV_SHIFT);
-        g[x + k] = (uint8_t)clamp_u8((yy[k] + guv) >> YUV_SHIFT);
-        b[x + k] = (uint8_t)clamp_u8((yy[k] + buv) >> YUV_SHIFT);
+    rgb[0] = clamp_u8((yy + YUV_CVR * v) >> YUV_SHIFT);
+    rgb[1] = clamp_u8((yy + YUV_CVG * v + YUV_CUG * u) >> YUV_SHIFT);
+    rgb[2] = clamp_u8((yy + YUV_CUB * u) >> YUV_SHIFT);
+}
+
+/* out(c, dx) = channel c of pixel x0 * a0 + of pixel x1 * a1 for YUV samples (y, u, v) of both pixels. */
+static inline void blend_yuv(int32_t y0, int32_t u0, int32_t v0, int32_t y1, int32_t u1, int32_t v1, int32_t a0,
+                             int32_t a1, int32_t *restrict const o[3], int32_t dx) {
+    int32_t p0[3], p1[3];
+    yuv_to_rgb(y0, u0, v0, p0);
+    yuv_to_rgb(y1, u1, v1, p1);
+    for (int c = 0; c < 3; c++) o[c][dx] = p0[c] * a0 + p1[c] * a1;
+}
+
+/* Horizontal sampling positions and weights, shared by every row: output column dx blends source pixels
+ * x0[dx] and x1[dx] (= min(x0 + 1, w - 1)) with weights a0[dx] + a1[dx] = COEF_ONE (a1 = 0 where x1 = x0).
+ * In the first `wide` columns one 8-byte load (at pixel x0 of a BGR24/RGB24 row, at the YUYV macropixel
+ * holding x0, or, for NV12, 4 bytes at x0 and at x0's UV pair) covers both pixels and stays in the row. */
+typedef struct xmap {
+    int32_t *x0, *x1, *a0, *a1;
+    int32_t dw, wide;
+} xmap;
+
+enum { BLK = 16 }; /* columns per block: their loads are scalar, the arithmetic on them vectorises */
+
+/* BGR24/RGB24 row; r: byte offset of R in a pixel. */
+static void hresize_packed(const uint8_t *restrict row, const xmap *m, int r, int32_t *restrict const o[3]) {
+    const int shift[3] = {8 * r, 8, 8 * (2 - r)}; /* bit offset of R, G, B in a loaded pixel */
+    int32_t dx = 0;
+    for (; dx + BLK <= m->wide; dx += BLK) {
+        uint64_t px[BLK]; /* bytes 0-2: pixel x0, bytes 3-5: pixel x0 + 1 */
+        for (int k = 0; k < BLK; k++) memcpy(&px[k], row + 3 * (int64_t)m->x0[dx + k], sizeof px[k]);
+        for (int c = 0; c < 3; c++)
+            for (int k = 0; k < BLK; k++)
+                o[c][dx + k] = (int32_t)((px[k] >> shift[c]) & 255) * m->a0[dx + k] +
+                               (int32_t)((px[k] >> (shift[c] + 24)) & 255) * m->a1[dx + k];
+    }
+    for (; dx < m->dw; dx++) {
+        const uint8_t *p0 = row + 3 * (int64_t)m->x0[dx], *p1 = row + 3 * (int64_t)m->x1[dx];
+        for (int c = 0; c < 3; c++) o[c][dx] = p0[shift[c] / 8] * m->a0[dx] + p1[shift[c] / 8] * m->a1[dx];
     }
 }
 
-/* Source row sy of a YUV frame as planar R, G, B rows of width bytes (contiguous loops that vectorise). */
-static void yuv_row_to_planar(const crome_image *im, int32_t sy, uint8_t *restrict r, uint8_t *restrict g,
-                              uint8_t *restrict b) {
-    const uint8_t *restrict row = im->data + (int64_t)sy * im->stride;
-    const int64_t pairs = im->width / 2;
-    if (im->format == CROME_PIXFMT_YUYV) {
-        for (int64_t p = 0; p < pairs; p++) yuv_pair(row[4 * p], row[4 * p + 2], row[4 * p + 1], row[4 * p + 3], r, g, b, 2 * p);
-    } else { /* NV12 */
-        const uint8_t *restrict uv = im->uv + (int64_t)(sy >> 1) * im->uv_stride;
-        for (int64_t p = 0; p < pairs; p++) yuv_pair(row[2 * p], row[2 * p + 1], uv[2 * p], uv[2 * p + 1], r, g, b, 2 * p);
-    }
-}
-
-/* Horizontal pass over one source row: out (3, dw) int32 RGB planes, scale COEF_ONE.
- * x0/x1: left/right source pixel of each output column (x1 = min(x0 + 1, w - 1)); a: their weights.
- * planar: scratch for YUV frames, 3 rows of width bytes. */
-static void hresize_row(const crome_image *im, int32_t sy, const int32_t *x0, const int32_t *x1,
-                        const int16_t *a, int32_t dw, uint8_t *const planar[3], int32_t *out) {
-    if (im->format == CROME_PIXFMT_BGR24 || im->format == CROME_PIXFMT_RGB24) {
-        const uint8_t *row = im->data + (int64_t)sy * im->stride;
-        const int r = im->format == CROME_PIXFMT_BGR24 ? 2 : 0; /* byte offset of R within a pixel */
-        for (int32_t dx = 0; dx < dw; dx++) {
-            const uint8_t *p0 = row + 3 * (int64_t)x0[dx], *p1 = row + 3 * (int64_t)x1[dx];
-            const int32_t a0 = a[2 * dx], a1 = a[2 * dx + 1];
-            out[dx] = p0[r] * a0 + p1[r] * a1;
-            out[dw + dx] = p0[1] * a0 + p1[1] * a1;
-            out[2 * dw + dx] = p0[2 - r] * a0 + p1[2 - r] * a1;
+/* YUYV row: Y0 U Y1 V per pixel pair. */
+static void hresize_yuyv(const uint8_t *restrict row, const xmap *m, int32_t *restrict const o[3]) {
+    int32_t dx = 0;
+    for (; dx + BLK <= m->wide; dx += BLK) {
+        uint64_t px[BLK]; /* x0's macropixel and the next: Y U Y V Y U Y V */
+        int32_t sh[BLK];  /* 16 when x0 is odd: x0 is then the macropixel's second Y, x0 + 1 starts the next */
+        for (int k = 0; k < BLK; k++) {
+            memcpy(&px[k], row + 4 * (int64_t)(m->x0[dx + k] >> 1), sizeof px[k]);
+            sh[k] = 16 * (m->x0[dx + k] & 1);
         }
-        return;
+        for (int k = 0; k < BLK; k++) {
+            const uint64_t p = px[k];
+            blend_yuv((int32_t)((p >> sh[k]) & 255), (int32_t)((p >> 8) & 255), (int32_t)((p >> 24) & 255),
+                      (int32_t)((p >> (sh[k] + 16)) & 255), (int32_t)((p >> (8 + 2 * sh[k])) & 255),
+                      (int32_t)((p >> (24 + 2 * sh[k])) & 255), m->a0[dx + k], m->a1[dx + k], o, dx + k);
+        }
     }
-    yuv_row_to_planar(im, sy, planar[0], planar[1], planar[2]);
-    for (int c = 0; c < 3; c++) {
-        const uint8_t *p = planar[c];
-        int32_t *o = out + (int64_t)c * dw;
-        for (int32_t dx = 0; dx < dw; dx++) o[dx] = p[x0[dx]] * a[2 * dx] + p[x1[dx]] * a[2 * dx + 1];
+    for (; dx < m->dw; dx++) {
+        const uint8_t *q0 = row + 4 * (int64_t)(m->x0[dx] >> 1), *q1 = row + 4 * (int64_t)(m->x1[dx] >> 1);
+        blend_yuv(q0[2 * (m->x0[dx] & 1)], q0[1], q0[3], q1[2 * (m->x1[dx] & 1)], q1[1], q1[3], m->a0[dx], m->a1[dx], o, dx);
+    }
+}
+
+/* NV12 row: Y plane row and its UV row (U V per pixel pair). */
+static void hresize_nv12(const uint8_t *restrict y, const uint8_t *restrict uv, const xmap *m,
+                         int32_t *restrict const o[3]) {
+    int32_t dx = 0;
+    for (; dx + BLK <= m->wide; dx += BLK) {
+        uint32_t py[BLK], puv[BLK]; /* Y of x0, x0 + 1; U V of x0's pair and the next */
+        int32_t odd[BLK];
+        for (int k = 0; k < BLK; k++) {
+            const int64_t x = m->x0[dx + k];
+            memcpy(&py[k], y + x, sizeof py[k]);
+            memcpy(&puv[k], uv + (x & ~(int64_t)1), sizeof puv[k]);
+            odd[k] = (int32_t)(x & 1);
+        }
+        for (int k = 0; k < BLK; k++) {
+            const uint32_t next = puv[k] >> (16 * odd[k]); /* x0 + 1's U V */
+            blend_yuv((int32_t)(py[k] & 255), (int32_t)(puv[k] & 255), (int32_t)((puv[k] >> 8) & 255),
+                      (int32_t)((py[k] >> 8) & 255), (int32_t)(next & 255), (int32_t)((next >> 8) & 255), m->a0[dx + k],
+                      m->a1[dx + k], o, dx + k);
+        }
+    }
+    for (; dx < m->dw; dx++) {
+        const int32_t s0 = m->x0[dx], s1 = m->x1[dx];
+        blend_yuv(y[s0], uv[s0 & ~1], uv[(s0 & ~1) + 1], y[s1], uv[s1 & ~1], uv[(s1 & ~1) + 1], m->a0[dx], m->a1[dx], o, dx);
+    }
+}
+
+/* Horizontal pass over source row sy: out (3, dw) int32 RGB planes, scale COEF_ONE. */
+static void hresize_row(const crome_image *im, int32_t sy, const xmap *m, int32_t *out) {
+    int32_t *const o[3] = {out, out + m->dw, out + 2 * (int64_t)m->dw};
+    const uint8_t *row = im->data + (int64_t)sy * im->stride;
+    switch (im->format) {
+    case CROME_PIXFMT_BGR24: hresize_packed(row, m, 2, o); break;
+    case CROME_PIXFMT_RGB24: hresize_packed(row, m, 0, o); break;
+    case CROME_PIXFMT_YUYV: hresize_yuyv(row, m, o); break;
+    case CROME_PIXFMT_NV12: hresize_nv12(row, im->uv + (int64_t)(sy >> 1) * im->uv_stride, m, o); break;
     }
 }
 
 /* OpenCV's source coordinate for output index d: (d + 0.5) * scale - 0.5, in double then float. */
 static inline float src_coord(int32_t d, double scale) { return (float)((d + 0.5) * scale - 0.5); }
 
-static inline int16_t coef(float w) { return (int16_t)lrintf(w * (float)COEF_ONE); }
+static inline int32_t coef(float w) { return (int32_t)lrintf(w * (float)COEF_ONE); }
 
 static crome_status check_image(const crome_image *im) {
     if (!im->data) return CROME_ERR_NULL;
@@ -117,16 +177,15 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
     for (int c = 0; c < 3; c++)
         if (!isfinite(p->mean[c]) || !isfinite(p->std[c]) || !(p->std[c] > 0.0f)) return CROME_ERR_PARAM;
 
-    /* workspace: x0, x1 (dw int32 each), two cached rows (3 * dw int32 each), a (2 * dw int16),
-     * planar RGB of one source row for YUV frames (3 * sw bytes) */
-    const int yuv = im->format == CROME_PIXFMT_YUYV || im->format == CROME_PIXFMT_NV12;
-    char *ws = malloc((size_t)dw * (8 * sizeof(int32_t) + 2 * sizeof(int16_t)) + (yuv ? 3 * (size_t)sw : 0));
+    /* workspace: x0, x1, a0, a1 (dw int32 each), two cached rows (3 * dw int32 each) */
+    int32_t *ws = malloc(sizeof(int32_t) * 10 * (size_t)dw);
     if (!ws) return CROME_ERR_NOMEM;
-    int32_t *x0 = (int32_t *)ws, *x1 = x0 + dw, *rows[2] = {x1 + dw, x1 + 4 * (int64_t)dw};
-    int16_t *xa = (int16_t *)(rows[1] + 3 * (int64_t)dw);
-    uint8_t *const rgb_row = (uint8_t *)(xa + 2 * (int64_t)dw);
-    uint8_t *planar[3] = {rgb_row, rgb_row + sw, rgb_row + 2 * (int64_t)sw};
+    xmap m = {.x0 = ws, .x1 = ws + dw, .a0 = ws + 2 * (int64_t)dw, .a1 = ws + 3 * (int64_t)dw, .dw = dw};
+    int32_t *rows[2] = {ws + 4 * (int64_t)dw, ws + 7 * (int64_t)dw};
     int32_t row_of[2] = {-1, -1}; /* source row held by rows[k] */
+    /* bytes one wide load may reach past pixel x0 (rounded down to its pair for YUV), and the row size */
+    const int64_t reach = im->format == CROME_PIXFMT_NV12 ? 4 : 8;
+    const int64_t row_bytes = (int64_t)sw * (im->format == CROME_PIXFMT_YUYV ? 2 : im->format == CROME_PIXFMT_NV12 ? 1 : 3);
 
     const double scale_x = 1.0 / ((double)dw / sw), scale_y = 1.0 / ((double)dh / sh);
     for (int32_t dx = 0; dx < dw; dx++) { /* x: clamped at both borders, as OpenCV does */
@@ -135,10 +194,13 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
         fx -= (float)sx;
         if (sx < 0) fx = 0.0f, sx = 0;
         if (sx >= sw - 1) fx = 0.0f, sx = sw - 1;
-        x0[dx] = sx;
-        x1[dx] = sx + 1 < sw ? sx + 1 : sw - 1;
-        xa[2 * dx] = coef(1.0f - fx);
-        xa[2 * dx + 1] = coef(fx);
+        m.x0[dx] = sx;
+        m.x1[dx] = sx + 1 < sw ? sx + 1 : sw - 1;
+        m.a0[dx] = coef(1.0f - fx);
+        m.a1[dx] = coef(fx);
+        const int64_t start = im->format == CROME_PIXFMT_YUYV ? 4 * (int64_t)(sx >> 1)
+                              : im->format == CROME_PIXFMT_NV12 ? sx & ~1 : 3 * (int64_t)sx;
+        if (start + reach <= row_bytes) m.wide = dx + 1; /* x0 never decreases */
     }
 
     const int64_t plane = (int64_t)dw * dh;
@@ -154,8 +216,8 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
             row_of[0] = want[0];
             row_of[1] = -1;
         }
-        if (row_of[0] != want[0]) hresize_row(im, row_of[0] = want[0], x0, x1, xa, dw, planar, rows[0]);
-        if (row_of[1] != want[1]) hresize_row(im, row_of[1] = want[1], x0, x1, xa, dw, planar, rows[1]);
+        if (row_of[0] != want[0]) hresize_row(im, row_of[0] = want[0], &m, rows[0]);
+        if (row_of[1] != want[1]) hresize_row(im, row_of[1] = want[1], &m, rows[1]);
 
         for (int c = 0; c < 3; c++) {
             const int32_t *s0 = rows[0] + c * (int64_t)dw, *s1 = rows[1] + c * (int64_t)dw;

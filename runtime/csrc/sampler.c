@@ -22,6 +22,7 @@
 
 /* prefix lengths: the first top-p try, the longest taken from a heap; CHUNK: top-p evaluation step */
 enum { HEAP_FIRST = 64, HEAP_MAX = 1024, CHUNK = 1024 };
+enum { BLOCK = 64 }; /* floats tested at once when scanning for a value */
 
 crome_sampler_params crome_sampler_params_default(void) {
     crome_sampler_params p = {.temperature = 0.0, .top_p = 1.0, .repetition_penalty = 1.0f, .top_k = 0};
@@ -62,15 +63,13 @@ static float scan_max(const float *z, int64_t n, int *bad) {
     return mx;
 }
 
-/* Index of the first z equal to v (which occurs in z). */
+/* Index of the first z equal to v (which occurs in z); blocks without it are skipped with a vectorised test. */
 static int64_t find_first(const float *z, int64_t n, float v) {
-    const vi zero = {0};
     int64_t i = 0;
-    for (; i + CROME_VW <= n; i += CROME_VW) {
-        vf x;
-        memcpy(&x, z + i, sizeof x);
-        const vi eq = x == v;
-        if (memcmp(&eq, &zero, sizeof eq)) break;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        int any = 0;
+        for (int k = 0; k < BLOCK; k++) any |= z[i + k] == v;
+        if (any) break;
     }
     while (z[i] != v) i++;
     return i;
@@ -101,23 +100,21 @@ static void sift_down(uint64_t *h, int64_t n, int64_t i) { /* max-heap */
 
 /* The k smallest keys of z (0 < k <= n) in ascending order: heap selection, then heapsort. Scanning ids
  * upwards, only a value above the heap's largest-key value can enter (an equal value has a larger id),
- * so whole vectors below it are skipped with one compare. */
+ * so whole blocks below it are skipped with one vectorised test. */
 static void heap_prefix(const float *z, int64_t n, int64_t k, uint64_t *out) {
     for (int64_t i = 0; i < k; i++) out[i] = order_key(z[i], i);
     for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(out, k, i);
-    const vi none = {0};
     float bar = z[key_id(out[0])];
     for (int64_t i = k; i < n;) {
-        if (i + CROME_VW <= n) {
-            vf v;
-            memcpy(&v, z + i, sizeof v);
-            const vi above = v > bar;
-            if (!memcmp(&above, &none, sizeof above)) {
-                i += CROME_VW;
+        if (i + BLOCK <= n) {
+            int above = 0;
+            for (int j = 0; j < BLOCK; j++) above |= z[i + j] > bar;
+            if (!above) {
+                i += BLOCK;
                 continue;
             }
         }
-        const int64_t end = i + CROME_VW < n ? i + CROME_VW : n;
+        const int64_t end = i + BLOCK < n ? i + BLOCK : n;
         for (; i < end; i++)
             if (z[i] > bar) {
                 out[0] = order_key(z[i], i);
@@ -179,7 +176,7 @@ static int64_t inverse_cdf(const double *e, const double *c, int64_t n, double t
     return j;
 }
 
-crome_status crome_sample(const float *logits, int64_t n_vocab, const int32_t *recent, int64_t n_recent,
+crome_status crome_sample(const float *logits, int64_t n_vocab, const int64_t *recent, int64_t n_recent,
                           const crome_sampler_params *p, double u, int32_t *token) {
     if (!logits || !p || !token || (n_recent > 0 && !recent)) return CROME_ERR_NULL;
     if (n_vocab < 1 || n_vocab > INT32_MAX || n_recent < 0) return CROME_ERR_SHAPE;

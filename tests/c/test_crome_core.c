@@ -313,11 +313,11 @@ static void test_sampler(void) {
 
     /* repetition penalty: 3.0 / 3 = 1.0 < 2.0 ; duplicates count once; negative logits multiply */
     const float z[4] = {2.0f, 3.0f, -1.0f, 1.0f};
-    const int32_t recent[3] = {1, 1, 1};
+    const int64_t recent[3] = {1, 1, 1};
     crome_sampler_params pen = sp(0.0, 0, 1.0, 3.0f);
     CHECK(crome_sample(z, 4, recent, 3, &pen, 0.0, &tok) == CROME_OK && tok == 0);
     const float neg[2] = {-0.75f, -1.0f};
-    const int32_t r1 = 1;
+    const int64_t r1 = 1;
     crome_sampler_params half = sp(0.0, 0, 1.0, 0.5f);
     CHECK(crome_sample(neg, 2, &r1, 1, &half, 0.0, &tok) == CROME_OK && tok == 1);
 
@@ -356,9 +356,9 @@ static void test_sampler(void) {
     CHECK(crome_sample(nan2, 2, NULL, 0, &t, 0.5, &tok) == CROME_ERR_VALUE);
     CHECK(crome_sample(inf2, 2, NULL, 0, &t, 0.5, &tok) == CROME_ERR_VALUE);
     CHECK(crome_sample(ninf2, 2, NULL, 0, &t, 0.5, &tok) == CROME_ERR_VALUE);
-    const int32_t bad_ids[2] = {0, 4};
+    const int64_t bad_ids[2] = {0, 4};
     CHECK(crome_sample(z, 4, bad_ids, 2, &t, 0.5, &tok) == CROME_ERR_VALUE);
-    const int32_t neg_id = -1;
+    const int64_t neg_id = -1;
     CHECK(crome_sample(z, 4, &neg_id, 1, &t, 0.5, &tok) == CROME_ERR_VALUE);
     CHECK(crome_sample(NULL, 4, NULL, 0, &t, 0.5, &tok) == CROME_ERR_NULL);
     CHECK(crome_sample(z, 4, NULL, 1, &t, 0.5, &tok) == CROME_ERR_NULL);
