@@ -107,9 +107,12 @@ def _write_bundle(path):
     path.mkdir()
     (path / "adapter.onnx").write_bytes(b"onnx bytes")
     manifest = Manifest(
-        backbone=BackboneSpec("tiny", "ab" * 32, "instructblip", 64, 4, True, 32, [0.5] * 3, [0.25] * 3),
-        llm=LlmSpec(2, 2, 16, 259, 256),
-        adapter=AdapterSpec("line3", "cd" * 32, 8, {"stage": "finetune"}),
+        backbone=BackboneSpec(
+            name="tiny", fingerprint="ab" * 32, architecture="instructblip", d_model=64, num_query_tokens=4,
+            instruction_aware=True, image_size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3,
+        ),
+        llm=LlmSpec(num_layers=2, num_kv_heads=2, head_dim=16, vocab_size=259, max_position_embeddings=256),
+        adapter=AdapterSpec(name="line3", sha256="cd" * 32, rank=8, training={"stage": "finetune"}),
         prompt=PromptTemplate(text="Question: {question} Answer:"),
         precision="fp32",
         files={"adapter.onnx": file_entry(path / "adapter.onnx", "fp32")},
