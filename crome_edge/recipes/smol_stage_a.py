@@ -73,6 +73,16 @@ def accuracy(model: StageAModel, images: np.ndarray, labels: np.ndarray, batch: 
     return list(correct / len(images))
 
 
+def load_vision_side(model: StageAModel, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    for part in ("vision", "qformer", "projection"):
+        getattr(model, part).load_state_dict({k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")})
+    with torch.no_grad():
+        model.query_tokens.copy_(state["query_tokens"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -83,17 +93,21 @@ def main() -> None:
     parser.add_argument("--eval-frames", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, help="continue from an earlier stage-A file (heads start fresh)")
+    parser.add_argument("--pool-offset", type=int, default=0, help="first training seed, after TRAIN_SEED_BASE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
     start = time.time()
-    images, labels = render_pool(TRAIN_SEED_BASE, args.pool, 128)
+    images, labels = render_pool(TRAIN_SEED_BASE + args.pool_offset, args.pool, 128)
     eval_images, eval_labels = render_pool(EVAL_SEED_BASE, args.eval_frames, 128)
     print(f"rendered {args.pool}+{args.eval_frames} frames in {time.time() - start:.0f}s", flush=True)
 
     model = StageAModel(args.seed)
+    if args.init:
+        load_vision_side(model, args.init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     warmup = 100
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -125,7 +139,8 @@ def main() -> None:
     state |= {f"projection.{k}": v for k, v in model.projection.state_dict().items()}
     state["query_tokens"] = model.query_tokens.detach()
     summary = {"stage": "A", "steps": args.steps, "seconds": round(time.time() - start), "eval": history,
-               "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, "seed": args.seed}
+               "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, "seed": args.seed,
+               "init": str(args.init) if args.init else None, "pool_offset": args.pool_offset}
     save_file({k: v.contiguous() for k, v in state.items()}, str(args.out), metadata={"stage_a": json.dumps(summary)})
     print(json.dumps(summary), flush=True)
 
