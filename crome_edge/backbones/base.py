@@ -140,6 +140,10 @@ class CromeBackbone(nn.Module):
             self._fingerprint = tensor_fingerprint(self.state_dict())
         return self._fingerprint
 
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing weights in place (pretraining the visual side, loading parts)."""
+        self._fingerprint = None
+
     def short_description(self) -> str:
         return f"{self.info.name} (d={self.info.d_model}, fingerprint {self.fingerprint()[:12]}…)"
 

@@ -57,7 +57,8 @@ def build_tiny(seed: int = 0) -> CromeBackbone:
         model = InstructBlipForConditionalGeneration(config)
         # HF zero-initialises the queries; random ones make every test more sensitive.
         model.query_tokens.data.normal_(std=1.0)
-    return from_instructblip_model(model, tokenizer, tokenizer, name="tiny", prompt=TINY_PROMPT)
+    name = "tiny" if seed == 0 else f"tiny:{seed}"  # the spec that rebuilds it
+    return from_instructblip_model(model, tokenizer, tokenizer, name=name, prompt=TINY_PROMPT)
 
 
 def from_instructblip_model(

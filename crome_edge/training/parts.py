@@ -131,6 +131,6 @@ def load_backbone_parts(path: str | Path, backbone: CromeBackbone) -> dict:
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(tensors[name].to(target.dtype))
-    backbone._fingerprint = None  # CromeBackbone caches it; the visual side just changed
+    backbone.invalidate_fingerprint()  # the visual side changed
     backbone.freeze()
     return meta

@@ -225,7 +225,7 @@ class Trainer:
             if getattr(self, "backbone", None) is not None:
                 self.backbone.freeze()
                 if self.config.stage == "pretrain":
-                    self.backbone._fingerprint = None  # cached by CromeBackbone; its visual side changed
+                    self.backbone.invalidate_fingerprint()  # the visual side changed
             if getattr(self, "dist", None) is not None:
                 shutdown_distributed(self.dist)
 
