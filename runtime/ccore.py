@@ -18,11 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-ABI_VERSION = 2  # CROME_ABI_VERSION in crome_core.h
+ABI_VERSION = 3  # CROME_ABI_VERSION in crome_core.h
 
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
 MAX_OUT_SIDE = 8192  # crome_preprocess_params.out_width/out_height
-_F32, _I8 = 0, 1  # crome_dtype
 _F32DT, _I64DT = np.dtype(np.float32), np.dtype(np.int64)
 _NO_TOKENS = np.zeros(0, np.int64)
 _ERR_VALUE = 6  # CROME_ERR_VALUE
@@ -58,16 +57,11 @@ class _PreprocessParams(ctypes.Structure):
 
 
 class _GprojParams(ctypes.Structure):
-    _fields_ = [("d_model", ctypes.c_int32), ("rank", ctypes.c_int32), ("weight_type", ctypes.c_int32)]
+    _fields_ = [("d_model", ctypes.c_int32), ("rank", ctypes.c_int32)]
 
 
 class _GprojWeights(ctypes.Structure):
-    _fields_ = [
-        ("w1", ctypes.c_void_p),
-        ("w1_scale", ctypes.c_void_p),
-        ("wu", ctypes.c_void_p),
-        ("wu_scale", ctypes.c_void_p),
-    ]
+    _fields_ = [("w1", ctypes.c_void_p), ("wu", ctypes.c_void_p)]
 
 
 class _SamplerParams(ctypes.Structure):
@@ -93,7 +87,8 @@ def library() -> ctypes.CDLL:
     fix = "build it with `pip install -e .` in the crome-edge checkout (or `python setup.py build_ext --inplace`)"
     path = _library_path()
     if path is None:
-        raise CoreUnavailable(f"crome_runtime's C core is not built (no _crome_core*.so in {Path(__file__).parent}): {fix}")
+        here = Path(__file__).parent
+        raise CoreUnavailable(f"crome_runtime's C core is not built (no _crome_core*.so in {here}): {fix}")
     lib = ctypes.CDLL(str(path))
     lib.crome_abi_version.restype = ctypes.c_int
     if lib.crome_abi_version() != ABI_VERSION:
@@ -200,9 +195,10 @@ def preprocess(
 class GatedProjection:
     """One modality's fused gated projection y = x + (SiLU(x.Wg) * (x.Wd)) . Wu, in the C core.
 
-    w1: (d, 2r) = [Wd | Wg], wu: (r, d); both float32, or both int8 with w1_scale (2r,) and wu_scale (d,)
-    float32 per output column (W = q * scale). The weights are copied into the handle, which is immutable:
-    apply() may run on several threads at once. Free it with close() or by dropping the object.
+    w1: (d, 2r) = [Wd | Wg], wu: (r, d); float32, or int8 with w1_scale (2r,) and wu_scale (d,) per output
+    column, dequantised here once (W = q * scale: an int8 kernel lost to that, benchmarks/RESULTS.md).
+    The weights are copied into the handle, which is immutable: apply() may run on several threads at
+    once. Free it with close() or by dropping the object.
     """
 
     def __init__(
@@ -220,24 +216,17 @@ class GatedProjection:
         int8 = w1.dtype == np.int8
         if int8 != (w1_scale is not None) or int8 != (wu_scale is not None):
             raise CoreError("int8 weights need w1_scale and wu_scale; float32 weights take neither")
-        arrays = [np.ascontiguousarray(w1), np.ascontiguousarray(wu)]
-        scales = [None, None]
         if int8:
-            scales = [np.ascontiguousarray(s, dtype=np.float32) for s in (w1_scale, wu_scale)]
-            if scales[0].shape != (2 * self.rank,) or scales[1].shape != (self.d_model,):
+            s1, su = (np.asarray(s, dtype=np.float32) for s in (w1_scale, wu_scale))
+            if s1.shape != (2 * self.rank,) or su.shape != (self.d_model,):
                 raise CoreError(f"need w1_scale ({2 * self.rank},) and wu_scale ({self.d_model},), "
-                                f"got {scales[0].shape} and {scales[1].shape}")
-        self.weight_dtype = w1.dtype
+                                f"got {s1.shape} and {su.shape}")
+            w1, wu = w1.astype(np.float32) * s1, wu.astype(np.float32) * su
+        w1, wu = np.ascontiguousarray(w1), np.ascontiguousarray(wu)
         lib = library()
-        params = _GprojParams(self.d_model, self.rank, _I8 if int8 else _F32)
-        weights = _GprojWeights(
-            arrays[0].ctypes.data,
-            scales[0].ctypes.data if int8 else None,
-            arrays[1].ctypes.data,
-            scales[1].ctypes.data if int8 else None,
-        )
         handle = ctypes.c_void_p()
-        _check(lib.crome_gproj_init(ctypes.byref(params), ctypes.byref(weights), ctypes.byref(handle)),
+        _check(lib.crome_gproj_init(ctypes.byref(_GprojParams(self.d_model, self.rank)),
+                                    ctypes.byref(_GprojWeights(w1.ctypes.data, wu.ctypes.data)), ctypes.byref(handle)),
                "crome_gproj_init")
         self._handle = handle.value
         self._apply = lib.crome_gproj_apply
@@ -265,7 +254,8 @@ class GatedProjection:
         if out is None:
             out = np.empty(x.shape, _F32DT)
         elif type(out) is not np.ndarray or out.dtype != _F32DT or out.shape != x.shape:
-            raise CoreError(f"out must be float32 {x.shape}, got {getattr(out, 'dtype', '?')} {getattr(out, 'shape', '')}")
+            raise CoreError(f"out must be float32 {x.shape}, got {getattr(out, 'dtype', type(out).__name__)} "
+                            f"{getattr(out, 'shape', '')}")
         elif out is not x and np.may_share_memory(x, out):
             x = x.copy()  # C reads x tile by tile: a partial overlap would be clobbered
         n = x.size // d

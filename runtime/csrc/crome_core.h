@@ -5,7 +5,7 @@
  * numpy / OpenCV / onnxruntime alternative on the benchmark (benchmarks/bench_ccore.py, RESULTS.md):
  *
  *   crome_preprocess   camera frame (BGR/RGB/YUYV/NV12, any row stride) -> resized, normalised CHW float
- *   crome_gproj_*      the CROME adapter's fused gated projection (DESIGN.md section 2), fp32 or int8 weights
+ *   crome_gproj_*      the CROME adapter's fused gated projection (DESIGN.md section 2), float32 weights
  *   crome_sample       next-token sampler: greedy, temperature, top-k, top-p, repetition penalty
  *
  * Conventions (all functions):
@@ -32,14 +32,14 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a signature below changes; ccore.py refuses a mismatched library. */
-#define CROME_ABI_VERSION 2
+#define CROME_ABI_VERSION 3
 
 typedef enum crome_status {
     CROME_OK = 0,
     CROME_ERR_NULL = 1,   /* a required pointer is NULL */
     CROME_ERR_SHAPE = 2,  /* a size is out of range: zero, negative, too large, or odd where it must be even */
     CROME_ERR_STRIDE = 3, /* a row stride is smaller than its row (in absolute value) */
-    CROME_ERR_FORMAT = 4, /* unknown pixel format or weight type */
+    CROME_ERR_FORMAT = 4, /* unknown pixel format */
     CROME_ERR_PARAM = 5,  /* a parameter is out of range (std <= 0, temperature < 0, top_p outside (0, 1], ...) */
     CROME_ERR_VALUE = 6,  /* the data is unusable: NaN or +inf logits, every logit -inf, token id out of range */
     CROME_ERR_NOMEM = 7,  /* an allocation failed */
@@ -99,23 +99,16 @@ CROME_API crome_status crome_preprocess(const crome_image *image, const crome_pr
 /*   y = x + (SiLU(x . Wg) * (x . Wd)) . Wu,   computed as  h = x . [Wd | Wg],  z = SiLU(h_g) * h_d   */
 /* ------------------------------------------------------------------------------------------------ */
 
-typedef enum crome_dtype {
-    CROME_F32 = 0, /* float weights */
-    CROME_I8 = 1,  /* int8 weights with one float scale per output column: W = q * scale[None, :] */
-} crome_dtype;
-
 typedef struct crome_gproj_params {
-    int32_t d_model;     /* d: 1 .. 65536; default 576 (SmolLM2-135M) */
-    int32_t rank;        /* r: 1 .. 8192;  default 64 */
-    int32_t weight_type; /* crome_dtype; default CROME_F32 */
+    int32_t d_model; /* d: 1 .. 65536; default 576 (SmolLM2-135M) */
+    int32_t rank;    /* r: 1 .. 8192;  default 64 */
 } crome_gproj_params;
 
-/* Weights in the adapter file's orientation, row-major and contiguous; float or int8_t per weight_type. */
+/* float32 weights in the adapter file's orientation, row-major and contiguous. (int8 weights: dequantise
+ * at load and pass floats; an int8 kernel lost to that on the benchmark, see benchmarks/RESULTS.md.) */
 typedef struct crome_gproj_weights {
-    const void *w1;        /* (d, 2r): columns [0, r) are Wd, columns [r, 2r) are Wg */
-    const float *w1_scale; /* CROME_I8 only: (2r,) */
-    const void *wu;        /* (r, d) */
-    const float *wu_scale; /* CROME_I8 only: (d,) */
+    const float *w1; /* (d, 2r): columns [0, r) are Wd, columns [r, 2r) are Wg */
+    const float *wu; /* (r, d) */
 } crome_gproj_weights;
 
 typedef struct crome_gproj crome_gproj; /* opaque */

@@ -101,7 +101,8 @@ static void hresize_yuyv(const uint8_t *restrict row, const xmap *m, int32_t *re
     }
     for (; dx < m->dw; dx++) {
         const uint8_t *q0 = row + 4 * (int64_t)(m->x0[dx] >> 1), *q1 = row + 4 * (int64_t)(m->x1[dx] >> 1);
-        blend_yuv(q0[2 * (m->x0[dx] & 1)], q0[1], q0[3], q1[2 * (m->x1[dx] & 1)], q1[1], q1[3], m->a0[dx], m->a1[dx], o, dx);
+        blend_yuv(q0[2 * (m->x0[dx] & 1)], q0[1], q0[3], q1[2 * (m->x1[dx] & 1)], q1[1], q1[3], m->a0[dx], m->a1[dx], o,
+                  dx);
     }
 }
 
@@ -127,7 +128,8 @@ static void hresize_nv12(const uint8_t *restrict y, const uint8_t *restrict uv, 
     }
     for (; dx < m->dw; dx++) {
         const int32_t s0 = m->x0[dx], s1 = m->x1[dx];
-        blend_yuv(y[s0], uv[s0 & ~1], uv[(s0 & ~1) + 1], y[s1], uv[s1 & ~1], uv[(s1 & ~1) + 1], m->a0[dx], m->a1[dx], o, dx);
+        blend_yuv(y[s0], uv[s0 & ~1], uv[(s0 & ~1) + 1], y[s1], uv[s1 & ~1], uv[(s1 & ~1) + 1], m->a0[dx], m->a1[dx], o,
+                  dx);
     }
 }
 
@@ -185,7 +187,8 @@ crome_status crome_preprocess(const crome_image *im, const crome_preprocess_para
     int32_t row_of[2] = {-1, -1}; /* source row held by rows[k] */
     /* bytes one wide load may reach past pixel x0 (rounded down to its pair for YUV), and the row size */
     const int64_t reach = im->format == CROME_PIXFMT_NV12 ? 4 : 8;
-    const int64_t row_bytes = (int64_t)sw * (im->format == CROME_PIXFMT_YUYV ? 2 : im->format == CROME_PIXFMT_NV12 ? 1 : 3);
+    const int64_t bytes_per_pixel = im->format == CROME_PIXFMT_YUYV ? 2 : im->format == CROME_PIXFMT_NV12 ? 1 : 3;
+    const int64_t row_bytes = (int64_t)sw * bytes_per_pixel;
 
     const double scale_x = 1.0 / ((double)dw / sw), scale_y = 1.0 / ((double)dh / sh);
     for (int32_t dx = 0; dx < dw; dx++) { /* x: clamped at both borders, as OpenCV does */

@@ -190,7 +190,8 @@ crome_status crome_sample(const float *logits, int64_t n_vocab, const int64_t *r
     const int top_p = p->top_p < 1.0;
     /* scratch: z (n floats); e, c (n doubles each); keys, tmp (n uint64 each) when candidates are sorted */
     const int sorted = k < n || top_p;
-    char *ws = malloc(sizeof(float) * (size_t)n + (sizeof(double) * 2 + (sorted ? sizeof(uint64_t) * 2 : 0)) * (size_t)n);
+    const size_t per_token = sizeof(float) + 2 * sizeof(double) + (sorted ? 2 * sizeof(uint64_t) : 0);
+    char *ws = malloc(per_token * (size_t)n);
     if (!ws) return CROME_ERR_NOMEM;
     double *e = (double *)ws, *c = e + n;
     uint64_t *keys = (uint64_t *)(c + n), *tmp = keys + (sorted ? n : 0);
