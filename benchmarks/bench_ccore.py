@@ -36,6 +36,7 @@ from crome_runtime.preprocess import (
 from crome_runtime.sampling import SamplingParams, sample_next_token, sample_reference
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Runtime C core"  # this script's section heading in RESULTS.md
 VOCAB = 49152  # SmolLM2-135M
 D_MODEL, RANK = 576, 64  # SmolLM2-135M width, the smol recipe's adapter rank
 
@@ -227,9 +228,10 @@ def main() -> None:
 
     import onnxruntime
 
+    blas = f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']} " if "OPENBLAS_NUM_THREADS" in os.environ else ""
     header = [
         f"Machine: {machine()}. Date: {datetime.datetime.now().isoformat(timespec='seconds')}.",
-        f"Command: `{' '.join([Path(sys.executable).name] + sys.argv)}`. numpy {np.__version__}, "
+        f"Command: `{blas}{' '.join([Path(sys.executable).name] + sys.argv)}`. numpy {np.__version__}, "
         f"OpenCV {cv2.__version__}, onnxruntime {onnxruntime.__version__}; C core: {ccore.build_info()}.",
         "Medians of alternating calls; speedup = alternative / C (above 1: C wins).",
         "",
@@ -240,9 +242,20 @@ def main() -> None:
     text = "\n".join(header + rows + [""] + notes) + "\n"
     print("\n" + text)
     if args.append:
-        with open(RESULTS, "a") as f:
-            f.write(f"\n### bench_ccore.py run, {datetime.date.today().isoformat()}\n\n{text}")
+        append_run(f"### bench_ccore.py run, {datetime.date.today().isoformat()}\n\n{text}")
         print(f"appended to {RESULTS}")
+
+
+def append_run(block: str) -> None:
+    """Add a run at the end of this script's section of RESULTS.md (before the next "## " section)."""
+    lines = RESULTS.read_text().splitlines(keepends=True) if RESULTS.exists() else []
+    start = next((i for i, line in enumerate(lines) if line.startswith(SECTION)), None)
+    if start is None:
+        lines += ["\n" if lines else "", SECTION + "\n"]
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    lines[end:end] = ["\n" + block.rstrip("\n") + "\n\n" if end < len(lines) else "\n" + block]
+    RESULTS.write_text("".join(lines))
 
 
 if __name__ == "__main__":
