@@ -145,11 +145,12 @@ CROME_API crome_sampler_params crome_sampler_params_default(void);
  *   logits: n_vocab float32, finite or -inf (masked); never modified.
  *   recent: n_recent token ids in [0, n_vocab) (NULL when n_recent == 0); each distinct id's logit l
  *           becomes l / penalty if l > 0 else l * penalty (float32), duplicates count once.
- *   u:      a uniform draw in [0, 1) from the caller's seeded RNG; ignored when greedy. The same u gives
- *           the same token, so the caller's RNG alone makes a run reproducible.
+ *   u:      a uniform draw in [0, 1) from the caller's seeded RNG (checked, but unused when greedy). The
+ *           same u gives the same token, so the caller's RNG alone makes a run reproducible.
  * Order: penalty -> greedy if temperature == 0 or top_k == 1 -> x = logit / temperature (float64)
  *        -> top-k -> softmax -> top-p (smallest prefix, by descending logit then ascending id, whose
- *        mass >= top_p) -> inverse CDF at u over the kept tokens.
+ *        mass >= top_p) -> inverse CDF at u over the kept tokens in that order (in id order when neither
+ *        top-k nor top-p is on).
  * Allocates O(n_vocab) scratch per call. */
 CROME_API crome_status crome_sample(const float *logits, int64_t n_vocab, const int64_t *recent, int64_t n_recent,
                                     const crome_sampler_params *params, double u, int32_t *token);
