@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-int8", default="matmulnbits8", choices=("matmulnbits8", "dynamic-qint8"),
                         help="INT8 form of the decoder's weights (default %(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads for the fidelity run")
+    parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

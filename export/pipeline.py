@@ -33,7 +33,7 @@ class ExportConfig:
     max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else 16
     decoder_int8: str = "matmulnbits8"
     use_cache: bool = True
-    threads: int | None = None
+    threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
 
 
 @dataclass
@@ -110,6 +110,10 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     calib = parse_calib(config.calib)
 
     progress.stage("loading the backbone and the adapter")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     backbone, adapter = _load_model(meta, adapter_path, config.backbone)
     progress.note(f"backbone {backbone.short_description()}, adapter rank {adapter.config.rank}")
 
