@@ -173,3 +173,37 @@ def test_int8_decoder_rewrites_for_tensorrt_and_stays_close(graphs, tiny_backbon
     a = _session(graphs / formats.DECODER_ONNX).run(None, feeds)[0].ravel()
     b = _session(tmp_path / "decoder_trt.onnx").run(None, feeds)[0].ravel()
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+
+
+@pytest.mark.parametrize("family", ["llama_tied_gqa", "opt"])
+def test_decoder_export_covers_tied_embeddings_and_opt(family, tmp_path):
+    """SmolLM2 ties lm_head to the embeddings (9 heads / 3 kv heads); BLIP-2 ships OPT decoders."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    from crome_edge.model import cache_argument
+    from crome_export.decoder import decoder_input_names, export_decoder
+
+    torch.manual_seed(0)
+    if family == "opt":
+        llm = OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=48, ffn_dim=96, num_hidden_layers=2,
+                                       num_attention_heads=4, word_embed_proj_dim=48, max_position_embeddings=128))
+    else:
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=54, intermediate_size=96, num_hidden_layers=2,
+                                           num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True))
+    llm.eval()
+    dims = export_decoder(llm, tmp_path / "decoder.onnx", 18)
+    weights = sum(int(np.prod(t.dims)) for t in onnx.load(str(tmp_path / "decoder.onnx")).graph.initializer)
+    assert weights < sum(p.numel() for p in llm.parameters()) + 1000  # a tied table is stored once, not twice
+    batch, past, step = 2, 4, 3
+    embeds = torch.randn(batch, step, dims.d_model)
+    mask = torch.ones(batch, past + step, dtype=torch.long)
+    mask[0, :2] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+    cache_tensors = [torch.randn(batch, dims.num_kv_heads, past, dims.head_dim) for _ in range(2 * dims.num_layers)]
+    got = _session(tmp_path / "decoder.onnx").run(None, dict(zip(
+        decoder_input_names(dims.num_layers), [t.numpy() for t in (embeds, mask, positions, *cache_tensors)])))[0]
+    cache = DynamicCache(ddp_cache_data=[(cache_tensors[2 * i], cache_tensors[2 * i + 1]) for i in range(dims.num_layers)])
+    with torch.no_grad():
+        reference = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **cache_argument(llm, cache))
+    np.testing.assert_allclose(got[:, -1], reference.logits[:, -1].numpy(), atol=1e-4)
