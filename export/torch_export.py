@@ -39,10 +39,16 @@ def export_onnx(
     dynamic_axes: dict[str, dict[int, str]],
     opset: int,
 ) -> None:
-    """torch.onnx.export (TorchScript tracer) with the tracer's expected warnings silenced."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about Python-int shapes in HF code we do not own
-        torch.onnx.export(
-            module, args, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
-        )
+    """torch.onnx.export (TorchScript tracer) with the tracer's expected warnings silenced and
+    nn.TransformerEncoderLayer's fused fast path off (its `_transformer_encoder_layer_fwd` has no ONNX form)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python-int shapes in HF code we do not own
+            torch.onnx.export(
+                module, args, str(path), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)

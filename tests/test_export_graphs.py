@@ -207,3 +207,15 @@ def test_decoder_export_covers_tied_embeddings_and_opt(family, tmp_path):
         reference = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                         **cache_argument(llm, cache))
     np.testing.assert_allclose(got[:, -1], reference.logits[:, -1].numpy(), atol=1e-4)
+
+
+def test_export_handles_torch_transformer_layers(tmp_path):
+    """The smol vision tower uses nn.TransformerEncoderLayer, whose eval fast path has no ONNX form."""
+    from crome_export.torch_export import export_onnx
+
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval().requires_grad_(False)
+    x = torch.randn(2, 5, 32)
+    export_onnx(layer, (x,), tmp_path / "layer.onnx", ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}}, 18)
+    with torch.no_grad():
+        np.testing.assert_allclose(_session(tmp_path / "layer.onnx").run(None, {"x": x.numpy()})[0], layer(x).numpy(), atol=1e-5)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
