@@ -52,12 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+    from crome_runtime.manifest import GenerationDefaults
     from crome_runtime.profiler import format_summary
 
-    config = EngineConfig(provider=args.provider, threads=args.threads, verify=not args.no_verify)
-    engine = Engine.load(args.bundle, config)
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    options.resolve(GenerationDefaults())  # a bad flag fails before the bundle is loaded
+    config = EngineConfig(provider=args.provider, threads=args.threads, verify=not args.no_verify)
+    engine = Engine.load(args.bundle, config)
     report = engine.providers
     threads = args.threads or "default"
     print(f"bundle {engine.bundle.name} on {report.summary()} (threads: {threads})", file=sys.stderr)

@@ -84,6 +84,11 @@ class Frame:
         return cls(key or pixel_key(pixels), pixels)
 
 
+def vision_key(frame: Frame, question: str, instruction_aware: bool):
+    """What a frame's vision output is cached under: the frame, and the question when the Q-Former reads it."""
+    return (frame.key, question) if instruction_aware else frame.key
+
+
 def pixel_key(pixels: np.ndarray) -> str:
     """Content identity of a preprocessed frame (what the vision graph sees): blake2b of its bytes."""
     return hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).hexdigest()
@@ -151,7 +156,7 @@ class Engine:
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
         self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
         self._row_bytes = d * 4
-        self._recent = np.zeros(0, np.int32)  # generated ids for the repetition penalty, grown with the answer
+        self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
         self.vision_cache = LRUCache(self.config.vision_cache)
         self.text_cache = LRUCache(self.config.text_cache)
 
@@ -219,7 +224,7 @@ class Engine:
             budget = min(max_new, self.manifest.llm.max_position_embeddings - length)
             self.decoder.reserve(length + budget)
             if self._recent.size < budget:
-                self._recent = np.zeros(max(budget, 2 * self._recent.size), np.int32)
+                self._recent = np.zeros(max(budget, 2 * self._recent.size), np.int64)
             t = now()
             logits = self.decoder.prefill(prefix)  # (vocab,)
             prof.record("prefill", t)
@@ -231,8 +236,7 @@ class Engine:
         prof, stop_ids, recent, tokens = self.profiler, self.bundle.stop_ids, self._recent, state.tokens
         detokenizer = StreamDetokenizer(self.bundle.tokenizer)
         table, row_bytes = self.embeddings.ctypes.data, self._row_bytes
-        state.finish = "length"
-        for step in range(max_new):
+        for step in range(max_new):  # state.finish stays "cancelled" if the consumer closes the stream mid-answer
             if step == budget:
                 state.finish = "context"
                 break
@@ -255,6 +259,8 @@ class Engine:
             if piece:
                 state.pieces.append(piece)
                 yield piece
+        else:
+            state.finish = "length"
         tail = detokenizer.finish()
         if tail:
             state.pieces.append(tail)
@@ -268,7 +274,7 @@ class Engine:
     def _visual(self, frame: Frame, question: str) -> tuple[np.ndarray, bool]:
         """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former)."""
         b = self.manifest.backbone
-        key = (frame.key, question) if b.instruction_aware else frame.key
+        key = vision_key(frame, question, b.instruction_aware)
         cached = self.vision_cache.get(key)
         if cached is not None:
             return cached, True
