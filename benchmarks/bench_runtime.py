@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime = RuntimeBench(args.bundle, args.threads, args.max_new_tokens)
         torch_bench = None
         if not args.no_torch:
-            try:
-                import torch  # noqa: F401
-            except ImportError:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
                 print("torch is not installed: runtime only", file=sys.stderr)
             else:
                 torch_bench = TorchBench(args.bundle, args.adapter or args.bundle / formats.ADAPTER_WEIGHTS_FILE,
@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{engine.providers.summary()}, {args.threads} thread(s); {args.runs} runs, {args.max_new_tokens} tokens; "
           f"medians")
     print(text)
+    for name, bench in (("runtime", runtime), ("PyTorch", torch_bench)):
+        if bench is not None:
+            print(f"{name} best run: time to first token {min(bench.samples['ttft']):.3f} ms, total "
+                  f"{min(bench.samples['total']):.3f} ms (medians include scheduler stalls on a shared machine)")
     for name, row in (("runtime", medians["runtime_ms"]), ("PyTorch", medians["pytorch_ms"])):
         if row.get("decode"):
             print(f"{name}: {1000 / row['decode']:.1f} tokens/s decode, "

@@ -6,13 +6,14 @@
         print(piece, end="", flush=True)
     answer = engine.answer(frame, "What colour is it?")    # -> Answer(text, token_ids, finish_reason, ...)
 
-Pipeline per answer: frame -> vision.onnx -> adapter_visual.onnx (cached per frame, or per frame and
-question for an instruction-aware Q-Former) ; prompt -> tokenizer -> embedding rows -> adapter_text.onnx
-(cached per prompt) ; concat -> prefill -> decode with the KV cache (decoder.py: IO binding, buffers
+Pipeline per answer: frame -> vision.onnx -> visual adapter (cached per frame, or per frame and question
+for an instruction-aware Q-Former) ; prompt -> tokenizer -> embedding rows -> text adapter (cached per
+prompt) ; concat -> prefill -> decode with the KV cache (decoder.py: IO binding, buffers
 allocated once) -> sampler (C core) -> streaming detokeniser. Generation stops on the prompt template's
 stop tokens, at max_new_tokens, or at the end of the decoder's context. The same steps as
-CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. Every stage is timed by the
-engine's profiler (profiler.py). One engine serves one thread at a time.
+CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. The adapter runs in the C core's
+fused kernel when the decoder runs on the CPU (adapter.py), else as the bundle's adapter graphs. Every
+stage is timed by the engine's profiler (profiler.py). One engine serves one thread at a time.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class EngineConfig:
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = one per core
     spin: bool = True  # idle ORT worker threads spin (lower latency; set False on a shared CPU)
     verify: bool = True  # sha256 of every bundle file at load
+    adapter: str = "auto"  # "c" (C core kernel), "onnx" (the adapter graphs), auto: c when the decoder runs on CPU
     vision_cache: int = 8  # frames (or frame + question) whose adapted visual queries are kept
     text_cache: int = 64  # prompts whose adapted text embeddings are kept
 
@@ -144,7 +146,7 @@ class Engine:
                                                        self.config.spin) for graph in GRAPHS}
         check_graphs(bundle, {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()})
         actual = {graph: list(s.get_providers()) for graph, s in self.sessions.items()}
-        notes = list(self.plan.notes) + list(bundle.notes)
+        notes = list(self.plan.notes) + list(bundle.notes) + _version_notes(self.manifest.tools)
         for graph, names in actual.items():
             note = providers.check_actual(self.plan, graph, names)  # raises when an explicit request fell back
             if note:
@@ -154,11 +156,28 @@ class Engine:
         on_gpu = self.providers.primary in (providers.ORT_NAMES["cuda"], providers.ORT_NAMES["tensorrt"])
         self.decoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
+        self.adapter_backend, self._c_adapter = self._adapter_backend(on_gpu)
         self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
         self._row_bytes = d * 4
         self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
         self.vision_cache = LRUCache(self.config.vision_cache)
         self.text_cache = LRUCache(self.config.text_cache)
+
+    def _adapter_backend(self, on_gpu: bool) -> tuple[str, dict | None]:
+        from crome_runtime import ccore
+        from crome_runtime.adapter import load_c_adapter
+
+        choice = self.config.adapter
+        if choice not in ("auto", "c", "onnx"):
+            raise EngineError(f"adapter backend {choice!r} is not one of auto, c, onnx")
+        weights = self.bundle.path / formats.ADAPTER_WEIGHTS_FILE
+        usable = formats.ADAPTER_WEIGHTS_FILE in self.manifest.files and weights.is_file() and ccore.available()
+        if choice == "c" and not usable:
+            raise EngineError("the C adapter kernel needs the bundle's adapter.safetensors and the built C core; "
+                              "use adapter='onnx'")
+        if choice == "onnx" or (choice == "auto" and (on_gpu or not usable)):
+            return "onnx", None
+        return "c", load_c_adapter(weights, self.manifest.backbone.d_model)
 
     @classmethod
     def load(cls, bundle: str | os.PathLike, config: EngineConfig | None = None,
@@ -288,7 +307,7 @@ class Engine:
         visual = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (1, Nq, d)
         prof.record("vision", t)
         t = now()
-        adapted = self.sessions["adapter_visual"].run(None, {formats.IN_ADAPTER_X: visual})[0][0]  # (Nq, d)
+        adapted = self._adapt(visual[0], "visual")  # (Nq, d)
         prof.record("adapter_visual", t)
         self.vision_cache.put(key, adapted)
         return adapted, False
@@ -305,11 +324,16 @@ class Engine:
         prof.record("tokenize", t)
         self._check_context(len(ids))
         t = now()
-        embeds = np.ascontiguousarray(self.embeddings[ids])[None]  # (1, Nt, d)
-        adapted = self.sessions["adapter_text"].run(None, {formats.IN_ADAPTER_X: embeds})[0][0]  # (Nt, d)
+        adapted = self._adapt(np.ascontiguousarray(self.embeddings[ids]), "text")  # (Nt, d)
         prof.record("adapter_text", t)
         self.text_cache.put(text, adapted)
         return adapted, False
+
+    def _adapt(self, x: np.ndarray, modality: str) -> np.ndarray:
+        """(N, d) -> (N, d) through the adapter branch of `modality` (C kernel or ONNX graph)."""
+        if self._c_adapter is not None:
+            return self._c_adapter[modality].apply(x)
+        return self.sessions[f"adapter_{modality}"].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
 
     def _check_context(self, prompt_tokens: int) -> None:
         queries, context = self.manifest.backbone.num_query_tokens, self.manifest.llm.max_position_embeddings
@@ -326,7 +350,22 @@ class Engine:
         return {
             "bundle": str(self.bundle.path), "backbone": m.backbone.name, "adapter": m.adapter.name,
             "precision": m.precision, "providers": self.providers.to_dict(), "threads": self.config.threads,
+            "adapter_backend": self.adapter_backend,
             "kv_cache": {"device": self.decoder.device, "capacity_tokens": self.decoder.capacity,
                          "bytes": self.decoder.kv_bytes, "allocations": self.decoder.allocations},
             "caches": {"vision": self.vision_cache.stats(), "text": self.text_cache.stats()},
         }
+
+
+def _version_notes(tools: dict) -> list[str]:
+    """A bundle exported with a newer onnxruntime than this one may use operators this one lacks."""
+    import onnxruntime as ort
+
+    def key(version: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+
+    exported = tools.get("onnxruntime")
+    if exported and key(exported) > key(ort.__version__):
+        return [f"the bundle was exported with onnxruntime {exported}; this device has {ort.__version__} (upgrade it "
+                "if a graph fails to load or runs differently)"]
+    return []

@@ -139,14 +139,14 @@ except ImportError:
     pass
 else:
     raise SystemExit("the blocker did not load")
-from crome_runtime import bundle, cache, ccore, decoder, detokenize, engine, errors, formats, manifest, preprocess
+from crome_runtime import adapter, bundle, cache, ccore, decoder, detokenize, engine, errors, formats, manifest, preprocess
 from crome_runtime import profiler, prompt, providers, sampling
 from crome_runtime.engine import Engine, EngineConfig
 
 e = Engine.load(sys.argv[1], EngineConfig(threads=1))
 answer = e.answer(sys.argv[2], sys.argv[3])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
-print(answer.text, answer.finish_reason, leaked)
+print(answer.text, answer.finish_reason, e.adapter_backend, leaked)
 """
 
 
@@ -159,7 +159,7 @@ def test_runtime_runs_with_torch_and_transformers_blocked(paths, red_png, tmp_pa
     done = subprocess.run([sys.executable, "-c", script, str(paths["bundle"]), str(red_png), QUESTION],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "red stop []"
+    assert done.stdout.strip() == "red stop c []"
     cli = subprocess.run([sys.executable, "-m", "crome_edge.cli", "run", "--bundle", str(paths["bundle"]), "--image",
                           str(red_png), "--prompt", QUESTION, "--threads", "1", "--profile", str(tmp_path / "p.json")],
                          env=env, capture_output=True, text=True, timeout=300)

@@ -303,3 +303,24 @@ def test_adapter_file_of_another_backbone_is_refused(paths, tmp_path):
 def test_unavailable_provider_lists_what_is_available(paths):
     with pytest.raises(ProviderError, match=r"no CUDAExecutionProvider \(available: .*CPUExecutionProvider"):
         Engine.load(paths["bundle"], EngineConfig(provider="cuda"))
+
+
+def test_a_bundle_from_a_newer_onnxruntime_is_noted():
+    from crome_runtime.engine import _version_notes
+
+    assert "exported with onnxruntime 99.1" in _version_notes({"onnxruntime": "99.1.0"})[0]
+    assert _version_notes({"onnxruntime": "1.0.0"}) == [] and _version_notes({}) == []
+
+
+def test_c_adapter_kernel_and_onnx_adapter_graphs_agree(engine, paths):
+    """On the CPU the engine runs the adapter in the C core's fused kernel; the bundle's graphs give the same."""
+    onnx_engine = Engine.load(paths["bundle"], EngineConfig(threads=1, adapter="onnx"))
+    assert engine.adapter_backend == "c" and onnx_engine.adapter_backend == "onnx"
+    x = np.random.default_rng(0).standard_normal((7, engine.manifest.backbone.d_model)).astype(np.float32)
+    for modality in ("visual", "text"):
+        np.testing.assert_allclose(engine._adapt(x, modality), onnx_engine._adapt(x, modality), rtol=0, atol=1e-5)
+    for name in ("red", "green", "blue"):
+        image = colour_image(name, 300)
+        assert engine.answer(image, QUESTION).token_ids == onnx_engine.answer(image, QUESTION).token_ids
+    with pytest.raises(EngineError, match="adapter backend"):
+        Engine.load(paths["bundle"], EngineConfig(adapter="cuda"))

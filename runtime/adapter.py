@@ -1,0 +1,47 @@
+"""The CROME adapter on the CPU: the bundle's adapter.safetensors run by the C core's fused gated projection.
+
+DESIGN.md §5 keeps the C kernel because it beats the ONNX Runtime adapter graph on the CPU
+(benchmarks/RESULTS.md, "Runtime C core"); the engine uses it when the decoder runs on the CPU and the
+adapter graphs (adapter_visual.onnx / adapter_text.onnx, same weights, checked against the backbone's
+width at load) everywhere else. Per modality W1 = [Wd | Wg] (d, 2r), shared Wu (r, d), as
+crome_edge.adapter.CromeAdapter.fused_weight lays them out. Torch-free (safetensors' numpy reader).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from crome_runtime import formats
+from crome_runtime.manifest import BundleError
+
+MODALITIES = ("visual", "text")
+
+
+def load_c_adapter(path: Path, d_model: int) -> dict:
+    """modality -> ccore.GatedProjection for the adapter file at `path`; BundleError if it does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from crome_runtime.ccore import GatedProjection
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise BundleError(f"{path.name} in {path.parent} cannot be read ({error}); re-export the bundle") from None
+    missing = sorted(set(formats.ADAPTER_TENSORS) - set(tensors))
+    if missing:
+        raise BundleError(f"{path.name} lacks the adapter tensors {missing}; re-export the bundle")
+    up = np.ascontiguousarray(tensors["up"], dtype=np.float32)  # (r, d)
+    rank = up.shape[0]
+    projections = {}
+    for modality in MODALITIES:
+        down, gate = tensors[f"{modality}.down"], tensors[f"{modality}.gate"]  # (d, r) each
+        if down.shape != (d_model, rank) or gate.shape != (d_model, rank) or up.shape != (rank, d_model):
+            raise BundleError(
+                f"{path.name}: {modality} adapter weights are {down.shape}/{gate.shape}/{up.shape}, expected "
+                f"({d_model}, {rank})/({d_model}, {rank})/({rank}, {d_model}) for this backbone; re-export the bundle"
+            )
+        w1 = np.ascontiguousarray(np.concatenate([down, gate], axis=1), dtype=np.float32)  # (d, 2r) = [Wd | Wg]
+        projections[modality] = GatedProjection(w1, up)
+    return projections
