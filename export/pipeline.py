@@ -33,6 +33,7 @@ class ExportConfig:
     max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else 16
     decoder_int8: str = "matmulnbits8"
     use_cache: bool = True
+    cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
 
 
@@ -131,7 +132,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     feeds = calibration_feeds(data, backbone) if config.precision == "int8" else []
     parts = prepare_parts(
         backbone, config.precision, feeds, data.calibration_id(), config.opset, config.decoder_int8,
-        PartsCache(enabled=config.use_cache), progress.note,
+        PartsCache(config.cache_dir, enabled=config.use_cache), progress.note,
     )
 
     with tempfile.TemporaryDirectory(prefix="crome-export-") as work_dir, writer:

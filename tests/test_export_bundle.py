@@ -255,3 +255,28 @@ def test_build_engines_without_tensorrt_says_how_to_get_it(int8_bundle, capsys, 
     past = profiles[formats.DECODER_ONNX][formats.past_key_name(0)]
     assert past[0] == (1, 2, 0, 16) and past[2] == (4, 2, 63, 16)
     assert profiles[formats.VISION_ONNX][formats.IN_PIXEL_VALUES][2] == (4, 3, 32, 32)
+
+
+def test_static_int8_failure_falls_back_to_dynamic_and_says_so(workspace, tmp_path, monkeypatch):
+    import crome_export.quantize as quantize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration exploded")
+
+    monkeypatch.setattr(quantize, "quantize_vision_static", broken)
+    out = tmp_path / "dynamic.bundle"
+    assert main(["export", "--adapter", str(workspace["adapter"]), "--out", str(out), "--no-cache"]) == 0
+    report = json.loads((out / formats.REPORT_FILE).read_text())
+    vision = report["quantization"]["vision"]
+    assert vision["method"] == "dynamic-qint8" and "calibration exploded" in vision["fallback_reason"]
+    assert not report["tensorrt_compatibility"][formats.VISION_ONNX]["ok"]  # and the report says TRT can't take it
+    assert report["gates"]["fp32_parity"]["ok"]
+
+
+def test_fp16_bundle(workspace, tmp_path):
+    out = tmp_path / "fp16.bundle"
+    assert main(["export", "--adapter", str(workspace["adapter"]), "--precision", "fp16", "--out", str(out)]) == 0
+    report = json.loads((out / formats.REPORT_FILE).read_text())
+    assert read_manifest(out).files[formats.DECODER_ONNX].precision == "fp16"
+    assert report["greedy"]["fp16"]["identical"] == report["greedy"]["fp16"]["prompts"]
+    assert all(s["cosine_min"] > 0.999 for s in report["stages"])

@@ -213,7 +213,8 @@ def test_export_handles_torch_transformer_layers(tmp_path):
     """The smol vision tower uses nn.TransformerEncoderLayer, whose eval fast path has no ONNX form."""
     from crome_export.torch_export import export_onnx
 
-    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval().requires_grad_(False)
+    layer = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+    layer = layer.eval().requires_grad_(False)
     x = torch.randn(2, 5, 32)
     export_onnx(layer, (x,), tmp_path / "layer.onnx", ["x"], ["y"], {"x": {0: "b"}, "y": {0: "b"}}, 18)
     with torch.no_grad():
