@@ -225,20 +225,20 @@ def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def pad_right_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(r.shape[0] for r in rows)
-    embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=rows[0].device)
-    for i, row in enumerate(rows):
-        embeds[i, : row.shape[0]] = row
-        mask[i, : row.shape[0]] = 1
-    return embeds, mask
+    return _pad_embeds(rows, left=False)
 
 
 def pad_left_embeds(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad_embeds(rows, left=True)
+
+
+def _pad_embeds(rows: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks (N_i, d) rows into (B, L, d) with an attention mask that is 0 on the padding."""
     width = max(r.shape[0] for r in rows)
     embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
     mask = torch.zeros((len(rows), width), dtype=torch.long, device=rows[0].device)
     for i, row in enumerate(rows):
-        embeds[i, width - row.shape[0] :] = row
-        mask[i, width - row.shape[0] :] = 1
+        span = slice(width - row.shape[0], width) if left else slice(0, row.shape[0])
+        embeds[i, span] = row
+        mask[i, span] = 1
     return embeds, mask
