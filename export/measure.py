@@ -145,7 +145,7 @@ def export_times(backbone_spec: str, precision: str) -> dict:
             save_adapter(path, adapter, AdapterMetadata(adapter.config, backbone_spec, backbone.fingerprint(), backbone.info.prompt))
             started = time.perf_counter()
             result = export_bundle(ExportConfig(adapter=path, backbone=backbone_spec, precision=precision,
-                                                calib=str(frames), max_new_tokens=8,
+                                                calib=str(frames), max_new_tokens=8, threads=1,
                                                 cache_dir=tmp / "cache"), Progress(7))
             out[run] = {"total_s": round(time.perf_counter() - started, 2), "stages_s": result.seconds,
                         "backbone_parts_s": result.report["timings_s"]["backbone_parts"],

@@ -217,6 +217,14 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
               formats.ADAPTER_TEXT_ONNX: work / formats.ADAPTER_TEXT_ONNX,
               formats.DECODER_ONNX: parts.final_dir / formats.DECODER_ONNX}
     notes = parts.final_entry.get("notes", {})
+    trt = {name: check_graph(path).to_dict() for name, path in graphs.items()}
+    if not trt[formats.DECODER_ONNX]["ok"]:  # e.g. MatMulNBits: check what build-engines will hand TensorRT
+        import onnx
+
+        from crome_export.engines import tensorrt_ready_model
+
+        onnx.save(tensorrt_ready_model(graphs[formats.DECODER_ONNX]), str(work / "decoder_tensorrt.onnx"))
+        trt[f"{formats.DECODER_ONNX} (as build-engines rewrites it)"] = check_graph(work / "decoder_tensorrt.onnx").to_dict()
     return report_dict(fidelity, {
         "precision": config.precision,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -226,7 +234,7 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
                    "eval_prompts": len(data.evaluation), "max_new_tokens": max_new_tokens},
         "quantization": {k: notes[k] for k in ("vision", "decoder") if k in notes},
         "adapter_kernels": kernels,
-        "tensorrt_compatibility": {name: check_graph(path).to_dict() for name, path in graphs.items()},
+        "tensorrt_compatibility": trt,
         "backbone_parts_cached": parts.cached,
     })
 
