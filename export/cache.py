@@ -19,7 +19,7 @@ from pathlib import Path
 
 from crome_runtime.manifest import sha256_file
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 4  # bumped whenever what a key builds changes
 ENTRY_FILE = "entry.json"
 
 
