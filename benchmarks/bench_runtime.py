@@ -5,17 +5,20 @@
 Runtime: crome_runtime.engine.Engine, the product's pipeline; its profiler gives every stage. Each run
 clears the engine's caches and captures the frame again, so every stage runs every time. Baseline, in
 the same process and the same run (interleaved with the runtime, after a warm-up of each): CromeModel of
-the same backbone + adapter (the adapter file the bundle was exported from must be next to it, or pass
---adapter), timed around the product's own functions: visual_embeds (vision), prefix_from_visual
+the same backbone + adapter (the bundle's own adapter.safetensors, or --adapter; its metadata names the
+backbone), timed around the product's own functions: visual_embeds (vision), prefix_from_visual
 (tokenise + embed + adapter), generate_from_prefix with one token (prefill + first sample) and with N
 (decode per step = the difference / (N - 1)). Both decode exactly N tokens (stop tokens ignored), greedy.
-Medians over --runs (>= 20). Also: bytes the decode loop allocates per step (tracemalloc), the engine's
-IO-bound KV cache against the plain session.run() loop of crome_export.ort_generate. PyTorch is optional:
-without torch (or with --no-torch) only the runtime columns are printed.
+Medians over --runs (>= 20), with a gc.collect() outside the timing before every run (without it, the
+garbage of PyTorch's big heap was collected inside whichever run came next: 10-50 ms stalls). Also: the
+bytes the decode loop allocates per step (tracemalloc), the engine's IO-bound KV cache against the plain
+session.run() loop of crome_export.ort_generate. PyTorch is optional: without torch (or with --no-torch)
+only the runtime columns are printed.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -89,14 +92,12 @@ class TorchBench:
     def __init__(self, bundle: Path, adapter: Path, threads: int, max_new: int):
         import torch
 
-        from crome_edge.adapter_file import load_adapter
+        from crome_edge.adapter_file import load_adapter, read_metadata
         from crome_edge.backbones import load_backbone
         from crome_edge.model import CromeModel, GenerationConfig
-        from crome_runtime.manifest import read_manifest
 
         torch.set_num_threads(threads or torch.get_num_threads())
-        manifest = read_manifest(bundle, verify=False)
-        backbone = load_backbone(manifest.backbone.name)
+        backbone = load_backbone(read_metadata(adapter).backbone_name)  # the backbone the export used
         adapter_module, _ = load_adapter(adapter, backbone)
         self.model = CromeModel(backbone, adapter_module.eval()).eval()
         self.model.backbone.stop_token_ids = lambda: set()  # decode exactly max_new tokens, like the runtime
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: tokens differ: runtime {outputs[0]} vs PyTorch {outputs[1]}", file=sys.stderr)
         for _ in range(args.runs):
             for bench in benches:  # interleaved, so background load hits both alike
+                gc.collect()  # not inside a timed run: PyTorch's garbage would otherwise be collected in the runtime's
                 bench.run(image, args.prompt, keep=True)
         memory = decode_allocations(runtime.engine)
     text, medians = table(runtime, torch_bench)
