@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"backbone precision: {' | '.join(formats.PRECISIONS)} (default int8; adapter stays fp32)")
     parser.add_argument("--calib", metavar="N|DIR",
                         help="INT8 calibration: N frames of the adapter's training data (default 128) or a directory of images")
+    parser.add_argument("--data", type=Path,
+                        help="the adapter's training data (JSONL or dataset dir) when it is no longer where the "
+                             "adapter says; its split gives the calibration and held-out frames")
     parser.add_argument("--opset", type=int, default=formats.DEFAULT_OPSET, help="ONNX opset (18..20, default %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle (atomically)")
     parser.add_argument("--int8-threshold", type=float, default=1.0, metavar="POINTS",
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         adapter=args.adapter, backbone=args.backbone, out=args.out, precision=args.precision, calib=args.calib,
         opset=args.opset, force=args.force, int8_threshold=args.int8_threshold, eval_limit=args.eval_limit,
         max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8, use_cache=not args.no_cache,
-        threads=args.threads,
+        threads=args.threads, data=args.data,
     )
     result = export_bundle(config)
     print(result.bundle)

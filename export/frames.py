@@ -106,8 +106,9 @@ def _training_split(meta) -> tuple[list[Sample], list[Sample], str]:
         return [], [], ""
     if not Path(meta.train_data).exists():
         raise CromeError(
-            f"the adapter was trained on {meta.train_data}, which is not there any more; restore it, or pass "
-            "--calib DIR with frames to calibrate on (task accuracy is then not measured)"
+            f"the adapter was trained on {meta.train_data}, which is not there any more; pass --data with its new "
+            "location (synthetic sets: `crome-edge data synth` regenerates them), or --calib DIR with frames to "
+            "calibrate on (task accuracy is then not measured)"
         )
     _, train, val = load_training_split(meta.train_data, meta.training)
     return train, val, meta.train_data

@@ -6,6 +6,8 @@ a CromeError raised before anything is written; a failed gate writes nothing.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import tempfile
@@ -35,6 +37,7 @@ class ExportConfig:
     use_cache: bool = True
     cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
+    data: Path | None = None  # the adapter's training data, if it moved (default: the path in its metadata)
 
 
 @dataclass
@@ -42,6 +45,13 @@ class ExportResult:
     bundle: Path
     report: dict
     seconds: dict = field(default_factory=dict)
+
+
+def _jsonl_of(data: Path) -> Path:
+    path = data / "data.jsonl" if data.is_dir() else data
+    if not path.is_file():
+        raise CromeError(f"--data {data}: no such dataset (a JSONL file, or a directory with data.jsonl)")
+    return path.absolute()
 
 
 class Progress:
@@ -105,6 +115,8 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     adapter_path = Path(config.adapter).expanduser().absolute()
     progress.stage("checking the adapter and the output")
     meta = read_metadata(adapter_path)
+    if config.data is not None:
+        meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(config.data))))
     target = Path(config.out).expanduser() if config.out else default_bundle_path(adapter_path)
     writer = BundleWriter(target, config.force)
     writer.check_target()
