@@ -23,13 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, type=Path, help="image file (PNG, JPEG, BMP, WebP, TIFF, PNM)")
     parser.add_argument("--prompt", required=True, action="append", metavar="TEXT",
                         help="question about the image; repeat for several questions about the same image")
-    parser.add_argument("--max-new-tokens", type=int, help="answer length cap (default: the bundle's)")
-    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the bundle's)")
-    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--repetition-penalty", type=float, help="penalty for repeating answer tokens (1 = off)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length cap (default: the bundle's)")
+    parser.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default: the bundle's)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="sample from the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--repetition-penalty", type=float, metavar="R",
+                        help="penalty for repeating answer tokens (1 = off)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per graph (default: one per core)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="ONNX Runtime threads per graph (default: one per core)")
     parser.add_argument("--provider", default="auto", choices=PROVIDERS,
                         help="execution provider (default auto: TensorRT > CUDA > CPU, whichever is available)")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",

@@ -1,0 +1,69 @@
+"""The runtime on the real embedded default: smol + the shipped line3 adapter, FP32 bundle (slow).
+
+Exports the bundle with the exporter's Python API (a few minutes on 2 cores), then checks the engine's
+greedy tokens against CromeModel.generate (batch 1) on the export's own held-out prompts and against the
+report's agreement, plus a streamed answer through `crome-edge run`.
+"""
+import pytest
+import torch
+from test_runtime_fixtures import torch_threads
+
+pytestmark = pytest.mark.slow
+
+EVAL_LIMIT = 12
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    from pathlib import Path
+
+    import crome_edge.weights
+    from crome_edge.adapter_file import read_metadata
+    from crome_export.pipeline import ExportConfig, Progress, export_bundle
+
+    adapter = Path(crome_edge.weights.__file__).parent / "line3.safetensors"
+    meta = read_metadata(adapter)
+    if meta.train_data and not Path(meta.train_data).exists():
+        pytest.skip(f"the line3 adapter's data {meta.train_data} is not on this machine (crome-edge data synth)")
+    out = tmp_path_factory.mktemp("smol") / "line3.bundle"
+    with torch_threads(1):
+        export_bundle(ExportConfig(adapter=adapter, precision="fp32", out=out, threads=1, eval_limit=EVAL_LIMIT),
+                      Progress(7, enabled=False))
+    return {"adapter": adapter, "bundle": out, "meta": meta}
+
+
+def test_smol_line3_fp32_equals_pytorch_and_the_report(smol):
+    from crome_edge.adapter_file import load_adapter
+    from crome_edge.backbones import load_backbone
+    from crome_edge.model import CromeModel, GenerationConfig
+    from crome_export.frames import load_export_data
+    from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+
+    engine = Engine.load(smol["bundle"], EngineConfig(threads=1))
+    report = engine.bundle.report
+    backbone = load_backbone(smol["meta"].backbone_name)
+    adapter, _ = load_adapter(smol["adapter"], backbone)
+    model = CromeModel(backbone, adapter.eval()).eval()
+    data = load_export_data(smol["meta"], backbone.info, None, False, EVAL_LIMIT)
+    max_new = report["inputs"]["max_new_tokens"]
+    identical = 0
+    with torch_threads(1), torch.no_grad():
+        for sample in data.evaluation:
+            pixels = data.pixels[sample.image]
+            expected = model.generate(torch.from_numpy(pixels[None]), [sample.question], GenerationConfig(max_new))[0]
+            got = engine.answer(engine.frame_from_pixels(pixels), sample.question, GenerationOptions(max_new_tokens=max_new))
+            identical += got.token_ids == expected
+            assert got.text == model.backbone.decode(got.token_ids)
+    greedy = report["greedy"]["fp32"]
+    assert identical == greedy["identical"] == greedy["prompts"] == len(data.evaluation)
+
+
+def test_smol_run_cli_streams_an_answer(smol, capsys):
+    from crome_edge.cli import main
+    from crome_edge.data import load_dataset
+
+    sample = load_dataset(smol["meta"].train_data).samples[0]
+    assert main(["run", "--bundle", str(smol["bundle"]), "--image", str(sample.image), "--prompt", sample.question,
+                 "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "tokens, stop" in err
