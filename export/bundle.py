@@ -101,6 +101,9 @@ class BundleWriter:
         manifest.files = dict(sorted(self.files.items()))
         try:
             _write_chunks(self.staging / formats.MANIFEST_FILE, [manifest.to_json().encode()])
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp made it 0700; a bundle is read by the server's user
             old = None
             if self.target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))

@@ -132,6 +132,7 @@ def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, wor
     assert manifest.quantization["vision"]["method"] == "static-qdq"
     assert np.load(int8_bundle / formats.EMBEDDINGS_FILE).shape == (manifest.llm.vocab_size, manifest.backbone.d_model)
     assert not _leftovers(workspace["root"])
+    assert int8_bundle.stat().st_mode & 0o055  # readable by others, not mkdtemp's 0700
 
     from crome_edge.data import load_dataset
     from crome_edge.data.pixels import PixelStore
