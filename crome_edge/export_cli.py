@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-limit", type=int, default=200, metavar="N",
                         help="held-out samples the fidelity report runs on (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, help="generation cap for the report (default: longest answer + 2)")
-    parser.add_argument("--decoder-int8", default="matmulnbits8", choices=("matmulnbits8", "dynamic-qint8"),
-                        help="INT8 form of the decoder's weights (default %(default)s)")
+    parser.add_argument("--decoder-int8", default="fp32", choices=("fp32", "matmulnbits8", "dynamic-qint8"),
+                        help="the decoder's form in an int8 bundle (default %(default)s: on CPUs no INT8 form "
+                             "was both accurate and faster, see benchmarks/RESULTS.md)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: all cores)")
 

@@ -33,7 +33,7 @@ class ExportConfig:
     int8_threshold: float = 1.0  # accuracy points
     eval_limit: int = 200
     max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else 16
-    decoder_int8: str = "matmulnbits8"
+    decoder_int8: str = "fp32"  # int8 bundles: the decoder's form (crome_export.quantize.DEFAULT_DECODER_INT8)
     use_cache: bool = True
     cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
@@ -165,7 +165,8 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
                              + "; ".join(fidelity.gates["fp32_parity"]["why"]))
 
         progress.stage(f"writing {writer.target}")
-        _write_files(writer, backbone, adapter_path, parts, work, config.precision)
+        decoder_precision = "fp32" if config.precision == "int8" and config.decoder_int8 == "fp32" else config.precision
+        _write_files(writer, backbone, adapter_path, parts, work, config.precision, decoder_precision)
         report["timings_s"] = {**progress.seconds, "backbone_parts": parts.seconds}
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
         manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, report, max_new_tokens)
@@ -251,14 +252,14 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
     })
 
 
-def _write_files(writer, backbone, adapter_path: Path, parts, work: Path, precision: str) -> None:
+def _write_files(writer, backbone, adapter_path: Path, parts, work: Path, precision: str, decoder_precision: str) -> None:
     fp32_files, final_files = parts.fp32_entry["files"], parts.final_entry["files"]
     writer.add_file(parts.final_dir / formats.VISION_ONNX, formats.VISION_ONNX, precision,
                     final_files[formats.VISION_ONNX]["sha256"])
     for name in (formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX):
         writer.add_file(work / name, name, "fp32")
     writer.add_file(adapter_path, formats.ADAPTER_WEIGHTS_FILE, "fp32")
-    writer.add_file(parts.final_dir / formats.DECODER_ONNX, formats.DECODER_ONNX, precision,
+    writer.add_file(parts.final_dir / formats.DECODER_ONNX, formats.DECODER_ONNX, decoder_precision,
                     final_files[formats.DECODER_ONNX]["sha256"])
     writer.add_file(parts.fp32_dir / formats.EMBEDDINGS_FILE, formats.EMBEDDINGS_FILE, "fp32",
                     fp32_files[formats.EMBEDDINGS_FILE]["sha256"])
