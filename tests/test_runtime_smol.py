@@ -21,14 +21,21 @@ def smol(tmp_path_factory):
     from crome_edge.adapter_file import read_metadata
     from crome_export.pipeline import ExportConfig, Progress, export_bundle
 
+    from dataclasses import replace
+
+    from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
+
     adapter = Path(crome_edge.weights.__file__).parent / "line3.safetensors"
-    meta = read_metadata(adapter)
-    if meta.train_data and not Path(meta.train_data).exists():
-        pytest.skip(f"the line3 adapter's data {meta.train_data} is not on this machine (crome-edge data synth)")
-    out = tmp_path_factory.mktemp("smol") / "line3.bundle"
+    root = tmp_path_factory.mktemp("smol")
+    # The adapter's training set, regenerated (deterministic seeds; recipes/README.md): the path recorded in the
+    # adapter is the machine it was trained on.
+    write_dataset(SynthConfig(out=str(root / "line3_train"), task="line3", split="train", n=500))
+    data = root / "line3_train" / "data.jsonl"
+    meta = replace(read_metadata(adapter), train_data=str(data))
+    out = root / "line3.bundle"
     with torch_threads(1):
-        export_bundle(ExportConfig(adapter=adapter, precision="fp32", out=out, threads=1, eval_limit=EVAL_LIMIT),
-                      Progress(7, enabled=False))
+        export_bundle(ExportConfig(adapter=adapter, precision="fp32", out=out, threads=1, eval_limit=EVAL_LIMIT,
+                                   data=data), Progress(7, enabled=False))
     return {"adapter": adapter, "bundle": out, "meta": meta}
 
 
