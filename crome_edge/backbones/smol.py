@@ -28,7 +28,7 @@ SMOL_PROMPT = PromptTemplate(
     text="<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
     answer_suffix="<|im_end|>",
     stop_tokens=("<|im_end|>",),
-    add_special_tokens=False,  # the GGUF tokenizer would prepend <|im_start|> as BOS (DESIGN.md §7)
+    add_special_tokens=False,  # no BOS: SmolLM2-Instruct prompts start with <|im_start|> themselves
 )
 SMOL_MEAN = (0.5, 0.5, 0.5)
 SMOL_STD = (0.25, 0.25, 0.25)
