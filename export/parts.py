@@ -20,7 +20,7 @@ from crome_export.vision import export_vision
 from crome_runtime import formats
 
 VISION_STATIC_MIN_COSINE = 0.99
-EXPORT_PARTS_VERSION = 1  # bump when the graphs this module writes change
+EXPORT_PARTS_VERSION = 2  # bump when the graphs this module writes change
 
 
 @dataclass

@@ -4,7 +4,8 @@
   restricted to MatMul/Conv/Gemm (DESIGN.md §6: quantising every op type broke InstructBLIP) with float
   biases, calibrated on real frames. That is the form TensorRT's explicit-quantisation path accepts as well
   as ONNX Runtime (trt_check.py verifies it). `quantize_vision_dynamic` is the fallback the report names.
-- Decoder: weight-only / dynamic INT8 of every MatMul, including the LM head (DECODER_INT8_METHODS).
+- Decoder: INT8 weights (when asked for, see DEFAULT_DECODER_INT8) for every transformer-layer MatMul; the
+  LM head (tied to the embedding table in SmolLM2) stays FP32.
 - FP16: float16 weights and compute, float32 inputs and outputs.
 
 The tools write `*.data` and `sym_shape_infer_temp.onnx` into the working directory, so every call runs
@@ -145,9 +146,18 @@ def quantize_vision_dynamic(source: Path, target: Path) -> dict:
             "activations": "quantised at run time (ONNX Runtime only; TensorRT cannot build it)"}
 
 
+def lm_head_nodes(model: onnx.ModelProto) -> list[str]:
+    """The MatMul that produces the logits (the LM head)."""
+    from crome_runtime import formats
+
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and formats.OUT_LOGITS in n.output]
+
+
 def quantize_decoder(source: Path, target: Path, method: str = DEFAULT_DECODER_INT8) -> dict:
-    """INT8 weights for every MatMul of the decoder (attention, MLP, LM head)."""
+    """INT8 weights for every MatMul of the decoder's layers (attention, MLP); the LM head stays FP32:
+    ORT's 8-bit MatMulNBits on SmolLM2's (576, 49152) head made a decode step 8x slower (export/README.md)."""
     source, target = Path(source).resolve(), Path(target).resolve()
+    head = lm_head_nodes(onnx.load(str(source)))
     if method == "fp32":
         shutil.copyfile(source, target)
         return {"method": "fp32", "op": "MatMul", "why": "no INT8 decoder form is both accurate and faster here"}
@@ -159,18 +169,21 @@ def quantize_decoder(source: Path, target: Path, method: str = DEFAULT_DECODER_I
         with _scratch_dir():
             quantizer = MatMulNBitsQuantizer(
                 onnx.load(str(source)), bits=8, block_size=NBITS_BLOCK_SIZE, is_symmetric=True, accuracy_level=NBITS_ACCURACY_LEVEL,
+                nodes_to_exclude=head,
             )
             quantizer.process()
             onnx.save(quantizer.model.model, str(target))
         return {"method": "matmulnbits8", "op": "com.microsoft.MatMulNBits", "bits": 8,
-                "block_size": NBITS_BLOCK_SIZE, "symmetric": True, "accuracy_level": NBITS_ACCURACY_LEVEL}
+                "block_size": NBITS_BLOCK_SIZE, "symmetric": True, "accuracy_level": NBITS_ACCURACY_LEVEL,
+                "fp32_nodes": head}
     if method == "dynamic-qint8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with _scratch_dir():
             quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], per_channel=True,
-                             weight_type=QuantType.QInt8)
-        return {"method": "dynamic-qint8", "op": "DynamicQuantizeLinear + MatMulInteger", "weights": "int8 per-channel"}
+                             weight_type=QuantType.QInt8, nodes_to_exclude=head)
+        return {"method": "dynamic-qint8", "op": "DynamicQuantizeLinear + MatMulInteger", "weights": "int8 per-channel",
+                "fp32_nodes": head}
     raise ValueError(f"unknown decoder INT8 method {method!r}; choose one of {', '.join(DECODER_INT8_METHODS)}")
 
 
