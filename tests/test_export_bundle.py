@@ -17,6 +17,7 @@ import torch
 from crome_edge.cli import main
 from crome_runtime import formats
 from crome_runtime.manifest import read_manifest
+from tiny_adapter import train_tiny_adapter
 
 COLOURS = {"red": (0, 0, 220), "green": (0, 200, 0), "blue": (220, 0, 0)}
 QUESTION = "What colour is it?"
@@ -35,33 +36,6 @@ def _dataset(directory: Path, count: int = 60) -> Path:
     return directory / "data.jsonl"
 
 
-def _train_adapter(backbone, data: Path, out: Path, seed: int = 0, steps: int = 125) -> Path:
-    from crome_edge.adapter import AdapterConfig, CromeAdapter
-    from crome_edge.adapter_file import AdapterMetadata, save_adapter
-    from crome_edge.data import load_dataset, split_dataset
-    from crome_edge.data.pixels import PixelStore
-    from crome_edge.model import CromeModel
-
-    torch.manual_seed(seed)
-    train, _ = split_dataset(load_dataset(data).samples, 0.25, 0)
-    store = PixelStore.for_backbone(backbone.info)
-    store.prepare(train)
-    adapter = CromeAdapter(AdapterConfig(backbone.info.d_model, 16))
-    model = CromeModel(backbone, adapter)
-    optimizer = torch.optim.Adam(adapter.parameters(), lr=2e-2)
-    questions, answers = [s.question for s in train], [s.answer for s in train]
-    with torch.no_grad():
-        visual = model.visual_embeds(store.batch(train), questions)  # frozen: computed once
-    for _ in range(steps):
-        idx = torch.randint(0, len(train), (16,)).tolist()
-        loss = model.loss_from_visual(visual[idx], [questions[i] for i in idx], [answers[i] for i in idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    meta = AdapterMetadata(adapter.config, "tiny", backbone.fingerprint(), backbone.info.prompt,
-                           training={"val_fraction": 0.25, "split_seed": 0}, train_data=str(data))
-    save_adapter(out, adapter, meta)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +46,7 @@ def workspace(tmp_path_factory, tiny_backbone):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("export")
     data = _dataset(root / "line3-data")
-    yield {"root": root, "data": data, "adapter": _train_adapter(tiny_backbone, data, root / "line3.safetensors")}
+    yield {"root": root, "data": data, "adapter": train_tiny_adapter(tiny_backbone, data, root / "line3.safetensors")}
     torch.set_num_threads(threads)
 
 
@@ -147,7 +121,7 @@ def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, wor
 def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace, tiny_backbone, capsys):
     import time
 
-    other = _train_adapter(tiny_backbone, workspace["data"], workspace["root"] / "other.safetensors", seed=5, steps=30)
+    other = train_tiny_adapter(tiny_backbone, workspace["data"], workspace["root"] / "other.safetensors", seed=5, steps=30)
     out = workspace["root"] / "fp32.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--precision", "fp32", "--out", str(out)]) == 0
     report = json.loads((out / formats.REPORT_FILE).read_text())

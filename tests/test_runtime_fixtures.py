@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tiny_adapter import train_tiny_adapter
 
 COLOURS = {"red": (0, 0, 220), "green": (0, 200, 0), "blue": (220, 0, 0)}  # BGR
 QUESTION = "What colour is it?"
@@ -39,36 +40,9 @@ def _dataset(directory: Path, count: int = 60) -> Path:
 
 
 def _train_adapter(data: Path, out: Path, steps: int = 125) -> Path:
-    import torch
-
-    from crome_edge.adapter import AdapterConfig, CromeAdapter
-    from crome_edge.adapter_file import AdapterMetadata, save_adapter
     from crome_edge.backbones.tiny import build_tiny
-    from crome_edge.data import load_dataset, split_dataset
-    from crome_edge.data.pixels import PixelStore
-    from crome_edge.model import CromeModel
 
-    backbone = build_tiny(seed=0)
-    torch.manual_seed(0)
-    train, _ = split_dataset(load_dataset(data).samples, 0.25, 0)
-    store = PixelStore.for_backbone(backbone.info)
-    store.prepare(train)
-    adapter = CromeAdapter(AdapterConfig(backbone.info.d_model, 16))
-    model = CromeModel(backbone, adapter)
-    optimizer = torch.optim.Adam(adapter.parameters(), lr=2e-2)
-    questions, answers = [s.question for s in train], [s.answer for s in train]
-    with torch.no_grad():
-        visual = model.visual_embeds(store.batch(train), questions)  # frozen: computed once
-    for _ in range(steps):
-        idx = torch.randint(0, len(train), (16,)).tolist()
-        loss = model.loss_from_visual(visual[idx], [questions[i] for i in idx], [answers[i] for i in idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    meta = AdapterMetadata(adapter.config, "tiny", backbone.fingerprint(), backbone.info.prompt,
-                           training={"val_fraction": 0.25, "split_seed": 0}, train_data=str(data))
-    save_adapter(out, adapter, meta)
-    return out
+    return train_tiny_adapter(build_tiny(seed=0), data, out, seed=0, steps=steps)
 
 
 @contextmanager
