@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 from pathlib import Path
 
 from crome_edge.errors import CromeError
+from crome_runtime.bundle import safetensors_metadata
 
 ADAPTER_FORMAT = "crome-adapter"  # crome_runtime.formats.ADAPTER_FORMAT (imported lazily there)
 PARTS_FORMAT = "crome-backbone-parts"  # crome_edge.training.parts.PARTS_FORMAT
-MAX_HEADER = 100 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,25 +48,6 @@ def describe(path: Path, verify: bool = False) -> dict:
     if _is_zip(path):
         return _describe_checkpoint(path)
     raise CromeError(f"{path} is not a crome-edge file (adapter, backbone parts, training checkpoint or bundle)")
-
-
-def safetensors_metadata(path: Path) -> dict | None:
-    """The `__metadata__` of a safetensors header, or None when the file is not safetensors."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        (size,) = struct.unpack("<Q", head)
-        if size > MAX_HEADER:
-            return None
-        raw = f.read(size)
-    if len(raw) < size:
-        return None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return header.get("__metadata__") or {} if isinstance(header, dict) else None
 
 
 def _is_zip(path: Path) -> bool:

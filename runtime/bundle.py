@@ -147,6 +147,8 @@ def safetensors_metadata(path: Path) -> dict | None:
         if size > MAX_SAFETENSORS_HEADER:
             return None
         raw = f.read(size)
+    if len(raw) < size:
+        return None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
