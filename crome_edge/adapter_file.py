@@ -6,8 +6,6 @@ names, shapes, dtype, finiteness and — given a backbone — its fingerprint, a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.atomic import atomic_path
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.prompt import PromptTemplate
@@ -60,14 +59,8 @@ def save_adapter(path: Path, adapter: CromeAdapter, metadata: AdapterMetadata) -
     if not path.parent.is_dir():
         raise AdapterFileError(f"cannot write {path}: directory {path.parent} does not exist (create it first)")
     tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in adapter_tensors(adapter).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata.to_strings())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata.to_strings())
 
 
 def read_metadata(path: Path) -> AdapterMetadata:

@@ -15,15 +15,13 @@ from torch.nn import functional as F
 
 from crome_edge.adapter import CromeAdapter
 from crome_edge.backbones.base import CromeBackbone
+from crome_runtime.manifest import GenerationDefaults
 
 
 @dataclass
-class GenerationConfig:
-    max_new_tokens: int = 16
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+class GenerationConfig(GenerationDefaults):
+    """The bundle's generation settings (temperature 0 = greedy) plus the sampler's seed."""
+
     seed: int = 0
 
 
@@ -147,10 +145,10 @@ class CromeModel(nn.Module):
         stop_ids = self.backbone.stop_token_ids()
         batch = prefix.embeds.shape[0]
         mask, positions = prefix.attention_mask, prefix.position_ids
-        cache = DynamicCache()  # updated in place by every call below
+        cache = cache_argument(self.backbone.llm, DynamicCache())  # the cache is updated in place by every call
         out = self.backbone.llm(
             inputs_embeds=prefix.embeds, attention_mask=mask, position_ids=positions,
-            use_cache=True, logits_to_keep=1, **cache_argument(self.backbone.llm, cache),
+            use_cache=True, logits_to_keep=1, **cache,
         )
         generated: list[list[int]] = [[] for _ in range(batch)]
         finished = [False] * batch
@@ -169,7 +167,7 @@ class CromeModel(nn.Module):
             positions = positions[:, -1:] + 1
             out = self.backbone.llm(
                 inputs_embeds=self.backbone.embed_tokens(next_ids[:, None]), attention_mask=mask,
-                position_ids=positions, use_cache=True, **cache_argument(self.backbone.llm, cache),
+                position_ids=positions, use_cache=True, **cache,
             )
         return generated
 

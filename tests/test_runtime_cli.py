@@ -135,10 +135,9 @@ ENGINE_SCRIPT = """
 import sys
 try:
     import torch
-except ImportError:
-    pass
-else:
     raise SystemExit("the blocker did not load")
+except ImportError as error:
+    assert "blocked" in str(error), error
 from crome_runtime import adapter, bundle, cache, ccore, decoder, detokenize, engine, errors, formats, manifest, preprocess
 from crome_runtime import profiler, prompt, providers, sampling
 from crome_runtime.engine import Engine, EngineConfig

@@ -1,24 +1,16 @@
 """Streaming detokenisation: whole characters only, multi-byte UTF-8 split across tokens, exact joins."""
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from crome_runtime.detokenize import REPLACEMENT, StreamDetokenizer
-
-SPECIAL = ("<s>", "</s>", "<pad>")
 
 
 @pytest.fixture(scope="module")
 def byte_tokenizer():
-    """One token per byte (like the tiny backbone's), so every multi-byte character spans several tokens."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
-    vocab.update({ch: len(SPECIAL) + i for i, ch in enumerate(alphabet)})
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(SPECIAL))
-    return tokenizer
+    """One token per byte (the tiny backbone's), so every multi-byte character spans several tokens."""
+    from crome_edge.backbones.tiny import byte_level_tokenizer
+
+    return byte_level_tokenizer()
 
 
 def _stream(tokenizer, ids):

@@ -81,8 +81,7 @@ def save_hf_dir(backbone: CromeBackbone, path: Path) -> None:
     info = backbone.info
     if info.architecture not in ("instructblip", "blip2"):
         raise CromeError(f"only HF-architecture backbones can be saved as a HF directory, not {info.architecture}")
-    raise_if_exists = path.exists() and any(path.iterdir())
-    if raise_if_exists:
+    if path.exists() and any(path.iterdir()):
         raise CromeError(f"{path} exists and is not empty")
     Model = InstructBlipForConditionalGeneration if info.instruction_aware else Blip2ForConditionalGeneration
     config = _rebuild_config(backbone)

@@ -13,8 +13,6 @@ With a part centred, the frame's centre square resized to 128 px looks like a `r
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crome_edge.atomic import atomic_path
 from crome_edge.errors import CromeError
 from crome_edge.synth.world import (
     DEFAULT_SIZE,
@@ -204,22 +203,17 @@ def write_video(
         raise CromeError(f"cannot write video {path}: directory {path.parent} does not exist")
     if frames < 1:
         raise CromeError(f"a video needs at least one frame, got {frames}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     camera = SyntheticCamera(fps=fps, size=size, seed=seed, realtime=False)
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (camera.width, camera.height))
     scenes: list[SceneInfo | None] = []
-    try:
-        if not writer.isOpened():
-            raise CromeError(f"OpenCV cannot write {codec} video to {path}")
-        for _ in range(frames):
-            _, frame = camera.read()
-            writer.write(frame)
-            scenes.append(camera.current_scene())
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, suffix=path.suffix) as tmp:  # OpenCV picks the container by the suffix
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (camera.width, camera.height))
+        try:
+            if not writer.isOpened():
+                raise CromeError(f"OpenCV cannot write {codec} video to {path}")
+            for _ in range(frames):
+                _, frame = camera.read()
+                writer.write(frame)
+                scenes.append(camera.current_scene())
+        finally:
+            writer.release()
     return scenes

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
+from crome_edge.atomic import atomic_path
 from crome_edge.errors import CromeError
 
 CHECKPOINT_FORMAT = "crome-train-checkpoint"
@@ -29,16 +29,10 @@ class TrainingInterrupted(CromeError):
 def save_checkpoint(path: Path, state: dict) -> None:
     path = Path(path)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: Path) -> dict:

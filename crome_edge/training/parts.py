@@ -8,8 +8,6 @@ crome_edge.adapter_file).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
+from crome_edge.atomic import atomic_path
 from crome_edge.errors import CromeError
 
 PARTS_FORMAT = "crome-backbone-parts"
@@ -64,14 +63,8 @@ def save_backbone_parts(
         META_BACKBONE_INFO: json.dumps(backbone.info.to_dict(), sort_keys=True),
         META_TRAINING: json.dumps(training or {}, sort_keys=True),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_parts_metadata(path: str | Path) -> dict:
