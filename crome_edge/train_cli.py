@@ -12,6 +12,7 @@ import json
 import os
 
 STAGE_CHOICES = ("finetune", "pretrain")
+AUGMENTS = ("none", "flips")  # = crome_edge.training.config.AUGMENTS, kept here so this module stays torch-free
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--out", required=True, help="output .safetensors: the adapter (finetune) or backbone parts (pretrain)")
     what.add_argument("--rank", type=int, default=64, help="adapter rank r (default: 64)")
     what.add_argument("--train-vision", action="store_true", help="pretrain: also train the vision tower")
+    what.add_argument("--augment", choices=AUGMENTS, default="none",
+                      help="flips: also train on mirrored frames (only where mirroring keeps the answer true; default: none)")
 
     how = parser.add_argument_group("optimisation")
     how.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: 3)")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, backbone=args.backbone, stage=args.stage, question=args.question,
         backbone_parts=args.backbone_parts, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, encoder_lr=args.encoder_lr, rank=args.rank, val_fraction=args.val_fraction, seed=args.seed,
-        bf16=args.bf16, threads=args.threads, train_vision=args.train_vision, warmup_steps=args.warmup_steps,
+        bf16=args.bf16, threads=args.threads, train_vision=args.train_vision, augment=args.augment, warmup_steps=args.warmup_steps,
         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
         max_new_tokens=args.max_new_tokens, save_dtype=args.save_dtype, device=args.device,
         progress=not args.no_progress,

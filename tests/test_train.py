@@ -198,3 +198,55 @@ def test_pretrain_trains_the_visual_side_never_the_llm(tmp_path, line3_data, tra
     assert fresh.fingerprint() == backbone.fingerprint()
     with pytest.raises(CromeError, match="was trained for backbone tiny"):
         load_backbone_parts(tmp_path / "parts.safetensors", build_tiny(1))
+
+
+def test_flips_cache_four_mirror_views_and_validate_on_the_frame_as_it_is(tmp_path, line3_data, tiny_backbone):
+    plain = Trainer(_config(line3_data, tmp_path / "p.safetensors"), backbone=tiny_backbone)
+    plain.setup()
+    flips = Trainer(_config(line3_data, tmp_path / "f.safetensors", augment="flips"), backbone=tiny_backbone)
+    flips.setup()
+    sample = flips.train_samples[0]
+    views = flips.stage._visual[flips.stage._key(sample)]
+    assert views.shape[0] == 4 and plain.stage._visual[plain.stage._key(sample)].shape[0] == 1
+    torch.testing.assert_close(views[0], plain.stage._visual[plain.stage._key(sample)][0], rtol=0, atol=0)
+    pixels = flips.stage.pixels.batch([sample])
+    mirrored_v = flips.stage.model.visual_embeds(torch.flip(pixels, (3,)), [sample.question])[0]
+    torch.testing.assert_close(views[1], mirrored_v)
+    assert all(not torch.allclose(views[0], views[k], atol=1e-4) for k in (1, 2, 3))  # a mirrored frame is a new view
+
+    flips.stage.eval()
+    torch.testing.assert_close(flips.stage.visual([sample] * 8), views[0].expand(8, -1, -1), rtol=0, atol=0)
+    flips.stage.train()
+    torch.manual_seed(0)
+    drawn = flips.stage.visual([sample] * 64)
+    matches = [int(torch.equal(v, views[k])) for v in drawn for k in range(4)]
+    assert sum(matches) == 64 and all(sum(matches[k::4]) > 0 for k in range(4))  # every view drawn
+
+
+def test_flips_train_deterministically_and_differently_from_plain(tmp_path, line3_data, tiny_backbone):
+    runs = [Trainer(_config(line3_data, tmp_path / f"{name}.safetensors", steps=6, augment=augment),
+                    backbone=tiny_backbone).run().summary for name, augment in (("a", "flips"), ("b", "flips"), ("c", "none"))]
+    assert runs[0]["augment"] == "flips" and runs[2]["augment"] == "none"
+    assert runs[0]["loss_curve"] == runs[1]["loss_curve"]
+    assert runs[0]["loss_curve"]["first"] != runs[2]["loss_curve"]["first"]
+    with pytest.raises(CromeError, match=r"different run \(augment: checkpoint 'none', now 'flips'\)"):
+        Trainer(_config(line3_data, tmp_path / "c.safetensors", steps=8, augment="flips", resume=True),
+                backbone=tiny_backbone).run()
+    with pytest.raises(CromeError, match="unknown --augment 'rotate'; choose one of none, flips"):
+        Trainer(_config(line3_data, tmp_path / "d.safetensors", augment="rotate"), backbone=tiny_backbone).run()
+
+
+def test_pretrain_flips_mirror_training_pixels_only(tmp_path, line3_data):
+    config = _config(line3_data, tmp_path / "parts.safetensors", stage="pretrain", steps=2, augment="flips")
+    trainer = Trainer(config, backbone=build_tiny(0))
+    trainer.setup()
+    stage, batch = trainer.stage, trainer.train_samples[:4]
+    stage.eval()
+    with torch.no_grad():
+        as_is = stage.loss(batch)
+        assert torch.equal(as_is, stage.loss(batch))  # validation never mirrors
+        stage.train()
+        torch.manual_seed(1)
+        mirrored_losses = {round(stage.loss(batch).item(), 6) for _ in range(6)}
+    assert len(mirrored_losses) > 1 and mirrored_losses != {round(as_is.item(), 6)}
+    assert trainer.run().summary["augment"] == "flips"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 STAGES = ("finetune", "pretrain")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
+AUGMENTS = ("none", "flips")
 DEFAULT_LR = {"finetune": 2e-3, "pretrain": 1e-3}  # DESIGN.md §7
 ENCODER_LR_RATIO = 0.2  # pretrain: Q-Former / query tokens / vision at lr × 0.2 unless --encoder-lr
 
@@ -30,6 +31,7 @@ class TrainConfig:
     bf16: bool = False  # autocast the forward to bfloat16
     threads: int | None = None  # torch intra-op threads per process
     train_vision: bool = False  # pretrain: also train the vision tower
+    augment: str = "none"  # "flips": train on random horizontal/vertical mirror images too
     warmup_steps: int | None = None  # None = 5% of the steps (at most 100)
     grad_clip: float = 1.0
     checkpoint: str | None = None  # None = <out>.ckpt

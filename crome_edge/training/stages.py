@@ -5,6 +5,9 @@
 - pretrain: query tokens, Q-Former and projection (+ the vision tower with --train-vision), no adapter;
   one optimizer group per trained module; the LLM stays frozen. Saves backbone parts.
 
+`--augment flips` mirrors training frames at random (never validation frames): finetune caches V for
+all four mirror views of each image and draws one per sample per step; pretrain flips the pixels.
+
 A stage exposes `trainable` (an nn.Module holding exactly the trained parameters: what DDP wraps and
 checkpoints store), `param_groups()`, `loss(samples)`, `prefix(samples)` for generation, `save(...)`.
 """
@@ -23,6 +26,20 @@ from crome_edge.model import CromeModel, PrefixBatch
 from crome_edge.training.config import TrainConfig
 
 VISUAL_CACHE_BATCH = 32
+MIRROR_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))  # flipped dims of (B, 3, S, S): none, h, v, both
+
+
+def mirror_views(augment: str) -> tuple[tuple[int, ...], ...]:
+    return MIRROR_VIEWS if augment == "flips" else MIRROR_VIEWS[:1]
+
+
+def mirrored(pixels: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(pixels, dims) if dims else pixels
+
+
+def draw_views(n: int, n_views: int) -> list[int]:
+    """A view per sample from the global RNG (which checkpoints save, so a resumed run draws the same)."""
+    return torch.randint(n_views, (n,)).tolist() if n_views > 1 else [0] * n
 
 
 class FinetuneStage:
@@ -36,7 +53,8 @@ class FinetuneStage:
             self.adapter = CromeAdapter(AdapterConfig(d_model=backbone.info.d_model, rank=config.rank)).to(device)
         self.model = CromeModel(backbone, self.adapter)
         self.trainable = nn.ModuleDict({"adapter": self.adapter})
-        self._visual: dict[tuple[Path, str], torch.Tensor] = {}  # (image, instruction) -> V (Nq, d)
+        self.views = mirror_views(config.augment)
+        self._visual: dict[tuple[Path, str], torch.Tensor] = {}  # (image, instruction) -> V per view (views, Nq, d)
 
     def param_groups(self) -> list[dict]:
         return [{"name": "adapter", "params": list(self.adapter.parameters()), "lr": self.config.learning_rate}]
@@ -46,18 +64,21 @@ class FinetuneStage:
 
     @torch.no_grad()
     def prepare(self, samples: list[Sample]) -> None:
-        """Caches the frozen visual prefix V for every distinct (image, instruction), in fp32."""
+        """Caches the frozen visual prefix V of every view of every distinct (image, instruction), in fp32."""
         self.pixels.prepare(samples)
         todo = list({self._key(s): s for s in samples if self._key(s) not in self._visual}.values())
         for start in range(0, len(todo), VISUAL_CACHE_BATCH):
             chunk = todo[start : start + VISUAL_CACHE_BATCH]
             pixels = self.pixels.batch(chunk).to(self.device)  # (B, 3, S, S)
-            visual = self.model.visual_embeds(pixels, [s.question for s in chunk])  # (B, Nq, d)
-            for sample, v in zip(chunk, visual):
+            questions = [s.question for s in chunk]
+            views = [self.model.visual_embeds(mirrored(pixels, dims), questions) for dims in self.views]
+            for sample, v in zip(chunk, torch.stack(views, 1)):  # (B, views, Nq, d)
                 self._visual[self._key(sample)] = v
 
     def visual(self, samples: list[Sample]) -> torch.Tensor:
-        return torch.stack([self._visual[self._key(s)] for s in samples])  # (B, Nq, d)
+        """(B, Nq, d): a random view of each sample while training, the frame as it is otherwise."""
+        picks = draw_views(len(samples), len(self.views)) if self.adapter.training else [0] * len(samples)
+        return torch.stack([self._visual[self._key(s)][view] for s, view in zip(samples, picks)])
 
     def loss(self, samples: list[Sample]) -> torch.Tensor:
         return self.model.loss_from_visual(self.visual(samples), [s.question for s in samples], [s.answer for s in samples])
@@ -99,6 +120,7 @@ class PretrainStage:
         if config.train_vision:
             self.trainable.vision = backbone.vision
         self.trainable.requires_grad_(True)
+        self.views = mirror_views(config.augment)
 
     def param_groups(self) -> list[dict]:
         lr, encoder_lr = self.config.learning_rate, self.config.encoder_learning_rate
@@ -116,6 +138,9 @@ class PretrainStage:
 
     def loss(self, samples: list[Sample]) -> torch.Tensor:
         pixels = self.pixels.batch(samples).to(self.device)
+        if self.trainable.training and len(self.views) > 1:
+            picks = draw_views(len(samples), len(self.views))
+            pixels = torch.cat([mirrored(p[None], self.views[view]) for p, view in zip(pixels, picks)])
         return self.model.loss(pixels, [s.question for s in samples], [s.answer for s in samples])
 
     def prefix(self, samples: list[Sample]) -> PrefixBatch:
@@ -126,6 +151,7 @@ class PretrainStage:
 
     def eval(self) -> None:
         self.backbone.eval()
+        self.trainable.eval()  # the container's own flag, read by loss()
 
     def save(self, path: Path, summary: dict, train_data: str) -> None:
         from crome_edge.training.parts import save_backbone_parts

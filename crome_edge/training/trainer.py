@@ -29,7 +29,7 @@ from crome_edge.evaluate import generate_answers, generation_budget, score
 from crome_edge.training.checkpoint import (
     StopRequest, TrainingInterrupted, check_compatible, load_checkpoint, save_checkpoint,
 )
-from crome_edge.training.config import STAGES, TrainConfig
+from crome_edge.training.config import AUGMENTS, STAGES, TrainConfig
 from crome_edge.training.distributed import DistContext, init_distributed, pick_device, shutdown_distributed
 from crome_edge.training.stages import STAGE_CLASSES
 
@@ -155,6 +155,8 @@ class Trainer:
                 raise CromeError(f"--{name.replace('_', '-')} must be at least 1")
         if config.steps is not None and config.steps < 1:
             raise CromeError("--steps must be at least 1")
+        if config.augment not in AUGMENTS:
+            raise CromeError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
         if not config.learning_rate > 0:
             raise CromeError("--lr must be positive")
         if config.resume and not config.checkpoint_path.is_file():
@@ -175,6 +177,7 @@ class Trainer:
             "data_fingerprint": self.dataset.fingerprint(),
             "rank": config.rank if config.stage == "finetune" else None,
             "train_vision": config.train_vision if config.stage == "pretrain" else None,
+            "augment": config.augment,
             "batch_size": config.batch_size,
             "seed": config.seed,
             "val_fraction": config.val_fraction,
@@ -370,6 +373,7 @@ class Trainer:
             "split_seed": config.seed,
             "question": self.dataset.question,
             "bf16": config.bf16,
+            "augment": config.augment,
             "world_size": self.dist.world_size,
             "val_accuracy": last.get("val_accuracy"),
             "val_loss": last.get("val_loss"),
