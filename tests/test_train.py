@@ -250,3 +250,14 @@ def test_pretrain_flips_mirror_training_pixels_only(tmp_path, line3_data):
         mirrored_losses = {round(stage.loss(batch).item(), 6) for _ in range(6)}
     assert len(mirrored_losses) > 1 and mirrored_losses != {round(as_is.item(), 6)}
     assert trainer.run().summary["augment"] == "flips"
+
+
+def test_training_without_a_validation_split_runs_and_reports_none(tmp_path, line3_data, tiny_backbone, capsys):
+    out = tmp_path / "a.safetensors"
+    argv = ["train", "--backbone", "tiny", "--data", str(line3_data), "--out", str(out), "--epochs", "2",
+            "--batch-size", "6", "--rank", "8", "--val-fraction", "0", "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "epoch 2 (step 8): train loss" in captured.err + captured.out
+    assert "no validation split" in captured.err + captured.out
+    assert "on 24 examples" in captured.out and out.is_file()

@@ -418,4 +418,6 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _describe(record: dict) -> str:
+    if "val_loss" not in record:
+        return "no validation split (--val-fraction 0)"
     return f"val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.1%} (n={record['val_n']})"
