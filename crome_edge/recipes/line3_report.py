@@ -1,8 +1,8 @@
 """Held-out line3 accuracy: the frozen `smol` backbone without the adapter vs with it (issue 3's report).
 
-    python -m crome_edge.recipes.line3_report [--adapter crome_edge/weights/line3.safetensors] [--n 1000]
+    python -m crome_edge.recipes.line3_report [--adapter crome_edge/weights/line3.safetensors] [--n 1000] [--split test]
 
-Renders the line3 *test* split (seeds disjoint from training and validation), then runs the same greedy
+Renders the line3 *test* split (or `--split val`; seeds disjoint from training), then runs the same greedy
 evaluation as `crome-edge eval` twice. Also reports the backbone's pretraining questions with the adapter
 on and off, because an adapter trained on line3 alone can erase those answers (DESIGN.md §7).
 """
@@ -40,7 +40,8 @@ def accuracy_table(model: CromeModel, adapter, samples, pixels, batch_size: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", type=Path, default=SHIPPED_ADAPTER)
-    parser.add_argument("--n", type=int, default=1000, help="held-out line3 test frames")
+    parser.add_argument("--n", type=int, default=1000, help="held-out line3 frames")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="which held-out line3 split (default: test)")
     parser.add_argument("--pretrain-n", type=int, default=200, help="frames for the pretraining questions")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -51,10 +52,10 @@ def main() -> None:
     adapter, meta = load_adapter(args.adapter, backbone)
     model = CromeModel(backbone)
     pixels = PixelStore.for_backbone(backbone.info)
-    report = {"adapter": str(args.adapter), "rank": meta.config.rank,
+    report = {"adapter": str(args.adapter), "line3_split": args.split, "rank": meta.config.rank,
               "adapter_parameters": sum(p.numel() for p in adapter.parameters()), "training": meta.training}
     with tempfile.TemporaryDirectory() as tmp:
-        for task, split, n in (("line3", "test", args.n), ("pretrain", "test", args.pretrain_n)):
+        for task, split, n in (("line3", args.split, args.n), ("pretrain", "test", args.pretrain_n)):
             out = Path(tmp) / task
             write_dataset(SynthConfig(out=str(out), task=task, split=split, n=n))
             samples = load_dataset(out / "data.jsonl").samples

@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, help="continue from an earlier stage-A file (heads start fresh)")
     parser.add_argument("--pool-offset", type=int, default=0, help="first training seed, after TRAIN_SEED_BASE")
+    parser.add_argument("--defect-weight", type=float, default=1.0, help="weight of the defect head's loss (kind, colour: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -123,7 +124,8 @@ def main() -> None:
             batch = batch[:, ::-1]
         logits = model(to_pixels(batch))
         target = torch.from_numpy(labels[index])
-        loss = sum(F.cross_entropy(l, target[:, k]) for k, l in enumerate(logits))
+        weights = (1.0, 1.0, args.defect_weight)
+        loss = sum(w * F.cross_entropy(l, target[:, k]) for k, (w, l) in enumerate(zip(weights, logits)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,7 +142,8 @@ def main() -> None:
     state["query_tokens"] = model.query_tokens.detach()
     summary = {"stage": "A", "steps": args.steps, "seconds": round(time.time() - start), "eval": history,
                "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, "seed": args.seed,
-               "init": str(args.init) if args.init else None, "pool_offset": args.pool_offset}
+               "init": str(args.init) if args.init else None, "pool_offset": args.pool_offset,
+               "defect_weight": args.defect_weight}
     save_file({k: v.contiguous() for k, v in state.items()}, str(args.out), metadata={"stage_a": json.dumps(summary)})
     print(json.dumps(summary), flush=True)
 
