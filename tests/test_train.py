@@ -261,3 +261,19 @@ def test_training_without_a_validation_split_runs_and_reports_none(tmp_path, lin
     assert "epoch 2 (step 8): train loss" in captured.err + captured.out
     assert "no validation split" in captured.err + captured.out
     assert "on 24 examples" in captured.out and out.is_file()
+
+
+def test_a_checkpoint_from_before_augment_resumes_as_unaugmented(tmp_path, line3_data, tiny_backbone):
+    from crome_edge.training.checkpoint import save_checkpoint
+
+    config = _config(line3_data, tmp_path / "a.safetensors", epochs=2)
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, backbone=tiny_backbone, on_step=_interrupt_at(2)).run()
+    state = load_checkpoint(config.checkpoint_path)
+    del state["compat"]["augment"]  # written by an older crome-edge
+    save_checkpoint(config.checkpoint_path, state)
+    config.resume = True
+    assert Trainer(config, backbone=tiny_backbone).run().summary["steps"] == 6
+    with pytest.raises(CromeError, match=r"augment: checkpoint 'none', now 'flips'"):
+        Trainer(_config(line3_data, tmp_path / "a.safetensors", epochs=3, augment="flips", resume=True),
+                backbone=tiny_backbone).run()

@@ -50,8 +50,13 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+# Identity keys added after checkpoints were first written, with the value an older checkpoint implies.
+LEGACY_IDENTITY = {"augment": "none"}
+
+
 def check_compatible(saved: dict, current: dict, path: Path) -> None:
     """Refuses to resume when the run's identity (stage, backbone, data, rank, batch, seed, split) differs."""
+    saved = {**LEGACY_IDENTITY, **saved}
     differences = [
         f"{key}: checkpoint {saved.get(key)!r}, now {value!r}" for key, value in current.items() if saved.get(key) != value
     ]
