@@ -1,9 +1,10 @@
 """Public entry point for training: `train(TrainConfig) -> TrainResult` (the code is in crome_edge/training/)."""
 from __future__ import annotations
 
-from crome_edge.training import (
-    STAGES, TrainConfig, Trainer, TrainingInterrupted, TrainResult, load_backbone_parts, save_backbone_parts,
-)
+from crome_edge.training.checkpoint import TrainingInterrupted
+from crome_edge.training.config import STAGES, TrainConfig
+from crome_edge.training.parts import load_backbone_parts, save_backbone_parts
+from crome_edge.training.trainer import Trainer, TrainResult
 
 
 def train(config: TrainConfig, **kwargs) -> TrainResult:

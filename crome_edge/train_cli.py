@@ -11,15 +11,14 @@ import argparse
 import json
 import os
 
-STAGE_CHOICES = ("finetune", "pretrain")
-AUGMENTS = ("none", "flips")  # = crome_edge.training.config.AUGMENTS, kept here so this module stays torch-free
+from crome_edge.training.config import AUGMENTS, SAVE_DTYPES, STAGES  # torch-free
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to train")
     what.add_argument("--backbone", default="smol", help="tiny, tiny:SEED, smol or a local HF BLIP-2/InstructBLIP directory (default: smol)")
     what.add_argument("--backbone-parts", metavar="FILE", help="load pretrained visual parts (from --stage pretrain) into the backbone first")
-    what.add_argument("--stage", choices=STAGE_CHOICES, default="finetune",
+    what.add_argument("--stage", choices=STAGES, default="finetune",
                       help="finetune: the adapter alone, backbone frozen; pretrain: query tokens + Q-Former + projection (default: finetune)")
     what.add_argument("--data", required=True, help="dataset: JSONL of {image, question, answer}, a directory holding data.jsonl, or <answer>/ image folders")
     what.add_argument("--question", help="the question for class-folder datasets (and JSONL lines without one)")
@@ -47,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
     run.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps (default: each epoch)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    run.add_argument("--save-dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="pretrain: dtype of the saved parts")
+    run.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32", help="pretrain: dtype of the saved parts")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the training summary as JSON")
 

@@ -115,6 +115,7 @@ def main() -> None:
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
     )
     history = []
+    weights = (1.0, 1.0, args.defect_weight)  # kind, colour, defect
     for step in range(1, args.steps + 1):
         index = rng.integers(0, len(images), args.batch_size)
         batch = images[index]
@@ -124,7 +125,6 @@ def main() -> None:
             batch = batch[:, ::-1]
         logits = model(to_pixels(batch))
         target = torch.from_numpy(labels[index])
-        weights = (1.0, 1.0, args.defect_weight)
         loss = sum(w * F.cross_entropy(l, target[:, k]) for k, (w, l) in enumerate(zip(weights, logits)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,13 +2,6 @@
 
 config.py (TrainConfig) -> trainer.py (Trainer: loop, validation, checkpoints) over stages.py (what a
 stage trains and saves); parts.py (backbone-parts files), checkpoint.py, distributed.py (torchrun).
+The public entry point is crome_edge.train. This file imports nothing, so the torch-free config.py can be
+imported (by the CLI) without torch.
 """
-from crome_edge.training.checkpoint import TrainingInterrupted
-from crome_edge.training.config import STAGES, TrainConfig
-from crome_edge.training.parts import load_backbone_parts, read_parts_metadata, save_backbone_parts
-from crome_edge.training.trainer import Trainer, TrainResult
-
-__all__ = [
-    "STAGES", "TrainConfig", "Trainer", "TrainResult", "TrainingInterrupted",
-    "load_backbone_parts", "read_parts_metadata", "save_backbone_parts",
-]
