@@ -1,33 +1,50 @@
-"""Packages (top-level folders mapped to import names) and the runtime's C core (runtime/csrc), built as
-a shared library loaded with ctypes.
+"""Packages and the runtime's C core (runtime/csrc), built as a shared library loaded with ctypes.
+
+Each package's folder carries its import name: `crome_edge/`, `export/crome_export/`,
+`runtime/crome_runtime/` (the top-level folders are the pipeline's stages). An editable install puts the
+three package roots on sys.path with a plain `.pth` file — no import hook — so IDEs and type checkers
+resolve every import the way Python does.
 
 The library is tuned for the building machine (-march=native); set CROME_PORTABLE=1 to build for the
 compiler's baseline target instead (a wheel or image that runs on other CPUs of the same architecture).
 """
 import os
+from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
+from setuptools.command.editable_wheel import _StaticPth, editable_wheel
 
 _portable = os.environ.get("CROME_PORTABLE", "") not in ("", "0")
 
-# Top-level folders are the pipeline's stages; their import names carry the project prefix.
-FOLDER_TO_PACKAGE = {"crome_edge": "crome_edge", "export": "crome_export", "runtime": "crome_runtime"}
+# import name -> its folder (the folder's name *is* the import name)
+PACKAGE_ROOTS = {"crome_edge": ".", "crome_export": "export", "crome_runtime": "runtime"}
 
 
 def packages_and_dirs() -> tuple[list[str], dict[str, str]]:
+    from setuptools import find_packages
+
     packages, dirs = [], {}
-    for folder, package in FOLDER_TO_PACKAGE.items():
-        for found in find_packages(include=[folder, f"{folder}.*"]):
-            name = package + found[len(folder):]
-            packages.append(name)
-            dirs[name] = found.replace(".", "/")
+    for package, root in PACKAGE_ROOTS.items():
+        for found in find_packages(where=root, include=[package, f"{package}.*"]):
+            packages.append(found)
+            dirs[found] = str(Path(root, *found.split(".")))
     return packages, dirs
+
+
+class StaticPathEditable(editable_wheel):
+    """`pip install -e .`: a .pth naming the package roots instead of setuptools' import-hook finder
+    (which it picks for any layout with more than one root, and which mypy, pyright and IDEs cannot follow)."""
+
+    def _select_strategy(self, name, tag, build_lib):
+        roots = [Path(self.project_dir, root).resolve() for root in dict.fromkeys(PACKAGE_ROOTS.values())]
+        return _StaticPth(self.distribution, name, roots)
 
 
 packages, package_dir = packages_and_dirs()
 setup(
     packages=packages,
     package_dir=package_dir,
+    cmdclass={"editable_wheel": StaticPathEditable},
     ext_modules=[
         Extension(
             "crome_runtime._crome_core",

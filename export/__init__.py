@@ -1,1 +1,0 @@
-"""Export: PyTorch CROME model -> ONNX / TensorRT deployment bundle."""

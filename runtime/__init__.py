@@ -1,1 +1,0 @@
-"""Runtime: torch-free engine that runs crome-edge bundles (ONNX Runtime + a small C core)."""
