@@ -2,8 +2,11 @@
 per backbone, precision and calibration set, and kept in the export cache (cache.py).
 
 FP32 parts are always built (they are the parity reference of every export); INT8/FP16 parts are derived
-from them. INT8 vision: static QDQ; when it fails or its cosine against FP32 on the calibration frames
-is below VISION_STATIC_MIN_COSINE, dynamic INT8 is used instead and the notes (and so the report) say why.
+from them. INT8 vision: static QDQ (quantize.VISION_INT8_RECIPE); only when its cosine against FP32 on the
+calibration frames is below VISION_STATIC_MIN_COSINE is dynamic INT8 used instead, and the notes (and so
+the report) say why. Any other error raises. The cache key names the vision method, so an entry never holds
+another method than its key says: a fallback is stored under the dynamic key, never under the static one,
+and the next export tries static again.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from crome_export.vision import export_vision
 from crome_runtime import formats
 
 VISION_STATIC_MIN_COSINE = 0.99
-EXPORT_PARTS_VERSION = 2  # bump when the graphs this module writes change
+EXPORT_PARTS_VERSION = 3  # bump when the graphs this module writes change
 
 
 @dataclass
@@ -42,11 +45,17 @@ def prepare_parts(backbone, precision: str, calibration_feeds, calibration_id: s
         return result
     fields = {**base, "precision": precision}
     if precision == "int8":
-        fields.update(calibration=calibration_id, decoder_int8=decoder_int8)
-        builder = lambda d: _build_int8(result.fp32_dir, d, calibration_feeds, decoder_int8, say)  # noqa: E731
+        fields.update(calibration=calibration_id, decoder_int8=decoder_int8, vision_int8=quantize.VISION_INT8_RECIPE)
+        static = lambda d: _build_int8(result.fp32_dir, d, calibration_feeds, decoder_int8, say, fallback=None)  # noqa: E731
+        try:
+            lowered = _cached(cache, fields, static, say)
+        except StaticInt8BelowThreshold as low:
+            say(f"{low}; falling back to dynamic INT8")
+            fields["vision_int8"] = quantize.VISION_INT8_FALLBACK
+            dynamic = lambda d: _build_int8(result.fp32_dir, d, calibration_feeds, decoder_int8, say, fallback=low)  # noqa: E731
+            lowered = _cached(cache, fields, dynamic, say)
     else:
-        builder = lambda d: _build_fp16(result.fp32_dir, d, say)  # noqa: E731
-    lowered = _cached(cache, fields, builder, say)
+        lowered = _cached(cache, fields, lambda d: _build_fp16(result.fp32_dir, d, say), say)
     result.final_dir, result.final_entry = lowered[0], lowered[1]
     result.cached[precision], result.seconds[precision] = lowered[2], lowered[3]
     return result
@@ -82,22 +91,32 @@ def _build_fp32(backbone, directory: Path, opset: int, say) -> dict:
     return notes
 
 
-def _build_int8(fp32_dir: Path, directory: Path, feeds, decoder_method: str, say) -> dict:
+class StaticInt8BelowThreshold(Exception):
+    """Static QDQ vision measured below VISION_STATIC_MIN_COSINE on the calibration frames (not an error)."""
+
+    def __init__(self, cosine: float):
+        super().__init__(f"static INT8 vision cosine {cosine:.4f} < {VISION_STATIC_MIN_COSINE} on the calibration frames")
+        self.cosine = cosine
+
+
+def _build_int8(fp32_dir: Path, directory: Path, feeds, decoder_method: str, say,
+                fallback: StaticInt8BelowThreshold | None) -> dict:
+    """fallback: None builds the static recipe (raising StaticInt8BelowThreshold when it measures too low),
+    else the dynamic one, recording why."""
     notes = {}
     t = time.perf_counter()
-    say(f"vision INT8: static QDQ calibrated on {sum(len(f[formats.IN_PIXEL_VALUES]) for f in feeds)} frames")
     source, target = fp32_dir / formats.VISION_ONNX, directory / formats.VISION_ONNX
-    try:
+    if fallback is None:
+        say(f"vision INT8: static QDQ calibrated on {sum(len(f[formats.IN_PIXEL_VALUES]) for f in feeds)} frames")
         notes["vision"] = quantize.quantize_vision_static(source, target, feeds)
         cosine = _ort_cosine(source, target, feeds)
-        notes["vision"]["calibration_cosine_min"] = round(cosine, 6)
         if cosine < VISION_STATIC_MIN_COSINE:
-            raise ValueError(f"static INT8 vision cosine {cosine:.4f} < {VISION_STATIC_MIN_COSINE} on the calibration frames")
-    except Exception as error:  # noqa: BLE001 - any failure of the static path falls back, and says why
-        say(f"static INT8 vision failed ({error}); falling back to dynamic INT8")
+            raise StaticInt8BelowThreshold(cosine)
+    else:
         notes["vision"] = quantize.quantize_vision_dynamic(source, target)
-        notes["vision"]["fallback_reason"] = f"static QDQ failed: {error}"
-        notes["vision"]["calibration_cosine_min"] = round(_ort_cosine(source, target, feeds), 6)
+        notes["vision"].update(fallback_reason=str(fallback), static_cosine_min=round(fallback.cosine, 6))
+        cosine = _ort_cosine(source, target, feeds)
+    notes["vision"]["calibration_cosine_min"] = round(cosine, 6)
     notes["vision_quantize_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     say(f"decoder INT8 ({decoder_method})")

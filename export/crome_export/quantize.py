@@ -1,9 +1,16 @@
 """INT8 for a bundle's backbone parts, with ONNX Runtime's quantisation tools.
 
-- Vision: static QDQ, symmetric INT8 activations (zero point 0) and per-channel symmetric INT8 weights,
-  restricted to MatMul/Conv/Gemm (DESIGN.md §6: quantising every op type broke InstructBLIP) with float
-  biases, calibrated on real frames. That is the form TensorRT's explicit-quantisation path accepts as well
-  as ONNX Runtime (trt_check.py verifies it). `quantize_vision_dynamic` is the fallback the report names.
+- Vision: static QDQ, symmetric INT8 activations (zero point 0) and per-channel symmetric 7-bit weights
+  (int8 storage, values in [-64, 64]), restricted to MatMul/Conv/Gemm (quantising every op type broke
+  InstructBLIP: the attention-mask add) with float biases, calibrated on real frames. That is the form
+  TensorRT's explicit-quantisation path accepts as well as ONNX Runtime (trt_check.py verifies it).
+  `quantize_vision_dynamic` is the fallback the report names.
+- Why 7-bit weights (ONNX Runtime's `reduce_range`): a bundle runs on CPUs the exporter never saw. On x86
+  without VNNI, ONNX Runtime computes int8 products with VPMADDUBSW (u8 x s8, pairs summed in int16), which
+  saturates when |w| > 64: measured on the tiny backbone, full-range weights gave vision cosine 0.9992 with
+  AVX-512 VNNI but 0.9825 on AVX2 (Haswell, under qemu); 7-bit weights give 0.99859 on both, bit for bit.
+  255 * 64 * 2 = 32640 fits int16, so no CPU saturates; VNNI, ARM NEON/dotprod and TensorRT lose nothing but
+  one bit of weight precision.
 - Decoder: INT8 weights (when asked for, see DEFAULT_DECODER_INT8) for every transformer-layer MatMul; the
   LM head (tied to the embedding table in SmolLM2) stays FP32.
 - FP16: float16 weights and compute, float32 inputs and outputs.
@@ -25,6 +32,9 @@ import numpy as np
 import onnx
 
 STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
+# The INT8 vision recipe (part of the export cache key): change the name when what it builds changes.
+VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
+VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (parts.py)
 DECODER_INT8_METHODS = ("fp32", "matmulnbits8", "dynamic-qint8")
 # Measured on smol + line3, 2 CPU threads (benchmarks/RESULTS.md, export section): no INT8 form of SmolLM2's
 # decoder is both accurate and fast on ONNX Runtime's CPU kernels. dynamic-qint8: 68 tok/s but logit cosine
@@ -76,7 +86,7 @@ def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[d
         quantize_static(
             str(prepared), str(target), _FeedsReader(calibration_feeds),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OP_TYPES),
-            per_channel=True, reduce_range=False,
+            per_channel=True, reduce_range=True,  # 7-bit weights: no int16 saturation on any CPU (above)
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
@@ -95,7 +105,8 @@ def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[d
         "method": "static-qdq",
         "op_types": list(STATIC_OP_TYPES),
         "activations": "int8 symmetric per-tensor (MinMax)",
-        "weights": "int8 symmetric per-channel",
+        "weights": "int8 symmetric per-channel, 7-bit range [-64, 64] (reduce_range)",
+        "recipe": VISION_INT8_RECIPE,
         "calibration_batches": len(calibration_feeds),
         "calibration_frames": int(sum(next(iter(f.values())).shape[0] for f in calibration_feeds)),
     }
@@ -140,9 +151,9 @@ def quantize_vision_dynamic(source: Path, target: Path) -> dict:
     with _scratch_dir():
         quantize_dynamic(
             str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-            weight_type=QuantType.QInt8,
+            reduce_range=True, weight_type=QuantType.QInt8,
         )
-    return {"method": "dynamic-qint8", "op_types": ["MatMul", "Gemm"], "weights": "int8 per-channel",
+    return {"method": "dynamic-qint8", "op_types": ["MatMul", "Gemm"], "weights": "int8 per-channel, 7-bit range",
             "activations": "quantised at run time (ONNX Runtime only; TensorRT cannot build it)"}
 
 
@@ -181,7 +192,7 @@ def quantize_decoder(source: Path, target: Path, method: str = DEFAULT_DECODER_I
 
         with _scratch_dir():
             quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], per_channel=True,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=head)
+                             reduce_range=True, weight_type=QuantType.QInt8, nodes_to_exclude=head)
         return {"method": "dynamic-qint8", "op": "DynamicQuantizeLinear + MatMulInteger", "weights": "int8 per-channel",
                 "fp32_nodes": head}
     raise ValueError(f"unknown decoder INT8 method {method!r}; choose one of {', '.join(DECODER_INT8_METHODS)}")
