@@ -133,7 +133,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     progress.stage("frames for calibration and fidelity")
     from crome_export.frames import calibration_feeds, load_export_data
 
-    data = load_export_data(meta, backbone.info, calib, config.precision == "int8", config.eval_limit)
+    data = load_export_data(meta, backbone.info, calib, config.precision == "int8", config.eval_limit, progress.note)
     progress.note(f"calibration: {data.calibration_source}")
     progress.note(f"fidelity: {data.evaluation_source}")
 
