@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps, at most 100)")
     how.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation (default: 0.1)")
     how.add_argument("--seed", type=int, default=0, help="seeds the split, the adapter's init and the batch order (default: 0)")
-    how.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (also on CPU)")
+    how.add_argument("--bf16", action="store_true",
+                     help="bfloat16 autocast for the forward pass where the device computes bf16 natively (CUDA; "
+                          "CPUs with AVX512_BF16, AMX or ARM bf16); elsewhere training says so and runs in fp32")
     how.add_argument("--max-new-tokens", type=int, default=32, help="validation: generation cap (default: 32)")
 
     run = parser.add_argument_group("running")
