@@ -320,7 +320,7 @@ def test_c_adapter_kernel_and_onnx_adapter_graphs_agree(engine, paths):
     assert engine.adapter_backend == "c" and onnx_engine.adapter_backend == "onnx"
     x = np.random.default_rng(0).standard_normal((7, engine.manifest.backbone.d_model)).astype(np.float32)
     for modality in ("visual", "text"):
-        np.testing.assert_allclose(engine._adapt(x, modality), onnx_engine._adapt(x, modality), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(engine.adapt(x, modality), onnx_engine.adapt(x, modality), rtol=0, atol=1e-5)
     for name in ("red", "green", "blue"):
         image = colour_image(name, 300)
         assert engine.answer(image, QUESTION).token_ids == onnx_engine.answer(image, QUESTION).token_ids

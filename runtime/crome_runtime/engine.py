@@ -13,7 +13,10 @@ allocated once) -> sampler (C core) -> streaming detokeniser. Generation stops o
 stop tokens, at max_new_tokens, or at the end of the decoder's context. The same steps as
 CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. The adapter runs in the C core's
 fused kernel when the decoder runs on the CPU (adapter.py), else as the bundle's adapter graphs. Every
-stage is timed by the engine's profiler (profiler.py). One engine serves one thread at a time.
+stage is timed by the engine's profiler (profiler.py). The stages are public methods (vision, adapt,
+prompt_ids, prefill, step): the answer path is built from them, and the fidelity check (fidelity.py, for
+`crome-edge export` and `crome-edge verify`) measures each one against PyTorch through them. One engine
+serves one thread at a time.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from crome_runtime.detokenize import StreamDetokenizer
 from crome_runtime.errors import EngineError, PromptTooLong
 from crome_runtime.profiler import Profiler, Run, now
 from crome_runtime.sampling import SamplingParams, sample_next_token
+from crome_runtime.vision_inputs import vision_feeds
 
 
 @dataclass
@@ -241,12 +245,9 @@ class Engine:
             prefix = np.concatenate([visual, text])[None]  # (1, L, d)
             length = state.prompt_tokens = prefix.shape[1]
             budget = min(max_new, self.manifest.llm.max_position_embeddings - length)
-            self.decoder.reserve(length + budget)
             if self._recent.size < budget:
                 self._recent = np.zeros(max(budget, 2 * self._recent.size), np.int64)
-            t = now()
-            logits = self.decoder.prefill(prefix)  # (vocab,)
-            prof.record("prefill", t)
+            logits = self.prefill(prefix, budget)  # (vocab,)
             yield from self._decode(logits, max_new, budget, params, np.random.default_rng(seed), state)
         finally:
             self._finish(stream, prof.end_run({"prompt": prompt}), state)
@@ -254,15 +255,12 @@ class Engine:
     def _decode(self, logits, max_new: int, budget: int, params: SamplingParams, rng, state: _State) -> Iterator[str]:
         prof, stop_ids, recent, tokens = self.profiler, self.bundle.stop_ids, self._recent, state.tokens
         detokenizer = StreamDetokenizer(self.bundle.tokenizer)
-        table, row_bytes = self.embeddings.ctypes.data, self._row_bytes
         for step in range(max_new):  # state.finish stays "cancelled" if the consumer closes the stream mid-answer
             if step == budget:
                 state.finish = "context"
                 break
             if step:
-                t = now()
-                logits = self.decoder.step(table + tokens[-1] * row_bytes)
-                prof.record("decode", t)
+                logits = self.step(tokens[-1])
             t = now()
             token = sample_next_token(logits, params, recent[:step], rng)
             prof.record("sample", t)
@@ -289,26 +287,60 @@ class Engine:
         stream.answer = Answer("".join(state.pieces), list(state.tokens), state.finish, state.prompt_tokens,
                                run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache))
 
-    # --- stages -------------------------------------------------------------------------------------
+    # --- stages: the answer path is made of these; the fidelity check (crome_runtime.fidelity) calls them too ---
+    def vision(self, frame: Frame, question: str) -> np.ndarray:
+        """The vision graph's output V (Nq, d) for a frame (and the question, for an instruction-aware Q-Former)."""
+        t = now()
+        feeds = vision_feeds(frame.pixels[None], [question], self.manifest.backbone, self.bundle.qformer_tokenizer)
+        visual = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (1, Nq, d)
+        self.profiler.record("vision", t)
+        return visual[0]
+
+    def adapt(self, x: np.ndarray, modality: str) -> np.ndarray:
+        """(N, d) -> (N, d) through the adapter branch of `modality` ("visual" | "text"): C kernel or ONNX graph."""
+        t = now()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._c_adapter is not None:
+            y = self._c_adapter[modality].apply(x)
+        else:
+            y = self.sessions[f"adapter_{modality}"].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
+        self.profiler.record(f"adapter_{modality}", t)
+        return y
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The decoder's prompt ids for a question: the bundle's template around it, tokenised."""
+        t = now()
+        text = self.manifest.prompt.format(question)
+        ids = self.bundle.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        self.profiler.record("tokenize", t)
+        return ids
+
+    def prefill(self, prefix: np.ndarray, room: int = 1) -> np.ndarray:
+        """A prefix (1, L, d) or (L, d) into an empty KV cache with room for `room` more tokens -> logits (vocab,)
+        (a view of the decoder's buffer, overwritten by the next call)."""
+        prefix = np.ascontiguousarray(prefix, dtype=np.float32).reshape(1, -1, self.manifest.backbone.d_model)
+        self.decoder.reserve(prefix.shape[1] + room)
+        t = now()
+        logits = self.decoder.prefill(prefix)
+        self.profiler.record("prefill", t)
+        return logits
+
+    def step(self, token: int) -> np.ndarray:
+        """One decode step on `token` (its plain embedding-table row) after prefill -> logits (vocab,) (a view)."""
+        if not 0 <= token < self.embeddings.shape[0]:
+            raise EngineError(f"token id {token} is outside the vocabulary of {self.embeddings.shape[0]}")
+        t = now()
+        logits = self.decoder.step(self.embeddings.ctypes.data + int(token) * self._row_bytes)
+        self.profiler.record("decode", t)
+        return logits
+
     def _visual(self, frame: Frame, question: str) -> tuple[np.ndarray, bool]:
-        """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former)."""
-        b = self.manifest.backbone
-        key = vision_key(frame, question, b.instruction_aware)
+        """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former), cached."""
+        key = vision_key(frame, question, self.manifest.backbone.instruction_aware)
         cached = self.vision_cache.get(key)
         if cached is not None:
             return cached, True
-        prof = self.profiler
-        t = now()
-        feeds = {formats.IN_PIXEL_VALUES: frame.pixels[None]}  # (1, 3, S, S)
-        if b.instruction_aware:
-            ids = self.bundle.qformer_tokenizer.encode(question).ids[: b.max_instruction_tokens]  # as CromeModel
-            feeds[formats.IN_INSTRUCTION_IDS] = np.asarray([ids], np.int64)  # (1, L)
-            feeds[formats.IN_INSTRUCTION_MASK] = np.ones((1, len(ids)), np.int64)
-        visual = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (1, Nq, d)
-        prof.record("vision", t)
-        t = now()
-        adapted = self._adapt(visual[0], "visual")  # (Nq, d)
-        prof.record("adapter_visual", t)
+        adapted = self.adapt(self.vision(frame, question), "visual")  # (Nq, d)
         self.vision_cache.put(key, adapted)
         return adapted, False
 
@@ -318,22 +350,11 @@ class Engine:
         cached = self.text_cache.get(text)
         if cached is not None:
             return cached, True
-        prof = self.profiler
-        t = now()
-        ids = self.bundle.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
-        prof.record("tokenize", t)
+        ids = self.prompt_ids(question)
         self._check_context(len(ids))
-        t = now()
-        adapted = self._adapt(np.ascontiguousarray(self.embeddings[ids]), "text")  # (Nt, d)
-        prof.record("adapter_text", t)
+        adapted = self.adapt(self.embeddings[ids], "text")  # (Nt, d)
         self.text_cache.put(text, adapted)
         return adapted, False
-
-    def _adapt(self, x: np.ndarray, modality: str) -> np.ndarray:
-        """(N, d) -> (N, d) through the adapter branch of `modality` (C kernel or ONNX graph)."""
-        if self._c_adapter is not None:
-            return self._c_adapter[modality].apply(x)
-        return self.sessions[f"adapter_{modality}"].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
 
     def _check_context(self, prompt_tokens: int) -> None:
         queries, context = self.manifest.backbone.num_query_tokens, self.manifest.llm.max_position_embeddings
