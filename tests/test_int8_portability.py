@@ -34,7 +34,7 @@ AVX2_NO_VNNI = "Haswell"  # qemu CPU model: AVX2 + FMA, no AVX-512, no VNNI
 def int8_vision(tmp_path_factory, tiny_backbone):
     from crome_export.quantize import quantize_vision_static
     from crome_export.vision import export_vision
-    from crome_export.ort_generate import vision_feeds
+    from crome_runtime.vision_inputs import vision_feeds
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def test_an_error_in_static_quantisation_raises_instead_of_falling_back(tmp_path
 
 
 def _calibration(backbone) -> list[dict]:
-    from crome_export.ort_generate import vision_feeds
+    from crome_runtime.vision_inputs import vision_feeds
 
     rng = np.random.default_rng(1)
     return [vision_feeds(rng.standard_normal((4, 3, 32, 32)).astype(np.float32), ["colour?"] * 4, backbone.info,
