@@ -32,10 +32,11 @@ class AdapterMetadata:
     prompt: PromptTemplate
     training: dict = field(default_factory=dict)
     train_data: str = ""  # dataset the adapter was trained on (calibration frames for export)
+    train_data_recipe: dict | None = None  # how to regenerate a synthetic train_data (crome_edge.synth.recipe)
     format_version: int = formats.ADAPTER_FORMAT_VERSION
 
     def to_strings(self) -> dict[str, str]:
-        return {
+        strings = {
             formats.META_FORMAT: formats.ADAPTER_FORMAT,
             formats.META_FORMAT_VERSION: str(self.format_version),
             formats.META_ADAPTER_CONFIG: self.config.to_json(),
@@ -45,6 +46,9 @@ class AdapterMetadata:
             formats.META_TRAINING: json.dumps(self.training, sort_keys=True),
             formats.META_TRAIN_DATA: self.train_data,
         }
+        if self.train_data_recipe is not None:  # optional key: files without it read as before
+            strings[formats.META_TRAIN_DATA_RECIPE] = json.dumps(self.train_data_recipe, sort_keys=True)
+        return strings
 
 
 def adapter_tensors(adapter: CromeAdapter) -> dict[str, torch.Tensor]:
@@ -67,7 +71,9 @@ def read_metadata(path: Path) -> AdapterMetadata:
     """Reads and validates the header only (cheap; no tensors)."""
     path = Path(path)
     if not path.is_file():
-        raise AdapterFileError(f"adapter file {path} does not exist")
+        from crome_edge.weights import SHIPPED_ADAPTERS
+
+        raise AdapterFileError(f"adapter file {path} does not exist (shipped adapters, by name: {', '.join(SHIPPED_ADAPTERS)})")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -84,6 +90,9 @@ def read_metadata(path: Path) -> AdapterMetadata:
             f"{formats.ADAPTER_FORMAT_VERSION}. Upgrade crome-edge."
         )
     try:
+        recipe = json.loads(raw[formats.META_TRAIN_DATA_RECIPE]) if formats.META_TRAIN_DATA_RECIPE in raw else None
+        if recipe is not None and not isinstance(recipe, dict):
+            raise ValueError(f"{formats.META_TRAIN_DATA_RECIPE} is not a JSON object")
         return AdapterMetadata(
             config=AdapterConfig.from_json(raw[formats.META_ADAPTER_CONFIG]),
             backbone_name=raw[formats.META_BACKBONE_NAME],
@@ -91,6 +100,7 @@ def read_metadata(path: Path) -> AdapterMetadata:
             prompt=PromptTemplate.from_json(raw[formats.META_PROMPT_TEMPLATE]),
             training=json.loads(raw.get(formats.META_TRAINING, "{}")),
             train_data=raw.get(formats.META_TRAIN_DATA, ""),
+            train_data_recipe=recipe,
             format_version=version,
         )
     except (KeyError, ValueError, TypeError) as error:

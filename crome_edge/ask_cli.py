@@ -12,8 +12,6 @@ from pathlib import Path
 
 from crome_edge.errors import CromeError
 
-SHIPPED_ADAPTERS = {"line3": "line3.safetensors"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smol", help="tiny | smol | a local HF directory (default: smol)")
@@ -26,23 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
 
 
-def resolve_adapter(name: str) -> Path:
-    if name in SHIPPED_ADAPTERS:
-        from importlib import resources
-
-        path = Path(str(resources.files("crome_edge") / "weights" / SHIPPED_ADAPTERS[name]))
-        if not path.is_file():
-            raise CromeError(f"the shipped {name} adapter is missing from this install ({path}); reinstall crome-edge")
-        return path
-    return Path(name)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from crome_edge.adapter_file import load_adapter
     from crome_edge.backbones.registry import load_backbone
     from crome_edge.model import CromeModel, GenerationConfig
+    from crome_edge.weights import resolve_adapter
     from crome_runtime.preprocess import ImageError, load_image, preprocess_image
 
     if args.threads:

@@ -15,9 +15,11 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600; the result should read like any new file
+    os.chmod(tmp, mode)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: writers that replace the file (safetensors 0.8's save_file) make it 0600
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,8 @@ import json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smol", help="tiny, tiny:SEED, smol or a local HF directory (default: smol)")
     parser.add_argument("--backbone-parts", metavar="FILE", help="pretrained visual parts to load into the backbone first")
-    parser.add_argument("--adapter", metavar="FILE", help="CROME adapter .safetensors (default: the backbone alone)")
+    parser.add_argument("--adapter", metavar="FILE",
+                        help="CROME adapter .safetensors, or 'line3' for the shipped demo adapter (default: the backbone alone)")
     parser.add_argument("--data", required=True, help="dataset: JSONL, a directory holding data.jsonl, or <answer>/ image folders")
     parser.add_argument("--question", help="the question for class-folder datasets")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
@@ -46,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = None
+    meta = adapter_path = None
     if args.adapter:
         from crome_edge.adapter_file import read_metadata
+        from crome_edge.weights import resolve_adapter
 
-        meta = read_metadata(args.adapter)  # cheap header check before loading anything big
+        adapter_path = resolve_adapter(args.adapter)
+        meta = read_metadata(adapter_path)  # cheap header check before loading anything big
     dataset = load_dataset(args.data, question=args.question)
     samples = dataset.samples
     if args.split != "all":
@@ -72,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
         load_backbone_parts(args.backbone_parts, backbone)
     model = CromeModel(backbone)
-    if args.adapter:
+    if adapter_path is not None:
         from crome_edge.adapter_file import load_adapter
 
-        adapter, _ = load_adapter(args.adapter, backbone)  # refuses an adapter made for another backbone
+        adapter, _ = load_adapter(adapter_path, backbone)  # refuses an adapter made for another backbone
         model.attach_adapter(adapter)
     from crome_edge.training.distributed import pick_device
 
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "backbone": backbone.info.name,
         "backbone_fingerprint": backbone.fingerprint(),
-        "adapter": args.adapter,
+        "adapter": None if adapter_path is None else str(adapter_path),
         "data": str(dataset.source),
         "split": args.split,
         **result.to_dict(),

@@ -11,9 +11,11 @@ from crome_runtime import formats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, type=Path, help="adapter .safetensors (crome-edge train)")
+    parser.add_argument("--adapter", required=True,
+                        help="adapter .safetensors (crome-edge train), or 'line3' for the shipped demo adapter")
     parser.add_argument("--backbone", help="backbone (tiny, smol or a HF directory); default: the adapter's")
-    parser.add_argument("--out", type=Path, help="bundle directory; default: <adapter>.bundle next to the adapter")
+    parser.add_argument("--out", type=Path, help="bundle directory; default: <adapter>.bundle next to the adapter "
+                                                  "(for a shipped adapter: in the current directory)")
     parser.add_argument("--precision", default="int8",
                         help=f"backbone precision: {' | '.join(formats.PRECISIONS)} (default int8; adapter stays fp32)")
     parser.add_argument("--calib", metavar="N|DIR",
@@ -36,10 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_export.pipeline import ExportConfig, export_bundle
+    from crome_edge.weights import is_shipped, resolve_adapter
+    from crome_export.pipeline import ExportConfig, default_bundle_path, export_bundle
 
+    adapter = resolve_adapter(args.adapter)
+    out = args.out
+    if out is None and is_shipped(adapter):  # not into the installed package
+        out = Path.cwd() / default_bundle_path(adapter).name
     config = ExportConfig(
-        adapter=args.adapter, backbone=args.backbone, out=args.out, precision=args.precision, calib=args.calib,
+        adapter=adapter, backbone=args.backbone, out=out, precision=args.precision, calib=args.calib,
         opset=args.opset, force=args.force, int8_threshold=args.int8_threshold, eval_limit=args.eval_limit,
         max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8, use_cache=not args.no_cache,
         threads=args.threads, data=args.data,

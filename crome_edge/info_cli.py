@@ -17,13 +17,16 @@ PARTS_FORMAT = "crome-backbone-parts"  # crome_edge.training.parts.PARTS_FORMAT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="adapter .safetensors, backbone-parts .safetensors, training checkpoint or bundle directory")
+    parser.add_argument("path", help="adapter .safetensors (or a shipped adapter's name: line3), backbone-parts "
+                                     ".safetensors, training checkpoint or bundle directory")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--verify", action="store_true", help="bundles: also check every file's sha256")
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.path).expanduser()
+    from crome_edge.weights import resolve_adapter
+
+    path = resolve_adapter(args.path)  # a path as given, or a shipped adapter's name
     if not path.exists():
         raise CromeError(f"{path} does not exist")
     info = describe(path, verify=args.verify)
@@ -70,6 +73,7 @@ def _describe_adapter(path: Path) -> dict:
         "prompt": meta.prompt.to_dict(),
         "training": meta.training,
         "train_data": meta.train_data,
+        "train_data_recipe": meta.train_data_recipe,
     }
 
 

@@ -32,3 +32,17 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise KeyboardInterrupt
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.safetensors"]
+
+
+def test_a_writer_that_replaces_the_temporary_still_gives_the_umask_mode(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    target = tmp_path / "adapter.safetensors"
+    old_mask = os.umask(0o022)
+    try:
+        with atomic_path(target) as tmp:
+            save_file({"up": torch.zeros(2)}, str(tmp))  # safetensors writes its own file and renames it over tmp
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644

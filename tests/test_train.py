@@ -81,10 +81,34 @@ def test_cli_finetune_lowers_val_loss_and_writes_an_adapter_info_and_eval_read(t
     assert set(report["per_question"]) == {"Which bin does this part go to?"}
 
 
-def test_bf16_autocast_trains(tmp_path, line3_data, tiny_backbone):
+AVX2 = {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}  # what a CPU without bf16 reports
+AVX512_BF16 = {**AVX2, "avx512f": True, "avx512_bf16": True}
+
+
+def test_bf16_autocast_trains_where_the_cpu_has_bf16(tmp_path, line3_data, tiny_backbone, monkeypatch, capsys):
+    monkeypatch.setattr("crome_runtime.machine.features", lambda *args: AVX512_BF16)  # whatever this machine has
     result = Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=3, bf16=True), backbone=tiny_backbone).run()
-    assert result.summary["bf16"] and torch.isfinite(torch.tensor(result.summary["loss_curve"]["last"]))
+    assert result.summary["bf16"] and result.summary["bf16_requested"] and "bf16_note" not in result.summary
+    assert torch.isfinite(torch.tensor(result.summary["loss_curve"]["last"]))
     assert result.summary["val_loss"] < result.summary["initial_val_loss"]
+    assert "no native bf16" not in capsys.readouterr().err
+
+
+def test_bf16_falls_back_to_fp32_once_without_native_bf16(tmp_path, line3_data, tiny_backbone, monkeypatch, capsys):
+    from crome_edge.adapter_file import read_metadata
+
+    monkeypatch.setattr("crome_runtime.machine.features", lambda *args: AVX2)
+    asked = Trainer(_config(line3_data, tmp_path / "a.safetensors", steps=3, bf16=True), backbone=tiny_backbone).run()
+    err = capsys.readouterr().err
+    assert err.count("no native bf16") == 1 and "training in fp32" in err
+    plain = Trainer(_config(line3_data, tmp_path / "b.safetensors", steps=3), backbone=tiny_backbone).run()
+    assert asked.summary["bf16"] is False and asked.summary["bf16_requested"] is True
+    assert "no native bf16" in asked.summary["bf16_note"]
+    assert read_metadata(asked.out).training["bf16_note"] == asked.summary["bf16_note"]  # in the adapter too
+    assert plain.summary["bf16"] is False and "bf16_note" not in plain.summary
+    # the fallback is plain fp32 training: the same losses to the bit
+    assert asked.summary["loss_curve"] == plain.summary["loss_curve"]
+    assert asked.summary["val_loss"] == plain.summary["val_loss"]
 
 
 def _interrupt_at(step):

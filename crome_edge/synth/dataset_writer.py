@@ -8,7 +8,8 @@ Layout of DIR (what `crome-edge data synth` writes and `crome_edge.data.load_dat
     scenes.jsonl            one line per frame: {"image": ..., "seed", "kind", "colour", "defect",
                             "geometry": {"cx", "cy", "radius", "angle"}} — labels for representation
                             training (stage A) and for checking answers
-    dataset.json            how it was made: task, split, seeds, size, question mode, counts
+    dataset.json            how it was made: task, split, seeds, size, question mode, counts, and the
+                            regeneration recipe + content sha256 training copies into an adapter (recipe.py)
 
 Pretraining datasets ask every frame all five PRETRAIN_QUESTIONS (5 lines per frame, questions="all")
 or one question per frame, rotating by seed (questions="one"); line3 datasets ask LINE3_QUESTION once.
@@ -28,13 +29,12 @@ import cv2
 
 from crome_edge.errors import CromeError
 from crome_edge.synth.qa import Q_CAPTION
+from crome_edge.synth.recipe import DATA_FILE, INFO_FILE, SynthRecipe, content_sha256
 from crome_edge.synth.samples import iter_samples
 from crome_edge.synth.splits import split_seeds
 from crome_edge.synth.world import DEFAULT_SIZE
 
-DATA_FILE = "data.jsonl"
 SCENES_FILE = "scenes.jsonl"
-INFO_FILE = "dataset.json"
 IMAGES_DIR = "images"
 
 
@@ -90,8 +90,10 @@ def write_dataset(config: SynthConfig) -> SynthSummary:
                     answers[sample.answer] += 1
         summary = SynthSummary(str(out), len(seeds), samples, seeds.start, dict(sorted(answers.items())))
         made = {k: v for k, v in asdict(config).items() if k not in ("out", "force")}
+        recipe = SynthRecipe(config.task, config.split, config.n, config.seed, config.size, config.questions)
         info = {**made, "first_seed": seeds.start, "last_seed": seeds.stop - 1,
-                "frames": len(seeds), "samples": samples, "answers": summary.answers}
+                "frames": len(seeds), "samples": samples, "answers": summary.answers,
+                "recipe": recipe.to_dict(), "sha256": content_sha256(tmp)}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; give it a plain directory's mode
         _move_into_place(tmp, out)

@@ -28,7 +28,7 @@ class TrainConfig:
     rank: int = 64  # adapter rank r
     val_fraction: float = 0.1
     seed: int = 0
-    bf16: bool = False  # autocast the forward to bfloat16
+    bf16: bool = False  # autocast the forward to bfloat16 where the device has native bf16 (precision.py)
     threads: int | None = None  # torch intra-op threads per process
     train_vision: bool = False  # pretrain: also train the vision tower
     augment: str = "none"  # "flips": train on random horizontal/vertical mirror images too

@@ -92,7 +92,7 @@ class FinetuneStage:
     def eval(self) -> None:
         self.adapter.eval()
 
-    def save(self, path: Path, summary: dict, train_data: str) -> None:
+    def save(self, path: Path, summary: dict, train_data: str, train_data_recipe: dict | None = None) -> None:
         from crome_edge.adapter_file import AdapterMetadata, save_adapter
 
         metadata = AdapterMetadata(
@@ -102,6 +102,7 @@ class FinetuneStage:
             prompt=self.backbone.info.prompt,
             training=summary,
             train_data=train_data,
+            train_data_recipe=train_data_recipe,
         )
         save_adapter(path, self.adapter, metadata)
 
@@ -153,10 +154,11 @@ class PretrainStage:
         self.backbone.eval()
         self.trainable.eval()  # the container's own flag, read by loss()
 
-    def save(self, path: Path, summary: dict, train_data: str) -> None:
+    def save(self, path: Path, summary: dict, train_data: str, train_data_recipe: dict | None = None) -> None:
         from crome_edge.training.parts import save_backbone_parts
 
-        save_backbone_parts(path, self.backbone, self.config.save_dtype, training={**summary, "train_data": train_data})
+        training = {**summary, "train_data": train_data, "train_data_recipe": train_data_recipe}
+        save_backbone_parts(path, self.backbone, self.config.save_dtype, training=training)
 
 
 STAGE_CLASSES = {"finetune": FinetuneStage, "pretrain": PretrainStage}

@@ -2,8 +2,9 @@
 
 Loop: a seeded permutation per epoch; every global batch has `batch_size` samples (the epoch's last one
 wraps around) and is split across torchrun ranks; AdamW with one group per trained module, linear
-warm-up then cosine decay to 10%; gradient clipping; optional bf16 autocast. Validation (loss on answer
-tokens + greedy exact-match accuracy) before training and after every epoch. Checkpoints after every
+warm-up then cosine decay to 10%; gradient clipping; with --bf16, bf16 autocast where the device computes
+bf16 natively (precision.py). Validation (loss on answer tokens + greedy exact-match accuracy) before
+training and after every epoch. Checkpoints after every
 epoch (and every `checkpoint_every` steps) and when Ctrl-C/SIGTERM stops the run between two steps.
 Only rank 0 prints and writes files. Not here: what is trained (stages.py), the CLI (train_cli.py).
 """
@@ -80,6 +81,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = pick_device(config.device)
+        self.bf16 = self._decide_bf16()
         self.dist: DistContext = init_distributed(self.device)
         if config.batch_size % self.dist.world_size:
             raise CromeError(
@@ -96,6 +98,18 @@ class Trainer:
             self._restore(load_checkpoint(config.checkpoint_path))
         self.ready = True
 
+    def _decide_bf16(self):
+        """--bf16 only where the device computes bf16 natively (crome_edge.training.precision)."""
+        from crome_edge.training.precision import decide_bf16
+
+        if not self.config.bf16:
+            return decide_bf16(False, self.device.type)
+        if self.device.type == "cuda":
+            return decide_bf16(True, "cuda", cuda_bf16=torch.cuda.is_bf16_supported())
+        from crome_runtime.machine import describe_cpu, features
+
+        return decide_bf16(True, self.device.type, features(), cpu_model=f"this CPU ({describe_cpu()['model']})")
+
     def _load_data(self) -> None:
         if self.dataset is None:
             self.dataset = load_dataset(self.config.data, question=self.config.question)
@@ -104,6 +118,13 @@ class Trainer:
         )
         if len(self.train_samples) < self.dist.world_size:
             raise CromeError(f"{len(self.train_samples)} training samples cannot be shared by {self.dist.world_size} processes")
+        self.train_data_recipe = None  # how to regenerate a `crome-edge data synth` set (crome_edge.synth.recipe)
+        if self.dataset.layout == "jsonl":
+            from crome_edge.synth.recipe import training_record
+
+            self.train_data_recipe, note = training_record(self.dataset.source)
+            if note:
+                self._log(note)
 
     def _load_backbone(self) -> None:
         """Loads the backbone unless one was given (a given one is moved to the run's device)."""
@@ -235,6 +256,8 @@ class Trainer:
     def _train(self) -> TrainResult:
         config, dist = self.config, self.dist
         self.started = time.perf_counter()
+        if self.bf16.note:
+            self._log(self.bf16.note)
         self._log(
             f"{config.stage}: {len(self.train_samples)} training / {len(self.val_samples)} validation samples, "
             f"{self.total_steps} steps of {self.batch} (x{dist.world_size} process(es)), "
@@ -278,7 +301,7 @@ class Trainer:
             bar.close()
         summary = self.summary()
         if dist.is_main:
-            self.stage.save(Path(config.out), summary, str(self.dataset.source))
+            self.stage.save(Path(config.out), summary, str(self.dataset.source), self.train_data_recipe)
         dist.barrier()
         self._log(f"wrote {config.out} ({summary['seconds']:.1f} s); checkpoint {config.checkpoint_path}")
         return TrainResult(Path(config.out), config.checkpoint_path, summary)
@@ -326,7 +349,7 @@ class Trainer:
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     def _autocast(self):
-        if not self.config.bf16:
+        if not self.bf16.use:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -372,7 +395,8 @@ class Trainer:
             "val_fraction": config.val_fraction,
             "split_seed": config.seed,
             "question": self.dataset.question,
-            "bf16": config.bf16,
+            "bf16": self.bf16.use,  # what ran: --bf16 falls back to fp32 without native bf16
+            "bf16_requested": config.bf16,
             "augment": config.augment,
             "world_size": self.dist.world_size,
             "val_accuracy": last.get("val_accuracy"),
@@ -389,6 +413,8 @@ class Trainer:
             },
             "seconds": round(self.seconds_before + time.perf_counter() - self.started, 2),
         }
+        if self.bf16.note:
+            summary["bf16_note"] = self.bf16.note
         if config.stage == "pretrain":
             summary["train_vision"] = config.train_vision
             summary["encoder_lr"] = config.encoder_learning_rate

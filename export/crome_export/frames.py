@@ -2,7 +2,9 @@
 
 Default: the adapter's own training data (metadata `train_data` + the `training` summary's val_fraction
 and split_seed, re-split with crome_edge.data): INT8 calibrates on frames of the training split, the report
-is measured on the validation split, which the adapter never saw. `--calib N` takes N training frames;
+is measured on the validation split, which the adapter never saw. When that path is gone and the adapter
+records a synthetic set's recipe (`train_data_recipe`), the set is regenerated bit for bit into the user
+cache (crome_edge.synth.recipe); a user's own data that moved needs --data. `--calib N` takes N training frames;
 `--calib DIR` calibrates on the images in DIR instead. With no dataset at all (e.g. a random adapter), an
 FP32/FP16 export measures fidelity on synthetic conveyor frames and reports no task accuracy.
 Pixels go through crome_edge.data.pixels (the runtime's own preprocessing). Not here: running anything.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +64,10 @@ def parse_calib(value: str | None) -> int | Path | None:
     return path
 
 
-def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bool, eval_limit: int) -> ExportData:
-    """meta: the adapter's AdapterMetadata; info: the backbone's BackboneInfo."""
-    train, val, dataset_source = _training_split(meta)
+def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bool, eval_limit: int,
+                     note: Callable[[str], None] = lambda message: None) -> ExportData:
+    """meta: the adapter's AdapterMetadata; info: the backbone's BackboneInfo; note: progress lines."""
+    train, val, dataset_source = _training_split(meta, note)
     questions = list(dict.fromkeys(s.question for s in train + val)) or list(DEFAULT_QUESTIONS)
     calibration: list[Sample] = []
     calibration_source = "none (no INT8 part)"
@@ -101,17 +105,26 @@ def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bo
     return ExportData(calibration, evaluation, has_answers, calibration_source, evaluation_source, pixels)
 
 
-def _training_split(meta) -> tuple[list[Sample], list[Sample], str]:
+def _training_split(meta, note: Callable[[str], None]) -> tuple[list[Sample], list[Sample], str]:
+    """(train, validation, source) of the adapter's training data: the recorded path, else the regenerated
+    synthetic set it records, else a CromeError saying how to point export at the data."""
     if not meta.train_data:
         return [], [], ""
-    if not Path(meta.train_data).exists():
-        raise CromeError(
-            f"the adapter was trained on {meta.train_data}, which is not there any more; pass --data with its new "
-            "location (synthetic sets: `crome-edge data synth` regenerates them), or --calib DIR with frames to "
-            "calibrate on (task accuracy is then not measured)"
-        )
-    _, train, val = load_training_split(meta.train_data, meta.training)
-    return train, val, meta.train_data
+    data, source = meta.train_data, meta.train_data
+    if not Path(data).exists():
+        if meta.train_data_recipe is None:
+            raise CromeError(
+                f"the adapter was trained on {meta.train_data}, which is not there any more; pass --data with its "
+                "new location (synthetic sets: `crome-edge data synth` regenerates them), or --calib DIR with "
+                "frames to calibrate on (task accuracy is then not measured)"
+            )
+        from crome_edge.synth.recipe import regenerate
+
+        note(f"training data: {meta.train_data} is not here; the adapter records how it was made")
+        data = str(regenerate(meta.train_data_recipe, note))
+        source = f"{data} (regenerated; trained on {meta.train_data})"
+    _, train, val = load_training_split(data, meta.training)
+    return train, val, source
 
 
 def _distinct_images(samples: list[Sample]) -> list[Sample]:

@@ -20,6 +20,9 @@ META_BACKBONE_FINGERPRINT = "backbone_fingerprint"
 META_PROMPT_TEMPLATE = "prompt_template"  # JSON: PromptTemplate fields
 META_TRAINING = "training"  # JSON: free-form training summary
 META_TRAIN_DATA = "train_data"  # path of the training dataset (JSONL), for calibration at export
+# JSON {"recipe": {...}, "sha256": {...}} when the training set is a `crome-edge data synth` set that export can
+# regenerate (crome_edge.synth.recipe); absent for a user's own data and in adapters written before it existed.
+META_TRAIN_DATA_RECIPE = "train_data_recipe"
 
 # --- Bundle directory ---------------------------------------------------------------------------
 BUNDLE_FORMAT = "crome-bundle"
