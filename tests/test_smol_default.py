@@ -42,7 +42,7 @@ def test_adapter_off_the_llm_answers_text_exactly_as_smollm2_alone(smol):
 @torch.no_grad()
 def test_line3_adapter_sorts_held_out_frames_the_backbone_alone_cannot(smol):
     from crome_edge.adapter_file import load_adapter
-    from crome_edge.ask_cli import resolve_adapter
+    from crome_edge.weights import resolve_adapter
     from crome_edge.model import CromeModel, GenerationConfig
     from crome_edge.synth.line3 import line3_split
     from crome_runtime.preprocess import preprocess_image
