@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from crome_edge.errors import CromeError
@@ -36,16 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every `finally`, temporary directory and atomic
+    write cleans up instead of the process dying mid-write (Python's default for SIGTERM)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._module.run(args) or 0)
     except CromeError as error:
         print(f"crome-edge {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"crome-edge {args.command}: terminated (SIGTERM); temporary files were removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"crome-edge {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -233,18 +233,15 @@ def test_build_engines_without_tensorrt_says_how_to_get_it(int8_bundle, capsys, 
     assert profiles[formats.VISION_ONNX][formats.IN_PIXEL_VALUES][2] == (4, 3, 32, 32)
 
 
-def test_static_int8_failure_falls_back_to_dynamic_and_says_so(workspace, tmp_path, monkeypatch):
-    import crome_export.quantize as quantize
+def test_static_int8_below_the_cosine_floor_falls_back_to_dynamic_and_says_so(workspace, tmp_path, monkeypatch):
+    import crome_export.parts as parts
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("calibration exploded")
-
-    monkeypatch.setattr(quantize, "quantize_vision_static", broken)
+    monkeypatch.setattr(parts, "VISION_STATIC_MIN_COSINE", 1.01)  # the measured condition, unreachable on purpose
     out = tmp_path / "dynamic.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--out", str(out), "--no-cache"]) == 0
     report = json.loads((out / formats.REPORT_FILE).read_text())
     vision = report["quantization"]["vision"]
-    assert vision["method"] == "dynamic-qint8" and "calibration exploded" in vision["fallback_reason"]
+    assert vision["method"] == "dynamic-qint8" and "static INT8 vision cosine" in vision["fallback_reason"]
     assert not report["tensorrt_compatibility"][formats.VISION_ONNX]["ok"]  # and the report says TRT can't take it
     assert report["gates"]["fp32_parity"]["ok"]
 

@@ -1,15 +1,22 @@
 """Writing a bundle directory atomically (DESIGN.md §4).
 
 Files are copied (and hashed on the way) into a temporary directory next to the target; `commit` writes
-manifest.json last and renames the directory into place. An existing bundle is refused unless `force`,
-and with `force` it stays intact until the new one is complete. Any failure (disk full, permission, a
-failed fidelity gate) removes the temporary directory and leaves the old bundle as it was.
+manifest.json last and moves the directory into place. An existing bundle is refused unless `force`, and
+`force` replaces only a bundle: a directory whose manifest.json says it is one and that holds nothing but
+the manifest's files (and engines/) — never a working directory, a dataset or anything else. The old bundle
+stays intact until the new one is complete, and the replacement is one atomic exchange of the two
+directories (Linux renameat2 RENAME_EXCHANGE), so at every instant the target is the old bundle or the new
+one. Where the exchange is unavailable, two renames with a rollback are used. Any failure (disk full,
+permission, a failed fidelity gate, SIGTERM — the CLI turns it into an exception) removes the temporary
+directory and leaves the old bundle as it was.
 Not here: what goes into the bundle (pipeline.py) or the manifest schema (crome_runtime.manifest).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -41,6 +48,45 @@ def _read_chunks(path: Path):
             yield block
 
 
+def not_a_bundle(path: Path) -> str | None:
+    """Why `path` is not a bundle directory that --force may replace, or None when it is one."""
+    if path.is_symlink() or not path.is_dir():
+        return "not a directory" if not path.is_symlink() else "a symbolic link"
+    try:
+        manifest = json.loads((path / formats.MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"no readable {formats.MANIFEST_FILE}"
+    if not isinstance(manifest, dict) or manifest.get("format") != formats.BUNDLE_FORMAT:
+        return f"its {formats.MANIFEST_FILE} is not a crome-edge bundle manifest"
+    files = manifest.get("files")
+    listed = set(files) if isinstance(files, dict) else set()
+    foreign = sorted(p.name for p in path.iterdir()
+                     if p.name not in listed | {formats.MANIFEST_FILE, formats.ENGINES_DIR} or p.is_symlink())
+    if foreign:
+        return f"it holds files no bundle lists: {', '.join(foreign[:5])}" + (" ..." if len(foreign) > 5 else "")
+    return None
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps two directories (Linux renameat2 RENAME_EXCHANGE). False where the platform or the
+    file system cannot; raises OSError for any other failure."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 class BundleWriter:
     def __init__(self, target: Path, force: bool = False):
         self.target = Path(target).absolute()
@@ -53,8 +99,11 @@ class BundleWriter:
         if self.target.exists() and not self.force:
             raise CromeError(f"{self.target} already exists; pass --force to replace it (the old bundle stays "
                              "intact until the new one is complete) or choose another --out")
-        if self.target.exists() and not self.target.is_dir():
-            raise CromeError(f"{self.target} exists and is not a bundle directory; remove it or choose another --out")
+        if self.target.exists() or self.target.is_symlink():
+            why = not_a_bundle(self.target)
+            if why:
+                raise CromeError(f"--force replaces only a bundle, and {self.target} is not one ({why}); nothing was "
+                                 "changed. Choose another --out (a new directory name such as line3.bundle)")
         parent = self.target.parent
         if not parent.is_dir():
             raise CromeError(f"cannot write {self.target}: directory {parent} does not exist (create it first)")
@@ -104,22 +153,31 @@ class BundleWriter:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp made it 0700; a bundle is read by the server's user
-            old = None
-            if self.target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-                os.rename(self.target, old / "bundle")
-            try:
+            if not self.target.exists():
                 os.rename(self.staging, self.target)
-            except OSError:
-                if old is not None:
-                    os.rename(old / "bundle", self.target)
-                raise
+                self.staging = None
+            elif exchange(self.staging, self.target):
+                pass  # self.staging now holds the old bundle; __exit__ removes it
+            else:
+                self._replace_with_rollback()
         except OSError as error:
             raise self._error(error, "moving the bundle into place") from None
-        self.staging = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return self.target
+
+    def _replace_with_rollback(self) -> None:
+        """Two renames where an atomic exchange is unavailable; the old bundle is put back if the second fails."""
+        old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+        try:
+            os.rename(self.target, old / "bundle")
+            os.rename(self.staging, self.target)
+            self.staging = None
+        except BaseException:  # a signal may land between the renames: decide from the disk, not from flags
+            if not self.target.exists() and (old / "bundle").exists():
+                os.rename(old / "bundle", self.target)
+            raise
+        finally:
+            if self.target.exists():  # never delete the only copy
+                shutil.rmtree(old, ignore_errors=True)
 
     def _error(self, error: OSError, doing: str) -> CromeError:
         keep = f"; the existing bundle at {self.target} is unchanged" if self.target.exists() else ""
