@@ -20,8 +20,8 @@ MODALITIES = ("visual", "text")
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    d_model: int
-    rank: int = 64
+    d_model: int  # LLM width d
+    rank: int  # r; the default a training run uses is TrainConfig.rank
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

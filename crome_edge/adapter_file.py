@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from crome_edge.adapter import AdapterConfig, CromeAdapter
 from crome_edge.atomic import atomic_path
 from crome_edge.errors import CromeError
-from crome_runtime import formats
+from crome_runtime import formats, safetensors_header
 from crome_runtime.prompt import PromptTemplate
 
 
@@ -75,9 +75,8 @@ def read_metadata(path: Path) -> AdapterMetadata:
 
         raise AdapterFileError(f"adapter file {path} does not exist (shipped adapters, by name: {', '.join(SHIPPED_ADAPTERS)})")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
+        raw = safetensors_header.read_metadata(path)
+    except (safetensors_header.SafetensorsHeaderError, OSError) as error:
         raise AdapterFileError(
             f"{path} is not a readable safetensors file ({error}); is it truncated or a different format?"
         ) from None

@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_runtime.bundle import safetensors_metadata
-
-ADAPTER_FORMAT = "crome-adapter"  # crome_runtime.formats.ADAPTER_FORMAT (imported lazily there)
-PARTS_FORMAT = "crome-backbone-parts"  # crome_edge.training.parts.PARTS_FORMAT
+from crome_runtime import formats
+from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header, tensor_shapes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,17 +38,19 @@ def run(args: argparse.Namespace) -> int:
 def describe(path: Path, verify: bool = False) -> dict:
     if path.is_dir():
         return _describe_bundle(path, verify)
-    metadata = safetensors_metadata(path)
-    if metadata is not None:
-        kind = metadata.get("format")
-        if kind == ADAPTER_FORMAT:
-            return _describe_adapter(path)
-        if kind == PARTS_FORMAT:
-            return _describe_parts(path)
-        raise CromeError(f"{path} is a safetensors file but not a crome-edge file (format {kind!r})")
     if _is_zip(path):
         return _describe_checkpoint(path)
-    raise CromeError(f"{path} is not a crome-edge file (adapter, backbone parts, training checkpoint or bundle)")
+    try:
+        header = read_header(path)
+    except SafetensorsHeaderError as error:
+        raise CromeError(f"{path} is not a crome-edge file (adapter, backbone parts, training checkpoint or bundle): "
+                         f"{error}") from None
+    kind = header.get("__metadata__", {}).get(formats.META_FORMAT)
+    if kind == formats.ADAPTER_FORMAT:
+        return _describe_adapter(path)
+    if kind == formats.PARTS_FORMAT:
+        return _describe_parts(path, header)
+    raise CromeError(f"{path} is a safetensors file but not a crome-edge file (format {kind!r})")
 
 
 def _is_zip(path: Path) -> bool:
@@ -77,21 +77,16 @@ def _describe_adapter(path: Path) -> dict:
     }
 
 
-def _describe_parts(path: Path) -> dict:
-    from safetensors import safe_open
+def _describe_parts(path: Path, header: dict) -> dict:
+    from math import prod
 
-    from crome_edge.training.parts import read_parts_metadata
+    from crome_edge.backbones.parts import read_parts_metadata
 
     meta = read_parts_metadata(path)
     counts: dict[str, int] = {}
-    with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():
-            shape = f.get_slice(name).get_shape()
-            part = name.split(".", 1)[0]
-            numel = 1
-            for dim in shape:
-                numel *= dim
-            counts[part] = counts.get(part, 0) + numel
+    for name, shape in tensor_shapes(header).items():
+        part = name.split(".", 1)[0]
+        counts[part] = counts.get(part, 0) + prod(shape)
     return {
         "kind": "backbone parts",
         "path": str(path),

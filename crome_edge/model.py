@@ -69,11 +69,11 @@ class CromeModel(nn.Module):
         return x if self.adapter is None else self.adapter(x, modality)
 
     def prompt_ids(self, question: str) -> list[int]:
-        return self.backbone.tokenize(self.backbone.info.prompt.format(question))
+        return self.backbone.info.prompt.prompt_ids(self.backbone.llm_tokenizer, question)
 
     def answer_ids(self, answer: str) -> list[int]:
         """Answer tokens plus the template's stop suffix, so the model learns where to stop."""
-        return self.backbone.tokenize(answer.strip() + self.backbone.info.prompt.answer_suffix)
+        return self.backbone.info.prompt.answer_ids(self.backbone.llm_tokenizer, answer)
 
     def prefix_rows(self, visual: torch.Tensor, questions: list[str]) -> list[torch.Tensor]:
         """Per row: concat(adapted V, adapted T) -> list of (Nq + Nt_i, d)."""

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-
-PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
+from crome_runtime.formats import PROVIDER_CHOICES  # torch- and cv2-free (crome_runtime.providers imports cv2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, metavar="R",
                         help="penalty for repeating answer tokens (1 = off)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, metavar="N",
+    parser.add_argument("--threads", type=int, metavar="N",
                         help="ONNX Runtime threads per graph (default: one per core)")
-    parser.add_argument("--provider", default="auto", choices=PROVIDERS,
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES,
                         help="execution provider (default auto: TensorRT > CUDA > CPU, whichever is available)")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",
                         help="write a per-stage latency summary here and a Chrome trace to OUT.trace.json")
@@ -60,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     options.resolve(GenerationDefaults())  # a bad flag fails before the bundle is loaded
-    config = EngineConfig(provider=args.provider, threads=args.threads, verify=not args.no_verify)
+    given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
+    config = EngineConfig(verify=not args.no_verify, **{k: v for k, v in given.items() if v is not None})
     engine = Engine.load(args.bundle, config)
     report = engine.providers
     threads = args.threads or "default"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from crome_edge.training.checkpoint import TrainingInterrupted
 from crome_edge.training.config import STAGES, TrainConfig
-from crome_edge.training.parts import load_backbone_parts, save_backbone_parts
+from crome_edge.backbones.parts import load_backbone_parts, save_backbone_parts
 from crome_edge.training.trainer import Trainer, TrainResult
 
 

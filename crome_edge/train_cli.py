@@ -10,61 +10,67 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import MISSING, fields
 
-from crome_edge.training.config import AUGMENTS, SAVE_DTYPES, STAGES  # torch-free
+# torch-free; TrainConfig holds every default, the flags below default to None and override only what is given
+from crome_edge.training.config import AUGMENTS, DEFAULT_LR, ENCODER_LR_RATIO, SAVE_DTYPES, STAGES, TrainConfig
+
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
     what = parser.add_argument_group("what to train")
-    what.add_argument("--backbone", default="smol", help="tiny, tiny:SEED, smol or a local HF BLIP-2/InstructBLIP directory (default: smol)")
+    what.add_argument("--backbone", help=f"tiny, tiny:SEED, smol or a local HF BLIP-2/InstructBLIP directory (default: {d['backbone']})")
     what.add_argument("--backbone-parts", metavar="FILE", help="load pretrained visual parts (from --stage pretrain) into the backbone first")
-    what.add_argument("--stage", choices=STAGES, default="finetune",
-                      help="finetune: the adapter alone, backbone frozen; pretrain: query tokens + Q-Former + projection (default: finetune)")
+    what.add_argument("--stage", choices=STAGES,
+                      help=f"finetune: the adapter alone, backbone frozen; pretrain: query tokens + Q-Former + projection (default: {d['stage']})")
     what.add_argument("--data", required=True, help="dataset: JSONL of {image, question, answer}, a directory holding data.jsonl, or <answer>/ image folders")
     what.add_argument("--question", help="the question for class-folder datasets (and JSONL lines without one)")
     what.add_argument("--out", required=True, help="output .safetensors: the adapter (finetune) or backbone parts (pretrain)")
-    what.add_argument("--rank", type=int, default=64, help="adapter rank r (default: 64)")
-    what.add_argument("--train-vision", action="store_true", help="pretrain: also train the vision tower")
-    what.add_argument("--augment", choices=AUGMENTS, default="none",
-                      help="flips: also train on mirrored frames (only where mirroring keeps the answer true; default: none)")
+    what.add_argument("--rank", type=int, help=f"adapter rank r (default: {d['rank']})")
+    what.add_argument("--train-vision", action="store_true", default=None, help="pretrain: also train the vision tower")
+    what.add_argument("--augment", choices=AUGMENTS,
+                      help=f"flips: also train on mirrored frames (only where mirroring keeps the answer true; default: {d['augment']})")
 
     how = parser.add_argument_group("optimisation")
-    how.add_argument("--epochs", type=int, default=3, help="passes over the training split (default: 3)")
+    how.add_argument("--epochs", type=int, help=f"passes over the training split (default: {d['epochs']})")
     how.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
-    how.add_argument("--batch-size", type=int, default=16, help="global batch, split across torchrun processes (default: 16)")
-    how.add_argument("--lr", type=float, help="learning rate of the adapter / projection (default: 2e-3 finetune, 1e-3 pretrain)")
-    how.add_argument("--encoder-lr", type=float, help="pretrain: learning rate of query tokens, Q-Former, vision (default: lr × 0.2)")
+    how.add_argument("--batch-size", type=int, help=f"global batch, split across torchrun processes (default: {d['batch_size']})")
+    how.add_argument("--lr", type=float, help=f"learning rate of the adapter / projection (default: {DEFAULT_LR['finetune']:g} "
+                                              f"finetune, {DEFAULT_LR['pretrain']:g} pretrain)")
+    how.add_argument("--encoder-lr", type=float, help=f"pretrain: learning rate of query tokens, Q-Former, vision (default: lr × {ENCODER_LR_RATIO:g})")
     how.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps, at most 100)")
-    how.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation (default: 0.1)")
-    how.add_argument("--seed", type=int, default=0, help="seeds the split, the adapter's init and the batch order (default: 0)")
-    how.add_argument("--bf16", action="store_true",
+    how.add_argument("--val-fraction", type=float, help=f"share of images held out for validation (default: {d['val_fraction']})")
+    how.add_argument("--seed", type=int, help=f"seeds the split, the adapter's init and the batch order (default: {d['seed']})")
+    how.add_argument("--bf16", action="store_true", default=None,
                      help="bfloat16 autocast for the forward pass where the device computes bf16 natively (CUDA; "
                           "CPUs with AVX512_BF16, AMX or ARM bf16); elsewhere training says so and runs in fp32")
-    how.add_argument("--max-new-tokens", type=int, default=32, help="validation: generation cap (default: 32)")
+    how.add_argument("--max-new-tokens", type=int, help=f"validation: generation cap (default: {d['max_new_tokens']})")
 
     run = parser.add_argument_group("running")
     run.add_argument("--threads", type=int, help="torch threads per process")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"default: {d['device']} (cuda when available)")
     run.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
-    run.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps (default: each epoch)")
-    run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    run.add_argument("--save-dtype", choices=SAVE_DTYPES, default="float32", help="pretrain: dtype of the saved parts")
+    run.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps (default: each epoch)")
+    run.add_argument("--resume", action="store_true", default=None, help="continue from the checkpoint")
+    run.add_argument("--save-dtype", choices=SAVE_DTYPES, help=f"pretrain: dtype of the saved parts (default: {d['save_dtype']})")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the training summary as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
-    from crome_edge.train import TrainConfig, train
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig's defaults, overridden by the flags the user gave (a flag left out is None)."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.no_progress:
+        given["progress"] = False
+    return TrainConfig(**given)
 
-    config = TrainConfig(
-        data=args.data, out=args.out, backbone=args.backbone, stage=args.stage, question=args.question,
-        backbone_parts=args.backbone_parts, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, encoder_lr=args.encoder_lr, rank=args.rank, val_fraction=args.val_fraction, seed=args.seed,
-        bf16=args.bf16, threads=args.threads, train_vision=args.train_vision, augment=args.augment, warmup_steps=args.warmup_steps,
-        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        max_new_tokens=args.max_new_tokens, save_dtype=args.save_dtype, device=args.device,
-        progress=not args.no_progress,
-    )
+
+def run(args: argparse.Namespace) -> int:
+    from crome_edge.train import train
+
+    config = config_from_args(args)
     result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return 0

@@ -14,24 +14,19 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from crome_runtime.prompt import PromptTemplate
+from crome_runtime.manifest import BackboneSchema, BackboneSpec
+from crome_runtime.prompt import PromptTemplate, instruction_ids
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass
-class BackboneInfo:
-    name: str
-    architecture: str  # "instructblip" | "blip2" | "smol"
-    d_model: int  # LLM width d
-    num_query_tokens: int  # Nq
-    image_size: int
-    instruction_aware: bool  # InstructBLIP-style Q-Former that also reads the question
+@dataclass(kw_only=True)
+class BackboneInfo(BackboneSchema):
+    """The backbone schema (crome_runtime.manifest.BackboneSchema, shared with the bundle manifest) plus the
+    prompt template adapters for this backbone are trained and run with."""
+
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
-    image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
-    max_instruction_tokens: int = 64
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -40,11 +35,7 @@ class BackboneInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BackboneInfo":
-        data = dict(data)
-        data["prompt"] = PromptTemplate.from_dict(data["prompt"])
-        data["image_mean"] = tuple(data["image_mean"])
-        data["image_std"] = tuple(data["image_std"])
-        return cls(**data)
+        return cls(**{**data, "prompt": PromptTemplate.from_dict(data["prompt"])})
 
 
 class CromeBackbone(nn.Module):
@@ -115,20 +106,17 @@ class CromeBackbone(nn.Module):
         """(B, N) -> (B, N, d) through the frozen LLM's input-embedding table."""
         return self.llm.get_input_embeddings()(input_ids)
 
-    # --- tokenisation ---------------------------------------------------------------------------
+    # --- tokenisation (the rules are crome_runtime.prompt's, shared with the runtime) ------------------
     def tokenize(self, text: str) -> list[int]:
-        return self.llm_tokenizer.encode(text, add_special_tokens=self.info.prompt.add_special_tokens).ids
+        return self.info.prompt.encode(self.llm_tokenizer, text)
 
     def tokenize_instruction(self, question: str) -> list[int]:
         """Ids for an instruction-aware Q-Former (its own tokenizer), truncated to its budget."""
         assert self.qformer_tokenizer is not None
-        ids = self.qformer_tokenizer.encode(question).ids
-        return ids[: self.info.max_instruction_tokens]
+        return instruction_ids(self.qformer_tokenizer, question, self.info.max_instruction_tokens)
 
-    def stop_token_ids(self) -> set[int]:
-        ids = {self.llm_tokenizer.token_to_id(t) for t in self.info.prompt.stop_tokens}
-        ids.discard(None)
-        return ids
+    def stop_token_ids(self) -> frozenset[int]:
+        return self.info.prompt.stop_ids(self.llm_tokenizer)
 
     def decode(self, ids: list[int]) -> str:
         return self.llm_tokenizer.decode(ids, skip_special_tokens=True)
@@ -143,6 +131,10 @@ class CromeBackbone(nn.Module):
     def invalidate_fingerprint(self) -> None:
         """Call after changing weights in place (pretraining the visual side, loading parts)."""
         self._fingerprint = None
+
+    def spec(self) -> BackboneSpec:
+        """The bundle manifest's `backbone` section: this backbone's schema and fingerprint."""
+        return BackboneSpec.of(self.info, self.fingerprint())
 
     def short_description(self) -> str:
         return f"{self.info.name} (d={self.info.d_model}, fingerprint {self.fingerprint()[:12]}…)"

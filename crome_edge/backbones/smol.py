@@ -131,7 +131,7 @@ def load_smol(vision_weights: Path | None = None, require_trained: bool = True) 
                 "install; reinstall crome-edge or reproduce them with `python -m crome_edge.recipes.smol`"
             )
         return backbone
-    from crome_edge.training.parts import load_backbone_parts
+    from crome_edge.backbones.parts import load_backbone_parts
 
     load_backbone_parts(weights, backbone)
     return backbone

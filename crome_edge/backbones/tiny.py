@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration
 
-from crome_edge.backbones.base import BackboneInfo, BackboneParts, CromeBackbone
+from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, BackboneInfo, BackboneParts, CromeBackbone
 from crome_runtime.prompt import PromptTemplate
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
@@ -75,10 +75,10 @@ def from_instructblip_model(
         num_query_tokens=config.num_query_tokens,
         image_size=config.vision_config.image_size,
         instruction_aware=instruction_aware,
+        image_mean=CLIP_MEAN if image_mean is None else image_mean,
+        image_std=CLIP_STD if image_std is None else image_std,
         prompt=prompt,
     )
-    if image_mean is not None:
-        info.image_mean, info.image_std = tuple(image_mean), tuple(image_std)
     parts = BackboneParts(
         vision=model.vision_model,
         query_tokens=model.query_tokens,

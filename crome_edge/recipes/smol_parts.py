@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from crome_edge.backbones.smol import load_smol
-from crome_edge.training.parts import parts_state, save_backbone_parts
+from crome_edge.backbones.parts import parts_state, save_backbone_parts
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -20,22 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crome_edge.errors import CromeError
+from crome_runtime.cache_dir import cache_root
+from crome_runtime.manifest import sha256_file
 
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT_VERSION = 1
 _STALE_TMP_S = 24 * 3600  # a temporary build dir this old belongs to a killed process
 
 _verified_this_process: set[Path] = set()
-
-
-def cache_root() -> Path:
-    """`$CROME_EDGE_CACHE`, else the platform's user cache dir (e.g. ~/.cache/crome-edge)."""
-    override = os.environ.get("CROME_EDGE_CACHE")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("crome-edge"))
 
 
 def entry_dir(key: str) -> Path:
@@ -45,14 +36,6 @@ def entry_dir(key: str) -> Path:
 def say(message: str) -> None:
     """Progress and repair notes for the person waiting (stderr, so stdout stays clean for `models list`)."""
     print(f"crome-edge: {message}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_records(directory: Path) -> dict[str, dict]:

@@ -16,7 +16,7 @@ ENCODER_LR_RATIO = 0.2  # pretrain: Q-Former / query tokens / vision at lr × 0.
 class TrainConfig:
     data: str  # dataset path (see crome_edge.data.dataset)
     out: str  # adapter (finetune) or backbone-parts (pretrain) .safetensors
-    backbone: str = "tiny"
+    backbone: str = "smol"  # the embedded default (README); tests pass "tiny"
     stage: str = "finetune"
     question: str | None = None  # default question (class-folder datasets)
     backbone_parts: str | None = None  # pretrained parts to load into the backbone first

@@ -155,7 +155,7 @@ class PretrainStage:
         self.trainable.eval()  # the container's own flag, read by loss()
 
     def save(self, path: Path, summary: dict, train_data: str, train_data_recipe: dict | None = None) -> None:
-        from crome_edge.training.parts import save_backbone_parts
+        from crome_edge.backbones.parts import save_backbone_parts
 
         training = {**summary, "train_data": train_data, "train_data_recipe": train_data_recipe}
         save_backbone_parts(path, self.backbone, self.config.save_dtype, training=training)

@@ -133,7 +133,7 @@ class Trainer:
 
             self.backbone = load_backbone(self.config.backbone)
         if self.config.backbone_parts:
-            from crome_edge.training.parts import load_backbone_parts
+            from crome_edge.backbones.parts import load_backbone_parts
 
             load_backbone_parts(self.config.backbone_parts, self.backbone)
         self.backbone.to(self.device)

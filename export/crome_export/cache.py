@@ -4,7 +4,7 @@ An entry is `<cache>/export-parts/<key>/`: the part files plus `entry.json` (wha
 every file's sha256 and size, and the builder's notes). Keys are sha256 over the backbone fingerprint, the
 precision, the calibration set, the opset, the decoder INT8 method and the exporting tools' versions.
 Entries are built in a temporary directory inside the cache and renamed into place: complete or absent.
-`<cache>` is $CROME_EDGE_CACHE or platformdirs' user_cache_dir("crome-edge"), as for the model store.
+`<cache>` is crome_runtime.cache_dir.cache_root(), as for the model store.
 Not here: what goes into an entry (parts.py).
 """
 from __future__ import annotations
@@ -17,19 +17,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from crome_runtime.cache_dir import cache_root
 from crome_runtime.manifest import sha256_file
 
 CACHE_FORMAT_VERSION = 4  # bumped whenever what a key builds changes
 ENTRY_FILE = "entry.json"
-
-
-def cache_root() -> Path:
-    override = os.environ.get("CROME_EDGE_CACHE")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("crome-edge"))
 
 
 def tool_versions() -> dict[str, str]:

@@ -128,6 +128,7 @@ def export_times(backbone_spec: str, precision: str) -> dict:
     from crome_edge.adapter import AdapterConfig, CromeAdapter
     from crome_edge.adapter_file import AdapterMetadata, save_adapter
     from crome_edge.backbones import load_backbone
+    from crome_edge.training.config import TrainConfig
     from crome_export.pipeline import ExportConfig, Progress, export_bundle
 
     backbone = load_backbone(backbone_spec)
@@ -144,7 +145,7 @@ def export_times(backbone_spec: str, precision: str) -> dict:
             cv2.imwrite(str(frames / f"{i:03d}.png"), render_scene(70_000_000 + i)[0])
         for run in ("first", "cached"):
             torch.manual_seed(len(run))
-            adapter = CromeAdapter(AdapterConfig(backbone.info.d_model, 64))
+            adapter = CromeAdapter(AdapterConfig(backbone.info.d_model, TrainConfig.rank))
             torch.nn.init.normal_(adapter.up, std=0.02)
             path = tmp / f"{run}.safetensors"
             save_adapter(path, adapter, AdapterMetadata(adapter.config, backbone_spec, backbone.fingerprint(), backbone.info.prompt))

@@ -270,22 +270,16 @@ def _write_files(writer, backbone, adapter_path: Path, parts, work: Path, precis
 
 def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, report, max_new_tokens):
     from crome_export.cache import tool_versions
-    from crome_runtime.manifest import AdapterSpec, BackboneSpec, GenerationDefaults, LlmSpec, Manifest, sha256_file
+    from crome_runtime.manifest import AdapterSpec, GenerationDefaults, LlmSpec, Manifest, sha256_file
 
-    info = backbone.info
     dims = parts.fp32_entry["notes"]["decoder_dims"]
     return Manifest(
-        backbone=BackboneSpec(
-            name=info.name, fingerprint=backbone.fingerprint(), architecture=info.architecture, d_model=info.d_model,
-            num_query_tokens=info.num_query_tokens, instruction_aware=info.instruction_aware,
-            image_size=info.image_size, image_mean=list(info.image_mean), image_std=list(info.image_std),
-            max_instruction_tokens=info.max_instruction_tokens,
-        ),
+        backbone=backbone.spec(),
         llm=LlmSpec(dims["num_layers"], dims["num_kv_heads"], dims["head_dim"], dims["vocab_size"],
                     dims["max_position_embeddings"]),
         adapter=AdapterSpec(name=adapter_path.name.removesuffix(".safetensors"), sha256=sha256_file(adapter_path),
                             rank=adapter.config.rank, training=meta.training),
-        prompt=info.prompt,
+        prompt=backbone.info.prompt,
         precision=config.precision,
         files={},
         generation=GenerationDefaults(max_new_tokens=max_new_tokens),

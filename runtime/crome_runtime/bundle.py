@@ -9,7 +9,6 @@ Torch-free. Not here: creating sessions (providers.py), running anything (engine
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +16,11 @@ import numpy as np
 
 from crome_runtime import formats
 from crome_runtime.manifest import BundleError, Manifest, read_manifest
+from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
 GRAPHS = ("vision", "adapter_visual", "adapter_text", "decoder")
 GRAPH_FILES = {"vision": formats.VISION_ONNX, "adapter_visual": formats.ADAPTER_VISUAL_ONNX,
                "adapter_text": formats.ADAPTER_TEXT_ONNX, "decoder": formats.DECODER_ONNX}
-MAX_SAFETENSORS_HEADER = 16 << 20
 
 
 @dataclass
@@ -79,7 +78,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"{formats.TOKENIZER_FILE} has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but the decoder's "
             f"vocabulary is {manifest.llm.vocab_size}: the tokenizer comes from another model; re-export the bundle"
         )
-    stop_ids = frozenset(i for i in (tokenizer.token_to_id(t) for t in manifest.prompt.stop_tokens) if i is not None)
+    stop_ids = manifest.prompt.stop_ids(tokenizer)
     notes = []
     if manifest.prompt.stop_tokens and not stop_ids:
         notes.append(f"none of the prompt template's stop tokens {list(manifest.prompt.stop_tokens)} is a token of "
@@ -122,8 +121,12 @@ def _check_adapter_file(path: Path, manifest: Manifest) -> None:
     file = path / formats.ADAPTER_WEIGHTS_FILE
     if formats.ADAPTER_WEIGHTS_FILE not in manifest.files or not file.is_file():
         return
-    meta = safetensors_metadata(file)
-    if meta is None or meta.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
+    try:
+        meta = read_metadata(file)
+    except SafetensorsHeaderError as error:
+        raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path} is not a readable safetensors file ({error}); "
+                          "re-export the bundle") from None
+    if meta.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
         raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path} is not a crome-edge adapter file; re-export the bundle")
     d = json.loads(meta.get(formats.META_ADAPTER_CONFIG, "{}")).get("d_model")
     fingerprint = meta.get(formats.META_BACKBONE_FINGERPRINT, "")
@@ -135,25 +138,6 @@ def _check_adapter_file(path: Path, manifest: Manifest) -> None:
             f"{backbone.fingerprint[:12]}…). Re-export with `crome-edge export --adapter ADAPTER --backbone "
             f"{backbone.name}` using an adapter trained on {backbone.name}"
         )
-
-
-def safetensors_metadata(path: Path) -> dict | None:
-    """The `__metadata__` strings of a safetensors file (header only, no tensors), or None if not safetensors."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        (size,) = struct.unpack("<Q", head)
-        if size > MAX_SAFETENSORS_HEADER:
-            return None
-        raw = f.read(size)
-    if len(raw) < size:
-        return None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return header.get("__metadata__") or {} if isinstance(header, dict) else None
 
 
 # --- graph dims ---------------------------------------------------------------------------------------

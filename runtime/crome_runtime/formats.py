@@ -24,6 +24,14 @@ META_TRAIN_DATA = "train_data"  # path of the training dataset (JSONL), for cali
 # regenerate (crome_edge.synth.recipe); absent for a user's own data and in adapters written before it existed.
 META_TRAIN_DATA_RECIPE = "train_data_recipe"
 
+# --- Backbone-parts file (*.safetensors): the visual side `train --stage pretrain` writes -------------------
+# Tensors `<part>.<name>` (vision, qformer, projection) and `query_tokens`; metadata uses META_FORMAT,
+# META_FORMAT_VERSION, META_BACKBONE_NAME and META_TRAINING as above, plus:
+PARTS_FORMAT = "crome-backbone-parts"
+PARTS_FORMAT_VERSION = 1
+META_LLM_FINGERPRINT = "llm_fingerprint"  # sha256 of the frozen LLM's tensors: parts load onto that LLM only
+META_BACKBONE_INFO = "backbone_info"  # JSON: the BackboneInfo the parts were trained as
+
 # --- Bundle directory ---------------------------------------------------------------------------
 BUNDLE_FORMAT = "crome-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -51,6 +59,7 @@ REPORT_FORMAT = "crome-fidelity-report"
 REPORT_FORMAT_VERSION = 1
 
 
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")  # `crome-edge run --provider` (crome_runtime.providers)
 def adapter_onnx(modality: str) -> str:
     """"visual" | "text" -> the adapter graph of that branch."""
     return {"visual": ADAPTER_VISUAL_ONNX, "text": ADAPTER_TEXT_ONNX}[modality]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from crome_runtime import formats
@@ -17,18 +17,39 @@ class BundleError(ValueError):
     """A bundle that cannot be used as it is; the message names the file and the fix."""
 
 
-@dataclass
-class BackboneSpec:
+@dataclass(kw_only=True)
+class BackboneSchema:
+    """What a backbone is to every stage: its dims, its image preprocessing and its Q-Former's instruction
+    budget. The one schema: crome_edge's BackboneInfo (CromeBackbone.info) is it plus the prompt template,
+    the manifest's BackboneSpec is it plus the fingerprint."""
+
     name: str
-    fingerprint: str
-    architecture: str
-    d_model: int
-    num_query_tokens: int
-    instruction_aware: bool
-    image_size: int
-    image_mean: list[float]
-    image_std: list[float]
-    max_instruction_tokens: int = 64
+    architecture: str  # "instructblip" | "blip2" | "smol"
+    d_model: int  # LLM width d
+    num_query_tokens: int  # Nq
+    image_size: int  # S: frames are resized to S×S
+    instruction_aware: bool  # InstructBLIP-style Q-Former that also reads the question
+    image_mean: tuple[float, ...]  # per RGB channel, after scaling pixels to [0, 1]
+    image_std: tuple[float, ...]
+    max_instruction_tokens: int = 64  # instruction-aware Q-Formers read at most this many question tokens
+
+    def __post_init__(self) -> None:
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    def schema_fields(self) -> dict:
+        """The schema's fields only (what BackboneInfo and BackboneSpec share)."""
+        return {f.name: getattr(self, f.name) for f in fields(BackboneSchema)}
+
+
+@dataclass(kw_only=True)
+class BackboneSpec(BackboneSchema):
+    """The manifest's `backbone` section: the schema plus the fingerprint the bundle was exported from."""
+
+    fingerprint: str  # sha256 over the frozen tensors (crome_edge.backbones.base.tensor_fingerprint)
+
+    @classmethod
+    def of(cls, schema: BackboneSchema, fingerprint: str) -> "BackboneSpec":
+        return cls(**schema.schema_fields(), fingerprint=fingerprint)
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""Prompt template: how a question becomes the LLM's text prompt, and where an answer ends.
+"""Prompt template: how a question becomes the LLM's prompt ids, where an answer ends, and the instruction
+an instruction-aware Q-Former reads.
 
-Torch-free: the trainer, the exporter (manifest) and the runtime share this one definition.
-The visual query tokens always come first; the template's text follows them.
+Torch-free: the trainer (CromeModel), the exporter (manifest) and the runtime (Engine) tokenise through
+these functions, so an FP32 bundle sees exactly the ids PyTorch saw. The visual query tokens always come
+first; the template's text follows them. `tokenizer` is a `tokenizers.Tokenizer` (only `encode` and
+`token_to_id` are used).
 """
 from __future__ import annotations
 
@@ -19,6 +22,22 @@ class PromptTemplate:
     def format(self, question: str) -> str:
         return self.text.replace("{question}", question.strip())
 
+    def encode(self, tokenizer, text: str) -> list[int]:
+        """Ids of `text` as the template tokenises it (with or without the tokenizer's special tokens)."""
+        return tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
+
+    def prompt_ids(self, tokenizer, question: str) -> list[int]:
+        """The LLM's text-prompt ids for a question: the template around it, tokenised."""
+        return self.encode(tokenizer, self.format(question))
+
+    def answer_ids(self, tokenizer, answer: str) -> list[int]:
+        """A training answer's ids plus the stop suffix, so the model learns where to stop."""
+        return self.encode(tokenizer, answer.strip() + self.answer_suffix)
+
+    def stop_ids(self, tokenizer) -> frozenset[int]:
+        """Ids generation stops on: the stop tokens the tokenizer knows (the others are ignored)."""
+        return frozenset(i for i in (tokenizer.token_to_id(t) for t in self.stop_tokens) if i is not None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -34,6 +53,11 @@ class PromptTemplate:
     @classmethod
     def from_json(cls, text: str) -> "PromptTemplate":
         return cls.from_dict(json.loads(text))
+
+
+def instruction_ids(tokenizer, question: str, max_tokens: int) -> list[int]:
+    """An instruction-aware Q-Former's ids for a question (its own tokenizer), cut to its `max_tokens` budget."""
+    return tokenizer.encode(question).ids[:max_tokens]
 
 
 def normalize_answer(text: str) -> str:

@@ -7,8 +7,8 @@ made its `get_providers()` is read back: an explicit request that fell back is a
 choice that fell back is reported as such.
 
 TensorRT runs through ONNX Runtime's TensorRT execution provider, which builds engines from the bundle's
-graphs on first use and caches them in `<bundle>/engines/ort-trt-cache` (or the user cache directory when
-the bundle is read-only). Engines that `crome-edge build-engines` serialised into `<bundle>/engines` are
+graphs on first use and caches them in `<bundle>/engines/ort-trt-cache` (or under crome-edge's cache directory,
+cache_dir.py, when the bundle is read-only). Engines that `crome-edge build-engines` serialised into `<bundle>/engines` are
 reported but not executed: loading them needs a native TensorRT runner, which this runtime does not have
 yet (no TensorRT was available to test one). Torch-free; onnxruntime is imported when a plan is made.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from crome_runtime import formats
 from crome_runtime.errors import ProviderError
 
-CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+CHOICES = formats.PROVIDER_CHOICES
 ORT_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 PREFERENCE = ("tensorrt", "cuda", "cpu")
 GPU_EXTRA = "install onnxruntime-gpu: pip install 'crome-edge[gpu]' on a machine with an NVIDIA GPU and its CUDA libraries"
@@ -108,9 +108,9 @@ def _trt_cache_dir(bundle_dir: Path) -> Path:
     engines = bundle_dir / formats.ENGINES_DIR
     if os.access(bundle_dir, os.W_OK) and (not engines.exists() or os.access(engines, os.W_OK)):
         return engines / "ort-trt-cache"
-    from platformdirs import user_cache_dir
+    from crome_runtime.cache_dir import cache_root
 
-    return Path(user_cache_dir("crome-edge")) / "ort-trt-cache" / bundle_dir.absolute().name
+    return cache_root() / "ort-trt-cache" / bundle_dir.absolute().name
 
 
 def check_actual(plan_: ProviderPlan, graph: str, actual: list[str]) -> str | None:

@@ -2,8 +2,8 @@
 
 Holds the vision tower, query tokens, Q-Former and projection (tensor names `<part>.<name>`), with
 metadata naming the backbone and fingerprinting its frozen LLM, so parts are only ever loaded onto the
-LLM they were trained against. The embedded `smol` default ships such a file. Not the adapter (see
-crome_edge.adapter_file).
+LLM they were trained against (names and keys: crome_runtime.formats). The embedded `smol` default ships
+such a file; the training stage writes one. Not the adapter (see crome_edge.adapter_file).
 """
 from __future__ import annotations
 
@@ -14,21 +14,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
 from crome_edge.atomic import atomic_path
+from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
 from crome_edge.errors import CromeError
+from crome_runtime import formats
+from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
-PARTS_FORMAT = "crome-backbone-parts"
-PARTS_FORMAT_VERSION = 1
-PARTS = ("vision", "query_tokens", "qformer", "projection")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-META_FORMAT = "format"
-META_FORMAT_VERSION = "format_version"
-META_BACKBONE_NAME = "backbone_name"
-META_LLM_FINGERPRINT = "llm_fingerprint"  # sha256 of the frozen LLM's tensors
-META_BACKBONE_INFO = "backbone_info"  # JSON: BackboneInfo
-META_TRAINING = "training"  # JSON: training summary
 
 
 def llm_fingerprint(backbone: CromeBackbone) -> str:
@@ -56,12 +48,12 @@ def save_backbone_parts(
         for name, t in parts_state(backbone).items()
     }
     metadata = {
-        META_FORMAT: PARTS_FORMAT,
-        META_FORMAT_VERSION: str(PARTS_FORMAT_VERSION),
-        META_BACKBONE_NAME: backbone.info.name,
-        META_LLM_FINGERPRINT: llm_fingerprint(backbone),
-        META_BACKBONE_INFO: json.dumps(backbone.info.to_dict(), sort_keys=True),
-        META_TRAINING: json.dumps(training or {}, sort_keys=True),
+        formats.META_FORMAT: formats.PARTS_FORMAT,
+        formats.META_FORMAT_VERSION: str(formats.PARTS_FORMAT_VERSION),
+        formats.META_BACKBONE_NAME: backbone.info.name,
+        formats.META_LLM_FINGERPRINT: llm_fingerprint(backbone),
+        formats.META_BACKBONE_INFO: json.dumps(backbone.info.to_dict(), sort_keys=True),
+        formats.META_TRAINING: json.dumps(training or {}, sort_keys=True),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -73,22 +65,25 @@ def read_parts_metadata(path: str | Path) -> dict:
     if not path.is_file():
         raise CromeError(f"backbone-parts file {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
+        raw = read_metadata(path)
+    except (SafetensorsHeaderError, OSError) as error:
         raise CromeError(f"{path} is not a readable safetensors file ({error}); is it truncated?") from None
-    if raw.get(META_FORMAT) != PARTS_FORMAT:
+    if raw.get(formats.META_FORMAT) != formats.PARTS_FORMAT:
         raise CromeError(f"{path} is not a crome-edge backbone-parts file (written by `crome-edge train --stage pretrain`)")
-    version = int(raw.get(META_FORMAT_VERSION, "0"))
-    if version > PARTS_FORMAT_VERSION:
-        raise CromeError(f"{path} has backbone-parts format {version}; this crome-edge reads up to {PARTS_FORMAT_VERSION}. Upgrade crome-edge.")
+    try:
+        version = int(raw.get(formats.META_FORMAT_VERSION, "0"))
+    except ValueError:
+        raise CromeError(f"{path}: backbone-parts format version {raw[formats.META_FORMAT_VERSION]!r} is not a number") from None
+    if version > formats.PARTS_FORMAT_VERSION:
+        raise CromeError(f"{path} has backbone-parts format {version}; this crome-edge reads up to "
+                         f"{formats.PARTS_FORMAT_VERSION}. Upgrade crome-edge.")
     try:
         return {
             "format_version": version,
-            "backbone_name": raw[META_BACKBONE_NAME],
-            "llm_fingerprint": raw[META_LLM_FINGERPRINT],
-            "backbone_info": json.loads(raw.get(META_BACKBONE_INFO, "{}")),
-            "training": json.loads(raw.get(META_TRAINING, "{}")),
+            "backbone_name": raw[formats.META_BACKBONE_NAME],
+            "llm_fingerprint": raw[formats.META_LLM_FINGERPRINT],
+            "backbone_info": json.loads(raw.get(formats.META_BACKBONE_INFO, "{}")),
+            "training": json.loads(raw.get(formats.META_TRAINING, "{}")),
         }
     except (KeyError, ValueError) as error:
         raise CromeError(f"{path}: backbone-parts metadata is incomplete or malformed ({error!r})") from None
