@@ -310,8 +310,7 @@ class Engine:
     def prompt_ids(self, question: str) -> list[int]:
         """The decoder's prompt ids for a question: the bundle's template around it, tokenised."""
         t = now()
-        text = self.manifest.prompt.format(question)
-        ids = self.bundle.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        ids = self.manifest.prompt.prompt_ids(self.bundle.tokenizer, question)  # crome_runtime.prompt, as CromeModel
         self.profiler.record("tokenize", t)
         return ids
 

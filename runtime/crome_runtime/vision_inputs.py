@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from crome_runtime import formats
+from crome_runtime.prompt import instruction_ids
 
 
 def vision_feeds(pixels: np.ndarray, questions: list[str], backbone, qformer_tokenizer) -> dict[str, np.ndarray]:
@@ -17,7 +18,7 @@ def vision_feeds(pixels: np.ndarray, questions: list[str], backbone, qformer_tok
     instruction_aware and max_instruction_tokens (the manifest's BackboneSpec, crome_edge's BackboneInfo)."""
     feeds = {formats.IN_PIXEL_VALUES: np.ascontiguousarray(pixels, dtype=np.float32)}
     if backbone.instruction_aware:
-        rows = [qformer_tokenizer.encode(q).ids[: backbone.max_instruction_tokens] for q in questions]
+        rows = [instruction_ids(qformer_tokenizer, q, backbone.max_instruction_tokens) for q in questions]
         width = max(len(r) for r in rows)
         ids = np.zeros((len(rows), width), dtype=np.int64)  # (B, L) right-padded with 0
         mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, L) 1 on the question's tokens
