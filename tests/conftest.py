@@ -1,4 +1,5 @@
 """Shared fixtures: the seeded `tiny` backbone (built once per session; tests must not modify it)."""
+import crome_runtime  # noqa: F401  before any test imports cv2: it sets OpenCV's decoder pixel limit
 import pytest
 
 

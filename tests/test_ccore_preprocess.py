@@ -184,9 +184,34 @@ def test_load_image_errors(tmp_path):
     with pytest.raises(ImageError, match="could not decode"):
         load_image(tmp_path / "truncated.png")
     (tmp_path / "dir.png").mkdir()
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="not a regular file"):
         load_image(tmp_path / "dir.png")
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/zero")
     assert issubclass(ImageError, ValueError)
+
+
+def test_a_bomb_whose_header_disagrees_with_the_decoder_is_stopped_by_the_decoder(tmp_path, monkeypatch):
+    """The header parser is only the first line: made to misread a 64 MP PNG (as a parser fooled by a crafted file
+    would), the decoder itself refuses it before allocating (OPENCV_IO_MAX_IMAGE_PIXELS, set by crome_runtime)."""
+    from crome_runtime import preprocess
+
+    width, height = 8000, 8000
+    rows = zlib.compress((b"\x00" + bytes(3 * width)) * height, 9)  # 64 MP of black: 192 MB decoded, ~190 KB here
+    (tmp_path / "bomb.png").write_bytes(_png_bytes(width, height, rows))
+    monkeypatch.setattr(preprocess, "_header_size", lambda f: (64, 64))
+    with pytest.raises(ImageError, match="over the 40,000,000-pixel limit"):
+        load_image(tmp_path / "bomb.png")
+    assert preprocess.decoder_limit_enforced()
+
+
+def test_decode_image_reads_bytes_like_load_image(tmp_path):
+    from crome_runtime.preprocess import decode_image
+
+    ok, png = cv2.imencode(".png", _rgb_u8(12, 9))
+    np.testing.assert_array_equal(decode_image(png.tobytes(), "upload"), _rgb_u8(12, 9))
+    with pytest.raises(ImageError, match="upload: not an image"):
+        decode_image(b"GIF89a....", "upload")
 
 
 def test_load_image_respects_max_pixels(tmp_path):

@@ -7,6 +7,7 @@ one pass; tests/test_ccore_preprocess.py holds the two together. numpy + cv2 onl
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MAX_IMAGE_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of BGR; refuse larger before decoding
+from crome_runtime import MAX_IMAGE_PIXELS  # noqa: E402  (enforced by OpenCV's own decoders, see crome_runtime)
+
 MAX_FILE_BYTES = 256 << 20
 IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, TIFF, PNM"
 
@@ -33,36 +35,78 @@ class ImageError(ValueError):
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (alpha dropped, grey expanded, EXIF orientation applied).
-
-    The dimensions are read from the header first, so an absurdly large image is refused without
-    allocating it. Raises ImageError for a missing or unreadable file, a file that is not an image of a
-    supported format, a 0x0 image, more than max_pixels pixels, or data that does not decode.
-    """
+    Raises ImageError for a missing or unreadable file, and for everything decode_image refuses."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     size_bytes = path.stat().st_size
     if size_bytes > MAX_FILE_BYTES:
         raise ImageError(f"{path}: file is {size_bytes / 2**20:.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
     try:
-        with open(path, "rb") as f:
-            dims = _header_size(f)
+        data = path.read_bytes()
     except OSError as e:
         raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
+    return decode_image(data, str(path), max_pixels)
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image bytes (a file's, or an upload's) -> (H, W, 3) uint8 BGR.
+
+    Two limits, so a decompression bomb is never allocated: the header's dimensions are read first (a clear
+    message, no decoding), and OpenCV's decoders enforce MAX_IMAGE_PIXELS on what they are about to allocate
+    themselves — a crafted file whose header our parser reads differently from the decoder still stops there.
+    Raises ImageError for a format that is not supported, a 0x0 image, more than max_pixels pixels, or data
+    that does not decode.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{source}: {len(data) / 2**20:.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
+    import io
+
+    dims = _header_size(io.BytesIO(data))
     if dims is None:
-        raise ImageError(f"{path}: not an image crome-edge can read (unrecognised header; supported: {IMAGE_FORMATS})")
+        raise ImageError(f"{source}: not an image crome-edge can read (unrecognised header; supported: {IMAGE_FORMATS})")
     width, height = dims
     if width <= 0 or height <= 0:
-        raise ImageError(f"{path}: image has zero size ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{path}: image is {width}x{height} ({width * height:,} pixels), over the {max_pixels:,}-pixel limit; "
-            "downscale it first or pass a larger max_pixels"
-        )
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+        raise ImageError(f"{source}: image has zero size ({width}x{height})")
+    limit = min(max_pixels, MAX_IMAGE_PIXELS)
+    over = f"{source}: image is {{}}, over the {limit:,}-pixel limit; downscale it first"
+    if width * height > limit:
+        raise ImageError(over.format(f"{width}x{height} ({width * height:,} pixels)"))
+    if not decoder_limit_enforced():
+        raise ImageError(f"{source}: OpenCV was loaded before crome_runtime, so its decoders do not enforce the "
+                         f"{MAX_IMAGE_PIXELS:,}-pixel limit; import crome_runtime before cv2 (or set "
+                         f"OPENCV_IO_MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS} in the environment)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(error):
+            raise ImageError(over.format("larger than its header says (the decoder read other dimensions)")) from None
+        raise ImageError(f"{source}: could not decode the {width}x{height} image ({str(error).strip()[:200]})") from None
     if image is None:
-        raise ImageError(f"{path}: could not decode the {width}x{height} image (corrupt or truncated file?)")
+        raise ImageError(f"{source}: could not decode the {width}x{height} image (corrupt or truncated file?)")
+    if image.shape[0] * image.shape[1] > limit:
+        raise ImageError(over.format(f"{image.shape[1]}x{image.shape[0]}"))
     return image
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_limit_enforced() -> bool:
+    """Whether OpenCV's decoders refuse images over MAX_IMAGE_PIXELS (they do when OPENCV_IO_MAX_IMAGE_PIXELS was
+    set before cv2 loaded). Probed with a PNG header one row over the limit and no pixel data: a decoder that enforces the
+    limit raises before reading pixels; one that does not simply fails to decode (libpng caps a row at 1M pixels,
+    hence 8000 columns)."""
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", 8000, MAX_IMAGE_PIXELS // 8000 + 1, 8, 0, 0, 0, 0)  # width, height, 8-bit grey
+    probe = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    try:
+        cv2.imdecode(np.frombuffer(probe, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as error:
+        return "CV_IO_MAX_IMAGE_PIXELS" in str(error)
+    return False
 
 
 def _header_size(f) -> tuple[int, int] | None:
