@@ -78,27 +78,17 @@ class CromeBackbone(nn.Module):
         batch = features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)  # (B, Nq, Dq)
         image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+        instruction = {}
         if self.info.instruction_aware:
             if qformer_input_ids is None:
                 raise ValueError("this backbone's Q-Former reads the instruction: pass qformer_input_ids")
             if qformer_attention_mask is None:
                 qformer_attention_mask = torch.ones_like(qformer_input_ids)
             query_mask = torch.ones(queries.shape[:2], dtype=torch.long, device=features.device)
-            out = self.qformer(
-                input_ids=qformer_input_ids,
-                attention_mask=torch.cat([query_mask, qformer_attention_mask], dim=1),
-                query_embeds=queries,
-                encoder_hidden_states=features,
-                encoder_attention_mask=image_mask,
-                return_dict=True,
-            )
-        else:
-            out = self.qformer(
-                query_embeds=queries,
-                encoder_hidden_states=features,
-                encoder_attention_mask=image_mask,
-                return_dict=True,
-            )
+            instruction = {"input_ids": qformer_input_ids,
+                           "attention_mask": torch.cat([query_mask, qformer_attention_mask], dim=1)}
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=image_mask,
+                           return_dict=True, **instruction)
         query_output = out.last_hidden_state[:, : queries.shape[1]]  # (B, Nq, Dq)
         return self.projection(query_output)  # (B, Nq, d)
 
