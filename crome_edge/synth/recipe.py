@@ -46,7 +46,7 @@ class SynthRecipe:
         return {"generator": GENERATOR, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "SynthRecipe":
+    def from_dict(cls, raw: object) -> "SynthRecipe":
         """CromeError when the record is malformed or from another generator version."""
         if not isinstance(raw, dict) or raw.get("generator") != GENERATOR:
             raise CromeError(f"not a `{GENERATOR}` recipe: {raw!r}")
