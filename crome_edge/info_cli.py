@@ -126,7 +126,7 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
         manifest = read_manifest(path, verify=verify)
     except BundleError as error:
         raise CromeError(f"{path} is not a usable crome-edge bundle: {error}") from None
-    missing = [name for name in manifest.files if not (path / name).is_file()]
+    missing = [name for name in manifest.files if not _regular_file(path, name)]
     return {
         "kind": "bundle",
         "path": str(path),
@@ -144,6 +144,17 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
         "verified": verify,
         "tools": manifest.tools,
     }
+
+
+def _regular_file(bundle: Path, name: str) -> bool:
+    """A listed file that is there as a regular file (never followed through a symbolic link)."""
+    from crome_runtime.manifest import BundleError, bundle_file
+
+    try:
+        bundle_file(bundle, name)
+    except BundleError:
+        return False
+    return True
 
 
 def render(info: dict) -> str:

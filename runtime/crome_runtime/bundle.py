@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
-from crome_runtime.manifest import BundleError, Manifest, read_manifest
+from crome_runtime.manifest import BundleError, Manifest, bundle_file, read_manifest
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
 GRAPHS = ("vision", "adapter_visual", "adapter_text", "decoder")
@@ -68,8 +68,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     for name in required:
         if name not in manifest.files:
             raise BundleError(f"bundle {path} lists no {name} in its manifest; it is incomplete — re-export it")
-        if not (path / name).is_file():
-            raise BundleError(f"bundle {path} is missing {name}; re-export or copy the whole bundle directory")
+        bundle_file(path, name)  # BundleError: missing, a symbolic link, or not a regular file
     tokenizer = _tokenizer(path / formats.TOKENIZER_FILE)
     qformer = _tokenizer(path / formats.QFORMER_TOKENIZER_FILE) if manifest.backbone.instruction_aware else None
     embeddings = _embeddings(path / formats.EMBEDDINGS_FILE, manifest)
@@ -85,10 +84,10 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                      "the tokenizer: answers run to max_new_tokens")
     _check_adapter_file(path, manifest)
     report = None
-    if (path / formats.REPORT_FILE).is_file():
+    if formats.REPORT_FILE in manifest.files:
         try:
-            report = json.loads((path / formats.REPORT_FILE).read_text())
-        except json.JSONDecodeError as error:
+            report = json.loads(bundle_file(path, formats.REPORT_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise BundleError(f"{formats.REPORT_FILE} in {path} is not valid JSON ({error}); re-export the bundle") from None
     return Bundle(path, manifest, tokenizer, qformer, embeddings, stop_ids, report, notes)
 
@@ -118,9 +117,9 @@ def _embeddings(path: Path, manifest: Manifest) -> np.ndarray:
 
 def _check_adapter_file(path: Path, manifest: Manifest) -> None:
     """adapter.safetensors (when the bundle has it): its metadata must name this bundle's backbone."""
-    file = path / formats.ADAPTER_WEIGHTS_FILE
-    if formats.ADAPTER_WEIGHTS_FILE not in manifest.files or not file.is_file():
+    if formats.ADAPTER_WEIGHTS_FILE not in manifest.files:
         return
+    file = bundle_file(path, formats.ADAPTER_WEIGHTS_FILE)
     try:
         meta = read_metadata(file)
     except SafetensorsHeaderError as error:

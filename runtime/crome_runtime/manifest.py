@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -110,30 +112,65 @@ class Manifest:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise BundleError(f"{source} is not valid JSON ({error}); re-export the bundle") from None
-        if data.get("format") != formats.BUNDLE_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != formats.BUNDLE_FORMAT:
             raise BundleError(f"{source} is not a crome-edge bundle manifest")
         version = data.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"{source}: format_version must be an integer, got {version!r}; re-export the bundle")
         if version > formats.BUNDLE_FORMAT_VERSION:
             raise BundleError(
                 f"{source} has bundle format version {version}; this runtime reads up to "
                 f"{formats.BUNDLE_FORMAT_VERSION}. Upgrade crome-edge on this device."
             )
+        files = data.get("files")
+        if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+            raise BundleError(f"{source}: `files` must map file names to entries; re-export the bundle")
+        for name in files:
+            check_file_name(name, source)
+        precision = data.get("precision")
+        if precision not in formats.PRECISIONS:
+            raise BundleError(f"{source}: precision {precision!r} is not one of {', '.join(formats.PRECISIONS)}; "
+                              "re-export the bundle")
         try:
             return cls(
                 backbone=BackboneSpec(**data["backbone"]),
                 llm=LlmSpec(**data["llm"]),
                 adapter=AdapterSpec(**data["adapter"]),
                 prompt=PromptTemplate.from_dict(data["prompt"]),
-                precision=data["precision"],
-                files={name: FileEntry(**entry) for name, entry in data["files"].items()},
+                precision=precision,
+                files={name: FileEntry(**entry) for name, entry in files.items()},
                 generation=GenerationDefaults(**data.get("generation", {})),
                 tools=data.get("tools", {}),
                 quantization=data.get("quantization", {}),
                 format=data["format"],
                 format_version=version,
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise BundleError(f"{source} is missing or has malformed fields ({error!r}); re-export the bundle") from None
+
+
+def check_file_name(name, source: str = "manifest.json") -> None:
+    """A bundle's files are plain names inside the bundle: no directories, no `..`, nothing hidden or absolute."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or "/" in name
+            or "\\" in name or "\x00" in name or len(name) > 255):
+        raise BundleError(f"{source} lists the file {name!r}, which is not a plain file name inside the bundle; "
+                          "a bundle's files live directly in its directory. Refusing it: re-export the bundle")
+
+
+def bundle_file(bundle: Path, name: str) -> Path:
+    """The path of a listed bundle file, refused when it is a symbolic link (it could point anywhere) or not a
+    regular file. `name` must have passed check_file_name."""
+    path = Path(bundle) / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise BundleError(f"bundle {bundle} is missing {name}; re-export or copy the whole bundle directory") from None
+    if stat.S_ISLNK(mode):
+        raise BundleError(f"{name} in bundle {bundle} is a symbolic link; a bundle's files must be regular files "
+                          "inside it (copy the bundle with `cp -rL`, or re-export it)")
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{name} in bundle {bundle} is not a regular file; re-export the bundle")
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -154,12 +191,16 @@ def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
     path = bundle / formats.MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{bundle} is not a crome-edge bundle (no {formats.MANIFEST_FILE}); export one with `crome-edge export`")
-    manifest = Manifest.from_json(path.read_text(), source=str(path))
+    if path.is_symlink():
+        raise BundleError(f"{path} is a symbolic link; a bundle's files must be regular files inside it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"{path} is not UTF-8 text; it is not a crome-edge manifest (re-export the bundle)") from None
+    manifest = Manifest.from_json(text, source=str(path))
     if verify:
         for name, entry in manifest.files.items():
-            file = bundle / name
-            if not file.is_file():
-                raise BundleError(f"bundle {bundle} is missing {name}; re-export or copy the whole bundle directory")
+            file = bundle_file(bundle, name)
             if file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
                 raise BundleError(f"bundle file {name} was altered (sha256 differs from the manifest); re-export the bundle")
     return manifest
