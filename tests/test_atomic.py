@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from crome_edge.atomic import atomic_path
+from crome_runtime.atomic import atomic_path
 
 
 def test_success_replaces_the_target_with_the_umask_mode(tmp_path):

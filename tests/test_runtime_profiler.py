@@ -4,7 +4,7 @@ from time import perf_counter_ns
 
 import pytest
 
-from crome_runtime.profiler import STAGES, Profiler, format_summary
+from crome_runtime.profiler import STAGES, Profiler, format_summary, now
 
 
 def _fake_run(profiler: Profiler, decode_ms: list[float]) -> None:
@@ -60,3 +60,31 @@ def test_events_are_bounded_and_reset_clears():
     assert len(profiler.events) == 10 and profiler.records == 51
     profiler.reset()
     assert not profiler.events and not profiler.runs and profiler.events.maxlen == 10
+
+
+def test_a_failed_profile_write_leaves_the_old_files_and_no_partial_one(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    profiler = Profiler()
+    profiler.begin_run("answer")
+    profiler.record("vision", now())
+    profiler.end_run()
+    out = tmp_path / "prof.json"
+    profiler.write(out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):  # the trace (the second file) hits a full disk half-way
+        if self.name.startswith(".prof.trace.json"):
+            real_write_text(self, text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        profiler.write(out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "prof.json"} == \
+        {k: v for k, v in before.items() if k != "prof.json"}  # the old trace, whole; no temporary file
+    json.loads((tmp_path / "prof.trace.json").read_text())

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crome_edge.atomic import atomic_path
+from crome_runtime.atomic import atomic_path
 from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
 from crome_edge.errors import CromeError
 from crome_runtime import formats

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from crome_edge.adapter_file import read_metadata
-from crome_edge.atomic import atomic_path
+from crome_runtime.atomic import atomic_path
 from crome_edge.data import load_training_split
 from crome_edge.errors import CromeError
 from crome_edge.synth.dataset_writer import SynthConfig, write_dataset

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from crome_edge.atomic import atomic_path
+from crome_runtime.atomic import atomic_path
 from crome_edge.errors import CromeError
 from crome_edge.synth.world import (
     DEFAULT_SIZE,

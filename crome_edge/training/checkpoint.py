@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from crome_edge.atomic import atomic_path
+from crome_runtime.atomic import atomic_path
 from crome_edge.errors import CromeError
 
 CHECKPOINT_FORMAT = "crome-train-checkpoint"

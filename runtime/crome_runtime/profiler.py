@@ -22,9 +22,12 @@ from time import perf_counter_ns
 
 import numpy as np
 
+from crome_runtime.atomic import atomic_path
+
 STAGES = ("capture", "preprocess", "vision", "adapter_visual", "tokenize", "adapter_text", "prefill", "decode",
           "sample", "detokenize")
 MAX_EVENTS = 200_000  # ~20 MB: a long-running server keeps the newest events only
+MAX_RUNS = 20_000  # and the newest runs
 
 
 def now() -> int:
@@ -71,7 +74,7 @@ class Profiler:
     def __init__(self, max_events: int = MAX_EVENTS):
         self.origin_ns = perf_counter_ns()
         self.events: deque = deque(maxlen=max_events)  # (name, start_ns, dur_ns, tid, args)
-        self.runs: list[Run] = []
+        self.runs: deque[Run] = deque(maxlen=MAX_RUNS)
         self.current: Run | None = None
         self.records = 0
         self.self_ns = 0  # time spent inside record() itself
@@ -164,8 +167,10 @@ class Profiler:
         path = Path(path)
         trace_path = path.with_name(path.name.removesuffix(".json") + ".trace.json")
         summary = {**(metadata or {}), **self.summary(), "trace": trace_path.name}
-        path.write_text(json.dumps(summary, indent=2) + "\n")
-        trace_path.write_text(json.dumps(self.chrome_trace(metadata=metadata)))
+        for target, text in ((path, json.dumps(summary, indent=2) + "\n"),
+                             (trace_path, json.dumps(self.chrome_trace(metadata=metadata)))):
+            with atomic_path(target) as tmp:  # a full disk leaves the old file (or none), never a truncated one
+                tmp.write_text(text)
         return path, trace_path
 
 
