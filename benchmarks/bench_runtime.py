@@ -93,11 +93,11 @@ class TorchBench:
         import torch
 
         from crome_edge.adapter_file import load_adapter, read_metadata
-        from crome_edge.backbones import load_backbone
+        from crome_edge.backbones.registry import load_backbone_named_by
         from crome_edge.model import CromeModel, GenerationConfig
 
         torch.set_num_threads(threads or torch.get_num_threads())
-        backbone = load_backbone(read_metadata(adapter).backbone_name)  # the backbone the export used
+        backbone = load_backbone_named_by(f"adapter {adapter}", read_metadata(adapter).backbone_name)  # the export's
         adapter_module, _ = load_adapter(adapter, backbone)
         self.model = CromeModel(backbone, adapter_module.eval()).eval()
         self.model.backbone.stop_token_ids = lambda: set()  # decode exactly max_new tokens, like the runtime

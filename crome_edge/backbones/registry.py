@@ -30,3 +30,18 @@ def load_backbone(spec: str) -> CromeBackbone:
         return load_hf_dir(path)
     known = ", ".join(f"{name} ({what})" for name, what in KNOWN_BACKBONES.items())
     raise CromeError(f"unknown backbone {spec!r}: not a known name or a directory. Known: {known}")
+
+
+def load_backbone_named_by(source: str, name: str) -> CromeBackbone:
+    """The backbone an adapter file (or another untrusted file) names as its own: a registered name only. A file
+    must not choose which directory's weights and config get loaded; a local directory needs the user's own
+    --backbone."""
+    registered = name in KNOWN_BACKBONES or (name.startswith("tiny:") and name[5:].isdigit())
+    if not registered:
+        raise CromeError(
+            f"{source} names backbone {name!r}, which is not a registered name ({', '.join(KNOWN_BACKBONES)}); an "
+            f"adapter file does not choose what gets loaded. If that is your local backbone directory, pass "
+            f"--backbone {name!r} yourself"
+        )
+    return load_backbone(name)
+
