@@ -181,35 +181,20 @@ def test_engine_reports_what_actually_runs(engine):
     assert described["kv_cache"]["device"] == "cpu" and described["kv_cache"]["allocations"] >= 1
 
 
-def test_profiler_self_cost_is_under_one_percent_of_a_run(engine):
-    from crome_runtime.profiler import Profiler
-
+def test_profiler_records_a_bounded_number_of_events_per_token(engine):
+    """The profiler's cost is (records) x (one record's cost); its share of run time is measured, not asserted, in
+    benchmarks/bench_runtime.py (a wall-clock ratio in a test fails on a busy machine). What a test can hold fixed:
+    a few records per generated token plus a constant per answer, so the overhead cannot grow with anything else."""
     engine.profiler.reset()
     engine.clear_caches()
+    tokens = 0
     for i in range(3):
-        engine.answer(colour_image("red", 200 + i), "Tell me about it", GenerationOptions(max_new_tokens=24))
+        answer = engine.answer(colour_image("red", 200 + i), "Tell me about it", GenerationOptions(max_new_tokens=24))
+        tokens += len(answer.token_ids)
     summary = engine.profiler.summary()
-    runs_ms = summary["total_ms"]["total"]
-    # The profiler times itself inside record() (reported as fraction_of_runs; a scheduler stall that lands in a
-    # record() inflates that on a shared machine). The check: one record() call's cost, measured in a loop
-    # (best of 5), times the records of those runs, against the runs' wall time.
-    assert summary["profiler"]["fraction_of_runs"] is not None and summary["profiler"]["records"] > 50
-    from time import perf_counter_ns
-
-    probe, calls = Profiler(), 20_000
-
-    costs = []
-    for _ in range(5):
-        t0 = perf_counter_ns()
-        for _ in range(calls):
-            probe.record("decode", t0)
-        costs.append((perf_counter_ns() - t0) / calls)
-    per_record_ms = min(costs) / 1e6
-    assert per_record_ms * summary["profiler"]["records"] / runs_ms < 0.01
-
-
-# --- bad input ----------------------------------------------------------------------------------------
-
+    assert summary["profiler"]["fraction_of_runs"] is not None and tokens > 0
+    per_token, per_answer = 4, 12  # decode, sample, detokenize (+ token); frame, vision, adapters, tokenize, prefill
+    assert summary["profiler"]["records"] <= per_token * (tokens + 3) + per_answer * 3
 
 def test_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(PromptTooLong, match="Shorten the question"):
