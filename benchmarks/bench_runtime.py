@@ -11,8 +11,8 @@ backbone), timed around the product's own functions: visual_embeds (vision), pre
 (decode per step = the difference / (N - 1)). Both decode exactly N tokens (stop tokens ignored), greedy.
 Medians over --runs (>= 20), with a gc.collect() outside the timing before every run (without it, the
 garbage of PyTorch's big heap was collected inside whichever run came next: 10-50 ms stalls). Also: the
-bytes the decode loop allocates per step (tracemalloc), the engine's IO-bound KV cache against the plain
-session.run() loop of crome_export.ort_generate. PyTorch is optional: without torch (or with --no-torch)
+bytes the decode loop allocates per step (tracemalloc), the engine's IO-bound KV cache against a plain
+session.run() loop on the same decoder session. PyTorch is optional: without torch (or with --no-torch)
 only the runtime columns are printed.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ class TorchBench:
 
 def decode_allocations(engine, steps: int = 32) -> dict:
     """Decode-loop memory traffic: the peak bytes the engine's steps allocate (tracemalloc; IO binding into
-    preallocated KV storages) vs the fresh KV arrays the plain session.run() loop (ort_generate) gets per step."""
+    preallocated KV storages) vs the fresh KV arrays a plain session.run() loop on the same graph gets per step."""
     d = engine.manifest.backbone.d_model
     prefix = np.random.default_rng(0).standard_normal((1, 32, d)).astype(np.float32)
     decoder = engine.decoder
@@ -169,16 +169,21 @@ def decode_allocations(engine, steps: int = 32) -> dict:
     tracemalloc.stop()
     result = {"steps": steps, "engine_peak_bytes": engine_peak, "kv_cache_bytes": decoder.kv_bytes,
               "engine_allocations_of_kv_storage": decoder.allocations}
-    try:
-        from crome_export.ort_generate import OrtPipeline
-    except ImportError:
-        return result
-    pipeline = OrtPipeline.from_bundle(engine.bundle.path, threads=engine.config.threads or None)
-    _, cache = pipeline.decoder_step(prefix, np.ones((1, 32), np.int64), np.arange(32)[None], pipeline.empty_cache(1))
+    from crome_runtime import formats
+
+    session, llm = engine.sessions["decoder"], engine.manifest.llm  # the same graph, driven by plain session.run()
+
+    def plain_step(embeds, past: int, cache):
+        feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: np.ones((1, past + embeds.shape[1]), np.int64),
+                 formats.IN_POSITION_IDS: np.arange(past, past + embeds.shape[1])[None]}
+        for layer in range(llm.num_layers):
+            feeds[formats.past_key_name(layer)], feeds[formats.past_value_name(layer)] = cache[2 * layer : 2 * layer + 2]
+        return session.run(None, feeds)[1:]  # present KV, 2 per layer
+
+    cache = plain_step(prefix, 0, [np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), np.float32)] * (2 * llm.num_layers))
     fresh = 0  # ONNX Runtime allocates session.run()'s outputs itself: tracemalloc cannot see them, so count them
     for i in range(steps):
-        _, new = pipeline.decoder_step(np.asarray(engine.embeddings[[i + 7]])[None], np.ones((1, 33 + i), np.int64),
-                                       np.array([[32 + i]]), cache)
+        new = plain_step(np.asarray(engine.embeddings[[i + 7]])[None], 32 + i, cache)
         fresh += sum(a.nbytes for a in new if not any(np.shares_memory(a, b) for b in cache))
         cache = new
     result["session_run_new_kv_bytes_per_step"] = fresh // steps

@@ -95,7 +95,7 @@ def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, wor
     manifest = read_manifest(int8_bundle, verify=True)  # every file present with its sha256
     expected = {formats.VISION_ONNX, formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX, formats.ADAPTER_WEIGHTS_FILE,
                 formats.DECODER_ONNX, formats.EMBEDDINGS_FILE, formats.TOKENIZER_FILE, formats.QFORMER_TOKENIZER_FILE,
-                formats.REPORT_FILE}
+                formats.REPORT_FILE, formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS}
     assert set(manifest.files) == expected
     assert {p.name for p in int8_bundle.iterdir()} == expected | {formats.MANIFEST_FILE}
     assert manifest.precision == "int8" and manifest.files[formats.VISION_ONNX].precision == "int8"
@@ -108,13 +108,11 @@ def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, wor
     assert int8_bundle.stat().st_mode & 0o055  # readable by others, not mkdtemp's 0700
 
     from crome_edge.data import load_dataset
-    from crome_edge.data.pixels import PixelStore
-    from crome_export.ort_generate import OrtPipeline
+    from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 
+    engine = Engine.load(int8_bundle, EngineConfig(threads=1))
     samples = load_dataset(workspace["data"]).samples[:6]
-    store = PixelStore.for_backbone(tiny_backbone.info)
-    store.prepare(samples)
-    answers = OrtPipeline.from_bundle(int8_bundle).answer(store.batch(samples).numpy(), [QUESTION] * 6, 6)
+    answers = [engine.answer(s.image, QUESTION, GenerationOptions(max_new_tokens=6)).text for s in samples]
     assert answers == [s.answer for s in samples]
 
 
@@ -140,7 +138,7 @@ def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace
 
 
 def test_broken_fp32_parity_fails_and_writes_nothing(workspace, monkeypatch):
-    import crome_export.fidelity as fidelity
+    import crome_runtime.fidelity as fidelity
 
     monkeypatch.setattr(fidelity, "FP32_MIN_COSINE", 1.5)  # no real graph can meet it
     out = workspace["root"] / "broken.bundle"

@@ -66,7 +66,7 @@ def test_adapter_graph_is_one_crome_op_equal_to_the_reference(tmp_path):
 
 
 def test_vision_graph_matches_pytorch_with_dynamic_batch_and_instruction(graphs, tiny_backbone):
-    from crome_export.ort_generate import vision_feeds
+    from crome_runtime.vision_inputs import vision_feeds
 
     session = _session(graphs / formats.VISION_ONNX)
     questions = ["what part is this?", "colour?", "is the part defective, and how?", "x"]
@@ -112,7 +112,7 @@ def test_decoder_graph_matches_hf_with_kv_cache_and_left_padding(graphs, tiny_ba
 
 
 def test_int8_vision_is_tensorrt_style_qdq_and_close_to_fp32(graphs, tiny_backbone, tmp_path):
-    from crome_export.ort_generate import vision_feeds
+    from crome_runtime.vision_inputs import vision_feeds
     from crome_export.quantize import quantize_vision_static
     from crome_export.trt_check import check_graph
 

@@ -141,8 +141,8 @@ def test_vision_key_includes_the_question_only_for_instruction_aware_qformers():
 
 def test_decode_steps_allocate_nothing(engine):
     """KV cache, mask, positions, inputs and logits are preallocated: a decode step allocates no array (the KV
-    storages are bound by pointer and ONNX Runtime writes into them), where the plain session.run() loop
-    (crome_export.ort_generate) gets the whole present KV as new arrays every step."""
+    storages are bound by pointer and ONNX Runtime writes into them), where a plain session.run() loop gets the
+    whole present KV as new arrays every step."""
     decoder, steps = engine.decoder, 150
     prefix = np.random.default_rng(0).standard_normal((1, 40, engine.manifest.backbone.d_model)).astype(np.float32)
     decoder.reserve(40 + steps)
@@ -162,13 +162,20 @@ def test_decode_steps_allocate_nothing(engine):
     assert peak - base < 16 << 10, f"decode steps allocated {peak - base} bytes"
     assert sorted(decoder._pointers) == pointers  # still the same two KV storages
 
-    from crome_export.ort_generate import OrtPipeline  # the reference loop, for contrast
+    # For contrast, the same decoder graph driven by plain session.run(): every step returns the whole present KV
+    # as fresh arrays (allocated by ONNX Runtime, invisible to tracemalloc), larger each step.
+    session, llm = engine.sessions["decoder"], engine.manifest.llm
 
-    pipeline = OrtPipeline.from_bundle(engine.bundle.path, threads=1)
-    _, cache = pipeline.decoder_step(prefix, np.ones((1, 40), np.int64), np.arange(40)[None], pipeline.empty_cache(1))
-    for i in range(5):  # every step returns fresh KV arrays (allocated by ONNX Runtime, invisible to tracemalloc)
-        _, new = pipeline.decoder_step(engine.embeddings[[5]][None], np.ones((1, 41 + i), np.int64),
-                                       np.array([[40 + i]]), cache)
+    def plain_step(embeds, past: int, cache):
+        feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: np.ones((1, past + embeds.shape[1]), np.int64),
+                 formats.IN_POSITION_IDS: np.arange(past, past + embeds.shape[1])[None]}
+        for layer in range(llm.num_layers):
+            feeds[formats.past_key_name(layer)], feeds[formats.past_value_name(layer)] = cache[2 * layer : 2 * layer + 2]
+        return session.run(None, feeds)[1:]  # present KV, 2 per layer
+
+    cache = plain_step(prefix, 0, [np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), np.float32)] * (2 * llm.num_layers))
+    for i in range(5):
+        new = plain_step(np.asarray(engine.embeddings[[5]])[None], 40 + i, cache)
         assert not any(np.shares_memory(a, b) for a, b in zip(new, cache))
         assert sum(a.nbytes for a in new) > sum(b.nbytes for b in cache)
         cache = new

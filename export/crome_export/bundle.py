@@ -145,6 +145,17 @@ class BundleWriter:
         return self.files[name]
 
     # --- finishing ------------------------------------------------------------------------------
+    def candidate(self, manifest: Manifest) -> Path:
+        """The staging directory as a loadable bundle of the files added so far (a provisional manifest.json
+        listing them), so the exporter can measure the very files it ships; commit() rewrites the manifest."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        manifest.files = dict(sorted(self.files.items()))
+        try:
+            _write_chunks(self.staging / formats.MANIFEST_FILE, [manifest.to_json().encode()])
+        except OSError as error:
+            raise self._error(error, f"writing the candidate {formats.MANIFEST_FILE}") from None
+        return self.staging
+
     def commit(self, manifest: Manifest) -> Path:
         """Writes manifest.json and moves the bundle into place; returns the bundle path."""
         manifest.files = dict(sorted(self.files.items()))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,13 @@ class ExportData:
     calibration_source: str  # for the report: where the calibration frames came from
     evaluation_source: str
     pixels: dict[Path, np.ndarray]  # image -> (3, S, S) float32, every image above, preprocessed once
+    rendered: dict[Path, np.ndarray] = field(default_factory=dict)  # synthetic frames: key -> (H, W, 3) uint8 BGR
+
+    def frame(self, image: Path) -> np.ndarray:
+        """The image as a camera gives it, (H, W, 3) uint8 BGR (for the bundle's acceptance set)."""
+        from crome_runtime.preprocess import load_image
+
+        return self.rendered[image] if image in self.rendered else load_image(image)
 
     def batch(self, samples: list[Sample]) -> np.ndarray:
         return np.stack([self.pixels[s.image] for s in samples])  # (B, 3, S, S)
@@ -98,11 +105,11 @@ def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bo
     else:
         evaluation, has_answers = [], False
         evaluation_source = f"{SYNTHETIC_EVAL_FRAMES} synthetic conveyor frames x {len(DEFAULT_QUESTIONS)} default questions (no labels)"
-    pixels = _preprocess(calibration + evaluation, info)
+    pixels, rendered = _preprocess(calibration + evaluation, info), {}
     if not evaluation:
-        evaluation, synthetic = _synthetic_samples(info)
+        evaluation, synthetic, rendered = _synthetic_samples(info)
         pixels.update(synthetic)
-    return ExportData(calibration, evaluation, has_answers, calibration_source, evaluation_source, pixels)
+    return ExportData(calibration, evaluation, has_answers, calibration_source, evaluation_source, pixels, rendered)
 
 
 def _training_split(meta, note: Callable[[str], None]) -> tuple[list[Sample], list[Sample], str]:
@@ -149,22 +156,23 @@ def _preprocess(samples: list[Sample], info) -> dict[Path, np.ndarray]:
     return {s.image: store.pixels(s.image).numpy() for s in samples}
 
 
-def _synthetic_samples(info) -> tuple[list[Sample], dict[Path, np.ndarray]]:
+def _synthetic_samples(info) -> tuple[list[Sample], dict[Path, np.ndarray], dict[Path, np.ndarray]]:
+    """-> samples, key -> preprocessed pixels, key -> the rendered (H, W, 3) uint8 BGR frame."""
     from crome_edge.synth.world import render_scene
     from crome_runtime.preprocess import preprocess_image
 
-    samples, pixels = [], {}
+    samples, pixels, rendered = [], {}, {}
     for i in range(SYNTHETIC_EVAL_FRAMES):
         key = Path(f"<synthetic frame {i}>")
-        frame, _ = render_scene(90_000_000 + i, 128)
-        pixels[key] = preprocess_image(frame, info.image_size, info.image_mean, info.image_std)
+        rendered[key], _ = render_scene(90_000_000 + i, 128)
+        pixels[key] = preprocess_image(rendered[key], info.image_size, info.image_mean, info.image_std)
         samples += [Sample(key, q, "", key.name) for q in DEFAULT_QUESTIONS]
-    return samples, pixels
+    return samples, pixels, rendered
 
 
 def calibration_feeds(data: ExportData, backbone) -> list[dict[str, np.ndarray]]:
     """Vision-graph feeds for INT8 calibration, CALIBRATION_BATCH frames each."""
-    from crome_export.ort_generate import vision_feeds
+    from crome_runtime.vision_inputs import vision_feeds
 
     feeds = []
     for start in range(0, len(data.calibration), CALIBRATION_BATCH):

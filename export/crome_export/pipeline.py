@@ -1,14 +1,19 @@
 """`crome-edge export`: adapter + backbone -> a deployment bundle, in stages, with a fidelity gate.
 
 Stages: check inputs -> load backbone + adapter -> frames -> backbone parts (cached) -> adapter graphs
--> fidelity (FP32 parity gate, INT8 accuracy warning) -> write the bundle atomically. Every user error is
-a CromeError raised before anything is written; a failed gate writes nothing.
+-> candidate bundle + fidelity -> acceptance set, report, manifest: commit. Fidelity is measured on the
+shipped runtime: the bundle writer's staging directory, holding exactly the files to be shipped, is loaded
+with crome_runtime's Engine (and, for int8/fp16, a sibling FP32 candidate of hard links with the FP32
+graphs); crome_export.fidelity holds them to PyTorch (FP32 parity gate; INT8/FP16 stage and accuracy gates
+warn) and builds the acceptance set `crome-edge verify` runs on the device. Every user error is a
+CromeError raised before anything is written; a failed gate writes nothing (the staging directory goes).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -156,8 +161,20 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         kernels = ort_kernels(work / formats.ADAPTER_VISUAL_ONNX)
         progress.note("ONNX Runtime runs the fused projection as: " + ", ".join(kernels["ort_optimized_ops_extended"]))
 
-        progress.stage("fidelity against PyTorch")
-        fidelity, max_new_tokens = _measure(backbone, adapter, data, parts, work, config, progress)
+        progress.stage("candidate bundle: the files, and the engine on them against PyTorch")
+        from crome_edge.model import CromeModel
+
+        model = CromeModel(backbone, adapter).eval()
+        max_new_tokens = _generation_budget(model, data, config)
+        manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens)
+        for file in _bundle_files(adapter_path, parts, work, config):
+            writer.add_file(file.source, file.name, file.precision, file.sha256)
+        with tempfile.TemporaryDirectory(prefix=f".{writer.target.name}.fp32-candidate-", dir=writer.target.parent) as ref:
+            candidates = {"fp32": writer.candidate(manifest)}  # the files as they will ship
+            if config.precision != "fp32":  # the parity reference: the same files with the FP32 graphs
+                candidates = {"fp32": _fp32_candidate(Path(ref), writer, parts, manifest),
+                              config.precision: candidates["fp32"]}
+            fidelity = _measure(model, data, candidates, manifest, config, progress)
         report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens)
         if not fidelity.fp32_parity:
             _print_table(report)
@@ -165,11 +182,11 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
                              + "; ".join(fidelity.gates["fp32_parity"]["why"]))
 
         progress.stage(f"writing {writer.target}")
-        decoder_precision = "fp32" if config.precision == "int8" and config.decoder_int8 == "fp32" else config.precision
-        _write_files(writer, backbone, adapter_path, parts, work, config.precision, decoder_precision)
+        progress.note("acceptance set for `crome-edge verify`: PyTorch's references on held-out frames")
+        for name, blob in _acceptance_files(model, data, manifest, config, report).items():
+            writer.add_bytes(name, blob, "data")
         report["timings_s"] = {**progress.seconds, "backbone_parts": parts.seconds}
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
-        manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, report, max_new_tokens)
         bundle = writer.commit(manifest)
     progress.done()
     _print_table(report)
@@ -188,48 +205,51 @@ def _load_model(meta, adapter_path: Path, backbone_spec: str | None):
     return backbone, adapter
 
 
-def _measure(backbone, adapter, data, parts, work: Path, config: ExportConfig, progress: Progress):
-    import numpy as np
-    from tokenizers import Tokenizer
-
+def _generation_budget(model, data, config: ExportConfig) -> int:
     from crome_edge.evaluate import generation_budget
-    from crome_edge.model import CromeModel
+
+    if config.max_new_tokens:
+        return config.max_new_tokens
+    return generation_budget(model, data.evaluation, cap=32) if data.has_answers else 16
+
+
+def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress):
+    """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir)."""
     from crome_export.fidelity import FidelityConfig, measure
-    from crome_export.ort_generate import GraphPaths, OrtPipeline
-    from crome_runtime.manifest import LlmSpec
+    from crome_runtime.engine import Engine, EngineConfig
 
-    model = CromeModel(backbone, adapter).eval()
-    max_new_tokens = config.max_new_tokens or (
-        generation_budget(model, data.evaluation, cap=32) if data.has_answers else 16)
-    dims = parts.fp32_entry["notes"]["decoder_dims"]
-    llm = LlmSpec(dims["num_layers"], dims["num_kv_heads"], dims["head_dim"], dims["vocab_size"], dims["max_position_embeddings"])
-    embeddings = np.load(parts.fp32_dir / formats.EMBEDDINGS_FILE)
-    tokenizer = Tokenizer.from_file(str(parts.fp32_dir / formats.TOKENIZER_FILE))
-    qformer = parts.fp32_dir / formats.QFORMER_TOKENIZER_FILE
-    qformer_tokenizer = Tokenizer.from_file(str(qformer)) if qformer.is_file() else None
+    engines = {}
+    for precision, directory in candidates.items():
+        engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0))
+        progress.note(f"{precision} candidate: {engines[precision].adapter_backend} adapter kernel, "
+                      f"{engines[precision].providers.summary()}")
+    return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
+                   progress.note)
 
-    def pipeline(directory: Path) -> OrtPipeline:
-        paths = GraphPaths(directory / formats.VISION_ONNX, work / formats.ADAPTER_VISUAL_ONNX,
-                           work / formats.ADAPTER_TEXT_ONNX, directory / formats.DECODER_ONNX)
-        return OrtPipeline(paths, backbone.info, llm, backbone.info.prompt, embeddings, tokenizer, qformer_tokenizer,
-                           config.threads)
 
-    pipelines = {"fp32": pipeline(parts.fp32_dir)}
-    if config.precision != "fp32":
-        pipelines[config.precision] = pipeline(parts.final_dir)
-    fidelity = measure(model, pipelines, data, FidelityConfig(max_new_tokens, config.int8_threshold), progress.note)
-    return fidelity, max_new_tokens
+def _acceptance_files(model, data, manifest, config: ExportConfig, report: dict) -> dict[str, bytes]:
+    """acceptance.json + acceptance.npz (crome_runtime.acceptance); their size and counts go into the report."""
+    from crome_export.fidelity import FidelityConfig, acceptance_set
+
+    fidelity_config = FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold)
+    chosen = acceptance_set(model, data, manifest.llm.vocab_size, fidelity_config)
+    blobs = chosen.to_files(model.backbone.decode)
+    report["acceptance"] = {"prompts": len(chosen.references), "frames": len(chosen.frames),
+                            "stage_prompts": sum(r.stages is not None for r in chosen.references),
+                            "logit_prompts": sum(r.stages is not None and r.stages.prefill_logits is not None
+                                                 for r in chosen.references),
+                            "bytes": sum(len(b) for b in blobs.values()), "source": chosen.source}
+    return blobs
 
 
 def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work: Path, max_new_tokens) -> dict:
-    from crome_export.fidelity import report_dict
     from crome_export.trt_check import check_graph
+    from crome_runtime.fidelity import report_dict
 
     graphs = {formats.VISION_ONNX: parts.final_dir / formats.VISION_ONNX,
               formats.ADAPTER_VISUAL_ONNX: work / formats.ADAPTER_VISUAL_ONNX,
               formats.ADAPTER_TEXT_ONNX: work / formats.ADAPTER_TEXT_ONNX,
               formats.DECODER_ONNX: parts.final_dir / formats.DECODER_ONNX}
-    notes = parts.final_entry.get("notes", {})
     trt = {name: check_graph(path).to_dict() for name, path in graphs.items()}
     if not trt[formats.DECODER_ONNX]["ok"]:  # e.g. MatMulNBits: check what build-engines will hand TensorRT
         import onnx
@@ -245,30 +265,65 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
         "adapter": {"file": adapter_path.name, "rank": meta.config.rank},
         "inputs": {"calibration": data.calibration_source, "evaluation": data.evaluation_source,
                    "eval_prompts": len(data.evaluation), "max_new_tokens": max_new_tokens},
-        "quantization": {k: notes[k] for k in ("vision", "decoder") if k in notes},
+        "quantization": _quantization(parts),
         "adapter_kernels": kernels,
         "tensorrt_compatibility": trt,
         "backbone_parts_cached": parts.cached,
     })
 
 
-def _write_files(writer, backbone, adapter_path: Path, parts, work: Path, precision: str, decoder_precision: str) -> None:
+@dataclass(frozen=True)
+class BundleFile:
+    source: Path
+    name: str  # inside the bundle
+    precision: str  # formats.FILE_PRECISIONS
+    sha256: str | None = None  # known from the export cache: checked while copying
+
+
+def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig) -> list[BundleFile]:
+    """The bundle's files at the exported precision (report, acceptance set and manifest come last)."""
     fp32_files, final_files = parts.fp32_entry["files"], parts.final_entry["files"]
-    writer.add_file(parts.final_dir / formats.VISION_ONNX, formats.VISION_ONNX, precision,
-                    final_files[formats.VISION_ONNX]["sha256"])
-    for name in (formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX):
-        writer.add_file(work / name, name, "fp32")
-    writer.add_file(adapter_path, formats.ADAPTER_WEIGHTS_FILE, "fp32")
-    writer.add_file(parts.final_dir / formats.DECODER_ONNX, formats.DECODER_ONNX, decoder_precision,
-                    final_files[formats.DECODER_ONNX]["sha256"])
-    writer.add_file(parts.fp32_dir / formats.EMBEDDINGS_FILE, formats.EMBEDDINGS_FILE, "fp32",
-                    fp32_files[formats.EMBEDDINGS_FILE]["sha256"])
-    for name in (formats.TOKENIZER_FILE, formats.QFORMER_TOKENIZER_FILE):
-        if name in fp32_files:
-            writer.add_file(parts.fp32_dir / name, name, "data", fp32_files[name]["sha256"])
+    decoder_precision = "fp32" if config.precision == "int8" and config.decoder_int8 == "fp32" else config.precision
+    files = [
+        BundleFile(parts.final_dir / formats.VISION_ONNX, formats.VISION_ONNX, config.precision,
+                   final_files[formats.VISION_ONNX]["sha256"]),
+        BundleFile(work / formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_VISUAL_ONNX, "fp32"),
+        BundleFile(work / formats.ADAPTER_TEXT_ONNX, formats.ADAPTER_TEXT_ONNX, "fp32"),
+        BundleFile(adapter_path, formats.ADAPTER_WEIGHTS_FILE, "fp32"),
+        BundleFile(parts.final_dir / formats.DECODER_ONNX, formats.DECODER_ONNX, decoder_precision,
+                   final_files[formats.DECODER_ONNX]["sha256"]),
+        BundleFile(parts.fp32_dir / formats.EMBEDDINGS_FILE, formats.EMBEDDINGS_FILE, "fp32",
+                   fp32_files[formats.EMBEDDINGS_FILE]["sha256"]),
+    ]
+    files += [BundleFile(parts.fp32_dir / name, name, "data", fp32_files[name]["sha256"])
+              for name in (formats.TOKENIZER_FILE, formats.QFORMER_TOKENIZER_FILE) if name in fp32_files]
+    return files
 
 
-def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, report, max_new_tokens):
+def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
+    """A lowered export's parity reference in `directory`: the staged bundle's files with the FP32 graphs in place
+    of the lowered ones (hard links where the filesystem allows, else copies) and a manifest listing them."""
+    import shutil
+
+    from crome_runtime.manifest import FileEntry
+
+    entries = {}
+    for name, entry in writer.files.items():
+        source = writer.staging / name
+        if name in (formats.VISION_ONNX, formats.DECODER_ONNX) and entry.precision != "fp32":
+            source = parts.fp32_dir / name
+            entry = FileEntry(parts.fp32_entry["files"][name]["sha256"], source.stat().st_size, "fp32")
+        try:
+            os.link(source, directory / name)
+        except OSError:  # another filesystem (the export cache), or no hard links there
+            shutil.copyfile(source, directory / name)
+        entries[name] = entry
+    candidate = dataclasses.replace(manifest, precision="fp32", files=dict(sorted(entries.items())))
+    (directory / formats.MANIFEST_FILE).write_text(candidate.to_json())
+    return directory
+
+
+def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quantization: dict, max_new_tokens):
     from crome_export.cache import tool_versions
     from crome_runtime.manifest import AdapterSpec, GenerationDefaults, LlmSpec, Manifest, sha256_file
 
@@ -284,8 +339,13 @@ def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, report
         files={},
         generation=GenerationDefaults(max_new_tokens=max_new_tokens),
         tools={**tool_versions(), "onnx_opset": str(config.opset), "crome_edge": _version()},
-        quantization=report["quantization"],
+        quantization=quantization,
     )
+
+
+def _quantization(parts) -> dict:
+    notes = parts.final_entry.get("notes", {})
+    return {k: notes[k] for k in ("vision", "decoder") if k in notes}
 
 
 def _version() -> str:
@@ -298,6 +358,6 @@ def _version() -> str:
 
 
 def _print_table(report: dict) -> None:
-    from crome_export.fidelity import format_table
+    from crome_runtime.fidelity import format_table
 
     print(format_table(report), file=sys.stderr)

@@ -38,6 +38,12 @@ BUNDLE_FORMAT_VERSION = 1
 
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
+# The bundle's acceptance set (`crome-edge verify`, crome_runtime.acceptance): prompts and PyTorch's answers,
+# and the arrays (uint8 frames, reference stage outputs) as an .npz read with allow_pickle=False.
+ACCEPTANCE_FILE = "acceptance.json"
+ACCEPTANCE_ARRAYS = "acceptance.npz"
+ACCEPTANCE_FORMAT = "crome-acceptance"
+ACCEPTANCE_FORMAT_VERSION = 1
 TOKENIZER_FILE = "tokenizer.json"
 QFORMER_TOKENIZER_FILE = "qformer_tokenizer.json"  # instruction-aware Q-Formers only
 EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the frozen LLM

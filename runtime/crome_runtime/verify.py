@@ -1,0 +1,46 @@
+"""`crome-edge verify BUNDLE`: the bundle's own acceptance set, run by the torch-free engine on this device.
+
+Loads the bundle as `run` does (sha256 of every file, the acceptance set's included), preprocesses the
+acceptance frames with this device's preprocessing, compares every stage and every greedy answer with the
+PyTorch references the exporter stored, and applies the export's gates at the bundle's precision
+(fidelity.py). Returns a report with the schema and the table of export's report.json, plus where it ran.
+Not here: the command line (crome_edge.verify_cli), the rules (fidelity.py), the files (acceptance.py).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crome_runtime.acceptance import read_acceptance, require_acceptance
+from crome_runtime.engine import Engine, EngineConfig
+from crome_runtime.fidelity import MeasureConfig, measure, report_dict
+from crome_runtime.manifest import read_manifest
+
+
+def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, progress=None) -> dict:
+    """-> the verify report (report["gates"][name]["ok"] says what passed). config: how the engine runs
+    (provider, threads; the sha256 check stays on). BundleError when the bundle is missing, altered, or has no
+    acceptance set; EngineError/ProviderError when it cannot run as asked."""
+    config = config or EngineConfig()
+    path = Path(path).expanduser()
+    say = progress or (lambda message: None)
+    require_acceptance(path, read_manifest(path, verify=False))  # refused before hashing and opening the graphs
+    engine = Engine.load(path, config)
+    acceptance = read_acceptance(path, engine.manifest)
+    say(f"bundle {engine.bundle.name} on {engine.providers.summary()}: {len(acceptance.references)} prompts about "
+        f"{len(acceptance.frames)} frames")
+    frames = [engine.frame(frame, "bgr") for frame in acceptance.frames]  # this device's preprocessing
+    precision = engine.manifest.precision
+    fidelity = measure({precision: engine}, frames, acceptance.references,
+                       MeasureConfig(acceptance.max_new_tokens, acceptance.threshold_points, acceptance.source,
+                                     "the acceptance set's prompts have no labels"), progress=say)
+    return report_dict(fidelity, {
+        "command": "crome-edge verify",
+        "bundle": str(path),
+        "precision": precision,
+        "exported_on": (engine.bundle.report or {}).get("measured_on"),
+        "engine": {"providers": engine.providers.to_dict(), "threads": config.threads,
+                   "adapter_backend": engine.adapter_backend},
+        "inputs": {"acceptance": acceptance.source, "prompts": len(acceptance.references),
+                   "frames": len(acceptance.frames), "max_new_tokens": acceptance.max_new_tokens},
+    })
