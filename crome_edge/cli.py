@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("crome_edge.export_cli", "Export an adapter + its backbone to a deployment bundle"),
     "build-engines": ("crome_edge.engines_cli", "Build TensorRT engines for a bundle on this device"),
     "run": ("crome_edge.run_cli", "Answer a question about an image with a bundle (torch-free)"),
+    "serve": ("crome_edge.serve_cli", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),
     "verify": ("crome_edge.verify_cli", "Run a bundle's acceptance set on this device against PyTorch's answers (torch-free)"),
 }
 

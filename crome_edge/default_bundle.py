@@ -1,0 +1,54 @@
+"""The embedded default bundle: the smol backbone + the shipped line3 adapter, exported once into the user
+cache and reused by `crome-edge serve` when no --bundle is given.
+
+The export needs the `[train]` extra (torch, transformers, onnx); a torch-free device cannot make it and is
+told to export elsewhere and pass --bundle. The cache entry is named by the shipped weights' sha256, so a
+new crome-edge with other weights exports afresh instead of serving stale graphs. Not here: the export
+itself (crome_export.pipeline), serving (crome_runtime.serve).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+from crome_edge.errors import CromeError
+
+ADAPTER = "line3"
+PRECISION = "int8"  # the deployment form (INT8 vision, FP32 decoder): what `crome-edge export` makes by default
+EVAL_LIMIT = 50  # held-out prompts in the default bundle's fidelity report (the export's default 200 takes minutes)
+BUNDLES_DIR = "bundles"  # under the user cache dir
+
+
+def default_bundle_path() -> Path:
+    from crome_edge.weights import shipped_adapter, weights_dir
+    from crome_runtime.cache_dir import cache_root
+
+    digest = hashlib.sha256()
+    for path in (shipped_adapter(ADAPTER), weights_dir() / "smol_vision.safetensors"):
+        digest.update(path.read_bytes())
+    return cache_root() / BUNDLES_DIR / f"smol-{ADAPTER}-{PRECISION}-{digest.hexdigest()[:12]}"
+
+
+def ensure_default_bundle(say: Callable[[str], None]) -> Path:
+    """The default bundle's directory, exported first if it is not in the cache yet (a minute or two)."""
+    path = default_bundle_path()
+    if (path / "manifest.json").is_file():
+        return path
+    try:
+        import torch  # noqa: F401  (the export's own imports would fail later, less clearly)
+
+        from crome_export.pipeline import ExportConfig, export_bundle
+    except ImportError as error:
+        raise CromeError(
+            f"no --bundle given, and the embedded default bundle is not in the cache yet ({path}). Making it "
+            f"needs the [train] extra ({error.name} is missing): pip install 'crome-edge[train]'. On a torch-free "
+            "device, export a bundle on another machine (crome-edge export --adapter line3 --out line3.bundle), "
+            "copy it here and pass --bundle line3.bundle") from None
+    from crome_edge.weights import shipped_adapter
+
+    say(f"exporting the embedded default bundle (smol + {ADAPTER}, {PRECISION}) once into {path}; "
+        "later starts reuse it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_bundle(ExportConfig(adapter=shipped_adapter(ADAPTER), precision=PRECISION, out=path, eval_limit=EVAL_LIMIT))
+    return path

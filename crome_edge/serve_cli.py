@@ -1,0 +1,162 @@
+"""`crome-edge serve`: a camera -> answers, an OpenAI-compatible API, a live web view and metrics (torch-free).
+
+    crome-edge serve --camera demo --watch "Which bin does this part go to?"
+    crome-edge serve --bundle line3.bundle --camera 0 --api-key-file key.txt --host 0.0.0.0 --events events.jsonl
+
+Thin: parses arguments into crome_runtime.serve's ServeConfig (defaults live there), opens the camera once
+to fail fast, binds the port, then runs crome_runtime.serve.server.Server until SIGTERM / SIGINT (exit 0).
+`--camera demo` is crome_edge's synthetic conveyor camera (numpy + OpenCV, no torch). With no --bundle the
+embedded default bundle is exported once into the cache (crome_edge.default_bundle; needs the [train] extra).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
+from crome_edge.errors import CromeError
+
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, help="bundle directory (crome-edge export); default: the embedded "
+                                                    "default (smol + line3), exported once into the cache")
+    parser.add_argument("--camera", metavar="SRC",
+                        help="camera: an index (0), a device (/dev/video2), a video file, an rtsp:// or http(s):// "
+                             "stream, a GStreamer pipeline (OpenCV with GStreamer only), or demo (synthetic conveyor); "
+                             "none: answer uploaded images only")
+    parser.add_argument("--loop", action="store_true", help="video files: start again at the end")
+    parser.add_argument("--demo-fps", type=float, metavar="F", help="frame rate of --camera demo (default 15)")
+    parser.add_argument("--watch", action="append", metavar="PROMPT",
+                        help="a standing question asked of every new frame (repeatable); answers go to /v1/watch, "
+                             "the web page and --events")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key", metavar="KEY", help="require this key (Authorization: Bearer KEY) on every "
+                                                      "endpoint but /health and the page's files")
+    key.add_argument("--api-key-file", type=Path, metavar="F", help="read the key from this file (first line)")
+    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads per graph (default: one per core)")
+    parser.add_argument("--provider", default="auto", choices=PROVIDERS, help="execution provider (default auto)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="default answer length (default: the bundle's)")
+    parser.add_argument("--queue-size", type=int, metavar="N", help="API requests that may wait for the engine; "
+                                                                    "one more gets 429 (default 16)")
+    parser.add_argument("--events", type=Path, metavar="FILE.jsonl", help="append every watch answer here (JSON lines)")
+    parser.add_argument("--profile", type=Path, metavar="OUT.json",
+                        help="at exit, write the engine's per-stage summary here and a Chrome trace next to it")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="server log level (default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crome_runtime.errors import RUNTIME_ERRORS
+    from crome_runtime.serve.sources import CameraError
+
+    config = _config(args)
+    logging.basicConfig(format="crome-edge serve: %(message)s", stream=sys.stderr)
+    logging.getLogger("crome_runtime.serve").setLevel(args.log_level.upper())
+    if not config.loopback and config.api_key is None:
+        print(f"crome-edge serve: WARNING: listening on {config.host} WITHOUT an API key: anyone who can reach this "
+              "machine can use the model and see the camera. Pass --api-key-file F, or --host 127.0.0.1",
+              file=sys.stderr)
+    try:
+        return _serve(args, config)
+    except RUNTIME_ERRORS + (CameraError,) as error:
+        raise CromeError(str(error)) from None
+
+
+def _config(args: argparse.Namespace):
+    from crome_runtime.serve.config import ServeConfig
+
+    config = ServeConfig()
+    for name in ("host", "port", "max_new_tokens", "events", "profile"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    config.watch = [w for w in (args.watch or [])]
+    config.camera.loop = bool(args.loop)
+    if args.queue_size is not None:
+        if args.queue_size < 1:
+            raise CromeError("--queue-size must be at least 1")
+        config.limits.queue_size = args.queue_size
+    if not 0 <= config.port <= 65535:
+        raise CromeError(f"--port {config.port} is not a port (0..65535)")
+    if config.max_new_tokens is not None and not 1 <= config.max_new_tokens <= config.limits.max_tokens:
+        raise CromeError(f"--max-new-tokens must be between 1 and {config.limits.max_tokens}")
+    if args.threads is not None and args.threads < 0:
+        raise CromeError("--threads must be >= 0 (0: one per core)")
+    if any(not w.strip() for w in config.watch):
+        raise CromeError("--watch needs a question, e.g. --watch \"Which bin does this part go to?\"")
+    if args.api_key_file is not None:
+        try:
+            lines = args.api_key_file.read_text().splitlines()
+        except OSError as error:
+            raise CromeError(f"cannot read --api-key-file {args.api_key_file}: {error.strerror or error}") from None
+        config.api_key = lines[0].strip() if lines else ""
+        if not config.api_key:
+            raise CromeError(f"--api-key-file {args.api_key_file} is empty")
+    elif args.api_key is not None:
+        if not args.api_key.strip():
+            raise CromeError("--api-key is empty")
+        config.api_key = args.api_key
+    if config.watch and args.camera in (None, "none"):
+        raise CromeError("--watch needs a camera: pass --camera (e.g. --camera demo)")
+    if config.events is not None and not config.events.parent.is_dir():
+        raise CromeError(f"--events {config.events}: directory {config.events.parent} does not exist")
+    return config
+
+
+def demo_camera(fps: float | None):
+    """`--camera demo`: the synthetic conveyor camera at a steady frame rate (crome_edge.synth, no torch)."""
+    from crome_edge.synth.camera import SyntheticCamera
+
+    return lambda: SyntheticCamera(realtime=True, **({} if fps is None else {"fps": fps}))
+
+
+def _serve(args: argparse.Namespace, config) -> int:
+    from crome_runtime.engine import EngineConfig
+    from crome_runtime.serve.server import Server, bind
+    from crome_runtime.serve.sources import parse_source
+
+    def say(message: str) -> None:
+        print(f"crome-edge serve: {message}", file=sys.stderr, flush=True)
+
+    if args.demo_fps is not None and args.demo_fps <= 0:
+        raise CromeError("--demo-fps must be positive")
+    if args.bundle is not None:
+        bundle = args.bundle
+    else:
+        from crome_edge.default_bundle import ensure_default_bundle
+
+        bundle = ensure_default_bundle(say)
+        say(f"embedded default bundle: {bundle}")
+    source = first = None
+    if args.camera not in (None, "none"):
+        source = parse_source(args.camera, config.camera, extra={"demo": demo_camera(args.demo_fps)})
+        first = source.open()  # a camera that cannot be opened fails now, listing the video devices there are
+    try:
+        engine_config = EngineConfig(provider=args.provider, verify=not args.no_verify,
+                                     **({} if args.threads is None else {"threads": args.threads}))
+        try:
+            server = Server(config, bundle, engine_config, source, first)  # OSError: the events file
+            sock = bind(config.host, config.port)
+        except OSError as error:
+            raise CromeError(str(error)) from None
+    except BaseException:
+        if first is not None:
+            first.release()
+        raise
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    say(f"model {server.model_id}; camera {source.spec if source else 'none'}; "
+        f"watching {len(config.watch)} prompt(s); loading the engine")
+    say(f"web view {url}/  ·  OpenAI API {url}/v1  ·  health {url}/health  ·  metrics {url}/metrics")
+    server.serve(sock, log_level="warning")
+    if server.fatal_error is not None:
+        raise CromeError(f"the engine failed to load: {server.fatal_error}")
+    say("stopped")
+    return 0

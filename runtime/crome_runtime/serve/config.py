@@ -1,0 +1,55 @@
+"""The server's settings, each default once (the CLI passes only what the user gave).
+
+Not here: parsing camera specs (sources.py) or the engine's own settings (crome_runtime.engine.EngineConfig).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; anything over a limit is a 4xx with the limit named."""
+
+    max_body_bytes: int = 16 << 20  # a request body (base64 images included)
+    max_image_pixels: int = 16_000_000  # an uploaded image, checked in its header before decoding
+    max_prompt_chars: int = 4000  # the question text (the decoder's context is checked too)
+    max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    queue_size: int = 16  # API requests waiting for the engine; one more gets 429
+    max_watch_prompts: int = 16
+    max_subscribers: int = 64  # open /v1/watch streams
+
+
+@dataclass
+class CameraConfig:
+    backoff_initial_s: float = 0.5  # first wait before reopening a camera that failed
+    backoff_max_s: float = 8.0  # the wait doubles up to this
+    read_failures: int = 5  # consecutive failed reads that count as a lost camera
+    stale_after_s: float = 3.0  # no new frame for this long: /health says the camera is not delivering
+    open_timeout_ms: int = 5000  # network streams (FFmpeg): give up opening after this
+    read_timeout_ms: int = 5000  # network streams (FFmpeg): a read that waits this long fails
+    loop: bool = False  # video files: start again at the end
+    file_fps: float = 15.0  # video files whose container does not say their frame rate
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None  # checked on every endpoint but /health and the page's static files
+    watch: list[str] = field(default_factory=list)  # standing prompts asked of every new frame
+    max_new_tokens: int | None = None  # answers' default length (None: the bundle's)
+    events: Path | None = None  # JSON lines of watch answers, appended and flushed
+    profile: Path | None = None  # the engine's per-stage summary + Chrome trace, written at exit
+    limits: Limits = field(default_factory=Limits)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    recent_events: int = 32  # watch answers a new /v1/watch subscriber gets first
+    keepalive_s: float = 15.0  # SSE comment lines keep idle streams open and notice closed tabs
+    shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight streams get this long before they are cut
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS

@@ -1,0 +1,252 @@
+"""The server: camera reader, engine worker, watch loop, event hub, metrics and the ASGI app, with one
+lifecycle.
+
+    server = Server(ServeConfig(...), bundle_path, EngineConfig(threads=2), camera=parse_source("0"))
+    sock = bind(config.host, config.port)       # fails at once, clearly, when the port is taken
+    server.serve(sock)                          # blocks; SIGTERM / SIGINT stop it (exit status 0)
+
+Start: the HTTP server accepts at once; the worker loads the engine meanwhile (/health: 503 "loading").
+A bundle that fails to load stops the server (`fatal_error` says why). Stop (a signal, or `stop()`): stop
+accepting, end the watch streams, cancel waiting and running answers, release the camera, write the
+profile. `start_background()` runs the same on a thread (embedding, tests).
+
+Not here: HTTP routes (app.py), what each part does (reader.py, worker.py, watch.py, events.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+from crome_runtime.manifest import read_manifest
+from crome_runtime.serve.config import ServeConfig
+from crome_runtime.serve.events import EventHub
+from crome_runtime.serve.fairqueue import FairQueue
+from crome_runtime.serve.metrics import Metrics
+from crome_runtime.serve.reader import CameraReader, CapturedFrame, FrameSlot
+from crome_runtime.serve.sources import Capture, CameraSource
+from crome_runtime.serve.watch import WatchLoop
+from crome_runtime.serve.worker import EngineWorker, Job
+
+log = logging.getLogger("crome_runtime.serve")
+
+JPEG_QUALITY = 85
+
+
+class PortInUse(OSError):
+    pass
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free port), or PortInUse/OSError with a clear message."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
+            raise PortInUse(f"port {port} on {host} is already in use: stop the other server or pass --port N "
+                            "(--port 0 picks a free one)") from None
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    def __init__(self, config: ServeConfig, bundle: str | Path, engine_config: EngineConfig | None = None,
+                 camera: CameraSource | None = None, first_capture: Capture | None = None):
+        self.config = config
+        self.bundle_path = Path(bundle)
+        manifest = read_manifest(self.bundle_path, verify=False)  # cheap: BundleError now, not after binding
+        self.model_id = f"{manifest.backbone.name}-{manifest.adapter.name}-{manifest.precision}"
+        self.engine_config = engine_config or EngineConfig()
+        self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
+        self.slot = FrameSlot() if camera is not None else None
+        self.reader = CameraReader(camera, self.slot, config.camera, first_capture, self._camera_event) \
+            if camera is not None else None
+        self.queue: FairQueue[Job] = FairQueue({"api": config.limits.queue_size, "watch": 1})
+        self.hub = EventHub(config.events, config.recent_events, config.limits.max_subscribers)
+        self.metrics = Metrics(live=self._live)
+        self.worker = EngineWorker(self._load, self.queue, self.slot, on_result=self.metrics.observe,
+                                   on_fatal=self._fatal)
+        self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts) \
+            if self.slot is not None else None
+        if config.watch and self.watch is None:
+            raise ValueError("--watch needs a camera (--camera)")
+        for prompt in config.watch:
+            self.watch.add(prompt)
+        self.stopping = False
+        self.fatal_error: str | None = None
+        self._jpeg: tuple[int, bytes] | None = None
+        self._uvicorn = None
+        self._stopped = threading.Event()
+        from crome_runtime.serve.app import create_app
+
+        self.app = create_app(self)
+
+    # --- parts --------------------------------------------------------------------------------------
+    def _load(self) -> Engine:
+        return Engine.load(self.bundle_path, self.engine_config)
+
+    def _fatal(self, error: str) -> None:
+        self.fatal_error = error
+        self.begin_shutdown()
+
+    def _camera_event(self, state: str, detail: str) -> None:
+        import time
+
+        self.hub.publish({"type": "camera", "state": state, "detail": detail, "time": time.time()})
+
+    def _live(self) -> dict:
+        camera = self.reader.health() if self.reader is not None else {}
+        return {"frames_captured": self.slot.captured if self.slot else 0,
+                "frames_answered": self.slot.answered if self.slot else 0,
+                "frames_dropped": self.slot.dropped if self.slot else 0,
+                "camera_reconnects": self.reader.reconnects if self.reader else 0,
+                "queue_depth": self.queue.depth(), "engine_ready": int(self.worker.state == "ready"),
+                "camera_delivering": int(bool(camera.get("delivering")))}
+
+    def health(self) -> tuple[dict, bool]:
+        engine = {"state": self.worker.state, "error": self.worker.error or None, "model": self.model_id}
+        if self.worker.engine is not None:
+            engine["providers"] = self.worker.engine.providers.summary()
+        camera = self.reader.health() if self.reader is not None else None
+        if self.stopping:
+            status = "stopping"
+        elif self.worker.state != "ready":
+            status = self.worker.state  # loading | failed
+        elif camera is not None and not camera["delivering"]:
+            status = f"camera {camera['state']}" if camera["state"] != "live" else "camera stalled"
+        else:
+            status = "ok"
+        body = {"status": status, "engine": engine, "camera": camera, "queue": self.queue.depth(),
+                "watch": self.watch.prompts() if self.watch else [], "subscribers": self.hub.subscribers}
+        return body, status == "ok"
+
+    def model_card(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": int(self.bundle_path.stat().st_mtime),
+                "owned_by": "crome-edge", "bundle": str(self.bundle_path)}
+
+    def jpeg(self, frame: CapturedFrame) -> bytes:
+        """The frame as JPEG, encoded once however many viewers ask (thread-pool thread)."""
+        import cv2
+
+        cached = self._jpeg
+        if cached is not None and cached[0] == frame.id:
+            return cached[1]
+        ok, data = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode frame {frame.id} as JPEG")
+        self._jpeg = (frame.id, data.tobytes())
+        return self._jpeg[1]
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        import asyncio
+
+        self.hub.attach(asyncio.get_running_loop())
+        if self.reader is not None:
+            self.reader.start()
+        self.worker.start()
+        if self.watch is not None:
+            self.watch.start()
+        try:
+            yield
+        finally:
+            self.begin_shutdown()
+            await asyncio.get_running_loop().run_in_executor(None, self._stop_parts)
+
+    def begin_shutdown(self) -> None:
+        """Non-blocking (safe in a signal handler): refuse new work, end streams, cancel answers."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: cancelling answers in flight, closing streams")
+        self.hub.close()
+        for job in self.queue.close():
+            job.cancel()
+            job.sink("error", _shutting_down())
+        current = self.worker.current
+        if current is not None:
+            current.cancel()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+    def _stop_parts(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        self.worker.stop()
+        if self.reader is not None:
+            self.reader.stop()
+        self._write_profile()
+        self._stopped.set()
+
+    def _write_profile(self) -> None:
+        engine = self.worker.engine
+        if self.config.profile is None or engine is None:
+            return
+        metadata = {"command": "crome-edge serve", "engine": engine.describe(), "watch": self.config.watch}
+        try:
+            summary, trace = engine.profiler.write(self.config.profile, metadata)
+        except OSError as error:
+            log.error("cannot write the profile %s: %s", self.config.profile, error.strerror or error)
+            return
+        log.info("profile: %s (Chrome trace: %s)", summary, trace)
+
+    def uvicorn_server(self, log_level: str = "warning"):
+        import uvicorn
+
+        outer = self
+
+        class _Uvicorn(uvicorn.Server):
+            def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: our parts first, then uvicorn's own
+                outer.begin_shutdown()
+                super().handle_exit(sig, frame)
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                """uvicorn's, without re-raising the signal at the end: a clean stop exits with status 0."""
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in originals.items():
+                        signal.signal(sig, handler)
+
+        config = uvicorn.Config(self.app, log_level=log_level, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=max(1, round(self.config.shutdown_timeout_s)),
+                                timeout_keep_alive=5)
+        self._uvicorn = _Uvicorn(config)
+        return self._uvicorn
+
+    def serve(self, sock: socket.socket, log_level: str = "warning") -> None:
+        """Blocks until stopped (a signal when on the main thread, or stop())."""
+        self.uvicorn_server(log_level).run(sockets=[sock])
+
+    def start_background(self, sock: socket.socket, log_level: str = "warning") -> threading.Thread:
+        server = self.uvicorn_server(log_level)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="crome-http", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stops a background server; True when every part stopped within `timeout` s."""
+        self.begin_shutdown()
+        return self._stopped.wait(timeout)
+
+
+def _shutting_down():
+    from crome_runtime.serve.worker import Cancelled
+
+    return Cancelled("the server is shutting down")

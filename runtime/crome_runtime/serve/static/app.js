@@ -1,0 +1,289 @@
+// crome-edge serve web view: the live frame, watch answers, a question box and a per-stage latency chart.
+//
+// Everything goes through fetch() so the API key (if the server has one) travels in the Authorization
+// header: EventSource and <img src> cannot send it. The frame is polled (one request in flight, on the
+// page's keep-alive connection) instead of an endless MJPEG response, so the page holds at most three
+// connections (frame, watch stream, a streamed reply) of the browser's six per host, and nothing stays open
+// on the server once the tab is gone.
+"use strict";
+
+const STAGES = ["preprocess", "vision", "adapter_visual", "tokenize", "adapter_text", "prefill", "decode", "sample",
+                "detokenize"];
+const COLOURS = ["#64748b", "#2563eb", "#7c3aed", "#0891b2", "#9333ea", "#ea580c", "#16a34a", "#ca8a04", "#db2777"];
+const RECENT = 30;             // answers the chart averages
+const FRAME_INTERVAL_MS = 100; // the frame poll's pace while the tab is visible
+
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("crome-key") || "", recent: [], watch: new Map(), answerTimes: [] };
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  if (state.key) h["Authorization"] = "Bearer " + state.key;
+  return h;
+}
+
+async function api(path, options) {
+  const opts = Object.assign({}, options || {});
+  opts.headers = headers(opts.headers);
+  const response = await fetch(path, opts);
+  if (response.status === 401) {
+    $("key-form").hidden = false;
+    throw new Error("this server needs an API key");
+  }
+  return response;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const fmt = (ms) => (ms === null || ms === undefined) ? "–" : (ms >= 100 ? ms.toFixed(0) : ms.toFixed(1));
+
+async function errorText(response) {
+  try { return (await response.json()).error.message; } catch (e) { return response.status + " " + response.statusText; }
+}
+
+// Server-sent events over fetch: calls onEvent(object) for every `data:` line that holds JSON.
+async function readSSE(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        onEvent(JSON.parse(data));
+      }
+    }
+  }
+}
+
+// --- health -------------------------------------------------------------------------------------------
+async function health() {
+  for (;;) {
+    try {
+      const body = await (await fetch("/health")).json();
+      const pill = $("status");
+      pill.textContent = body.status;
+      pill.className = "pill " + (body.status === "ok" ? "ok" : body.status === "loading" ? "warn" : "bad");
+      $("model").textContent = body.engine.model;
+      $("provider").textContent = body.engine.providers || "";
+    } catch (e) {
+      $("status").textContent = "server unreachable";
+      $("status").className = "pill bad";
+    }
+    await sleep(2000);
+  }
+}
+
+// --- the live frame -----------------------------------------------------------------------------------
+async function frames() {
+  let shown = null;
+  for (;;) {
+    if (document.hidden) { await sleep(1000); continue; }
+    try {
+      const response = await api("/v1/frame.jpg");
+      if (response.ok) {
+        const url = URL.createObjectURL(await response.blob());
+        await new Promise((resolve) => { $("frame").onload = resolve; $("frame").onerror = resolve; $("frame").src = url; });
+        if (shown) URL.revokeObjectURL(shown);
+        shown = url;
+        $("no-frame").hidden = true;
+        $("frame-info").textContent = "frame " + response.headers.get("X-Frame-Id") + " · "
+          + fmt(parseFloat(response.headers.get("X-Frame-Age-Ms"))) + " ms old when fetched";
+      } else {
+        $("frame-info").textContent = await errorText(response);
+        await sleep(900);
+      }
+    } catch (e) {
+      $("frame-info").textContent = String(e.message || e);
+      await sleep(1000);
+    }
+    await sleep(FRAME_INTERVAL_MS);
+  }
+}
+
+// --- watch prompts and their answers ------------------------------------------------------------------
+async function loadWatchPrompts() {
+  const response = await api("/v1/watch/prompts");
+  if (!response.ok) return;
+  const prompts = (await response.json()).data;
+  const ids = new Set(prompts.map((p) => p.id));
+  for (const id of [...state.watch.keys()]) if (!ids.has(id)) state.watch.delete(id);
+  for (const p of prompts) if (!state.watch.has(p.id)) state.watch.set(p.id, { prompt: p.prompt, event: null });
+  renderWatch();
+}
+
+function renderWatch() {
+  const list = $("watch-list");
+  list.replaceChildren();
+  if (!state.watch.size) {
+    const li = document.createElement("li");
+    li.className = "muted small";
+    li.textContent = "no watch prompts: add one below";
+    list.append(li);
+  }
+  for (const [id, w] of state.watch) {
+    const li = document.createElement("li");
+    li.dataset.watchId = id;
+    const head = document.createElement("div");
+    head.className = "prompt";
+    const text = document.createElement("span");
+    text.textContent = w.prompt;
+    const remove = document.createElement("button");
+    remove.className = "remove";
+    remove.title = "stop watching";
+    remove.textContent = "×";
+    remove.onclick = async () => { await api("/v1/watch/prompts/" + id, { method: "DELETE" }); loadWatchPrompts(); };
+    head.append(text, remove);
+    const answer = document.createElement("div");
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const e = w.event;
+    if (!e) {
+      answer.className = "answer muted";
+      answer.textContent = "…";
+    } else if (e.type === "watch_error") {
+      answer.className = "answer error";
+      answer.textContent = e.error;
+    } else {
+      answer.className = "answer";
+      answer.textContent = e.answer || "(empty answer)";
+      meta.textContent = "frame " + e.frame_id + " · frame age at answer " + fmt(e.frame_age_ms) + " ms · latency "
+        + fmt(e.latency_ms) + " ms · " + e.tokens + " tokens";
+    }
+    li.append(head, answer, meta);
+    list.append(li);
+  }
+}
+
+function remember(timings) {
+  state.recent.push(timings);
+  if (state.recent.length > RECENT) state.recent.shift();
+  drawChart();
+}
+
+async function watchStream() {
+  for (;;) {
+    try {
+      const response = await api("/v1/watch");
+      if (!response.ok) throw new Error(await errorText(response));
+      await readSSE(response, (e) => {
+        if (e.type === "watch" || e.type === "watch_error") {
+          const w = state.watch.get(e.watch_id);
+          if (w) { w.event = e; renderWatch(); } else { loadWatchPrompts(); }
+          if (e.type === "watch") {
+            remember(e.timings_ms);
+            state.answerTimes.push(e.time);
+            while (state.answerTimes.length > 50) state.answerTimes.shift();
+            const t = state.answerTimes;
+            if (t.length > 1) $("answers-rate").textContent = ((t.length - 1) / (t[t.length - 1] - t[0])).toFixed(2)
+              + " watch answers/s (last " + t.length + ")";
+          }
+        }
+      });
+    } catch (e) {
+      console.warn("watch stream:", e);
+    }
+    await sleep(1000); // the server restarted or the stream ended: reconnect
+  }
+}
+
+$("watch-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const prompt = $("watch-prompt").value.trim();
+  if (!prompt) return;
+  const response = await api("/v1/watch/prompts", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                    body: JSON.stringify({ prompt }) });
+  if (response.ok) $("watch-prompt").value = "";
+  else alert(await errorText(response));
+  loadWatchPrompts();
+};
+
+// --- a question about the current frame (streamed reply) ----------------------------------------------
+$("ask-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const question = $("question").value.trim();
+  if (!question) return;
+  const reply = $("reply"), info = $("reply-info");
+  reply.className = "reply";
+  reply.textContent = "";
+  info.textContent = "waiting for the engine…";
+  $("ask").disabled = true;
+  try {
+    const response = await api("/v1/chat/completions", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ messages: [{ role: "user", content: [
+        { type: "text", text: question }, { type: "image_url", image_url: { url: "camera" } }] }],
+        stream: true, stream_options: { include_usage: true } }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    let timings = null;
+    await readSSE(response, (chunk) => {
+      if (chunk.error) throw new Error(chunk.error.message);
+      const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.delta && choice.delta.content) {
+        reply.textContent += choice.delta.content;
+        info.textContent = "streaming…";
+      }
+      if (chunk.timings) timings = chunk.timings;
+    });
+    if (!reply.textContent) reply.textContent = "(empty answer)";
+    if (timings) {
+      remember(timings.stages_ms);
+      info.textContent = "frame " + timings.frame_id + " · first token " + fmt(timings.prompt_ms) + " ms · "
+        + timings.predicted_n + " tokens · total " + fmt(timings.total_ms) + " ms · frame age at answer "
+        + fmt(timings.frame_age_ms) + " ms";
+    } else {
+      info.textContent = "";
+    }
+  } catch (e) {
+    reply.className = "reply error";
+    reply.textContent = String(e.message || e);
+    info.textContent = "";
+  } finally {
+    $("ask").disabled = false;
+  }
+};
+
+// --- the per-stage latency chart ----------------------------------------------------------------------
+function drawChart() {
+  const canvas = $("chart"), ctx = canvas.getContext("2d");
+  const n = state.recent.length;
+  $("chart-n").textContent = n;
+  const means = STAGES.map((s) => state.recent.reduce((sum, t) => sum + (t[s] || 0), 0) / Math.max(n, 1));
+  const max = Math.max(...means, 1e-3);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = "13px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  const left = 110, right = 60, row = canvas.height / STAGES.length;
+  STAGES.forEach((stage, i) => {
+    const y = i * row + row / 2;
+    ctx.fillStyle = "#374151";
+    ctx.fillText(stage, 4, y);
+    const w = (canvas.width - left - right) * means[i] / max;
+    ctx.fillStyle = COLOURS[i];
+    ctx.fillRect(left, y - row * 0.3, Math.max(w, 1), row * 0.6);
+    ctx.fillStyle = "#111827";
+    ctx.fillText(fmt(means[i]), left + Math.max(w, 1) + 6, y);
+  });
+}
+
+$("key-form").onsubmit = (event) => {
+  event.preventDefault();
+  state.key = $("key").value;
+  sessionStorage.setItem("crome-key", state.key);
+  $("key-form").hidden = true;
+  loadWatchPrompts();
+};
+
+drawChart();
+health();
+frames();
+loadWatchPrompts().catch((e) => console.warn(e));
+watchStream();

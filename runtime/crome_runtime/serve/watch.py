@@ -1,0 +1,173 @@
+"""Standing "watch" prompts: asked in turn of every new camera frame; each answer becomes an event.
+
+The loop takes the prompts round-robin; a prompt waits for a frame newer than the one it last answered
+(no point answering the same frame twice), queues one job on the worker's watch lane and waits for it, so
+at most one watch job is ever waiting and API requests (the other lane) are served in between. Events go
+to the EventHub (SSE subscribers and the JSONL log):
+
+    {"type": "watch", "watch_id", "prompt", "answer", "finish_reason", "frame_id", "frame_captured_at",
+     "frame_age_ms" (capture -> answered), "latency_ms" (queued -> answered), "queue_ms", "ttft_ms",
+     "tokens", "timings_ms" {stage: ms}, "time"}
+
+Errors (no frame yet, a prompt over the context) become {"type": "watch_error", ...} events. Not here: the
+engine (worker.py), delivery (events.py).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from crome_runtime.engine import GenerationOptions
+from crome_runtime.serve.events import EventHub
+from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
+from crome_runtime.serve.reader import FrameSlot
+from crome_runtime.serve.worker import Cancelled, EngineUnavailable, EngineWorker, Job, JobResult
+
+log = logging.getLogger("crome_runtime.serve")
+
+POLL_S = 0.25  # how often waits look at the stop flag
+
+
+class WatchError(ValueError):
+    """A watch prompt that cannot be added or removed as asked."""
+
+
+@dataclass
+class WatchPrompt:
+    id: str
+    prompt: str
+    max_tokens: int | None = None
+    last_frame_id: int | None = field(default=None, repr=False)
+    answers: int = 0
+
+    def describe(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "max_tokens": self.max_tokens, "answers": self.answers}
+
+
+class WatchLoop:
+    def __init__(self, worker: EngineWorker, slot: FrameSlot, hub: EventHub, options: GenerationOptions,
+                 max_prompts: int = 16):
+        self.worker, self.slot, self.hub, self.options = worker, slot, hub, options
+        self.max_prompts = max_prompts
+        self._prompts: dict[str, WatchPrompt] = {}
+        self._ids = itertools.count(1)
+        self._turn = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crome-watch", daemon=True)
+
+    # --- prompts (any thread) -------------------------------------------------------------------------
+    def add(self, prompt: str, max_tokens: int | None = None) -> WatchPrompt:
+        with self._cond:
+            if len(self._prompts) >= self.max_prompts:
+                raise WatchError(f"{self.max_prompts} watch prompts are running; remove one first")
+            watch = WatchPrompt(f"w{next(self._ids)}", prompt, max_tokens)
+            self._prompts[watch.id] = watch
+            self._cond.notify_all()
+            return watch
+
+    def remove(self, watch_id: str) -> WatchPrompt:
+        with self._cond:
+            watch = self._prompts.pop(watch_id, None)
+        if watch is None:
+            raise WatchError(f"no watch prompt {watch_id!r}; GET /v1/watch/prompts lists them")
+        return watch
+
+    def prompts(self) -> list[dict]:
+        with self._cond:
+            return [w.describe() for w in self._prompts.values()]
+
+    # --- the thread -----------------------------------------------------------------------------------
+    def start(self) -> "WatchLoop":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _next_prompt(self) -> WatchPrompt | None:
+        with self._cond:
+            if not self._prompts:
+                self._cond.wait(POLL_S)
+                return None
+            prompts = list(self._prompts.values())
+            self._turn = (self._turn + 1) % len(prompts)
+            return prompts[self._turn]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            watch = self._next_prompt()
+            if watch is None or self.worker.state != "ready":
+                if watch is not None:
+                    self._stop.wait(POLL_S)
+                continue
+            if self.slot.wait_newer(watch.last_frame_id, POLL_S) is None:
+                continue
+            self._ask(watch)
+
+    def _ask(self, watch: WatchPrompt) -> None:
+        done = threading.Event()
+        outcome: dict = {}
+
+        def sink(kind: str, value) -> None:
+            if kind in ("done", "error"):
+                outcome[kind] = value
+                done.set()
+
+        options = self.options if watch.max_tokens is None else GenerationOptions(
+            **{**self.options.__dict__, "max_new_tokens": watch.max_tokens})
+        job = Job(watch.prompt, options, "watch", sink)
+        while not self._stop.is_set():
+            try:
+                self.worker.submit(job, block=True, timeout=POLL_S)
+                break
+            except QueueFull:
+                continue
+            except QueueClosed:  # the server is stopping
+                self._stop.set()
+                return
+            except EngineUnavailable:
+                self._stop.wait(POLL_S)
+                return
+        while not done.wait(POLL_S):
+            if self._stop.is_set():
+                job.cancel()
+                return
+        if "error" in outcome:
+            error = outcome["error"]
+            if not isinstance(error, Cancelled):
+                self._error(watch, error)
+            return
+        result: JobResult = outcome["done"]
+        if result.frame is not None:
+            watch.last_frame_id = result.frame["id"]
+        watch.answers += 1
+        self.hub.publish(watch_event(watch, result))
+
+    def _error(self, watch: WatchPrompt, error: Exception) -> None:
+        log.warning("watch %s (%r): %s", watch.id, watch.prompt, error)
+        self.hub.publish({"type": "watch_error", "watch_id": watch.id, "prompt": watch.prompt,
+                          "error": str(error) or type(error).__name__, "time": time.time()})
+        self._stop.wait(POLL_S)  # do not spin on a prompt that keeps failing
+
+
+def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
+    answer, frame = result.answer, result.frame or {}
+    return {
+        "type": "watch", "watch_id": watch.id, "prompt": watch.prompt, "answer": answer.text,
+        "finish_reason": answer.finish_reason, "frame_id": frame.get("id"),
+        "frame_captured_at": frame.get("captured_at"), "frame_age_ms": _round(frame.get("age_ms")),
+        "latency_ms": _round(result.latency_ms), "queue_ms": _round(result.queue_ms), "ttft_ms": _round(answer.ttft_ms),
+        "tokens": len(answer.token_ids), "timings_ms": {k: _round(v) for k, v in result.stages_ms().items()},
+        "time": time.time(),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,190 @@
+"""The engine's one owner: a worker thread loads the engine, then answers jobs from the fair queue.
+
+An engine serves one thread at a time (it owns its sessions, KV buffers, caches and profiler), so nothing
+else touches it: HTTP handlers and the watch loop put Jobs on the queue and get events back through the
+job's `sink`, called on this thread: ("piece", str) as text is decoded, then ("done", JobResult) or
+("error", exception). A job asks about an uploaded image or, with `image=None`, the camera's newest frame,
+taken when the job starts (not when it was queued) so the answer is about the freshest frame there is.
+`cancel()` stops a job between two tokens (a client that went away), or before it starts.
+
+Not here: HTTP (app.py), the watch prompts (watch.py).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from crome_runtime.engine import Answer, Engine, GenerationOptions
+from crome_runtime.errors import RUNTIME_ERRORS
+from crome_runtime.serve.fairqueue import FairQueue
+from crome_runtime.serve.reader import FrameSlot
+
+log = logging.getLogger("crome_runtime.serve")
+
+LANES = ("api", "watch")
+
+
+class NoFrame(Exception):
+    """The job asked about the camera, and there is no camera or no frame yet."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled before it produced an answer (client gone, server stopping)."""
+
+
+class EngineUnavailable(Exception):
+    """The engine is not loaded (still loading, failed, or stopped)."""
+
+
+@dataclass(eq=False)  # identity: the queue finds a job to remove by identity
+class Job:
+    prompt: str
+    options: GenerationOptions
+    source: str  # "api" | "watch": the queue lane and the metrics label
+    sink: Callable[[str, object], None]  # called on the worker thread
+    image: np.ndarray | None = None  # (H, W, 3) uint8 BGR upload; None: the camera's newest frame
+    submitted_ns: int = field(default_factory=time.monotonic_ns)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class JobResult:
+    answer: Answer
+    frame: dict | None  # camera frames: {"id", "captured_at" (unix s), "age_ms" at answer, "age_at_start_ms"}
+    queue_ms: float  # submitted -> started
+    latency_ms: float  # submitted -> answered
+    preprocess_ms: float
+
+    def stages_ms(self) -> dict[str, float]:
+        return {"preprocess": self.preprocess_ms, **self.answer.timings_ms}
+
+
+class EngineWorker:
+    """state: loading -> ready | failed; stopped after stop()."""
+
+    def __init__(self, load: Callable[[], Engine], queue: FairQueue[Job], slot: FrameSlot | None,
+                 on_result: Callable[[Job, JobResult], None] | None = None,
+                 on_fatal: Callable[[str], None] | None = None):
+        self._load, self.queue, self.slot = load, queue, slot
+        self._on_result, self._on_fatal = on_result, on_fatal
+        self.engine: Engine | None = None
+        self.state = "loading"
+        self.error = ""
+        self.current: Job | None = None
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crome-engine", daemon=True)
+
+    def start(self) -> "EngineWorker":
+        self._thread.start()
+        return self
+
+    def submit(self, job: Job, block: bool = False, timeout: float | None = None) -> None:
+        """Queues `job` (QueueFull when its lane is full and not blocking; EngineUnavailable unless ready)."""
+        if self.state != "ready":
+            raise EngineUnavailable(self._unavailable())
+        self.queue.put(job.source, job, block=block, timeout=timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuses new jobs, cancels waiting and running ones, and waits for the thread to finish."""
+        self._stop.set()
+        for job in self.queue.close():
+            job.cancel()
+            job.sink("error", Cancelled("the server is shutting down"))
+        current = self.current
+        if current is not None:
+            current.cancel()
+        self._thread.join(timeout)
+        if self.state in ("ready", "loading"):
+            self.state = "stopped"
+
+    def _unavailable(self) -> str:
+        if self.state == "loading":
+            return "the engine is still loading; retry in a moment (GET /health says when it is ready)"
+        if self.state == "failed":
+            return f"the engine failed to load: {self.error}"
+        return "the server is shutting down"
+
+    # --- the thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.engine = self._load()
+        except Exception as error:  # any load failure is reported through /health and on_fatal, not lost
+            self.state, self.error = "failed", str(error) or type(error).__name__
+            log.error("the engine failed to load: %s", self.error, exc_info=not isinstance(error, RUNTIME_ERRORS))
+            if self._on_fatal is not None:
+                self._on_fatal(self.error)
+            return
+        self.state = "ready"
+        while not self._stop.is_set():
+            job = self.queue.get(timeout=0.5)
+            if job is None:
+                if self.queue.closed:
+                    break
+                continue
+            self.current = job
+            try:
+                self._serve(job)
+            except Exception:  # a failing sink or result hook must not stop the engine for everyone else
+                log.exception("delivering the answer to %r failed", job.prompt)
+            finally:
+                self.current = None
+
+    def _serve(self, job: Job) -> None:
+        engine = self.engine
+        assert engine is not None
+        if job.cancelled:
+            job.sink("error", Cancelled("the request was cancelled before it started"))
+            return
+        started = time.monotonic_ns()
+        try:
+            frame, captured = self._frame(engine, job)
+            preprocess_ms = (time.monotonic_ns() - started) / 1e6
+            stream = engine.stream(frame, job.prompt, job.options)
+            try:
+                for piece in stream:
+                    if job.cancelled:
+                        break
+                    job.sink("piece", piece)
+            finally:
+                stream.close()  # a cancelled stream records its answer as "cancelled"
+        except RUNTIME_ERRORS + (NoFrame,) as error:
+            job.sink("error", error)
+            return
+        except Exception as error:  # a bug must not take the server down: log it whole, tell the client little
+            log.exception("answering %r failed", job.prompt)
+            job.sink("error", error)
+            return
+        done = time.monotonic_ns()
+        answer = stream.answer
+        frame_info = None
+        if captured is not None:
+            frame_info = {"id": captured.id, "captured_at": captured.unix_s, "age_ms": captured.age_ms(done),
+                          "age_at_start_ms": captured.age_ms(started)}
+        result = JobResult(answer, frame_info, (started - job.submitted_ns) / 1e6, (done - job.submitted_ns) / 1e6,
+                           preprocess_ms)
+        self.answered += 1
+        if self._on_result is not None:
+            self._on_result(job, result)
+        job.sink("done", result)
+
+    def _frame(self, engine: Engine, job: Job):
+        if job.image is not None:
+            return engine.frame(job.image, "bgr"), None  # keyed by its pixels: the same upload shares a vision run
+        captured = self.slot.take() if self.slot is not None else None
+        if captured is None:
+            raise NoFrame("this server has no camera; send the image in the request (an image_url data URI)"
+                          if self.slot is None else "the camera has not delivered a frame yet; retry in a moment")
+        return engine.frame(captured.image, "bgr", key=f"camera:{captured.id}"), captured
