@@ -7,6 +7,7 @@ resolve every import the way Python does.
 
 The library is tuned for the building machine (-march=native); set CROME_PORTABLE=1 to build for the
 compiler's baseline target instead (a wheel or image that runs on other CPUs of the same architecture).
+The block-quantised decode kernels (qblock.c) pick their AVX2 / AVX-512 path at run time either way.
 """
 import os
 from pathlib import Path
@@ -53,10 +54,14 @@ setup(
                 "runtime/csrc/preprocess.c",
                 "runtime/csrc/gproj.c",
                 "runtime/csrc/sampler.c",
+                "runtime/csrc/pool.c",
+                "runtime/csrc/qblock.c",
+                "runtime/csrc/llm.c",
             ],
             include_dirs=["runtime/csrc"],
-            extra_compile_args=["-O3", "-std=c11", "-fno-wrapv", "-fvisibility=hidden", "-Wall", "-Wextra"]
+            extra_compile_args=["-O3", "-std=c11", "-fno-wrapv", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra"]
             + ([] if _portable else ["-march=native"]),
+            extra_link_args=["-pthread"],
             libraries=["m"],
         )
     ],

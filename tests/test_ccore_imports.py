@@ -50,5 +50,5 @@ def test_stale_library_is_refused(tmp_path, monkeypatch, fresh_library):
     lib = tmp_path / "_crome_core_old.so"
     subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
     monkeypatch.setattr(ccore, "_library_path", lambda: lib)
-    with pytest.raises(ccore.CoreUnavailable, match=r"C ABI 1, this crome_runtime needs 3: the library is stale"):
+    with pytest.raises(ccore.CoreUnavailable, match=rf"C ABI 1, this crome_runtime needs {ccore.ABI_VERSION}: the library is stale; rebuild it"):
         ccore.library()

@@ -18,9 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
-ABI_VERSION = 3  # CROME_ABI_VERSION in crome_core.h
+ABI_VERSION = 4  # CROME_ABI_VERSION in crome_core.h
 
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
+ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}  # crome_isa
+QTYPES = {"q4_1": 3, "q8_0": 8}  # crome_qtype (ggml's ids)
+QK = 32  # CROME_QK: weights per block
 MAX_OUT_SIDE = 8192  # crome_preprocess_params.out_width/out_height
 _F32DT, _I64DT = np.dtype(np.float32), np.dtype(np.int64)
 _NO_TOKENS = np.zeros(0, np.int64)
@@ -73,6 +76,26 @@ class _SamplerParams(ctypes.Structure):
     ]
 
 
+class LlmParams(ctypes.Structure):  # crome_llm_params
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab")] + [
+        ("rms_eps", ctypes.c_float), ("rope_theta", ctypes.c_float), ("n_threads", ctypes.c_int32),
+        ("isa", ctypes.c_int32)]
+
+
+class QTensor(ctypes.Structure):  # crome_qtensor
+    _fields_ = [("data", ctypes.c_void_p), ("qtype", ctypes.c_int32)]
+
+
+class LlmLayer(ctypes.Structure):  # crome_llm_layer
+    _fields_ = [(name, QTensor) for name in ("q", "k", "v", "o", "gate", "up", "down")] + [
+        ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p)]
+
+
+class LlmWeights(ctypes.Structure):  # crome_llm_weights
+    _fields_ = [("layers", ctypes.POINTER(LlmLayer)), ("final_norm", ctypes.c_void_p), ("head", QTensor)]
+
+
 def _library_path() -> Path | None:
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -94,7 +117,7 @@ def library() -> ctypes.CDLL:
     if lib.crome_abi_version() != ABI_VERSION:
         raise CoreUnavailable(
             f"{path.name} has C ABI {lib.crome_abi_version()}, this crome_runtime needs {ABI_VERSION}: "
-            f"the library is stale; re{fix[1:]}"
+            f"the library is stale; re{fix}"
         )
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.crome_status_str.argtypes, lib.crome_status_str.restype = [ctypes.c_int], ctypes.c_char_p
@@ -104,7 +127,25 @@ def library() -> ctypes.CDLL:
     lib.crome_gproj_free.argtypes, lib.crome_gproj_free.restype = [p], None
     lib.crome_gproj_apply.argtypes = [p, p, i64, p, i64, i64]
     lib.crome_sample.argtypes = [p, i64, p, i64, ctypes.POINTER(_SamplerParams), ctypes.c_double, ctypes.POINTER(i32)]
-    for name in ("crome_preprocess", "crome_gproj_init", "crome_gproj_apply", "crome_sample"):
+    lib.crome_isa_supported.argtypes, lib.crome_isa_supported.restype = [i32], ctypes.c_int
+    lib.crome_isa_best.argtypes, lib.crome_isa_best.restype = [], i32
+    lib.crome_qrow_bytes.argtypes, lib.crome_qrow_bytes.restype = [i32, i64], i64
+    lib.crome_pool_init.argtypes = [i32, ctypes.POINTER(p)]
+    lib.crome_pool_free.argtypes, lib.crome_pool_free.restype = [p], None
+    lib.crome_pool_threads.argtypes, lib.crome_pool_threads.restype = [p], i32
+    lib.crome_qmatvec.argtypes = [p, i32, i32, p, i64, i64, p, p]
+    lib.crome_llm_params_default.argtypes, lib.crome_llm_params_default.restype = [], LlmParams
+    lib.crome_llm_init.argtypes = [ctypes.POINTER(LlmParams), ctypes.POINTER(LlmWeights), ctypes.POINTER(p)]
+    lib.crome_llm_free.argtypes, lib.crome_llm_free.restype = [p], None
+    lib.crome_llm_reserve.argtypes = [p, i64]
+    lib.crome_llm_capacity.argtypes, lib.crome_llm_capacity.restype = [p], i64
+    lib.crome_llm_length.argtypes, lib.crome_llm_length.restype = [p], i64
+    lib.crome_llm_set_length.argtypes = [p, i64]
+    lib.crome_llm_set_kv.argtypes = [p, i32, p, p, i64]
+    lib.crome_llm_step.argtypes = [p, p, p]
+    for name in ("crome_preprocess", "crome_gproj_init", "crome_gproj_apply", "crome_sample", "crome_pool_init",
+                 "crome_qmatvec", "crome_llm_init", "crome_llm_reserve", "crome_llm_set_length", "crome_llm_set_kv",
+                 "crome_llm_step"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -331,3 +372,78 @@ def sample(logits: np.ndarray, params, recent_tokens, u: float) -> int:
         raise CoreError(f"recent_tokens must be ids in [0, {logits.size}), got {recent.min()}..{recent.max()}")
     _check(status, "crome_sample")
     return token.value
+
+
+# --- block-quantised kernels: ISA choice, thread pool, crome_qmatvec --------------------------------
+
+
+def isa_supported(isa: str) -> bool:
+    """Whether this library on this CPU can run kernel path `isa` (ISAS: auto, scalar, avx2, avx512, neon)."""
+    if isa not in ISAS:
+        raise CoreError(f"ISA {isa!r} is not one of {sorted(ISAS)}")
+    return bool(library().crome_isa_supported(ISAS[isa]))
+
+
+def isa_best() -> str:
+    """The kernel path "auto" picks on this CPU."""
+    best = library().crome_isa_best()
+    return next(name for name, value in ISAS.items() if value == best)
+
+
+def qrow_bytes(qtype: str, cols: int) -> int:
+    """Bytes of one row of `cols` weights in block format `qtype` (q4_1: 20 per 32, q8_0: 34 per 32)."""
+    if qtype not in QTYPES:
+        raise CoreError(f"block format {qtype!r} is not one of {sorted(QTYPES)}")
+    n = library().crome_qrow_bytes(QTYPES[qtype], cols)
+    if n < 0:
+        raise CoreError(f"a {qtype} row needs a positive multiple of {QK} columns, got {cols}")
+    return n
+
+
+class Pool:
+    """crome_pool: `threads` threads in all (the caller counts as one) for crome_qmatvec. One job at a time."""
+
+    def __init__(self, threads: int):
+        if not isinstance(threads, (int, np.integer)) or not 1 <= threads <= 256:
+            raise CoreError(f"a pool has 1 .. 256 threads, got {threads!r}")
+        lib = library()
+        handle = ctypes.c_void_p()
+        _check(lib.crome_pool_init(int(threads), ctypes.byref(handle)), "crome_pool_init")
+        self.handle, self.threads = handle.value, int(threads)
+        self._finalizer = weakref.finalize(self, lib.crome_pool_free, handle.value)
+
+    def close(self) -> None:
+        self._finalizer()
+        self.handle = None
+
+
+def qmatvec(blocks: np.ndarray, qtype: str, x: np.ndarray, isa: str = "auto", pool: Pool | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """W . x for a block-quantised W given as uint8 (rows, row_bytes) (a GGUF tensor's bytes, one row of
+    blocks per row); x float32 (cols,) with cols = row_bytes / bytes-per-block * 32 -> float32 (rows,)."""
+    if qtype not in QTYPES:
+        raise CoreError(f"block format {qtype!r} is not one of {sorted(QTYPES)}")
+    if isa not in ISAS:
+        raise CoreError(f"ISA {isa!r} is not one of {sorted(ISAS)}")
+    if type(blocks) is not np.ndarray or blocks.dtype != np.uint8 or blocks.ndim != 2 or not blocks.flags.c_contiguous:
+        raise CoreError(f"blocks must be C-contiguous uint8 (rows, row_bytes), got "
+                        f"{getattr(blocks, 'dtype', type(blocks).__name__)} {getattr(blocks, 'shape', '')}")
+    per_block = 34 if qtype == "q8_0" else 20
+    rows, row_bytes = blocks.shape
+    if rows == 0 or row_bytes == 0 or row_bytes % per_block:
+        raise CoreError(f"a {qtype} matrix is (rows, n_blocks * {per_block}) bytes, got {blocks.shape}")
+    cols = row_bytes // per_block * QK
+    if type(x) is not np.ndarray or x.dtype != _F32DT or x.shape != (cols,):
+        raise CoreError(f"x must be float32 ({cols},), got {getattr(x, 'dtype', type(x).__name__)} "
+                        f"{getattr(x, 'shape', '')}")
+    x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty(rows, _F32DT)
+    elif type(out) is not np.ndarray or out.dtype != _F32DT or out.shape != (rows,) or not out.flags.c_contiguous:
+        raise CoreError(f"out must be C-contiguous float32 ({rows},)")
+    if not isa_supported(isa):
+        raise CoreError(f"this CPU (or this build) cannot run the {isa} path; pick one of "
+                        f"{[name for name in ISAS if isa_supported(name)]}")
+    _check(library().crome_qmatvec(pool.handle if pool else None, ISAS[isa], QTYPES[qtype], blocks.ctypes.data,
+                                   rows, cols, x.ctypes.data, out.ctypes.data), "crome_qmatvec")
+    return out

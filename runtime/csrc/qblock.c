@@ -1,0 +1,358 @@
+/* qblock.c - GGUF Q4_1 / Q8_0 blocks x float32 vector (crome_qmatvec, crome_isa_*), one path per ISA.
+ *
+ * Every path rebuilds each weight as the float32 the GGUF dequantises to (d * q + m; d * q is exact, so a
+ * fused multiply-add rounds once, like the reference's separate add) and accumulates w * x in float32;
+ * paths differ only in summation order. The ISA is picked at run time (__builtin_cpu_supports), and the
+ * x86 paths are compiled with target attributes, so a portable build (CROME_PORTABLE=1) has them too.
+ * Not here: threading policy beyond splitting rows (pool.c), the decode step (llm.c).
+ */
+#include "qblock.h"
+
+#include "pool.h"
+
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CROME_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+/* ---- scalar (portable) ------------------------------------------------------------------------- */
+
+/* IEEE half -> float, exact (subnormals, inf, NaN included). */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                mant <<= 1;
+            } while (!(mant & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        float acc[4] = {0, 0, 0, 0};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q8_0_BYTES;
+            const float d = half_to_float(load_u16(blk));
+            const int8_t *q = (const int8_t *)(blk + 2);
+            const float *xb = x + b * CROME_QK;
+            for (int j = 0; j < CROME_QK; j++) acc[j & 3] += (d * (float)q[j]) * xb[j];
+        }
+        y[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+static void q4_1_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        float acc[4] = {0, 0, 0, 0};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q4_1_BYTES;
+            const float d = half_to_float(load_u16(blk)), m = half_to_float(load_u16(blk + 2));
+            const uint8_t *qs = blk + 4;
+            const float *xb = x + b * CROME_QK;
+            for (int j = 0; j < CROME_QK / 2; j++) {
+                acc[j & 3] += (d * (float)(qs[j] & 15) + m) * xb[j];
+                acc[j & 3] += (d * (float)(qs[j] >> 4) + m) * xb[j + CROME_QK / 2];
+            }
+        }
+        y[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+/* ---- AVX2 + FMA + F16C --------------------------------------------------------------------------- */
+#if CROME_X86
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+
+AVX2_TARGET static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_TARGET static inline __m256 u8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
+AVX2_TARGET static inline __m256 i8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+
+AVX2_TARGET static void q8_0_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
+                                  int64_t n_rows) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q8_0_BYTES;
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk)));
+            const __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2));
+            const __m128i q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+            const float *xb = x + b * CROME_QK;
+            a0 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(q0)), _mm256_loadu_ps(xb), a0);
+            a1 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(_mm_srli_si128(q0, 8))), _mm256_loadu_ps(xb + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(q1)), _mm256_loadu_ps(xb + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(_mm_srli_si128(q1, 8))), _mm256_loadu_ps(xb + 24), a3);
+        }
+        y[r] = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    }
+}
+
+AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
+                                  int64_t n_rows) {
+    const __m128i low = _mm_set1_epi8(15);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q4_1_BYTES;
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk))), m = _mm256_set1_ps(_cvtsh_ss(load_u16(blk + 2)));
+            const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 4));
+            const __m128i lo = _mm_and_si128(qs, low), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
+            const float *xb = x + b * CROME_QK;
+            a0 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(lo), m), _mm256_loadu_ps(xb), a0);
+            a1 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(_mm_srli_si128(lo, 8)), m), _mm256_loadu_ps(xb + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(hi), m), _mm256_loadu_ps(xb + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(_mm_srli_si128(hi, 8)), m), _mm256_loadu_ps(xb + 24), a3);
+        }
+        y[r] = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    }
+}
+
+/* ---- AVX-512 F + BW ------------------------------------------------------------------------------ */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+
+/* Two rows per pass share the x loads; two accumulators per row. */
+AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
+                                      int64_t n_rows) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) {
+        const uint8_t *r0 = w + r * row_bytes, *r1 = r0 + row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = r0 + b * Q8_0_BYTES, *q = r1 + b * Q8_0_BYTES;
+            const float *xb = x + b * CROME_QK;
+            const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+            const __m512 dp = _mm512_set1_ps(_cvtsh_ss(load_u16(p))), dq = _mm512_set1_ps(_cvtsh_ss(load_u16(q)));
+            const __m512 p0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
+            const __m512 p1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
+            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 2))));
+            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 18))));
+            a0 = _mm512_fmadd_ps(_mm512_mul_ps(dp, p0), x0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_mul_ps(dp, p1), x1, a1);
+            b0 = _mm512_fmadd_ps(_mm512_mul_ps(dq, q0), x0, b0);
+            b1 = _mm512_fmadd_ps(_mm512_mul_ps(dq, q1), x1, b1);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        y[r + 1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
+    }
+    for (; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = row + b * Q8_0_BYTES;
+            const float *xb = x + b * CROME_QK;
+            const __m512 d = _mm512_set1_ps(_cvtsh_ss(load_u16(p)));
+            const __m512 p0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
+            const __m512 p1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
+            a0 = _mm512_fmadd_ps(_mm512_mul_ps(d, p0), _mm512_loadu_ps(xb), a0);
+            a1 = _mm512_fmadd_ps(_mm512_mul_ps(d, p1), _mm512_loadu_ps(xb + 16), a1);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+}
+
+AVX512_TARGET static inline void q4_1_block512(const uint8_t *p, __m512 x0, __m512 x1, __m512 *a0, __m512 *a1) {
+    const __m128i low = _mm_set1_epi8(15);
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(load_u16(p))), m = _mm512_set1_ps(_cvtsh_ss(load_u16(p + 2)));
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(p + 4));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), low)));
+    *a0 = _mm512_fmadd_ps(_mm512_fmadd_ps(d, lo, m), x0, *a0);
+    *a1 = _mm512_fmadd_ps(_mm512_fmadd_ps(d, hi, m), x1, *a1);
+}
+
+AVX512_TARGET static void q4_1_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
+                                      int64_t n_rows) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) {
+        const uint8_t *r0 = w + r * row_bytes, *r1 = r0 + row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + b * CROME_QK;
+            const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+            q4_1_block512(r0 + b * Q4_1_BYTES, x0, x1, &a0, &a1);
+            q4_1_block512(r1 + b * Q4_1_BYTES, x0, x1, &b0, &b1);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        y[r + 1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
+    }
+    for (; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = x + b * CROME_QK;
+            q4_1_block512(row + b * Q4_1_BYTES, _mm512_loadu_ps(xb), _mm512_loadu_ps(xb + 16), &a0, &a1);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+}
+#endif /* CROME_X86 */
+
+/* ---- NEON (aarch64) ------------------------------------------------------------------------------ */
+#if defined(__aarch64__)
+static inline float32x4_t u8x4_lo(uint8x8_t v) { return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(v)))); }
+static inline float32x4_t u8x4_hi(uint8x8_t v) { return vcvtq_f32_u32(vmovl_u16(vget_high_u16(vmovl_u8(v)))); }
+static inline float32x4_t s8x4_lo(int8x8_t v) { return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(v)))); }
+static inline float32x4_t s8x4_hi(int8x8_t v) { return vcvtq_f32_s32(vmovl_s16(vget_high_s16(vmovl_s8(v)))); }
+
+static inline float half_neon(const uint8_t *p) {
+    __fp16 h;
+    memcpy(&h, p, sizeof h);
+    return (float)h;
+}
+
+static void q8_0_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q8_0_BYTES;
+            const float32x4_t d = vdupq_n_f32(half_neon(blk));
+            const float *xb = x + b * CROME_QK;
+            for (int h = 0; h < 4; h++) {
+                const int8x8_t q = vld1_s8((const int8_t *)(blk + 2 + 8 * h));
+                acc[h] = vfmaq_f32(acc[h], vmulq_f32(d, s8x4_lo(q)), vld1q_f32(xb + 8 * h));
+                acc[h] = vfmaq_f32(acc[h], vmulq_f32(d, s8x4_hi(q)), vld1q_f32(xb + 8 * h + 4));
+            }
+        }
+        y[r] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+    }
+}
+
+static void q4_1_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+    const uint8x16_t low = vdupq_n_u8(15);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * Q4_1_BYTES;
+            const float32x4_t d = vdupq_n_f32(half_neon(blk)), m = vdupq_n_f32(half_neon(blk + 2));
+            const uint8x16_t qs = vld1q_u8(blk + 4);
+            const uint8x16_t lo = vandq_u8(qs, low), hi = vshrq_n_u8(qs, 4);
+            const float *xb = x + b * CROME_QK;
+            const uint8x8_t parts[4] = {vget_low_u8(lo), vget_high_u8(lo), vget_low_u8(hi), vget_high_u8(hi)};
+            for (int h = 0; h < 4; h++) {
+                acc[h] = vfmaq_f32(acc[h], vfmaq_f32(m, d, u8x4_lo(parts[h])), vld1q_f32(xb + 8 * h));
+                acc[h] = vfmaq_f32(acc[h], vfmaq_f32(m, d, u8x4_hi(parts[h])), vld1q_f32(xb + 8 * h + 4));
+            }
+        }
+        y[r] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+    }
+}
+#endif /* __aarch64__ */
+
+/* ---- dispatch ------------------------------------------------------------------------------------ */
+
+int crome_isa_supported(int32_t isa) {
+    switch (isa) {
+    case CROME_ISA_AUTO:
+    case CROME_ISA_SCALAR: return 1;
+#if CROME_X86
+    case CROME_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case CROME_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               crome_isa_supported(CROME_ISA_AVX2);
+#endif
+#if defined(__aarch64__)
+    case CROME_ISA_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+int32_t crome_isa_best(void) {
+    const int32_t order[] = {CROME_ISA_AVX512, CROME_ISA_AVX2, CROME_ISA_NEON};
+    for (unsigned i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (crome_isa_supported(order[i])) return order[i];
+    return CROME_ISA_SCALAR;
+}
+
+crome_qrows_fn crome_qrows_kernel(int32_t isa, int32_t qtype) {
+    if (isa == CROME_ISA_AUTO) isa = crome_isa_best();
+    if (!crome_isa_supported(isa) || (qtype != CROME_QTYPE_Q4_1 && qtype != CROME_QTYPE_Q8_0)) return NULL;
+    const int q8 = qtype == CROME_QTYPE_Q8_0;
+    switch (isa) {
+    case CROME_ISA_SCALAR: return q8 ? q8_0_scalar : q4_1_scalar;
+#if CROME_X86
+    case CROME_ISA_AVX2: return q8 ? q8_0_avx2 : q4_1_avx2;
+    case CROME_ISA_AVX512: return q8 ? q8_0_avx512 : q4_1_avx512;
+#endif
+#if defined(__aarch64__)
+    case CROME_ISA_NEON: return q8 ? q8_0_neon : q4_1_neon;
+#endif
+    default: return NULL;
+    }
+}
+
+int64_t crome_qrow_bytes(int32_t qtype, int64_t cols) {
+    if (cols < CROME_QK || cols % CROME_QK) return -1;
+    switch (qtype) {
+    case CROME_QTYPE_Q4_1: return cols / CROME_QK * Q4_1_BYTES;
+    case CROME_QTYPE_Q8_0: return cols / CROME_QK * Q8_0_BYTES;
+    default: return -1;
+    }
+}
+
+typedef struct matvec_job {
+    crome_qrows_fn kernel;
+    const uint8_t *w;
+    int64_t row_bytes, nb, rows;
+    const float *x;
+    float *y;
+} matvec_job;
+
+enum { ROW_GRAIN = 16 }; /* rows per unit of work: whole cache lines of y per thread */
+
+static void matvec_part(void *ctx, int thread, int n_threads) {
+    const matvec_job *j = ctx;
+    int64_t r0, r1;
+    crome_split(j->rows, ROW_GRAIN, thread, n_threads, &r0, &r1);
+    if (r1 > r0) j->kernel(j->w + r0 * j->row_bytes, j->row_bytes, j->nb, j->x, j->y + r0, r1 - r0);
+}
+
+crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const void *w, int64_t rows, int64_t cols,
+                           const float *x, float *y) {
+    if (!w || !x || !y) return CROME_ERR_NULL;
+    const int64_t row_bytes = crome_qrow_bytes(qtype, cols);
+    if (qtype != CROME_QTYPE_Q4_1 && qtype != CROME_QTYPE_Q8_0) return CROME_ERR_PARAM;
+    if (row_bytes < 0 || cols > ((int64_t)1 << 20) || rows < 1 || rows > ((int64_t)1 << 31)) return CROME_ERR_SHAPE;
+    crome_qrows_fn kernel = crome_qrows_kernel(isa, qtype);
+    if (!kernel) return CROME_ERR_PARAM;
+    matvec_job job = {kernel, w, row_bytes, cols / CROME_QK, rows, x, y};
+    crome_pool_run(pool, matvec_part, &job);
+    return CROME_OK;
+}
