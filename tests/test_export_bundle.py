@@ -72,6 +72,9 @@ def _leftovers(directory: Path) -> list[str]:
 def test_int8_export_meets_the_done_criteria(int8_bundle):
     report = json.loads((int8_bundle / formats.REPORT_FILE).read_text())
     assert report["format"] == formats.REPORT_FORMAT and report["precision"] == "int8"
+    from crome_runtime.machine import describe_cpu
+
+    assert report["measured_on"] == describe_cpu() and report["measured_on"]["onnxruntime"]  # where it was measured
     stages = {(s["stage"], s["precision"]): s for s in report["stages"]}
     for stage in ("vision", "adapter_visual", "adapter_text", "decoder_prefill", "decoder_step"):
         assert stages[(stage, "fp32")]["cosine_min"] >= 0.9999
@@ -125,7 +128,8 @@ def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace
     report = json.loads((out / formats.REPORT_FILE).read_text())
     assert report["greedy"]["fp32"]["identical"] == report["greedy"]["fp32"]["prompts"] == 15
     assert set(report["greedy"]) == {"fp32"} and read_manifest(out).precision == "fp32"
-    assert "stage" in capsys.readouterr().err  # the table is printed
+    err = capsys.readouterr().err
+    assert "stage" in err and "measured on: " in err  # the table is printed, with the machine
     started = time.perf_counter()
     second = workspace["root"] / "other.bundle"
     assert main(["export", "--adapter", str(other), "--precision", "fp32", "--out", str(second)]) == 0
@@ -214,6 +218,30 @@ def test_calibration_directory_and_count(workspace, tmp_path):
     assert main(["export", "--adapter", str(workspace["adapter"]), "--calib", str(frames), "--out", str(out)]) == 0
     report = json.loads((out / formats.REPORT_FILE).read_text())
     assert report["quantization"]["vision"]["calibration_frames"] == 10 and str(frames) in report["inputs"]["calibration"]
+
+
+def test_verify_passes_on_the_fresh_int8_bundle_and_fails_on_a_worse_vision_graph(int8_bundle, tmp_path, capsys):
+    """The acceptance set the export wrote, through the engine here: the INT8 gates hold; a vision graph from a
+    differently seeded backbone (manifest updated so it loads) fails the INT8 stage gate on vision."""
+    import shutil
+
+    from crome_edge.backbones.tiny import build_tiny
+    from crome_export.vision import export_vision
+    from crome_runtime.manifest import sha256_file
+
+    assert main(["verify", str(int8_bundle), "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "gate int8_stages: ok" in table and "gate int8_accuracy: ok" in table and "greedy int8" in table
+    swapped = shutil.copytree(int8_bundle, tmp_path / "swapped.bundle")
+    export_vision(build_tiny(seed=1), swapped / formats.VISION_ONNX, formats.DEFAULT_OPSET)
+    manifest = json.loads((swapped / formats.MANIFEST_FILE).read_text())
+    manifest["files"][formats.VISION_ONNX].update(sha256=sha256_file(swapped / formats.VISION_ONNX),
+                                                  bytes=(swapped / formats.VISION_ONNX).stat().st_size)
+    (swapped / formats.MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert main(["verify", str(swapped), "--threads", "1"]) == 1
+    table = capsys.readouterr().out
+    assert "gate int8_stages: FAILED — vision cosine" in table
+    assert [line for line in table.splitlines() if line.startswith("vision ")][0].endswith("FAILED")
 
 
 def test_build_engines_without_tensorrt_says_how_to_get_it(int8_bundle, capsys, monkeypatch):

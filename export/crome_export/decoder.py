@@ -9,7 +9,7 @@ The causal + padding mask is built inside the graph from attention_mask alone (k
 i when mask[j] = 1 and j <= P + i), as an additive float mask with finfo.min rather than -inf, so a
 fully padded query row stays finite. Works for any Hugging Face decoder-only LLM that accepts a 4-D
 mask (LLaMA family incl. GQA and tied embeddings, OPT, Mistral, Qwen2). Also writes the token-embedding
-table (formats.EMBEDDINGS_FILE). Not here: INT8 (quantize.py), the generation loop (ort_generate.py).
+table (formats.EMBEDDINGS_FILE). Not here: INT8 (quantize.py), the generation loop (crome_runtime.engine).
 """
 from __future__ import annotations
 
