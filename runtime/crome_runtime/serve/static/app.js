@@ -73,6 +73,9 @@ async function health() {
       pill.className = "pill " + (body.status === "ok" ? "ok" : body.status === "loading" ? "warn" : "bad");
       $("model").textContent = body.engine.model;
       $("provider").textContent = body.engine.providers || "";
+      const camera = body.camera;
+      $("camera-state").textContent = camera ? camera.source + " · " + camera.state
+        + (camera.reconnects ? " · " + camera.reconnects + " reconnects" : "") : "none (uploaded images only)";
     } catch (e) {
       $("status").textContent = "server unreachable";
       $("status").className = "pill bad";
