@@ -18,6 +18,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class AcceptanceSet:
     # --- writing ----------------------------------------------------------------------------------------
     def to_files(self, decode) -> dict[str, bytes]:
         """{file name: bytes} for the bundle writer; decode(ids) -> text for the answers' readable form."""
-        arrays = {f"frame_{i}": np.ascontiguousarray(f, np.uint8) for i, f in enumerate(self.frames)}
+        arrays: dict[str, Any] = {f"frame_{i}": np.ascontiguousarray(f, np.uint8) for i, f in enumerate(self.frames)}
         prompts = []
         for index, ref in enumerate(self.references):
             entry = {"frame": ref.frame, "question": ref.question, "answer": ref.answer, "token_ids": ref.token_ids,
@@ -167,8 +168,8 @@ def _parse(document: dict, arrays: dict[str, np.ndarray], manifest: Manifest) ->
 
     references = []
     for index, entry in enumerate(document["prompts"]):
-        frame, question, token_ids = int(entry["frame"]), str(entry["question"]), [int(t) for t in entry["token_ids"]]
-        if not 0 <= frame < len(frames) or not question.strip() or any(not 0 <= t < vocab for t in token_ids):
+        frame_index, question, token_ids = int(entry["frame"]), str(entry["question"]), [int(t) for t in entry["token_ids"]]
+        if not 0 <= frame_index < len(frames) or not question.strip() or any(not 0 <= t < vocab for t in token_ids):
             raise ValueError(f"prompt {index} has a frame index, question or token ids that do not fit this bundle")
         margins = entry.get("margins")
         stages = None
@@ -183,7 +184,7 @@ def _parse(document: dict, arrays: dict[str, np.ndarray], manifest: Manifest) ->
             stages = StageReference(visual, adapted, prompt_ids, text, array(f"prefill_logits_{index}", (vocab,)),
                                     array(f"step_logits_{index}", (vocab,)))
         answer = entry.get("answer")
-        references.append(Reference(frame, question, None if answer is None else str(answer), token_ids,
+        references.append(Reference(frame_index, question, None if answer is None else str(answer), token_ids,
                                     None if margins is None else [float(m) for m in margins], stages))
     if not references:
         raise ValueError("it has no prompts")

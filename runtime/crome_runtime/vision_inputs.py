@@ -16,7 +16,7 @@ from crome_runtime.prompt import instruction_ids
 def vision_feeds(pixels: np.ndarray, questions: list[str], backbone, qformer_tokenizer) -> dict[str, np.ndarray]:
     """pixels (B, 3, S, S) float32 + B questions -> vision.onnx feeds. backbone: anything with
     instruction_aware and max_instruction_tokens (the manifest's BackboneSpec, crome_edge's BackboneInfo)."""
-    feeds = {formats.IN_PIXEL_VALUES: np.ascontiguousarray(pixels, dtype=np.float32)}
+    feeds: dict[str, np.ndarray] = {formats.IN_PIXEL_VALUES: np.ascontiguousarray(pixels, dtype=np.float32)}
     if backbone.instruction_aware:
         rows = [instruction_ids(qformer_tokenizer, q, backbone.max_instruction_tokens) for q in questions]
         width = max(len(r) for r in rows)
