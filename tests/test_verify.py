@@ -170,6 +170,10 @@ def test_acceptance_set_size_follows_from_its_contents(paths):
     assert smol + acceptance.JSON_RESERVE < 2_000_000  # = 1.99 MB at most; the writer refuses more
     big = np.zeros((480, 640, 3), np.uint8)  # a camera frame is downscaled to fit
     assert acceptance.fit_frame(big, plan.frame_bytes).nbytes <= plan.frame_bytes
+    for nq, d, vocab in ((32, 4096, 32000), (32, 2560, 152000)):  # 7B-size widths, a large vocabulary
+        plan = acceptance.plan(acceptance.PROMPTS, nq, d, vocab, [40] * acceptance.STAGE_PROMPTS)
+        fixed = sum(acceptance.stage_bytes(nq, d, 40, vocab, i < plan.logit_prompts) for i in range(plan.stage_prompts))
+        assert fixed + acceptance.PROMPTS * plan.frame_bytes + acceptance.JSON_RESERVE <= acceptance.MAX_BYTES
 
 
 def test_gate_rules_near_ties_and_the_one_sample_floor():

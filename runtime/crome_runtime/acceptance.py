@@ -49,21 +49,22 @@ def stage_bytes(num_query_tokens: int, d_model: int, text_tokens: int, vocab_siz
 
 
 def plan(frames: int, num_query_tokens: int, d_model: int, vocab_size: int, text_tokens: list[int]) -> Plan:
-    """How much of each goes in: stage references first (fewer logits for a large vocabulary), then the
-    frames share what is left. text_tokens: prompt lengths of the prompts that may carry stage outputs."""
+    """How much of each goes in: stage references first, within STAGE_SHARE of the budget (a large vocabulary
+    or width drops logits first, then stage prompts), then the frames share what is left.
+    text_tokens: prompt lengths of the first prompts (those that may carry stage outputs)."""
     stage_prompts = min(STAGE_PROMPTS, len(text_tokens))
     logit_prompts = min(LOGIT_PROMPTS, stage_prompts)
 
-    def fixed(logit_count: int) -> int:
-        return sum(stage_bytes(num_query_tokens, d_model, n, vocab_size, i < logit_count)
+    def fixed() -> int:
+        return sum(stage_bytes(num_query_tokens, d_model, n, vocab_size, i < logit_prompts)
                    for i, n in enumerate(text_tokens[:stage_prompts]))
 
-    while logit_prompts and fixed(logit_prompts) > STAGE_SHARE * MAX_BYTES:
-        logit_prompts -= 1
-    left = MAX_BYTES - JSON_RESERVE - fixed(logit_prompts)
-    if left <= 0 or frames < 1:
-        raise ValueError(f"an acceptance set of {frames} frames does not fit {MAX_BYTES} bytes")
-    return Plan(stage_prompts, logit_prompts, left // frames)
+    while stage_prompts and fixed() > STAGE_SHARE * MAX_BYTES:
+        if logit_prompts:
+            logit_prompts -= 1
+        else:
+            stage_prompts -= 1
+    return Plan(stage_prompts, logit_prompts, (MAX_BYTES - JSON_RESERVE - fixed()) // max(frames, 1))
 
 
 def fit_frame(frame: np.ndarray, max_bytes: int) -> np.ndarray:
