@@ -279,3 +279,21 @@ def test_fp16_bundle(workspace, tmp_path):
     assert read_manifest(out).files[formats.DECODER_ONNX].precision == "fp16"
     assert report["greedy"]["fp16"]["identical"] == report["greedy"]["fp16"]["prompts"]
     assert all(s["cosine_min"] > 0.999 for s in report["stages"])
+
+
+def test_an_adapter_file_cannot_choose_a_backbone_directory_to_load(workspace, tmp_path, capsys):
+    """Metadata names only registered backbones; a path in it is refused unless the user passes --backbone."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(workspace["adapter"]), "np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    (tmp_path / "some_dir").mkdir()
+    meta[formats.META_BACKBONE_NAME] = str(tmp_path / "some_dir")
+    hostile = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata=meta)
+    assert main(["export", "--adapter", str(hostile), "--out", str(tmp_path / "h.bundle")]) == 2
+    err = capsys.readouterr().err
+    assert "not a registered name" in err and "--backbone" in err
+    assert not (tmp_path / "h.bundle").exists()

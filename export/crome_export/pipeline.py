@@ -197,9 +197,12 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
 
 def _load_model(meta, adapter_path: Path, backbone_spec: str | None):
     from crome_edge.adapter_file import load_adapter
-    from crome_edge.backbones import load_backbone
+    from crome_edge.backbones.registry import load_backbone, load_backbone_named_by
 
-    backbone = load_backbone(backbone_spec or meta.backbone_name)  # CromeError on unsupported architectures
+    if backbone_spec:
+        backbone = load_backbone(backbone_spec)  # CromeError on unsupported architectures
+    else:
+        backbone = load_backbone_named_by(f"adapter {adapter_path.name}", meta.backbone_name)
     adapter, _ = load_adapter(adapter_path, backbone)  # AdapterFileError (a CromeError) on a mismatch
     adapter.eval().requires_grad_(False)
     return backbone, adapter
