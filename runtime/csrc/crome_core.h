@@ -260,7 +260,7 @@ typedef struct crome_llm crome_llm; /* opaque */
 CROME_API crome_llm_params crome_llm_params_default(void); /* SmolLM2-135M's dims, 1 thread, CROME_ISA_AUTO */
 
 /* Copies every weight into the handle (the caller may free its buffers on return) and starts its pool.
- * The KV cache starts empty with room for 0 tokens (crome_llm_reserve). *out NULL on error. */
+ * The KV cache starts empty with room for 1 token (grow it with crome_llm_reserve). *out NULL on error. */
 CROME_API crome_status crome_llm_init(const crome_llm_params *params, const crome_llm_weights *weights,
                                       crome_llm **out);
 CROME_API void crome_llm_free(crome_llm *llm); /* NULL is a no-op */
