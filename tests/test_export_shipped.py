@@ -1,0 +1,32 @@
+"""The mission's literal command on the embedded default (slow): `crome-edge export --adapter line3.safetensors`
+with the shipped adapter copied into an empty directory and no --data. The adapter's training set is not on
+this machine; the exporter regenerates it from the recipe the adapter records and writes a bundle whose
+gates pass. Only the CLI contract is checked here (the fidelity numbers are test_runtime_smol's business)."""
+import json
+import shutil
+
+import pytest
+
+from crome_edge.cli import main
+from crome_edge.weights import shipped_adapter
+from crome_runtime import formats
+from crome_runtime.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def test_export_of_a_copied_shipped_adapter_needs_no_data(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "empty"
+    work.mkdir()
+    shutil.copy(shipped_adapter("line3"), work / "line3.safetensors")
+    monkeypatch.chdir(work)
+    assert main(["export", "--adapter", "line3.safetensors"]) == 0
+    err = capsys.readouterr().err
+    assert "training data:" in err and "regenerat" in err  # "regenerating ..." or "reusing the regenerated ..."
+    assert sorted(p.name for p in work.iterdir()) == ["line3.bundle", "line3.safetensors"]
+    manifest = read_manifest(work / "line3.bundle", verify=True)
+    assert manifest.precision == "int8" and manifest.adapter.name == "line3"
+    report = json.loads((work / "line3.bundle" / formats.REPORT_FILE).read_text())
+    assert "regenerated" in report["inputs"]["evaluation"] and "regenerated" in report["inputs"]["calibration"]
+    assert report["inputs"]["eval_prompts"] == 50  # the validation split the adapter held out
+    assert all(gate["ok"] for gate in report["gates"].values()), report["gates"]
