@@ -154,3 +154,35 @@ def load_reference_into(llm, blocks: DecoderBlocks) -> None:
             head.weight = torch.nn.Parameter(torch.from_numpy(state["head"].copy()), requires_grad=False)
         else:
             head.weight.copy_(torch.from_numpy(state["head"]))
+
+
+def source_gguf(backbone) -> Path | None:
+    """The GGUF a backbone's LLM was converted from, when crome-edge knows it (the embedded `smol`), else None."""
+    if backbone.info.name != "smol":
+        return None
+    from crome_edge.store.smollm2 import ensure_smollm2_gguf
+
+    return ensure_smollm2_gguf()
+
+
+def write_bundle_blocks(backbone, directory: Path, say) -> Path | None:
+    """directory/DECODER_BLOCKS_FILE with the backbone's exact GGUF blocks (bit-identity checked), or None when the
+    backbone has none (its decode steps then run on the ONNX decoder). Float backbones get no blocks by default:
+    a weight-only Q8_0 form changes the weights and needs its own fidelity gate first."""
+    from crome_edge.store.cache import sha256_file
+    from crome_runtime import blocks_file, formats
+
+    gguf_path = source_gguf(backbone)
+    if gguf_path is None:
+        return None
+    try:
+        dims_of(backbone.llm)
+    except CromeError as error:
+        say(f"decoder blocks: none ({error})")
+        return None
+    blocks = from_gguf(gguf_path, backbone.llm, sha256_file(gguf_path))
+    path = directory / formats.DECODER_BLOCKS_FILE
+    blocks_file.save(blocks, path)
+    say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(sorted(set(blocks.qtypes.values())))} blocks, "
+        f"{blocks.nbytes / 1e6:.0f} MB, bit-identical to the PyTorch weights dequantised")
+    return path

@@ -167,8 +167,13 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         model = CromeModel(backbone, adapter).eval()
         max_new_tokens = _generation_budget(model, data, config)
         manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens)
+        from crome_export.blocks import write_bundle_blocks
+
+        blocks = write_bundle_blocks(backbone, work, progress.note)  # the C decode step's weights, when exact
         for file in _bundle_files(adapter_path, parts, work, config):
             writer.add_file(file.source, file.name, file.precision, file.sha256)
+        if blocks is not None:
+            writer.add_file(blocks, blocks.name, "data")
         with tempfile.TemporaryDirectory(prefix=f".{writer.target.name}.fp32-candidate-", dir=writer.target.parent) as ref:
             candidates = {"fp32": writer.candidate(manifest)}  # the files as they will ship
             if config.precision != "fp32":  # the parity reference: the same files with the FP32 graphs

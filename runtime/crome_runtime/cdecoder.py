@@ -124,3 +124,45 @@ class CDecoder:
                 raise ValueError(f"the KV cache holds {self.capacity} tokens; reserve() more before decoding past it")
             ccore._check(status, "crome_llm_step")
         return self.logits[0, 0]
+
+
+def bundle_blocks_usable(bundle) -> str | None:
+    """Why the bundle's decode steps cannot run on its decoder blocks (None: they can): the blocks file must be
+    listed in the manifest (so its sha256 was checked at load) and faithful by the export's gates: the GGUF's
+    own blocks (bit-identical to the PyTorch weights, checked at export), or a lowered form whose gate passed."""
+    from crome_runtime import formats
+
+    if formats.DECODER_BLOCKS_FILE not in bundle.manifest.files:
+        return "the bundle has no decoder blocks (re-export it from a GGUF-converted backbone)"
+    source = _read_source(bundle.path / formats.DECODER_BLOCKS_FILE)
+    if source.get("kind") != "gguf" and source.get("gate") != "passed":
+        return f"the bundle's decoder blocks ({source.get('kind')} {source.get('qtype', '')}) did not pass the export gates"
+    return None
+
+
+def _read_source(path) -> dict:
+    import json
+
+    from crome_runtime.safetensors_header import read_header
+
+    return json.loads(read_header(path).get("__metadata__", {}).get("source", "{}"))
+
+
+def open_cdecoder(bundle, prefill_decoder, threads: int = 0) -> CDecoder:
+    """The bundle's C decoder (prefill through `prefill_decoder`, its KVDecoder); threads 0 = one per core."""
+    import os
+
+    from crome_runtime import blocks_file, formats
+
+    if threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    blocks = blocks_file.load(bundle.path / formats.DECODER_BLOCKS_FILE)
+    llm = bundle.manifest.llm
+    dims = blocks.dims
+    if (dims.n_layers, dims.n_kv_heads, dims.head_dim, dims.vocab) != (llm.num_layers, llm.num_kv_heads, llm.head_dim,
+                                                                       llm.vocab_size):
+        from crome_runtime.errors import BundleError
+
+        raise BundleError(f"{formats.DECODER_BLOCKS_FILE} is for a decoder of {dims}, the manifest's is {llm}; "
+                          "re-export the bundle")
+    return CDecoder(blocks, threads=min(int(threads), 256), prefill_decoder=prefill_decoder)

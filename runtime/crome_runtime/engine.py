@@ -45,6 +45,9 @@ class EngineConfig:
     spin: bool = True  # idle ORT worker threads spin (lower latency; set False on a shared CPU)
     verify: bool = True  # sha256 of every bundle file at load
     adapter: str = "auto"  # "c" (C core kernel), "onnx" (the adapter graphs), auto: c when the decoder runs on CPU
+    # "c": decode steps in the C core on the bundle's GGUF blocks (cdecoder.py; ONNX still prefills), "onnx": the
+    # decoder graph only; auto: c on CPU when the bundle has decoder blocks whose export gates passed
+    decoder: str = "auto"
     vision_cache: int = 8  # frames (or frame + question) whose adapted visual queries are kept
     text_cache: int = 64  # prompts whose adapted text embeddings are kept
 
@@ -160,6 +163,11 @@ class Engine:
         on_gpu = self.providers.primary in (providers.ORT_NAMES["cuda"], providers.ORT_NAMES["tensorrt"])
         self.decoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
+        self.decoder_backend = "onnx"
+        if self._use_c_decoder(on_gpu):
+            from crome_runtime.cdecoder import open_cdecoder
+
+            self.decoder, self.decoder_backend = open_cdecoder(bundle, self.decoder, self.config.threads), "c"
         self.adapter_backend, self._c_adapter = self._adapter_backend(on_gpu)
         self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
         self._row_bytes = d * 4
@@ -182,6 +190,21 @@ class Engine:
         if choice == "onnx" or (choice == "auto" and (on_gpu or not usable)):
             return "onnx", None
         return "c", load_c_adapter(weights, self.manifest.backbone.d_model)
+
+    def _use_c_decoder(self, on_gpu: bool) -> bool:
+        from crome_runtime import ccore
+        from crome_runtime.cdecoder import bundle_blocks_usable
+
+        choice = self.config.decoder
+        if choice not in ("auto", "c", "onnx"):
+            raise EngineError(f"decoder backend {choice!r} is not one of auto, c, onnx")
+        if choice == "onnx":
+            return False
+        why_not = "the decoder runs on a GPU" if on_gpu else bundle_blocks_usable(self.bundle) or (
+            None if ccore.available() else "the C core is not built")
+        if choice == "c" and why_not:
+            raise EngineError(f"decoder='c' cannot run: {why_not}; use decoder='onnx'")
+        return why_not is None
 
     @classmethod
     def load(cls, bundle: str | os.PathLike, config: EngineConfig | None = None,
@@ -370,7 +393,7 @@ class Engine:
         return {
             "bundle": str(self.bundle.path), "backbone": m.backbone.name, "adapter": m.adapter.name,
             "precision": m.precision, "providers": self.providers.to_dict(), "threads": self.config.threads,
-            "adapter_backend": self.adapter_backend,
+            "adapter_backend": self.adapter_backend, "decoder_backend": self.decoder_backend,
             "kv_cache": {"device": self.decoder.device, "capacity_tokens": self.decoder.capacity,
                          "bytes": self.decoder.kv_bytes, "allocations": self.decoder.allocations},
             "caches": {"vision": self.vision_cache.stats(), "text": self.text_cache.stats()},

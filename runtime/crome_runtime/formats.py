@@ -54,6 +54,8 @@ ADAPTER_VISUAL_ONNX = "adapter_visual.onnx"
 ADAPTER_TEXT_ONNX = "adapter_text.onnx"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"  # the adapter's five tensors, for a native fused kernel
 DECODER_ONNX = "decoder.onnx"
+# The decoder's weights as GGUF Q4_1/Q8_0 blocks + float32 norms, for the C decode step on CPU (blocks_file.py)
+DECODER_BLOCKS_FILE = "decoder_blocks.safetensors"
 ENGINES_DIR = "engines"  # TensorRT engines, built on the target by `crome-edge build-engines`
 ENGINES_MANIFEST = "engines.json"  # inside ENGINES_DIR: TensorRT version, device, profiles, engine files
 TIMING_CACHE_FILE = "timing.cache"  # inside ENGINES_DIR: TensorRT tactic timing cache, reused by rebuilds
