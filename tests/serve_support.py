@@ -51,7 +51,11 @@ def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
 
 
 def health(base: str) -> tuple[int, dict]:
-    status, _, body = get(f"{base}/health")
+    """(status, body) of GET /health; (0, {"error": ...}) while nothing answers on the port."""
+    try:
+        status, _, body = get(f"{base}/health")
+    except urllib.error.URLError as error:
+        return 0, {"error": str(error.reason)}
     return status, json.loads(body)
 
 
@@ -92,12 +96,12 @@ def colour_source(fps: float = 20.0) -> CameraSource:
 
 @contextmanager
 def serving(bundle, camera: CameraSource | None = None, watch=(), limits: Limits | None = None,
-            camera_config: CameraConfig | None = None, ready: bool = True, **overrides):
-    """A Server on a free loopback port, started on a thread; yields (server, base_url). Waits until /health is
-    ok when `ready` (engine loaded and, with a camera, frames arriving)."""
+            camera_config: CameraConfig | None = None, ready: bool = True, server_class=Server, **overrides):
+    """A Server (or `server_class`) on a free loopback port, started on a thread; yields (server, base_url).
+    Waits until /health is ok when `ready` (engine loaded and, with a camera, frames arriving)."""
     config = ServeConfig(host="127.0.0.1", port=0, watch=list(watch), limits=limits or Limits(),
                          camera=camera_config or CameraConfig(), **overrides)
-    server = Server(config, bundle, EngineConfig(threads=1, spin=False), camera)
+    server = server_class(config, bundle, EngineConfig(threads=1, spin=False), camera)
     sock = bind(config.host, 0)
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     thread = server.start_background(sock)

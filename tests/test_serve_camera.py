@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 from serve_support import QUESTION, MjpegCamera, colour_source, get, health, png_data_uri, serving, wait_for
+from test_runtime_cli import BLOCKED, BLOCKER
 from test_runtime_fixtures import colour_image, tiny_bundle
 
 from crome_edge.cli import main
@@ -78,14 +79,23 @@ def test_a_network_camera_that_drops_is_reconnected_while_the_server_serves(bund
         camera.stop()
 
 
-def test_serve_command_on_a_looped_video_file_and_sigterm(bundle, tmp_path):
+def _torch_blocked_env(tmp_path) -> dict:
+    """The environment of a process in which importing torch, transformers, onnx or crome_export fails."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
+    return {**os.environ, "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
+
+
+def test_serve_command_on_a_looped_video_file_torch_free_and_sigterm(bundle, tmp_path):
     video = tmp_path / "belt.avi"
     write_video(video, frames=12, fps=15.0, size=(96, 72), seed=3)
     events = tmp_path / "events.jsonl"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = _torch_blocked_env(tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-m", "crome_edge.cli", "serve", "--bundle", str(bundle), "--camera", str(video), "--loop",
-         "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", "4", "--events", str(events)],
+         "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", "4", "--events", str(events),
+         "--profile", str(tmp_path / "serve.json")],
         stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []
@@ -95,7 +105,12 @@ def test_serve_command_on_a_looped_video_file_and_sigterm(bundle, tmp_path):
             lines.append(line)
         base = next(line for line in lines if "web view" in line).split("web view ")[1].split("/ ")[0]
         assert base.startswith("http://127.0.0.1:")
-        wait_for(lambda: health(base)[0] == 200, "/health -> 200 for the video file")
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"serve exited with {process.returncode}: {''.join(lines)}{process.stderr.read()}")
+            return health(base)[0] == 200
+
+        wait_for(ready, "/health -> 200 for the video file")
         camera = health(base)[1]["camera"]
         assert camera["kind"] == "file" and camera["loop"] is True
 
@@ -111,11 +126,29 @@ def test_serve_command_on_a_looped_video_file_and_sigterm(bundle, tmp_path):
         assert process.wait(30) == 0
         rest = process.stderr.read()
         assert "Traceback" not in rest and "stopped" in rest
+        profile = json.loads((tmp_path / "serve.json").read_text())
+        assert profile["command"] == "crome-edge serve" and profile["runs"] >= len(looped)
+        assert (tmp_path / "serve.trace.json").is_file()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
         process.stderr.close()
+
+
+def test_torch_free_device_without_a_bundle_is_told_what_to_do_and_demo_needs_no_torch(tmp_path):
+    env = {**_torch_blocked_env(tmp_path), "CROME_EDGE_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--port", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "[train] extra" in done.stderr and "pass --bundle" in done.stderr
+    demo = ("from crome_edge.serve_cli import demo_camera\n"
+            "camera = demo_camera(30.0)()\n"
+            "ok, frame = camera.read()\n"
+            "assert ok and frame.shape == (240, 320, 3), frame.shape\n"
+            "import sys; assert 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", demo], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_video_file_that_ends_says_so(bundle, tmp_path):
@@ -124,8 +157,12 @@ def test_a_video_file_that_ends_says_so(bundle, tmp_path):
     source = parse_source(str(video))
     assert source.kind == "file" and not source.loop
     with serving(bundle, source, ready=False) as (server, base):
-        status, report = wait_for(lambda: (lambda h: h if h[1]["camera"]["state"] == "ended" else None)(health(base)),
-                                  "the camera to end with the file")
+        def ended():
+            status, report = health(base)
+            return (status, report) if report["camera"]["state"] == "ended" and report["engine"]["state"] == "ready" \
+                else None
+
+        status, report = wait_for(ended, "the camera to end with the file (engine loaded)")
         assert status == 503 and report["status"] == "camera ended"
         assert report["camera"]["frames_captured"] == 5
         assert get(f"{base}/v1/frame.jpg")[0] == 200  # the last frame stays viewable
@@ -142,6 +179,12 @@ def test_a_camera_that_cannot_be_opened_is_a_clear_error(camera, words, bundle, 
     assert words in err and "Traceback" not in err
     if camera == "7":
         assert "--camera demo" in err
+
+
+def test_listening_beyond_loopback_without_a_key_is_a_loud_warning(bundle, capsys):
+    assert main(["serve", "--bundle", str(bundle), "--host", "0.0.0.0", "--camera", "7", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "WARNING: listening on 0.0.0.0 WITHOUT an API key" in err
 
 
 def test_a_port_in_use_is_a_clear_error(bundle, capsys):

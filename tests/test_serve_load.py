@@ -11,6 +11,7 @@ from test_runtime_fixtures import colour_image, tiny_bundle
 from crome_runtime.engine import EngineConfig, GenerationOptions
 from crome_runtime.serve.config import Limits
 from crome_runtime.serve.fairqueue import FairQueue, QueueClosed, QueueFull
+from crome_runtime.serve.server import Server
 from crome_runtime.serve.worker import EngineWorker, Job
 
 CLIENTS = 12
@@ -145,3 +146,42 @@ def test_a_client_that_leaves_mid_stream_leaves_the_server_serving(bundle):
         follow_up = httpx.post(f"{base}/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": [
             {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": red}}]}]})
         assert follow_up.json()["choices"][0]["message"]["content"] == "red"
+
+
+class SlowLoadingServer(Server):
+    """The real server whose engine load waits for the test (so "loading" can be looked at, not raced)."""
+
+    release = None  # threading.Event, set per test
+    fail = False
+
+    def _load(self):
+        assert self.release.wait(60)
+        if self.fail:
+            raise RuntimeError("the bundle's decoder does not load (test)")
+        return super()._load()
+
+
+def test_health_is_503_while_loading_and_requests_wait_for_it(bundle):
+    SlowLoadingServer.release, SlowLoadingServer.fail = threading.Event(), False
+    red = png_data_uri(colour_image("red", 1))
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                                      {"type": "image_url", "image_url": {"url": red}}]}]}
+    with serving(bundle, ready=False, server_class=SlowLoadingServer) as (server, base):
+        status, report = wait_for(lambda: (lambda h: h if h[0] else None)(health(base)), "/health to answer")
+        assert status == 503 and report["status"] == "loading" and report["engine"]["state"] == "loading"
+        early = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+        assert early.status_code == 503 and early.headers["retry-after"] == "2"
+        assert "still loading" in early.json()["error"]["message"]
+        SlowLoadingServer.release.set()
+        wait_for(lambda: health(base)[0] == 200, "/health -> 200 once loaded")
+        answer = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+        assert answer.json()["choices"][0]["message"]["content"] == "red"
+
+
+def test_an_engine_that_fails_to_load_stops_the_server_saying_why(bundle):
+    SlowLoadingServer.release, SlowLoadingServer.fail = threading.Event(), True
+    with serving(bundle, ready=False, server_class=SlowLoadingServer) as (server, base):
+        SlowLoadingServer.release.set()
+        wait_for(lambda: server.fatal_error, "the load failure to be recorded")
+        assert "decoder does not load" in server.fatal_error and server.worker.state == "failed"
+        wait_for(lambda: server._stopped.is_set(), "the server to stop by itself")

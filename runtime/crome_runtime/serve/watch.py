@@ -6,8 +6,9 @@ at most one watch job is ever waiting and API requests (the other lane) are serv
 to the EventHub (SSE subscribers and the JSONL log):
 
     {"type": "watch", "watch_id", "prompt", "answer", "finish_reason", "frame_id", "frame_captured_at",
-     "frame_age_ms" (capture -> answered), "latency_ms" (queued -> answered), "queue_ms", "ttft_ms",
-     "tokens", "timings_ms" {stage: ms}, "time"}
+     "frame_age_ms" (capture -> answered), "latency_ms" (queued -> answered), "queue_ms", "engine_ms"
+     (preprocess + the engine's answer: latency minus it is what serving added), "ttft_ms", "tokens",
+     "timings_ms" {stage: ms}, "time"}
 
 Errors (no frame yet, a prompt over the context) become {"type": "watch_error", ...} events. Not here: the
 engine (worker.py), delivery (events.py).
@@ -163,7 +164,8 @@ def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
         "type": "watch", "watch_id": watch.id, "prompt": watch.prompt, "answer": answer.text,
         "finish_reason": answer.finish_reason, "frame_id": frame.get("id"),
         "frame_captured_at": frame.get("captured_at"), "frame_age_ms": _round(frame.get("age_ms")),
-        "latency_ms": _round(result.latency_ms), "queue_ms": _round(result.queue_ms), "ttft_ms": _round(answer.ttft_ms),
+        "latency_ms": _round(result.latency_ms), "queue_ms": _round(result.queue_ms),
+        "engine_ms": _round(result.preprocess_ms + (answer.total_ms or 0.0)), "ttft_ms": _round(answer.ttft_ms),
         "tokens": len(answer.token_ids), "timings_ms": {k: _round(v) for k, v in result.stages_ms().items()},
         "time": time.time(),
     }
