@@ -74,3 +74,15 @@ def test_smol_run_cli_streams_an_answer(smol, capsys):
                  "--threads", "1"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() and "tokens, stop" in err
+
+
+def test_smol_acceptance_set_ships_under_2_mb_and_verify_passes(smol, capsys):
+    from crome_edge.cli import main
+    from crome_runtime import formats
+    from crome_runtime.manifest import read_manifest
+
+    files = read_manifest(smol["bundle"], verify=False).files
+    assert files[formats.ACCEPTANCE_FILE].bytes + files[formats.ACCEPTANCE_ARRAYS].bytes < 2_000_000
+    assert main(["verify", str(smol["bundle"]), "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "gate fp32_parity: ok" in table and "measured on: " in table
