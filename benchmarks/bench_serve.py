@@ -1,16 +1,17 @@
 """`crome-edge serve` under its own watch loop: answers/s, latency, frame age at answer, and what serving adds
 to the bare engine.
 
-    python benchmarks/bench_serve.py [--bundle B] [--seconds 60] [--warmup 10] [--prompt Q] [--threads N]
+    python benchmarks/bench_serve.py [--bundle B] [--rounds 3] [--seconds 30] [--warmup 8] [--prompt Q] [--threads N]
 
 Server: the real command, `crome-edge serve --camera demo --watch PROMPT --events FILE` (a subprocess; no
 --bundle = the embedded default, exported into the cache on first use), measured from its own JSONL events
 after a warm-up: watch answers/s, latency (queued -> answered) p50/p99, frame age at answer (capture ->
 answered) p50/p99 against the goal "at most one answer latency plus one frame interval", and the serving
 overhead per answer: latency minus the engine's own time (preprocess + answer, both in each event).
-Bare engine, in this process afterwards: the same bundle, prompt and thread count on SyntheticCamera frames
+Bare engine, in this process: the same bundle, prompt and thread count on SyntheticCamera frames
 (realtime=False, so no camera thread), engine.frame + engine.answer per frame — the same work with no server,
-no camera thread and no HTTP. Prints a markdown block for benchmarks/RESULTS.md.
+no camera thread and no HTTP. Server and bare engine alternate for --rounds rounds (never at the same time),
+so a machine whose load drifts (other jobs) weighs on both alike. Prints a markdown block for RESULTS.md.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 def run_server(args, events: Path) -> tuple[list[dict], str]:
+    """One server round: start, wait until ready, warm up, measure, SIGTERM; the watch events after the warm-up."""
     command = [sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--watch", args.prompt,
                "--port", str(args.port), "--events", str(events), "--log-level", "warning"]
     if args.bundle:
@@ -75,49 +77,62 @@ def run_server(args, events: Path) -> tuple[list[dict], str]:
     return [e for e in watch if e["time"] >= start], shown
 
 
-def bare_engine(bundle: Path, prompt: str, threads: int, frames: int) -> list[float]:
-    from crome_edge.synth.camera import SyntheticCamera
-    from crome_runtime.engine import Engine, EngineConfig
+class BareEngine:
+    def __init__(self, bundle: Path, prompt: str, threads: int):
+        from crome_edge.synth.camera import SyntheticCamera
+        from crome_runtime.engine import Engine, EngineConfig
 
-    engine = Engine.load(bundle, EngineConfig(threads=threads))
-    camera = SyntheticCamera(realtime=False)
-    totals = []
-    for i in range(frames + 5):
-        ok, image = camera.read()
-        t = time.perf_counter_ns()
-        frame = engine.frame(image, "bgr", key=f"bare:{i}")
-        engine.answer(frame, prompt)
-        if i >= 5:  # warm-up
-            totals.append((time.perf_counter_ns() - t) / 1e6)
-    return totals
+        self.engine = Engine.load(bundle, EngineConfig(threads=threads))
+        self.camera = SyntheticCamera(realtime=False)
+        self.prompt, self.index = prompt, 0
+
+    def run(self, answers: int, warmup: int = 3) -> list[float]:
+        totals = []
+        for i in range(answers + warmup):
+            ok, image = self.camera.read()
+            self.index += 1
+            t = time.perf_counter_ns()
+            frame = self.engine.frame(image, "bgr", key=f"bare:{self.index}")
+            self.engine.answer(frame, self.prompt)
+            if i >= warmup:
+                totals.append((time.perf_counter_ns() - t) / 1e6)
+        return totals
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="default: the embedded default bundle")
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="server / bare-engine rounds, alternating")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per server round")
+    parser.add_argument("--warmup", type=float, default=8.0, help="seconds per server round before measuring")
+    parser.add_argument("--bare-answers", type=int, default=40, help="bare-engine answers per round")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: serve's default)")
     parser.add_argument("--port", type=int, default=18765)
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="includes a first default-bundle export")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        events, shown = run_server(args, Path(tmp) / "events.jsonl")
-    if len(events) < 3:
-        raise SystemExit(f"only {len(events)} watch answers after the warm-up")
+    load_start = os.getloadavg()[0]
     bundle = args.bundle
     if bundle is None:
-        from crome_edge.default_bundle import default_bundle_path
+        from crome_edge.default_bundle import ensure_default_bundle
 
-        bundle = default_bundle_path()
+        bundle = ensure_default_bundle(lambda message: print(message, file=sys.stderr))
+    bare_engine = BareEngine(bundle, args.prompt, args.threads or 0)
+    events, bare, spans = [], [], []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            round_events, shown = run_server(args, Path(tmp) / "events.jsonl")
+        if len(round_events) < 3:
+            raise SystemExit(f"only {len(round_events)} watch answers after the warm-up")
+        events += round_events
+        spans.append((len(round_events) - 1, round_events[-1]["time"] - round_events[0]["time"]))
+        bare += bare_engine.run(args.bare_answers)
     latency = [e["latency_ms"] for e in events]
     age = [e["frame_age_ms"] for e in events]
     engine = [e["engine_ms"] for e in events]
     overhead = [e["latency_ms"] - e["engine_ms"] for e in events]
-    span = events[-1]["time"] - events[0]["time"]
-    bare = bare_engine(bundle, args.prompt, args.threads or 0, max(20, min(len(events), 100)))
+    rate = sum(n for n, _ in spans) / sum(t for _, t in spans)
     from crome_edge.synth.camera import SyntheticCamera
     from crome_runtime.machine import describe_cpu
 
@@ -125,10 +140,11 @@ def main() -> int:
     within = sum(a <= lat + interval for a, lat in zip(age, latency)) / len(age)
     answers = [e["answer"] for e in events]
     print(f"""
-command: `{shown}` ({args.seconds:.0f} s measured after a {args.warmup:.0f} s warm-up); bare engine: the same bundle,
-prompt and threads in one process, engine.frame + engine.answer on {len(bare)} SyntheticCamera frames
+command: `{shown}`, {args.rounds} rounds of {args.seconds:.0f} s measured after a {args.warmup:.0f} s warm-up, each
+followed by {args.bare_answers} bare-engine answers (the same bundle, prompt and threads in one process, engine.frame +
+engine.answer on SyntheticCamera frames; {len(bare)} in all)
 cpu: {json.dumps(describe_cpu())}
-load average at the end: {os.getloadavg()[0]:.1f}
+load average (1 min; the machine is shared): {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end
 
 | measure | p50 | p99 | mean |
 |---|---|---|---|
@@ -138,7 +154,7 @@ load average at the end: {os.getloadavg()[0]:.1f}
 | frame age at answer, capture -> answered (ms) | {_pct(age, 50):.1f} | {_pct(age, 99):.1f} | {statistics.mean(age):.1f} |
 | bare engine, frame + answer (ms) | {_pct(bare, 50):.1f} | {_pct(bare, 99):.1f} | {statistics.mean(bare):.1f} |
 
-watch answers/s: {(len(events) - 1) / span:.2f} ({len(events)} answers in {span:.1f} s); camera frame interval
+watch answers/s: {rate:.2f} ({len(events)} answers in {sum(t for _, t in spans):.1f} s); camera frame interval
 {interval:.1f} ms; answers whose frame age is within one latency + one frame interval: {100 * within:.1f}%;
 server latency p50 vs bare engine p50: {_pct(latency, 50) - _pct(bare, 50):+.1f} ms
 ({100 * (_pct(latency, 50) / _pct(bare, 50) - 1):+.1f}%); distinct answers: {sorted(set(answers))[:8]}

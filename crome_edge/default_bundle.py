@@ -2,13 +2,15 @@
 cache and reused by `crome-edge serve` when no --bundle is given.
 
 The export needs the `[train]` extra (torch, transformers, onnx); a torch-free device cannot make it and is
-told to export elsewhere and pass --bundle. The cache entry is named by the shipped weights' sha256, so a
-new crome-edge with other weights exports afresh instead of serving stale graphs. Not here: the export
+told to export elsewhere and pass --bundle. The cache entry is named by a sha256 over the shipped weights and
+the exporter's own sources (crome_export/*.py and the runtime's formats), so a crome-edge whose weights or
+export changed exports afresh instead of serving a bundle the current exporter would not make. Not here: the export
 itself (crome_export.pipeline), serving (crome_runtime.serve).
 """
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,12 +23,17 @@ BUNDLES_DIR = "bundles"  # under the user cache dir
 
 
 def default_bundle_path() -> Path:
+    from importlib import resources
+
     from crome_edge.weights import shipped_adapter, weights_dir
     from crome_runtime.cache_dir import cache_root
 
-    digest = hashlib.sha256()
-    for path in (shipped_adapter(ADAPTER), weights_dir() / "smol_vision.safetensors"):
-        digest.update(path.read_bytes())
+    exporter = Path(str(resources.files("crome_export")))
+    formats = Path(str(resources.files("crome_runtime"))) / "formats.py"
+    digest = hashlib.sha256(f"{PRECISION} {EVAL_LIMIT}".encode())
+    for path in (shipped_adapter(ADAPTER), weights_dir() / "smol_vision.safetensors", formats,
+                 *sorted(exporter.glob("*.py"))):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return cache_root() / BUNDLES_DIR / f"smol-{ADAPTER}-{PRECISION}-{digest.hexdigest()[:12]}"
 
 
@@ -51,4 +58,8 @@ def ensure_default_bundle(say: Callable[[str], None]) -> Path:
         "later starts reuse it")
     path.parent.mkdir(parents=True, exist_ok=True)
     export_bundle(ExportConfig(adapter=shipped_adapter(ADAPTER), precision=PRECISION, out=path, eval_limit=EVAL_LIMIT))
+    for old in path.parent.glob(f"smol-{ADAPTER}-{PRECISION}-*"):  # earlier exports of the default: stale now
+        if old != path and (old / "manifest.json").is_file():
+            say(f"removing the stale default bundle {old}")
+            shutil.rmtree(old)
     return path

@@ -114,7 +114,7 @@ def demo_camera(fps: float | None):
     """`--camera demo`: the synthetic conveyor camera at a steady frame rate (crome_edge.synth, no torch)."""
     from crome_edge.synth.camera import SyntheticCamera
 
-    return lambda: SyntheticCamera(realtime=True, **({} if fps is None else {"fps": fps}))
+    return lambda: SyntheticCamera(realtime=True) if fps is None else SyntheticCamera(fps=fps, realtime=True)
 
 
 def _serve(args: argparse.Namespace, config) -> int:

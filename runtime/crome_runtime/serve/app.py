@@ -70,7 +70,7 @@ class Guard:
         value = headers.get(b"authorization", b"")
         token = value[7:].strip() if value[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
         # equal-length digests: the comparison takes the same time whatever the key and the guess are
-        return hmac.compare_digest(hashlib.sha256(token).digest(), self._key_digest)
+        return self._key_digest is not None and hmac.compare_digest(hashlib.sha256(token).digest(), self._key_digest)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -135,7 +135,8 @@ class Channel:
     """A job's events, from the worker thread into the handler's asyncio queue."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
 
     def sink(self, kind: str, value) -> None:  # worker thread
         if not self.loop.is_closed():
@@ -219,7 +220,7 @@ def create_app(server: "Server") -> FastAPI:
                 image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)
             except ImageRefused as error:
                 raise bad(str(error), "messages", "invalid_image") from None
-        elif server.slot is None:
+        elif server.reader is None:
             raise bad("this server has no camera: send the image as an image_url data URI", "messages")
         else:
             camera = server.reader.health()

@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.manifest import read_manifest
@@ -68,24 +69,27 @@ class Server:
         self.model_id = f"{manifest.backbone.name}-{manifest.adapter.name}-{manifest.precision}"
         self.engine_config = engine_config or EngineConfig()
         self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
-        self.slot = FrameSlot() if camera is not None else None
-        self.reader = CameraReader(camera, self.slot, config.camera, first_capture, self._camera_event) \
-            if camera is not None else None
+        self.slot: FrameSlot | None = None
+        self.reader: CameraReader | None = None
+        if camera is not None:
+            self.slot = FrameSlot()
+            self.reader = CameraReader(camera, self.slot, config.camera, first_capture, self._camera_event)
         self.queue: FairQueue[Job] = FairQueue({"api": config.limits.queue_size, "watch": 1})
         self.hub = EventHub(config.events, config.recent_events, config.limits.max_subscribers)
         self.metrics = Metrics(live=self._live)
         self.worker = EngineWorker(self._load, self.queue, self.slot, on_result=self.metrics.observe,
                                    on_fatal=self._fatal)
-        self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts) \
-            if self.slot is not None else None
-        if config.watch and self.watch is None:
+        self.watch: WatchLoop | None = None
+        if self.slot is not None:
+            self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts)
+            for prompt in config.watch:
+                self.watch.add(prompt)
+        elif config.watch:
             raise ValueError("--watch needs a camera (--camera)")
-        for prompt in config.watch:
-            self.watch.add(prompt)
         self.stopping = False
         self.fatal_error: str | None = None
         self._jpeg: tuple[int, bytes] | None = None
-        self._uvicorn = None
+        self._uvicorn: Any = None  # uvicorn.Server, once serving
         self._stopped = threading.Event()
         from crome_runtime.serve.app import create_app
 

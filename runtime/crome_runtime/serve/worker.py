@@ -169,6 +169,7 @@ class EngineWorker:
             return
         done = time.monotonic_ns()
         answer = stream.answer
+        assert answer is not None  # set when the stream is closed
         frame_info = None
         if captured is not None:
             frame_info = {"id": captured.id, "captured_at": captured.unix_s, "age_ms": captured.age_ms(done),
