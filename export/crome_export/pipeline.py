@@ -229,8 +229,9 @@ def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportC
     engines = {}
     for precision, directory in candidates.items():
         engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0))
-        progress.note(f"{precision} candidate: {engines[precision].adapter_backend} adapter kernel, "
-                      f"{engines[precision].providers.summary()}")
+        engine = engines[precision]
+        progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
+                      f"decoder, {engine.providers.summary()}")
     return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
                    progress.note)
 
