@@ -28,7 +28,11 @@ class AdapterConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "AdapterConfig":
-        return cls(**json.loads(text))
+        """ValueError naming the problem for anything but {"d_model": d, "rank": r} (crome_runtime.adapter's rule)."""
+        from crome_runtime.adapter import adapter_dims
+
+        d_model, rank = adapter_dims(text)
+        return cls(d_model, rank)
 
 
 class CromeAdapter(nn.Module):

@@ -18,6 +18,24 @@ from crome_runtime.manifest import BundleError
 MODALITIES = ("visual", "text")
 
 
+def adapter_dims(config_json: str) -> tuple[int, int]:
+    """(d_model, rank) from an adapter file's `adapter_config` metadata, the JSON {"d_model": d, "rank": r} with
+    whole numbers >= 1 and nothing else; ValueError saying what is wrong. The one parser: crome_edge's
+    AdapterConfig.from_json and the bundle loader both read the field through it."""
+    import json
+
+    try:
+        data = json.loads(config_json)
+    except (TypeError, ValueError):
+        raise ValueError(f"adapter_config {config_json!r:.60} is not JSON") from None
+    if not isinstance(data, dict) or set(data) != {"d_model", "rank"}:
+        raise ValueError(f"adapter_config must be {{\"d_model\": d, \"rank\": r}}, got {config_json!r:.80}")
+    dims = data["d_model"], data["rank"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in dims):
+        raise ValueError(f"adapter_config d_model and rank must be whole numbers >= 1, got {dims}")
+    return dims
+
+
 def load_c_adapter(path: Path, d_model: int) -> dict:
     """modality -> ccore.GatedProjection for the adapter file at `path`; BundleError if it does not fit."""
     from safetensors import SafetensorError

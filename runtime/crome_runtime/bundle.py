@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
+from crome_runtime.adapter import adapter_dims
 from crome_runtime.manifest import BundleError, Manifest, bundle_file, read_manifest
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
@@ -127,7 +128,10 @@ def _check_adapter_file(path: Path, manifest: Manifest) -> None:
                           "re-export the bundle") from None
     if meta.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
         raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path} is not a crome-edge adapter file; re-export the bundle")
-    d = json.loads(meta.get(formats.META_ADAPTER_CONFIG, "{}")).get("d_model")
+    try:
+        d = adapter_dims(meta.get(formats.META_ADAPTER_CONFIG, ""))[0]
+    except ValueError as error:
+        raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path}: {error}; re-export the bundle") from None
     fingerprint = meta.get(formats.META_BACKBONE_FINGERPRINT, "")
     backbone = manifest.backbone
     if d != backbone.d_model or fingerprint != backbone.fingerprint:

@@ -25,6 +25,7 @@ ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}  # crome_isa
 QTYPES = {"q4_1": 3, "q8_0": 8}  # crome_qtype (ggml's ids)
 QK = 32  # CROME_QK: weights per block
 MAX_OUT_SIDE = 8192  # crome_preprocess_params.out_width/out_height
+from crome_runtime.limits import MAX_IMAGE_SIDE  # noqa: E402  crome_image width/height (csrc/preprocess.c MAX_SIDE)
 _F32DT, _I64DT = np.dtype(np.float32), np.dtype(np.int64)
 _NO_TOKENS = np.zeros(0, np.int64)
 _ERR_VALUE = 6  # CROME_ERR_VALUE
@@ -223,6 +224,8 @@ def preprocess(
     elif out.dtype != np.float32 or out.shape != (3, out_h, out_w) or not out.flags.c_contiguous:
         raise CoreError(f"out must be C-contiguous float32 (3, {out_h}, {out_w}), got {out.dtype} {out.shape}")
     frame, image = _frame_view(frame, pixfmt)
+    if max(image.width, image.height) > MAX_IMAGE_SIDE:
+        raise CoreError(f"frame is {image.width}x{image.height}, a side over the {MAX_IMAGE_SIDE:,}-pixel limit")
     if np.may_share_memory(frame, out):
         raise CoreError("out overlaps the frame")
     params = _PreprocessParams(out_w, out_h, (ctypes.c_float * 3)(*mean), (ctypes.c_float * 3)(*std))

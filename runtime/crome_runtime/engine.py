@@ -33,6 +33,7 @@ from crome_runtime.cache import LRUCache
 from crome_runtime.decoder import KVDecoder
 from crome_runtime.detokenize import StreamDetokenizer
 from crome_runtime.errors import EngineError, PromptTooLong
+from crome_runtime.limits import TextError, check_text, context_problem
 from crome_runtime.profiler import Profiler, Run, now
 from crome_runtime.sampling import SamplingParams, sample_next_token
 from crome_runtime.vision_inputs import vision_feeds
@@ -121,6 +122,10 @@ class AnswerStream:
     def __init__(self, engine: "Engine", image, prompt: str, options: GenerationOptions):
         if not isinstance(prompt, str) or not prompt.strip():
             raise EngineError("the prompt is empty; ask a question about the image")
+        try:
+            check_text(prompt, "the prompt")  # crome_runtime.limits: length and UTF-8, as every command checks
+        except TextError as error:
+            raise EngineError(str(error)) from None
         max_new, params = options.resolve(engine.manifest.generation)  # EngineError before anything runs
         self.answer: Answer | None = None
         self._pieces = engine._generate(self, image, prompt, max_new, params, options.seed)
@@ -316,6 +321,10 @@ class Engine:
         t = now()
         feeds = vision_feeds(frame.pixels[None], [question], self.manifest.backbone, self.bundle.qformer_tokenizer)
         visual = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (1, Nq, d)
+        b = self.manifest.backbone
+        if visual.shape != (1, b.num_query_tokens, b.d_model):  # a graph whose dims are not what it declared
+            raise EngineError(f"{formats.VISION_ONNX} returned {visual.shape}, the manifest says (1, "
+                              f"{b.num_query_tokens}, {b.d_model}); re-export the bundle")
         self.profiler.record("vision", t)
         return visual[0]
 
@@ -379,13 +388,11 @@ class Engine:
         return adapted, False
 
     def _check_context(self, prompt_tokens: int) -> None:
+        """PromptTooLong when the prompt leaves no room for an answer (crome_runtime.limits, the rule `ask` uses)."""
         queries, context = self.manifest.backbone.num_query_tokens, self.manifest.llm.max_position_embeddings
-        if queries + prompt_tokens + 1 > context:
-            raise PromptTooLong(
-                f"the prompt is {prompt_tokens} tokens; with the {queries} visual queries that leaves no room for an "
-                f"answer in the decoder's context of {context} positions. Shorten the question to under "
-                f"{context - queries - 1} tokens"
-            )
+        if context_problem(prompt_tokens, 0, queries, context):  # only then: how many tokens are the template's own
+            template = len(self.manifest.prompt.prompt_ids(self.bundle.tokenizer, ""))
+            raise PromptTooLong(context_problem(prompt_tokens, template, queries, context))
 
     # --- description --------------------------------------------------------------------------------
     def describe(self) -> dict:

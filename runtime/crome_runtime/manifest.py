@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +38,17 @@ class BackboneSchema:
 
     def __post_init__(self) -> None:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        for name in ("d_model", "num_query_tokens", "image_size"):
+            if not _whole(getattr(self, name), 1):
+                raise ValueError(f"backbone {name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if not _whole(self.max_instruction_tokens, 0):
+            raise ValueError(f"backbone max_instruction_tokens must be a whole number >= 0, got {self.max_instruction_tokens!r}")
+        for name, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
+            if len(values) != 3 or not all(_real(v) and math.isfinite(v) for v in values):
+                raise ValueError(f"backbone {name} must be 3 finite numbers (R, G, B), got {list(values)!r:.80}")
+        if not all(v > 0 for v in self.image_std):
+            raise ValueError(f"backbone image_std must be > 0 for every channel (pixels are divided by it), "
+                             f"got {list(self.image_std)}")
 
     def schema_fields(self) -> dict:
         """The schema's fields only (what BackboneInfo and BackboneSpec share)."""
@@ -62,6 +74,11 @@ class LlmSpec:
     vocab_size: int
     max_position_embeddings: int
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not _whole(getattr(self, f.name), 1):
+                raise ValueError(f"llm {f.name} must be a whole number >= 1, got {getattr(self, f.name)!r}")
+
 
 @dataclass
 class AdapterSpec:
@@ -85,6 +102,23 @@ class GenerationDefaults:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Types and signs only; the sampler (crome_runtime.sampling.SamplingParams) checks the value ranges."""
+        for name in ("max_new_tokens", "top_k"):
+            if not _whole(getattr(self, name), 0):
+                raise ValueError(f"generation {name} must be a whole number >= 0, got {getattr(self, name)!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not _real(getattr(self, name)):
+                raise ValueError(f"generation {name} must be a number, got {getattr(self, name)!r}")
+
+
+def _whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -145,8 +179,10 @@ class Manifest:
                 format=data["format"],
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise BundleError(f"{source} is missing or has malformed fields ({error!r}); re-export the bundle") from None
+        except KeyError as error:
+            raise BundleError(f"{source} is missing or has malformed fields (no {error} section); re-export the bundle") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
 
 
 def check_file_name(name, source: str = "manifest.json") -> None:

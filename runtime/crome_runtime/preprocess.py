@@ -21,6 +21,7 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 from crome_runtime import MAX_IMAGE_PIXELS  # noqa: E402  (enforced by OpenCV's own decoders, see crome_runtime)
+from crome_runtime.limits import MAX_IMAGE_SIDE  # noqa: E402  (what the C core's preprocessing addresses)
 
 MAX_FILE_BYTES = 256 << 20
 IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, TIFF, PNM"
@@ -28,6 +29,10 @@ IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, TIFF, PNM"
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
+
+
+class _Truncated(Exception):
+    """The data ends inside a recognised image header."""
 
 
 # --- loading ----------------------------------------------------------------------------------------
@@ -62,7 +67,10 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE
         raise ImageError(f"{source}: {len(data) / 2**20:.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
     import io
 
-    dims = _header_size(io.BytesIO(data))
+    try:
+        dims = _header_size(io.BytesIO(data))
+    except (_Truncated, struct.error):  # struct.error: a header field cut off by the end of the data
+        raise ImageError(f"{source}: the image ends inside its header ({len(data):,} bytes): a truncated file") from None
     if dims is None:
         raise ImageError(f"{source}: not an image crome-edge can read (unrecognised header; supported: {IMAGE_FORMATS})")
     width, height = dims
@@ -72,6 +80,7 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE
     over = f"{source}: image is {{}}, over the {limit:,}-pixel limit; downscale it first"
     if width * height > limit:
         raise ImageError(over.format(f"{width}x{height} ({width * height:,} pixels)"))
+    _check_sides(width, height, source)
     if not decoder_limit_enforced():
         raise ImageError(f"{source}: OpenCV was loaded before crome_runtime, so its decoders do not enforce the "
                          f"{MAX_IMAGE_PIXELS:,}-pixel limit; import crome_runtime before cv2 (or set "
@@ -86,7 +95,15 @@ def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE
         raise ImageError(f"{source}: could not decode the {width}x{height} image (corrupt or truncated file?)")
     if image.shape[0] * image.shape[1] > limit:
         raise ImageError(over.format(f"{image.shape[1]}x{image.shape[0]}"))
+    _check_sides(image.shape[1], image.shape[0], source)
     return image
+
+
+def _check_sides(width: int, height: int, source: str) -> None:
+    """The same longest side for every command: the runtime's C preprocessing addresses MAX_IMAGE_SIDE."""
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ImageError(f"{source}: image is {width}x{height}, a side over the {MAX_IMAGE_SIDE:,}-pixel limit; "
+                         "crop or downscale it first")
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,8 +129,10 @@ def decoder_limit_enforced() -> bool:
 def _header_size(f) -> tuple[int, int] | None:
     """(width, height) from the header of a supported image file, or None if the format is not recognised."""
     head = f.read(32)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-        return struct.unpack(">II", head[16:24])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) < 24:
+            raise _Truncated()
+        return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
     if head.startswith(b"\xff\xd8"):
         return _jpeg_size(f)
     if head.startswith(b"BM") and len(head) >= 26:
@@ -133,25 +152,28 @@ def _header_size(f) -> tuple[int, int] | None:
 def _jpeg_size(f) -> tuple[int, int] | None:
     f.seek(2)
     while True:
-        if f.read(1) != b"\xff":
+        marker = _read(f, 1)
+        if marker != b"\xff":
             return None
-        code = f.read(1)
+        code = _read(f, 1)
         while code == b"\xff":  # fill bytes before a marker code
-            code = f.read(1)
-        if not code:
-            return None
+            code = _read(f, 1)
         if code[0] == 0x01 or 0xD0 <= code[0] <= 0xD7:  # markers without a payload
             continue
-        length_bytes = f.read(2)
-        if len(length_bytes) < 2:
-            return None
+        length_bytes = _read(f, 2)
         if 0xC0 <= code[0] <= 0xCF and code[0] not in (0xC4, 0xC8, 0xCC):  # start of frame
-            sof = f.read(5)
-            if len(sof) < 5:
-                return None
+            sof = _read(f, 5)
             height, width = struct.unpack(">HH", sof[1:5])
             return width, height
         f.seek(struct.unpack(">H", length_bytes)[0] - 2, os.SEEK_CUR)
+
+
+def _read(f, count: int) -> bytes:
+    """Exactly `count` bytes of a header, or _Truncated."""
+    data = f.read(count)
+    if len(data) < count:
+        raise _Truncated()
+    return data
 
 
 def _webp_size(head: bytes) -> tuple[int, int] | None:
@@ -164,21 +186,18 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if chunk == b"VP8X" and len(head) >= 30:
         return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if chunk in (b"VP8 ", b"VP8L", b"VP8X"):
+        raise _Truncated()
     return None
 
 
 def _tiff_size(f, order: str) -> tuple[int, int] | None:
     f.seek(4)
-    (ifd,) = struct.unpack(order + "I", f.read(4))
+    (ifd,) = struct.unpack(order + "I", _read(f, 4))
     f.seek(ifd)
-    count_bytes = f.read(2)
-    if len(count_bytes) < 2:
-        return None
     dims = {}
-    for _ in range(struct.unpack(order + "H", count_bytes)[0]):
-        entry = f.read(12)
-        if len(entry) < 12:
-            return None
+    for _ in range(struct.unpack(order + "H", _read(f, 2))[0]):
+        entry = _read(f, 12)
         tag, kind = struct.unpack(order + "HH", entry[:4])
         if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
             dims[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]

@@ -9,7 +9,7 @@ first; the template's text follows them. `tokenizer` is a `tokenizers.Tokenizer`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,24 @@ class PromptTemplate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PromptTemplate":
-        data = dict(data)
-        data["stop_tokens"] = tuple(data.get("stop_tokens", ()))
-        return cls(**data)
+    def from_dict(cls, data) -> "PromptTemplate":
+        """A template from its JSON form (a manifest's or an adapter file's), every field's type checked: ValueError
+        naming the field (a `stop_tokens` string is refused, not split into characters)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the prompt template must be a JSON object, not {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"the prompt template has unknown fields {unknown} (known: {sorted(known)})")
+        for name in ("text", "answer_suffix"):
+            if name in data and not isinstance(data[name], str):
+                raise ValueError(f"the prompt template's {name} must be a string, not {type(data[name]).__name__}")
+        if "add_special_tokens" in data and not isinstance(data["add_special_tokens"], bool):
+            raise ValueError("the prompt template's add_special_tokens must be true or false")
+        stops = data.get("stop_tokens", ())
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(t, str) and t for t in stops):
+            raise ValueError(f"the prompt template's stop_tokens must be a list of token strings, got {stops!r:.80}")
+        return cls(**{**data, "stop_tokens": tuple(stops)})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

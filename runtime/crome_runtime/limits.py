@@ -1,0 +1,60 @@
+"""The limits on what crome-edge accepts from a user, and the checks that apply them, defined once.
+
+Every command, file loader and the server refuse input over these with a message that names the limit, so
+memory stays bounded whatever a file or a request holds: a question or answer text (MAX_TEXT_CHARS, valid
+UTF-8), a JSONL dataset line (MAX_LINE_BYTES), an image's pixels (MAX_IMAGE_PIXELS, set in crome_runtime
+before OpenCV loads) and its longest side (MAX_IMAGE_SIDE, what the C core's preprocessing addresses), and
+the decoder's context (`context_problem`: visual queries + prompt + at least one answer token). A server may
+set lower limits of its own. Torch-free. Not here: the synthetic generator's limits (crome_edge.synth).
+"""
+from __future__ import annotations
+
+from crome_runtime import MAX_IMAGE_PIXELS
+
+MAX_IMAGE_SIDE = 32768  # pixels on either side: runtime/csrc/preprocess.c's MAX_SIDE, for `ask` and `run` alike
+MAX_TEXT_CHARS = 4000  # a question (CLI, dataset line, request) or a training answer
+MAX_LINE_BYTES = 1 << 20  # one line of a JSONL dataset
+
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_LINE_BYTES", "MAX_TEXT_CHARS", "TextError", "check_text",
+           "context_problem"]
+
+
+class TextError(ValueError):
+    """A question or answer that cannot be used as given; the message says what to change."""
+
+
+def check_text(text, what: str = "the question") -> str:
+    """`text` itself when it is a usable question/answer: a non-empty string of valid UTF-8 (no lone surrogates,
+    as a non-UTF-8 command-line argument or a JSON "\\ud800" gives) of at most MAX_TEXT_CHARS characters."""
+    if not isinstance(text, str):
+        raise TextError(f"{what} must be text, not {type(text).__name__}")
+    if not text.strip():
+        raise TextError(f"{what} is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextError(f"{what} is {len(text):,} characters, over the {MAX_TEXT_CHARS:,}-character limit; shorten it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TextError(f"{what} is not valid UTF-8 text (character {error.start} cannot be encoded); "
+                        "pass it as UTF-8") from None
+    return text
+
+
+def context_problem(prompt_tokens: int, template_tokens: int, num_queries: int, context: int,
+                    answer_tokens: int = 1) -> str | None:
+    """Why a prompt does not fit the decoder's context (None when it fits).
+
+    prompt_tokens: the whole text prompt (template + question); template_tokens: the template alone (with an
+    empty question), so the message can say how long the *question* may be; answer_tokens: the room needed
+    after the prompt (1 to generate anything; a training answer's length when teacher-forcing it)."""
+    if num_queries + prompt_tokens + answer_tokens <= context:
+        return None
+    room = context - num_queries - template_tokens - answer_tokens
+    question_tokens = max(prompt_tokens - template_tokens, 0)
+    needs = "an answer" if answer_tokens == 1 else f"the {answer_tokens}-token answer"
+    if room < 1:
+        return (f"the decoder's context of {context} positions holds the {num_queries} visual queries and the "
+                f"prompt template's {template_tokens} tokens but leaves no room for a question and {needs}")
+    return (f"the question is {question_tokens} tokens; the decoder's context of {context} positions, less the "
+            f"{num_queries} visual queries, the prompt template's {template_tokens} tokens and {needs}, leaves room "
+            f"for {room}. Shorten the question to at most {room} tokens")
