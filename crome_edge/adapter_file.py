@@ -82,7 +82,11 @@ def read_metadata(path: Path) -> AdapterMetadata:
         ) from None
     if raw.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
         raise AdapterFileError(f"{path} is a safetensors file but not a crome-edge adapter (no '{formats.META_FORMAT}' metadata)")
-    version = int(raw.get(formats.META_FORMAT_VERSION, "0"))
+    text = raw.get(formats.META_FORMAT_VERSION, "0")
+    if not text.isdigit():
+        raise AdapterFileError(f"{path}: adapter format_version {text!r:.40} is not a whole number; the file is damaged "
+                               "or not written by crome-edge (re-train or re-export the adapter)")
+    version = int(text)
     if version > formats.ADAPTER_FORMAT_VERSION:
         raise AdapterFileError(
             f"{path} has adapter format version {version}; this crome-edge reads up to "
@@ -92,18 +96,25 @@ def read_metadata(path: Path) -> AdapterMetadata:
         recipe = json.loads(raw[formats.META_TRAIN_DATA_RECIPE]) if formats.META_TRAIN_DATA_RECIPE in raw else None
         if recipe is not None and not isinstance(recipe, dict):
             raise ValueError(f"{formats.META_TRAIN_DATA_RECIPE} is not a JSON object")
+        training = json.loads(raw.get(formats.META_TRAINING, "{}"))
+        if not isinstance(training, dict):
+            raise ValueError(f"{formats.META_TRAINING} is not a JSON object")
         return AdapterMetadata(
             config=AdapterConfig.from_json(raw[formats.META_ADAPTER_CONFIG]),
             backbone_name=raw[formats.META_BACKBONE_NAME],
             backbone_fingerprint=raw[formats.META_BACKBONE_FINGERPRINT],
             prompt=PromptTemplate.from_json(raw[formats.META_PROMPT_TEMPLATE]),
-            training=json.loads(raw.get(formats.META_TRAINING, "{}")),
+            training=training,
             train_data=raw.get(formats.META_TRAIN_DATA, ""),
             train_data_recipe=recipe,
             format_version=version,
         )
-    except (KeyError, ValueError, TypeError) as error:
-        raise AdapterFileError(f"{path}: adapter metadata is incomplete or malformed ({error!r})") from None
+    except KeyError as error:
+        raise AdapterFileError(f"{path}: adapter metadata is incomplete or malformed (no {error} entry); "
+                               "re-train the adapter") from None
+    except (ValueError, TypeError) as error:
+        raise AdapterFileError(f"{path}: adapter metadata is incomplete or malformed ({error}); "
+                               "re-train the adapter") from None
 
 
 def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetadata]:
@@ -143,9 +154,14 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
 def check_backbone_match(meta: AdapterMetadata, backbone, path: Path) -> None:
     info = backbone.info
     if meta.config.d_model != info.d_model or meta.backbone_fingerprint != backbone.fingerprint():
+        if meta.backbone_name == info.name:  # the same name with other weights: --backbone NAME would change nothing
+            fix = (f"this {info.name} has other weights than the one it was trained on (another crome-edge version "
+                   f"or other --backbone-parts). Re-train the adapter on this backbone, or load the {info.name} "
+                   "weights it was trained with")
+        else:
+            fix = f"Re-train the adapter on this backbone or pass --backbone {meta.backbone_name}"
         raise AdapterFileError(
             f"adapter {path.name} was trained for backbone {meta.backbone_name} "
             f"(d={meta.config.d_model}, fingerprint {meta.backbone_fingerprint[:12]}…); this backbone is "
-            f"{backbone.short_description()}. Re-train the adapter on this backbone or pass "
-            f"--backbone {meta.backbone_name}"
+            f"{backbone.short_description()}; {fix}"
         )

@@ -14,20 +14,22 @@ from crome_runtime.prompt import PromptTemplate
 
 SUPPORTED_ARCHITECTURES = ("blip-2", "instructblip")
 DECODER_ONLY_LLMS = ("llama", "opt", "mistral", "qwen2")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbone:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise CromeError(f"{path} is not a Hugging Face model directory (no config.json)")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise CromeError(
             f"{path}: unsupported architecture {model_type!r}; crome-edge loads BLIP-2 and InstructBLIP "
             f"checkpoints ({', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    llm_type = config.get("text_config", {}).get("model_type", "opt")
+    text_config = config.get("text_config", {})
+    llm_type = text_config.get("model_type", "opt") if isinstance(text_config, dict) else None
     if llm_type not in DECODER_ONLY_LLMS:
         raise CromeError(
             f"{path}: the LLM is {llm_type!r}, an encoder-decoder or unsupported model; crome-edge supports "
@@ -38,16 +40,26 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
     qformer_tokenizer = None
     if model_type == "instructblip":
         qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise CromeError(f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}); copy the whole "
+                         "checkpoint directory (save_pretrained writes both)")
     if model_type == "instructblip":
         from transformers import InstructBlipForConditionalGeneration as Model
     else:
         from transformers import Blip2ForConditionalGeneration as Model
-    model = Model.from_pretrained(path, dtype=torch.float32)
+    try:
+        model = Model.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:  # unreadable, truncated or mis-shaped weight files
+        raise CromeError(f"{path}: the checkpoint does not load ({str(error).strip().splitlines()[0][:300]})") from None
     mean, std = _image_normalisation(path)
     prompt = prompt or _default_prompt(model.config.text_config, llm_tokenizer)
-    return from_instructblip_model(
-        model, llm_tokenizer, qformer_tokenizer, name=path.name, prompt=prompt, image_mean=mean, image_std=std
-    )
+    try:
+        return from_instructblip_model(
+            model, llm_tokenizer, qformer_tokenizer, name=path.name, prompt=prompt, image_mean=mean, image_std=std
+        )
+    except ValueError as error:  # the backbone schema's checks (crome_runtime.manifest.BackboneSchema)
+        raise CromeError(f"{path}: {error}") from None
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
@@ -56,14 +68,30 @@ def _load_tokenizer(path: Path) -> Tokenizer:
             f"missing {path}: crome-edge needs the fast tokenizer file; save it with "
             "AutoTokenizer.from_pretrained(dir).save_pretrained(dir)"
         )
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises its own Exception type for malformed files
+        raise CromeError(f"{path} is not a readable tokenizer file ({error})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CromeError(f"{path} is not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CromeError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
 def _image_normalisation(path: Path) -> tuple[tuple, tuple]:
     preprocessor = path / "preprocessor_config.json"
     if preprocessor.is_file():
-        data = json.loads(preprocessor.read_text())
-        return tuple(data.get("image_mean", CLIP_MEAN)), tuple(data.get("image_std", CLIP_STD))
+        data = _read_json(preprocessor)
+        mean, std = data.get("image_mean", CLIP_MEAN), data.get("image_std", CLIP_STD)
+        if not (isinstance(mean, list | tuple) and isinstance(std, list | tuple)):
+            raise CromeError(f"{preprocessor}: image_mean and image_std must be lists of 3 numbers")
+        return tuple(mean), tuple(std)
     return CLIP_MEAN, CLIP_STD
 
 
