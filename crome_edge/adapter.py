@@ -1,4 +1,4 @@
-"""The CROME gated cross-modal adapter (arXiv 2408.06610, DESIGN.md §2) and its fused form.
+"""The CROME gated cross-modal adapter (arXiv 2408.06610, docs/architecture.md §2) and its fused form.
 
 For each modality m in {visual, text}:
     Z_m = SiLU(X_m · Wg_m) ⊙ (X_m · Wd_m)        Wg_m, Wd_m: d×r

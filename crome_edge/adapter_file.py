@@ -1,4 +1,4 @@
-"""Adapter files: the five CROME tensors + metadata in one `.safetensors` (DESIGN.md §4).
+"""Adapter files: the five CROME tensors + metadata in one `.safetensors` (docs/architecture.md §4).
 
 `save_adapter` writes atomically (temp file + rename). `load_adapter` checks format, version, tensor
 names, shapes, dtype, finiteness and — given a backbone — its fingerprint, and says how to fix a mismatch.

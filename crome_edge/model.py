@@ -1,7 +1,7 @@
 """CromeModel: frozen backbone + CROME adapter -> teacher-forced loss and KV-cache generation.
 
 LLM input = concat(adapter(V, visual), adapter(T, text)) where V are the projected visual queries and T
-the prompt's token embeddings (DESIGN.md §2). Answer tokens (training) and generated tokens (decoding)
+the prompt's token embeddings (docs/architecture.md §2). Answer tokens (training) and generated tokens (decoding)
 enter through the plain embedding table, so decode steps never pay for the adapter.
 Not here: the training loop (train.py), adapter files (adapter_file.py).
 """

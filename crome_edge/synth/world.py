@@ -2,7 +2,7 @@
 
 What it is: a deterministic, seeded renderer of BGR uint8 frames (like OpenCV images) with ground
 truth (`SceneInfo`: kind, colour, defect, geometry). Every drawn defect is checked to be visible on
-the part before the scene is accepted (DESIGN.md §7), so defect labels are not noise.
+the part before the scene is accepted (docs/architecture.md §7), so defect labels are not noise.
 What it is not: a physics or photometric simulation; no torch here (cv2 + numpy only).
 
 Pipeline of one frame: sample a `Part` (kind, colour, defect, radius, angle) and draw it once into a

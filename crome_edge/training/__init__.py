@@ -1,4 +1,4 @@
-"""Training: adapter fine-tuning and visual-side pretraining on a frozen backbone (DESIGN.md §2, §7).
+"""Training: adapter fine-tuning and visual-side pretraining on a frozen backbone (docs/architecture.md §2, §7).
 
 config.py (TrainConfig) -> trainer.py (Trainer: loop, validation, checkpoints) over stages.py (what a
 stage trains and saves); checkpoint.py, distributed.py (torchrun). Backbone-parts files are

@@ -1,6 +1,6 @@
 """The two training stages: what each one trains, how it computes the loss, what it saves.
 
-- finetune: the CROME adapter alone (DESIGN.md §2). The whole backbone stays frozen, so the visual
+- finetune: the CROME adapter alone (docs/architecture.md §2). The whole backbone stays frozen, so the visual
   prefix V of every (image, instruction) is computed once up front and reused by every epoch.
 - pretrain: query tokens, Q-Former and projection (+ the vision tower with --train-vision), no adapter;
   one optimizer group per trained module; the LLM stays frozen. Saves backbone parts.

@@ -1,6 +1,6 @@
 """Adapter part of a bundle: one ONNX graph per modality holding a single fused gated projection.
 
-The fused form (DESIGN.md §2) is an ONNX *function* `FusedGatedProjection` in the crome domain
+The fused form (docs/architecture.md §2) is an ONNX *function* `FusedGatedProjection` in the crome domain
 (formats.CROME_ONNX_DOMAIN), so a runtime or a TensorRT plugin can match it as one op, while ONNX Runtime
 inlines its body:
 

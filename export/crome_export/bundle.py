@@ -1,4 +1,4 @@
-"""Writing a bundle directory atomically (DESIGN.md §4).
+"""Writing a bundle directory atomically (docs/architecture.md §4).
 
 Files are copied (and hashed on the way) into a temporary directory next to the target; `commit` writes
 manifest.json last and moves the directory into place. An existing bundle is refused unless `force`, and

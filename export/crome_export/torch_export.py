@@ -1,7 +1,7 @@
 """Shared plumbing for `torch.onnx.export` of the frozen backbone's parts (vision.py, decoder.py).
 
 The TorchScript exporter (`dynamo=False`) is used: it exports these graphs ~100x faster than dynamo
-(DESIGN.md §6). During export every attention module runs its "eager" implementation: plain
+(docs/architecture.md §6). During export every attention module runs its "eager" implementation: plain
 MatMul/Softmax ops with an additive mask, no SDPA-specific IsNaN guards or shape-dependent branches.
 The parity checks in fidelity.py compare the exported graphs with the model as PyTorch runs it (SDPA).
 """

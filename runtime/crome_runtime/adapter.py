@@ -1,6 +1,6 @@
 """The CROME adapter on the CPU: the bundle's adapter.safetensors run by the C core's fused gated projection.
 
-DESIGN.md §5 keeps the C kernel because it beats the ONNX Runtime adapter graph on the CPU
+docs/architecture.md §5 keeps the C kernel because it beats the ONNX Runtime adapter graph on the CPU
 (benchmarks/RESULTS.md, "Runtime C core"); the engine uses it when the decoder runs on the CPU and the
 adapter graphs (adapter_visual.onnx / adapter_text.onnx, same weights, checked against the backbone's
 width at load) everywhere else. Per modality W1 = [Wd | Wg] (d, 2r), shared Wu (r, d), as

@@ -322,7 +322,7 @@ def gated_projection_reference(
     w1_scale: np.ndarray | None = None,
     wu_scale: np.ndarray | None = None,
 ) -> np.ndarray:
-    """numpy definition of GatedProjection.apply (DESIGN.md section 2, fused form), float32 throughout:
+    """numpy definition of GatedProjection.apply (docs/architecture.md §2, fused form), float32 throughout:
     h = x . W1 (..., 2r); z = SiLU(h[..., r:]) * h[..., :r]; y = x + z . Wu. int8 weights are dequantised
     as q * scale per output column."""
     if w1_scale is not None:

@@ -1,6 +1,6 @@
 """The runtime's profiler: every stage timed with a monotonic clock, summarised and written as a Chrome trace.
 
-Stages (DESIGN.md §5): capture, preprocess, vision, adapter_visual, tokenize, adapter_text, prefill,
+Stages (docs/architecture.md §5): capture, preprocess, vision, adapter_visual, tokenize, adapter_text, prefill,
 decode (one event per step), sample, detokenize. A *run* is one answer: time-to-first-token (run start
 -> first token sampled), decode tokens/s ((tokens - 1) / (last token - first token)) and end-to-end
 tokens/s. `summary()` gives per-stage count / mean / p50 / p90 / p99 in ms; `chrome_trace()` gives the

@@ -1,6 +1,6 @@
 """Execution providers: which ONNX Runtime execution provider runs a bundle, and what actually runs.
 
-Preference (DESIGN.md §5): TensorRT → CUDA → CPU. `--provider auto` takes the best one ONNX Runtime offers
+Preference (docs/architecture.md §5): TensorRT → CUDA → CPU. `--provider auto` takes the best one ONNX Runtime offers
 here; `--provider cpu|cuda|tensorrt` asks for one and fails with the list of what is available when it is
 not. onnxruntime-gpu falls back to CPU silently when it cannot load CUDA/TensorRT, so after a session is
 made its `get_providers()` is read back: an explicit request that fell back is an error, an automatic

@@ -6,7 +6,7 @@
  * benchmarks/bench_decode.py, RESULTS.md):
  *
  *   crome_preprocess   camera frame (BGR/RGB/YUYV/NV12, any row stride) -> resized, normalised CHW float
- *   crome_gproj_*      the CROME adapter's fused gated projection (DESIGN.md section 2), float32 weights
+ *   crome_gproj_*      the CROME adapter's fused gated projection (docs/architecture.md §2), float32 weights
  *   crome_sample       next-token sampler: greedy, temperature, top-k, top-p, repetition penalty
  *   crome_qmatvec      block-quantised (GGUF Q4_1 / Q8_0) matrix x float32 vector, threaded, per-ISA paths
  *   crome_llm_*        one LLaMA-family decode step over a KV cache the handle owns, on those blocks
