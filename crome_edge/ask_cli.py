@@ -10,6 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from crome_edge.cli_types import SEED, THREADS, whole
 from crome_edge.errors import CromeError
 
 
@@ -18,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="adapter .safetensors, or 'line3' for the shipped demo adapter")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file")
-    source.add_argument("--synthetic", type=int, metavar="SEED", help="render synthetic conveyor frame SEED")
+    source.add_argument("--synthetic", type=SEED, metavar="SEED", help="render synthetic conveyor frame SEED")
     parser.add_argument("--question", action="append", required=True, help="may be given several times")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=whole(0), default=24)
+    parser.add_argument("--threads", type=THREADS, default=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,9 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from crome_edge.weights import resolve_adapter
     from crome_runtime.preprocess import ImageError, load_image, preprocess_image
 
+    from crome_runtime.limits import TextError, check_text
+
+    try:
+        for question in args.question:  # before any model loads
+            check_text(question, "--question")
+    except TextError as error:
+        raise CromeError(str(error)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone)
+    for question in args.question:
+        _check_context(backbone, question)
     model = CromeModel(backbone)
     if args.adapter:
         adapter, _ = load_adapter(resolve_adapter(args.adapter), backbone)
@@ -60,3 +70,15 @@ def run(args: argparse.Namespace) -> int:
         result["ground_truth"] = truth
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+def _check_context(backbone, question: str) -> None:
+    """The rule `run` applies (crome_runtime.limits.context_problem), on the PyTorch backbone's own context."""
+    from crome_runtime.limits import context_problem
+
+    prompt, tokenizer = backbone.info.prompt, backbone.llm_tokenizer
+    queries, context = backbone.info.num_query_tokens, backbone.context_length()
+    problem = context_problem(len(prompt.prompt_ids(tokenizer, question)), len(prompt.prompt_ids(tokenizer, "")),
+                              queries, context)
+    if problem:
+        raise CromeError(problem)

@@ -28,8 +28,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line on stderr (which flag, what it must be), exit status 2, as every other
+    user error; `--help` still prints the usage. Sub-command parsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crome-edge", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="crome-edge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -49,12 +57,19 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0), or a bad command line (2; _Parser printed the one-line error)
+        return int(done.code or 0)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._module.run(args) or 0)
     except CromeError as error:
         print(f"crome-edge {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the environment refused something no check caught (a full disk, a permission)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"crome-edge {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"crome-edge {args.command}: terminated (SIGTERM); temporary files were removed", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from crome_edge.cli_types import SEED, number, whole
 from crome_edge.errors import CromeError
 
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth = sub.add_parser("synth", help="write a synthetic dataset (PNG + data.jsonl + scenes.jsonl)")
     synth.add_argument("--out", required=True, help="dataset directory to create")
     synth.add_argument("--n", type=int, default=1000, help="number of frames (default 1000)")
-    synth.add_argument("--seed", type=int, default=0, help="offset of the first frame in the split's seed range")
+    synth.add_argument("--seed", type=SEED, default=0, help="offset of the first frame in the split's seed range")
     synth.add_argument("--task", choices=("pretrain", "line3"), default="pretrain")
     synth.add_argument("--split", choices=("train", "val", "test"), default="train")
     synth.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
@@ -31,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     video = sub.add_parser("video", help="record the synthetic conveyor camera to a video file")
     video.add_argument("--out", required=True, help="file ending in .avi (MJPG) or .mp4 (mp4v)")
-    video.add_argument("--frames", type=int, default=150)
-    video.add_argument("--fps", type=float, default=15.0)
+    video.add_argument("--frames", type=whole(1), default=150)
+    video.add_argument("--fps", type=number(above=0), default=15.0)
     video.add_argument("--size", default="320x240", help="WIDTHxHEIGHT (default 320x240)")
-    video.add_argument("--seed", type=int, default=0)
+    video.add_argument("--seed", type=SEED, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from crome_edge.cli_types import SEED, THREADS, number, whole
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smol", help="tiny, tiny:SEED, smol or a local HF directory (default: smol)")
@@ -20,12 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question", help="the question for class-folder datasets")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
                         help="all samples, or the adapter's training/validation split (default: all)")
-    parser.add_argument("--val-fraction", type=float, help="with --split: override the adapter's recorded val fraction")
-    parser.add_argument("--seed", type=int, help="with --split: override the adapter's recorded split seed")
-    parser.add_argument("--limit", type=int, help="score only the first N samples")
-    parser.add_argument("--batch-size", type=int, default=16, help="generation batch (default: 16)")
-    parser.add_argument("--max-new-tokens", type=int, help="generation cap (default: longest reference answer + 4)")
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--val-fraction", type=number(minimum=0, below=1), help="with --split: override the adapter's recorded val fraction")
+    parser.add_argument("--seed", type=SEED, help="with --split: override the adapter's recorded split seed")
+    parser.add_argument("--limit", type=whole(1), help="score only the first N samples")
+    parser.add_argument("--batch-size", type=whole(1), default=16, help="generation batch (default: 16)")
+    parser.add_argument("--max-new-tokens", type=whole(1), help="generation cap (default: longest reference answer + 4)")
+    parser.add_argument("--threads", type=THREADS, help="torch threads")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     parser.add_argument("--progress", action="store_true", help="progress bar on stderr")
 

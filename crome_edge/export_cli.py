@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crome_edge.cli_types import THREADS, number, whole
 from crome_runtime import formats
 
 
@@ -23,18 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path,
                         help="the adapter's training data (JSONL or dataset dir) when it is no longer where the "
                              "adapter says; its split gives the calibration and held-out frames")
-    parser.add_argument("--opset", type=int, default=formats.DEFAULT_OPSET, help="ONNX opset (18..20, default %(default)s)")
+    parser.add_argument("--opset", type=whole(1), default=formats.DEFAULT_OPSET, help="ONNX opset (18..20, default %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle (atomically)")
-    parser.add_argument("--int8-threshold", type=float, default=1.0, metavar="POINTS",
+    parser.add_argument("--int8-threshold", type=number(minimum=0), default=1.0, metavar="POINTS",
                         help="warn when INT8 loses more task accuracy than this (default %(default)s point)")
-    parser.add_argument("--eval-limit", type=int, default=200, metavar="N",
+    parser.add_argument("--eval-limit", type=whole(1), default=200, metavar="N",
                         help="held-out samples the fidelity report runs on (default %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, help="generation cap for the report (default: longest answer + 2)")
+    parser.add_argument("--max-new-tokens", type=whole(1), help="generation cap for the report (default: longest answer + 2)")
     parser.add_argument("--decoder-int8", default="fp32", choices=("fp32", "matmulnbits8", "dynamic-qint8"),
                         help="the decoder's form in an int8 bundle (default %(default)s: on CPUs no INT8 form "
                              "was both accurate and faster, see benchmarks/RESULTS.md)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
-    parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: all cores)")
+    parser.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from crome_edge.cli_types import SEED, THREADS, number, whole
 from crome_edge.errors import CromeError
 from crome_runtime.formats import PROVIDER_CHOICES  # torch- and cv2-free (crome_runtime.providers imports cv2)
 
@@ -22,20 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, type=Path, help="image file (PNG, JPEG, BMP, WebP, TIFF, PNM)")
     parser.add_argument("--prompt", required=True, action="append", metavar="TEXT",
                         help="question about the image; repeat for several questions about the same image")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length cap (default: the bundle's)")
-    parser.add_argument("--temperature", type=float, metavar="T", help="0 = greedy (default: the bundle's)")
-    parser.add_argument("--top-k", type=int, metavar="K", help="sample from the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--repetition-penalty", type=float, metavar="R",
+    parser.add_argument("--max-new-tokens", type=whole(0), metavar="N", help="answer length cap (default: the bundle's)")
+    parser.add_argument("--temperature", type=number(minimum=0), metavar="T", help="0 = greedy (default: the bundle's)")
+    parser.add_argument("--top-k", type=whole(0), metavar="K", help="sample from the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=number(above=0), metavar="P", help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--repetition-penalty", type=number(above=0), metavar="R",
                         help="penalty for repeating answer tokens (1 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--seed", type=SEED, default=0, help="sampling seed (default %(default)s)")
+    parser.add_argument("--threads", type=THREADS, metavar="N",
                         help="ONNX Runtime threads per graph (default: one per core)")
     parser.add_argument("--provider", choices=PROVIDER_CHOICES,
                         help="execution provider (default auto: TensorRT > CUDA > CPU, whichever is available)")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",
                         help="write a per-stage latency summary here and a Chrome trace to OUT.trace.json")
-    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run every prompt N times (default 1)")
+    parser.add_argument("--repeat", type=whole(1), default=1, metavar="N", help="run every prompt N times (default 1)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer instead of streaming")
 

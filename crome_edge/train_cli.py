@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import MISSING, fields
 
+from crome_edge.cli_types import SEED, THREADS, number, whole
 # torch-free; TrainConfig holds every default, the flags below default to None and override only what is given
 from crome_edge.training.config import AUGMENTS, DEFAULT_LR, ENCODER_LR_RATIO, SAVE_DTYPES, STAGES, TrainConfig
 
@@ -28,32 +29,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--data", required=True, help="dataset: JSONL of {image, question, answer}, a directory holding data.jsonl, or <answer>/ image folders")
     what.add_argument("--question", help="the question for class-folder datasets (and JSONL lines without one)")
     what.add_argument("--out", required=True, help="output .safetensors: the adapter (finetune) or backbone parts (pretrain)")
-    what.add_argument("--rank", type=int, help=f"adapter rank r (default: {d['rank']})")
+    what.add_argument("--rank", type=whole(1), help=f"adapter rank r (default: {d['rank']})")
     what.add_argument("--train-vision", action="store_true", default=None, help="pretrain: also train the vision tower")
     what.add_argument("--augment", choices=AUGMENTS,
                       help=f"flips: also train on mirrored frames (only where mirroring keeps the answer true; default: {d['augment']})")
 
     how = parser.add_argument_group("optimisation")
-    how.add_argument("--epochs", type=int, help=f"passes over the training split (default: {d['epochs']})")
-    how.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
-    how.add_argument("--batch-size", type=int, help=f"global batch, split across torchrun processes (default: {d['batch_size']})")
-    how.add_argument("--lr", type=float, help=f"learning rate of the adapter / projection (default: {DEFAULT_LR['finetune']:g} "
+    how.add_argument("--epochs", type=whole(1), help=f"passes over the training split (default: {d['epochs']})")
+    how.add_argument("--steps", type=whole(1), help="total optimizer steps (overrides --epochs)")
+    how.add_argument("--batch-size", type=whole(1), help=f"global batch, split across torchrun processes (default: {d['batch_size']})")
+    how.add_argument("--lr", type=number(above=0), help=f"learning rate of the adapter / projection (default: {DEFAULT_LR['finetune']:g} "
                                               f"finetune, {DEFAULT_LR['pretrain']:g} pretrain)")
-    how.add_argument("--encoder-lr", type=float, help=f"pretrain: learning rate of query tokens, Q-Former, vision (default: lr × {ENCODER_LR_RATIO:g})")
-    how.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps, at most 100)")
-    how.add_argument("--val-fraction", type=float, help=f"share of images held out for validation (default: {d['val_fraction']})")
-    how.add_argument("--seed", type=int, help=f"seeds the split, the adapter's init and the batch order (default: {d['seed']})")
+    how.add_argument("--encoder-lr", type=number(above=0), help=f"pretrain: learning rate of query tokens, Q-Former, vision (default: lr × {ENCODER_LR_RATIO:g})")
+    how.add_argument("--warmup-steps", type=whole(0), help="linear warm-up steps (default: 5%% of the steps, at most 100)")
+    how.add_argument("--val-fraction", type=number(minimum=0, below=1), help=f"share of images held out for validation (default: {d['val_fraction']})")
+    how.add_argument("--seed", type=SEED, help=f"seeds the split, the adapter's init and the batch order (default: {d['seed']})")
     how.add_argument("--bf16", action="store_true", default=None,
                      help="bfloat16 autocast for the forward pass where the device computes bf16 natively (CUDA; "
                           "CPUs with AVX512_BF16, AMX or ARM bf16); elsewhere training says so and runs in fp32")
-    how.add_argument("--max-new-tokens", type=int, help=f"validation: generation cap (default: {d['max_new_tokens']})")
+    how.add_argument("--max-new-tokens", type=whole(1), help=f"validation: generation cap (default: {d['max_new_tokens']})")
 
     run = parser.add_argument_group("running")
-    run.add_argument("--threads", type=int, help="torch threads per process")
+    run.add_argument("--threads", type=THREADS, help="torch threads per process")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"default: {d['device']} (cuda when available)")
     run.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUT.ckpt)")
-    run.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N steps (default: each epoch)")
+    run.add_argument("--checkpoint-every", type=whole(1), metavar="N", help="also checkpoint every N steps (default: each epoch)")
     run.add_argument("--resume", action="store_true", default=None, help="continue from the checkpoint")
+    run.add_argument("--force", action="store_true", default=None, help="replace an existing --out")
     run.add_argument("--save-dtype", choices=SAVE_DTYPES, help=f"pretrain: dtype of the saved parts (default: {d['save_dtype']})")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the training summary as JSON")

@@ -23,10 +23,10 @@ def test_train_without_flags_is_the_dataclass_defaults():
 
 def test_train_flags_override_only_what_is_given():
     argv = ["train", "--data", "d", "--out", "o", "--backbone", "tiny", "--rank", "8", "--bf16", "--no-progress",
-            "--lr", "0.02", "--checkpoint-every", "0"]
+            "--lr", "0.02", "--checkpoint-every", "5"]  # (--checkpoint-every 0 is refused: the flag means every N >= 1)
     config = config_from_args(build_parser().parse_args(argv))
     expected = TrainConfig(data="d", out="o", backbone="tiny", rank=8, bf16=True, progress=False, lr=0.02,
-                           checkpoint_every=0)
+                           checkpoint_every=5)
     assert config == expected
 
 

@@ -51,7 +51,7 @@ def test_eval_bad_inputs(trained, tmp_path, capsys):
     assert main(["eval", "--backbone", "tiny", "--data", str(data), "--split", "val"]) == 2
     assert "needs an --adapter that records its split" in capsys.readouterr().err
     assert main(["eval", "--backbone", "tiny", "--data", str(data), "--limit", "0"]) == 2
-    assert "--limit must be at least 1" in capsys.readouterr().err
+    assert "argument --limit: must be a whole number >= 1, got '0'" in capsys.readouterr().err
     assert main(["eval", "--backbone", "tiny", "--data", str(tmp_path / "none.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "--backbone", "tiny", "--adapter", str(data), "--data", str(data)]) == 2

@@ -238,8 +238,12 @@ def test_cli_refuses_bad_targets(tmp_path, capsys):
     assert "runs past its end" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--n", "0"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
-    # --force replaces; an existing empty directory is fine without it
-    assert main(["data", "synth", "--out", str(out), "--n", "2", "--force"]) == 0
+    # --force replaces only a synthetic dataset, never another directory; an empty directory is fine without it
+    assert main(["data", "synth", "--out", str(out), "--n", "2", "--force"]) == 2
+    assert "not one (it has no dataset.json)" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    assert main(["data", "synth", "--out", str(out), "--n", "2"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--n", "3", "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "dataset.json", "images", "scenes.jsonl"]
     (tmp_path / "empty").mkdir()
     assert main(["data", "synth", "--out", str(tmp_path / "empty"), "--n", "1"]) == 0

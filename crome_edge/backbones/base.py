@@ -126,8 +126,18 @@ class CromeBackbone(nn.Module):
         """The bundle manifest's `backbone` section: this backbone's schema and fingerprint."""
         return BackboneSpec.of(self.info, self.fingerprint())
 
+    def context_length(self) -> int:
+        """Positions the LLM attends over: visual queries + prompt + answer must fit (crome_runtime.limits)."""
+        return llm_context_length(self.llm)
+
     def short_description(self) -> str:
         return f"{self.info.name} (d={self.info.d_model}, fingerprint {self.fingerprint()[:12]}…)"
+
+
+def llm_context_length(llm: nn.Module) -> int:
+    """A decoder LLM's context in positions, from its HF config (2048 where the config does not say); the exported
+    decoder's manifest records the same number (crome_export.decoder.DecoderDims)."""
+    return int(getattr(llm.config, "max_position_embeddings", 2048))
 
 
 @dataclass

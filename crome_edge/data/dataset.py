@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,12 +74,8 @@ def load_dataset(path: str | Path, question: str | None = None) -> Dataset:
 
 
 def _read_jsonl(path: Path, default_question: str | None) -> Dataset:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise CromeError(f"cannot read dataset {path} ({error}); {LAYOUT_HELP}") from None
     samples = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _lines(path):
         if not line.strip():
             continue
         where = f"{path.name} line {number}"
@@ -101,7 +98,30 @@ def _read_jsonl(path: Path, default_question: str | None) -> Dataset:
     return Dataset(path, "jsonl", samples, default_question)
 
 
+def _lines(path: Path):
+    """(number, text) of every line, read one bounded line at a time (MAX_LINE_BYTES), each decoded as UTF-8."""
+    from crome_runtime.limits import MAX_LINE_BYTES
+
+    try:
+        with open(path, "rb") as f:
+            number = 0
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise CromeError(f"{path} line {number} is over the {MAX_LINE_BYTES >> 20} MiB line limit; a "
+                                     "dataset line is one short {image, question, answer} object")
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise CromeError(f"cannot read dataset {path}: line {number} is not UTF-8 text (save it as UTF-8); "
+                                     f"{LAYOUT_HELP}") from None
+    except OSError as error:
+        raise CromeError(f"cannot read dataset {path} ({error.strerror or error}); {LAYOUT_HELP}") from None
+
+
 def _text_field(record: dict, key: str, path: Path, number: int, hint: str = "") -> str:
+    from crome_runtime.limits import TextError, check_text
+
     if key not in record:
         raise CromeError(f"{path} line {number} has no {key!r}{hint}")
     value = record[key]
@@ -110,6 +130,12 @@ def _text_field(record: dict, key: str, path: Path, number: int, hint: str = "")
     value = str(value)
     if not value.strip():
         raise CromeError(f"{path} line {number}: {key!r} is empty")
+    if "\x00" in value:
+        raise CromeError(f"{path} line {number}: {key!r} holds a NUL character")
+    try:
+        check_text(value, repr(key))  # length and UTF-8: crome_runtime.limits, the rule every command applies
+    except TextError as error:
+        raise CromeError(f"{path} line {number}: {error}") from None
     return value
 
 
@@ -143,20 +169,27 @@ def decode_images(samples: list[Sample], consume, limit: int = 5) -> None:
     problems: list[str] = []
     count = 0
     for image, origin in _distinct_images(samples):
-        if not image.is_file():
-            problem = f"image {image} ({origin}) not found"
+        if not os.path.lexists(image):
+            problem = f"image {str(image)[:300]} ({origin}) not found"
         else:
             try:
-                consume(image, load_image(image))
+                consume(image, load_image(image))  # ImageError: not a regular file, not an image, too large
                 continue
             except ImageError as error:
-                problem = f"image {image} ({origin}) is not a usable image: {error}"
+                problem = f"image {str(image)[:300]} ({origin}) is not a usable image: {_reason(error, image)}"
         count += 1
         if len(problems) < limit:
             problems.append(problem)
     if problems:
         more = f"\n  ... and {count - len(problems)} more" if count > len(problems) else ""
         raise CromeError(f"{count} bad image(s) in the dataset:\n  " + "\n  ".join(problems) + more)
+
+
+def _reason(error: Exception, image: Path) -> str:
+    """The loader's message without its leading path (the problem line names the image already)."""
+    text = str(error)
+    prefix = f"{image}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _distinct_images(samples: list[Sample]) -> list[tuple[Path, str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 STAGES = ("finetune", "pretrain")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 AUGMENTS = ("none", "flips")
-DEFAULT_LR = {"finetune": 2e-3, "pretrain": 1e-3}  # DESIGN.md §7
+DEFAULT_LR = {"finetune": 2e-3, "pretrain": 1e-3}  # docs/architecture.md §7
 ENCODER_LR_RATIO = 0.2  # pretrain: Q-Former / query tokens / vision at lr × 0.2 unless --encoder-lr
 
 
@@ -37,6 +37,7 @@ class TrainConfig:
     checkpoint: str | None = None  # None = <out>.ckpt
     checkpoint_every: int = 0  # also checkpoint every N steps (0 = at the end of each epoch only)
     resume: bool = False
+    force: bool = False  # replace an existing `out` (with `resume`, the run's own `out` is replaced anyway)
     max_new_tokens: int = 32  # validation generation cap (also capped by the longest answer + 2)
     save_dtype: str = "float32"  # pretrain: dtype of the saved backbone parts
     device: str = "auto"  # auto | cpu | cuda

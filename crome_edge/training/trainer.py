@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,21 @@ from crome_edge.training.distributed import DistContext, init_distributed, pick_
 from crome_edge.training.stages import STAGE_CLASSES
 
 LOSS_WINDOW = 20  # steps averaged for the progress bar and the curve's first/last values
+
+
+def check_writable(path: Path, label: str) -> None:
+    """CromeError now when `path`'s directory does not take new files (read-only, no permission), so that a run
+    is never trained only to find it cannot be saved. Probes with a hidden file it removes at once."""
+    import tempfile
+
+    directory = path.absolute().parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=directory)
+    except OSError as error:
+        raise CromeError(f"{label} {path}: cannot write in {directory} ({error.strerror or error}); choose a "
+                         "writable directory") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @dataclass
@@ -91,6 +107,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self._load_data()
         self._load_backbone()
+        self._check_lengths()
         self.compat = self._compat_record()  # before any weight changes
         self._build_stage()
         self._plan_steps()
@@ -138,6 +155,24 @@ class Trainer:
             load_backbone_parts(self.config.backbone_parts, self.backbone)
         self.backbone.to(self.device)
 
+    def _check_lengths(self) -> None:
+        """Every sample's visual queries + prompt + answer fit the LLM's context (crome_runtime.limits, the rule `run`
+        applies), so one overlong line is a CromeError naming it instead of an attention matrix that fills memory."""
+        from crome_runtime.limits import context_problem
+
+        info, tokenizer = self.backbone.info, self.backbone.llm_tokenizer
+        template = len(info.prompt.prompt_ids(tokenizer, ""))
+        context = self.backbone.context_length()
+        seen: set[tuple[str, str]] = set()
+        for sample in self.train_samples + self.val_samples:
+            if (sample.question, sample.answer) in seen:
+                continue
+            seen.add((sample.question, sample.answer))
+            problem = context_problem(len(info.prompt.prompt_ids(tokenizer, sample.question)), template,
+                                      info.num_query_tokens, context, len(info.prompt.answer_ids(tokenizer, sample.answer)))
+            if problem:
+                raise CromeError(f"{self.dataset.source.name if sample.origin == '' else sample.origin}: {problem}")
+
     def _build_stage(self) -> None:
         """The stage (what is trained), its caches, the DDP wrapper and the optimizer (a group per module)."""
         pixels = PixelStore.for_backbone(self.backbone.info)
@@ -178,8 +213,14 @@ class Trainer:
             raise CromeError("--steps must be at least 1")
         if config.augment not in AUGMENTS:
             raise CromeError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
-        if not config.learning_rate > 0:
-            raise CromeError("--lr must be positive")
+        for flag, value in (("--lr", config.learning_rate), ("--encoder-lr", config.encoder_learning_rate)):
+            if not (math.isfinite(value) and value > 0):
+                raise CromeError(f"{flag} must be a finite number > 0, got {value}")
+        for flag, value, minimum in (("--warmup-steps", config.warmup_steps, 0), ("--threads", config.threads, 1),
+                                     ("--max-new-tokens", config.max_new_tokens, 1),
+                                     ("--checkpoint-every", config.checkpoint_every, 0)):
+            if value is not None and value < minimum:
+                raise CromeError(f"{flag} must be a whole number >= {minimum}, got {value}")
         if config.resume and not config.checkpoint_path.is_file():
             raise CromeError(
                 f"--resume: no checkpoint at {config.checkpoint_path} (pass --checkpoint PATH, or drop --resume to start over)"
@@ -189,6 +230,10 @@ class Trainer:
                 raise CromeError(f"{label} {path} is a directory; give a file name such as {path / 'line3.safetensors'}")
             if not path.absolute().parent.is_dir():
                 raise CromeError(f"{label} {path}: directory {path.absolute().parent} does not exist (create it first)")
+            check_writable(path, label)  # now, not after the run
+        out = Path(config.out)
+        if out.exists() and not (config.force or config.resume):
+            raise CromeError(f"--out {out} exists; pass --force to replace it, or choose another --out")
 
     def _compat_record(self) -> dict:
         config = self.config
@@ -237,7 +282,11 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.config.checkpoint_path, self._checkpoint_state())
+            try:
+                save_checkpoint(self.config.checkpoint_path, self._checkpoint_state())
+            except OSError as error:  # e.g. a full disk: the run goes on; the finished run is saved at the end
+                self._log(f"warning: could not write the checkpoint {self.config.checkpoint_path} "
+                          f"({error.strerror or error}); training continues without it")
         self.dist.barrier()  # no rank leaves (and lets torchrun stop the others) before the file is whole
 
     # --- the loop -------------------------------------------------------------------------------
@@ -301,10 +350,26 @@ class Trainer:
             bar.close()
         summary = self.summary()
         if dist.is_main:
-            self.stage.save(Path(config.out), summary, str(self.dataset.source), self.train_data_recipe)
+            self._save_result(Path(config.out), summary)
         dist.barrier()
         self._log(f"wrote {config.out} ({summary['seconds']:.1f} s); checkpoint {config.checkpoint_path}")
         return TrainResult(Path(config.out), config.checkpoint_path, summary)
+
+    def _save_result(self, out: Path, summary: dict) -> None:
+        """Writes the trained file; when `out` cannot be written any more (a full disk, a removed directory), the
+        finished run goes to a fallback file in the temp directory and the CromeError says where."""
+        try:
+            self.stage.save(out, summary, str(self.dataset.source), self.train_data_recipe)
+            return
+        except (OSError, CromeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+        import tempfile
+
+        fd, fallback = tempfile.mkstemp(prefix=f"{out.stem}-", suffix=out.suffix or ".safetensors")
+        os.close(fd)
+        self.stage.save(Path(fallback), summary, str(self.dataset.source), self.train_data_recipe)
+        raise CromeError(f"could not write --out {out} ({reason}); the finished run was saved to {fallback} "
+                         "instead: move it where you want it")
 
     def _train_step(self, samples: list[Sample]) -> float:
         factor = self._lr_factor(self.step)
@@ -314,7 +379,10 @@ class Trainer:
             loss = self.model_for_step(samples[self.dist.rank :: self.dist.world_size])
         mean_loss = self.dist.all_reduce_sum([loss.item()])[0] / self.dist.world_size
         if not math.isfinite(mean_loss):  # every rank sees the same value, so all of them stop here
-            raise CromeError(f"the loss became {mean_loss} at step {self.step + 1}; lower --lr (now {self.config.learning_rate})")
+            rates = f"--lr (now {self.config.learning_rate:g})"
+            if self.config.stage == "pretrain":
+                rates += f" or --encoder-lr (now {self.config.encoder_learning_rate:g})"
+            raise CromeError(f"the loss became {mean_loss} at step {self.step + 1}; lower {rates}")
         loss.backward()
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.stage.trainable.parameters(), self.config.grad_clip)

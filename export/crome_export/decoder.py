@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crome_edge.backbones.base import llm_context_length
 from crome_export.torch_export import eager_attention, export_onnx
 from crome_runtime import formats
 
@@ -45,7 +46,7 @@ class DecoderDims:
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
             d_model=config.hidden_size,
             vocab_size=llm.get_output_embeddings().weight.shape[0],
-            max_position_embeddings=getattr(config, "max_position_embeddings", 2048),
+            max_position_embeddings=llm_context_length(llm),
         )
 
 

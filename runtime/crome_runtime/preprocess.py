@@ -42,9 +42,12 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
     """Read an image file as (H, W, 3) uint8 BGR (alpha dropped, grey expanded, EXIF orientation applied).
     Raises ImageError for a missing or unreadable file, and for everything decode_image refuses."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
-    size_bytes = path.stat().st_size
+    try:
+        if not path.is_file():
+            raise ImageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+        size_bytes = path.stat().st_size
+    except OSError as e:  # e.g. a name too long for the filesystem, a directory that cannot be searched
+        raise ImageError(f"{str(path)[:300]}: cannot be looked up ({e.strerror or e})") from None
     if size_bytes > MAX_FILE_BYTES:
         raise ImageError(f"{path}: file is {size_bytes / 2**20:.0f} MiB, over the {MAX_FILE_BYTES >> 20} MiB limit")
     try:
