@@ -1,0 +1,380 @@
+"""Decode tokens/s and prefill ms of the product's decode paths vs llama.cpp and PyTorch, same weights, same run.
+
+    python benchmarks/bench_decode.py BUNDLE [--threads 1 2] [--runs 20] [--new-tokens 32] [--json out.json]
+                                            [--results benchmarks/RESULTS.md] [--plot benchmarks/decode.png]
+
+BUNDLE: a bundle of a GGUF-converted backbone (the embedded smol: `crome-edge export --adapter line3
+--precision fp32`), so it carries decoder_blocks.safetensors. The prefix is the product's own: a frame and a
+question through Engine.frame / vision / adapt / prompt_ids (8 visual queries + the prompt), built once. Columns,
+each timed around the same calls the product makes, interleaved run by run (the order rotates), after a warm-up
+of each, with the same thread count:
+  - ours, C path: Engine(decoder="c") -> Engine.prefill (ONNX) and Engine.step (crome_llm on the GGUF blocks)
+  - ours, ONNX fp32: Engine(decoder="onnx") -> the fp32 decoder graph for both
+  - llama.cpp: llama-cpp-python on the bundle backbone's GGUF, fed the same prefix as embeddings
+    (llama_batch_init(n, d, 1)), then token ids; skipped with the reason when not installed
+    (`pip install 'crome-edge[bench]'`: builds llama.cpp from source, ~18 min on 2 cores)
+  - PyTorch eager: the backbone's LLM (HF LlamaForCausalLM, fp32), inputs_embeds then its KV cache
+Every column decodes --new-tokens greedy tokens (stop tokens ignored). Reported: medians and p90/p99 of a decode
+step and of prefill, tokens/s, whether each column's token sequence equals ours-ONNX's (the fp32 reference) and
+the C path's worst logit cosine against it, and decode time against the memory-bandwidth bound: the bytes a step
+must read (decoder blocks / fp32 weights) over this machine's read bandwidth, measured here with the same threads.
+Writes JSON (--json), a Markdown section into RESULTS.md (--results) and a PNG (--plot, needs matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUESTION = "Which bin does this part go to?"
+SECTION = "## Decode vs llama.cpp — `benchmarks/bench_decode.py`"
+
+
+# --- the columns -------------------------------------------------------------------------------------------
+
+
+class EngineColumn:
+    def __init__(self, bundle: Path, threads: int, decoder: str):
+        from crome_runtime.engine import Engine, EngineConfig
+
+        self.engine = Engine.load(bundle, EngineConfig(threads=threads, decoder=decoder))
+        assert self.engine.decoder_backend == decoder, self.engine.decoder_backend
+        self.name = {"c": "ours, C path", "onnx": "ours, ONNX fp32"}[decoder]
+
+    def prefill(self, prefix: np.ndarray, room: int) -> np.ndarray:
+        return self.engine.prefill(prefix, room)
+
+    def step(self, token: int) -> np.ndarray:
+        return self.engine.step(token)
+
+
+class TorchColumn:
+    name = "PyTorch eager"
+
+    def __init__(self, llm, threads: int):
+        import torch
+
+        from crome_edge.model import cache_argument
+
+        self.torch, self.llm, self.threads = torch, llm.eval(), threads
+        self._cache_kw = lambda cache: cache_argument(llm, cache)  # noqa: E731
+        self.table = llm.get_input_embeddings().weight
+
+    def prefill(self, prefix: np.ndarray, room: int) -> np.ndarray:
+        self.torch.set_num_threads(self.threads)
+        with self.torch.no_grad():
+            out = self.llm(inputs_embeds=self.torch.from_numpy(prefix), use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[0, -1].numpy()
+
+    def step(self, token: int) -> np.ndarray:
+        with self.torch.no_grad():
+            out = self.llm(inputs_embeds=self.table[token][None, None], use_cache=True, **self._cache_kw(self.cache))
+        self.cache = out.past_key_values
+        return out.logits[0, -1].numpy()
+
+
+class LlamaCppColumn:
+    name = "llama.cpp"
+
+    def __init__(self, gguf: Path, threads: int, d_model: int, context: int):
+        import llama_cpp
+
+        self.lib, self.d = llama_cpp, d_model
+        self.llama = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context,
+                                     n_batch=context, verbose=False)
+        self.ctx = self.llama._ctx.ctx
+        self.vocab = self.llama.n_vocab()
+        self.token_batch = llama_cpp.llama_batch_init(1, 0, 1)
+        self.version = getattr(llama_cpp, "__version__", "?")
+
+    def _logits(self, index: int) -> np.ndarray:
+        pointer = self.lib.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.vocab,)).copy()
+
+    def prefill(self, prefix: np.ndarray, room: int) -> np.ndarray:
+        lib = self.lib
+        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        rows = np.ascontiguousarray(prefix[0], dtype=np.float32)  # (L, d)
+        n = rows.shape[0]
+        batch = lib.llama_batch_init(n, self.d, 1)
+        try:
+            batch.n_tokens = n
+            np.ctypeslib.as_array(batch.embd, shape=(n * self.d,))[:] = rows.ravel()
+            for i in range(n):
+                batch.pos[i], batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = i, 1, 0, i == n - 1
+            if lib.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed on the prefix")
+        finally:
+            lib.llama_batch_free(batch)
+        self.position = n
+        return self._logits(n - 1)
+
+    def step(self, token: int) -> np.ndarray:
+        b = self.token_batch
+        b.n_tokens, b.token[0], b.pos[0], b.n_seq_id[0], b.seq_id[0][0], b.logits[0] = 1, token, self.position, 1, 0, True
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed on a step")
+        self.position += 1
+        return self._logits(0)
+
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+
+def product_prefix(engine) -> np.ndarray:
+    """(1, L, d): a synthetic conveyor frame and the line3 question through the product's own stages."""
+    from crome_edge.synth.world import render_scene  # numpy + cv2 only
+
+    frame, _ = render_scene(12345, 128)
+    f = engine.frame(frame, "bgr")
+    visual = engine.adapt(engine.vision(f, QUESTION), "visual")  # (Nq, d)
+    text = engine.adapt(engine.embeddings[engine.prompt_ids(QUESTION)], "text")  # (Nt, d)
+    return np.ascontiguousarray(np.concatenate([visual, text])[None], dtype=np.float32)
+
+
+def run_once(column, prefix: np.ndarray, new_tokens: int):
+    """-> (prefill ms, [step ms], tokens, [logits]) for one greedy answer of exactly new_tokens."""
+    gc.collect()
+    t = time.perf_counter_ns()
+    logits = column.prefill(prefix, new_tokens + 1)
+    prefill_ms = (time.perf_counter_ns() - t) / 1e6
+    tokens, steps, all_logits = [], [], [np.array(logits, np.float32)]
+    for _ in range(new_tokens):
+        token = int(np.argmax(logits))
+        tokens.append(token)
+        t = time.perf_counter_ns()
+        logits = column.step(token)
+        steps.append((time.perf_counter_ns() - t) / 1e6)
+        all_logits.append(np.array(logits, np.float32))
+    return prefill_ms, steps, tokens, all_logits
+
+
+def read_bandwidth(threads: int, megabytes: int = 256, repeats: int = 7) -> float:
+    """GB/s of reading float32 memory with `threads` threads (numpy sums, which release the GIL), best of repeats."""
+    parts = [np.ones(megabytes * (1 << 20) // 4 // threads, np.float32) for _ in range(threads)]
+    best = float("inf")
+    for _ in range(repeats):
+        workers = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - t)
+    return sum(p.nbytes for p in parts) / best / 1e9
+
+
+def _pct(values, q) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> dict:
+    columns = [EngineColumn(bundle, threads, "c"), EngineColumn(bundle, threads, "onnx")]
+    skipped = {}
+    if gguf is None:
+        skipped["llama.cpp"] = "no GGUF for this bundle's backbone"
+    else:
+        try:
+            columns.append(LlamaCppColumn(gguf, threads, columns[0].engine.manifest.backbone.d_model, 512))
+        except ImportError:
+            skipped["llama.cpp"] = ("llama-cpp-python is not installed: pip install 'crome-edge[bench]' "
+                                    "(builds llama.cpp from source, ~18 min on 2 cores)")
+    if llm is not None:
+        columns.append(TorchColumn(llm, threads))
+    else:
+        skipped["PyTorch eager"] = "torch / the backbone is not available (--no-torch)"
+    prefix = product_prefix(columns[0].engine)
+    samples = {c.name: {"prefill": [], "decode": []} for c in columns}
+    reference = {}
+    for run in range(args.warmup + args.runs):
+        order = columns[run % len(columns):] + columns[:run % len(columns)]  # rotate who goes first
+        for column in order:
+            prefill_ms, steps, tokens, logits = run_once(column, prefix, args.new_tokens)
+            if run >= args.warmup:
+                samples[column.name]["prefill"].append(prefill_ms)
+                samples[column.name]["decode"].extend(steps)
+            reference.setdefault(column.name, (tokens, logits))
+    ref_tokens, ref_logits = reference["ours, ONNX fp32"]
+    blocks_bytes = columns[0].engine.decoder.blocks.nbytes
+    fp32_bytes = (bundle / "decoder.onnx").stat().st_size
+    bandwidth = read_bandwidth(threads)
+    rows = {}
+    for column in columns:
+        s = samples[column.name]
+        tokens, logits = reference[column.name]
+        median = float(np.median(s["decode"]))
+        row = {"decode_ms_median": median, "decode_ms_p90": _pct(s["decode"], 90), "decode_ms_p99": _pct(s["decode"], 99),
+               "tokens_per_s": 1000.0 / median, "prefill_ms_median": float(np.median(s["prefill"])),
+               "prefill_ms_p90": _pct(s["prefill"], 90), "prefill_ms_p99": _pct(s["prefill"], 99),
+               "tokens_equal_onnx_fp32": tokens == ref_tokens,
+               "first_divergence": next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None),
+               "logits_cos_min_vs_onnx_fp32": min(_cos(a, b) for a, b in zip(logits, ref_logits))
+               if tokens == ref_tokens else None}
+        if column.name == "ours, C path":
+            row["bytes_per_token"] = blocks_bytes
+        elif column.name == "ours, ONNX fp32":
+            row["bytes_per_token"] = fp32_bytes
+        if "bytes_per_token" in row:
+            row["bandwidth_bound_ms"] = row["bytes_per_token"] / bandwidth / 1e6
+            row["fraction_of_bound"] = row["bandwidth_bound_ms"] / median
+        rows[column.name] = row
+    names = [c.name for c in columns]
+    return {"threads": threads, "prefix_tokens": int(prefix.shape[1]), "new_tokens": args.new_tokens,
+            "runs": args.runs, "read_bandwidth_gbs": bandwidth, "columns": rows, "skipped": skipped, "order": names,
+            "llama_cpp_version": next((c.version for c in columns if isinstance(c, LlamaCppColumn)), None)}
+
+
+# --- reporting ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    from crome_runtime import ccore
+    from crome_runtime.machine import describe_cpu
+
+    info = {"cpu": describe_cpu(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__, "c_core": ccore.build_info(), "c_decode_isa": ccore.isa_best(),
+            "cores": len(__import__("os").sched_getaffinity(0))}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        info["load_average"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    features = ", ".join(k for k, v in m["cpu"]["features"].items() if v)
+    lines = [SECTION, "", f"Command: `{result['command']}`  ", f"Machine: {m['cpu']['model']} ({m['cpu']['arch']}, "
+             f"{m['cores']} cores; {features}); load average {m.get('load_average')}  ",
+             f"Versions: Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m.get('torch', '-')}, "
+             f"llama-cpp-python {result['runs'][0].get('llama_cpp_version') or '-'}; C core {m['c_core']}, "
+             f"decode path {m['c_decode_isa']}", ""]
+    for run in result["runs"]:
+        lines += [f"**{run['threads']} thread(s)**, prefix {run['prefix_tokens']} tokens, {run['new_tokens']} new "
+                  f"tokens, {run['runs']} interleaved runs after warm-up; read bandwidth {run['read_bandwidth_gbs']:.1f} GB/s",
+                  "", "| column | decode ms/token (p50 / p90 / p99) | tokens/s | prefill ms (p50 / p90) | tokens = ONNX fp32 | "
+                  "logit cos min | vs bandwidth bound |", "|---|---|---|---|---|---|---|"]
+        for name, r in run["columns"].items():
+            same = "yes" if r["tokens_equal_onnx_fp32"] else f"no (from token {r['first_divergence']})"
+            cos = f"{r['logits_cos_min_vs_onnx_fp32']:.8f}" if r["logits_cos_min_vs_onnx_fp32"] is not None else "-"
+            bound = (f"{r['bandwidth_bound_ms']:.1f} ms bound ({r['bytes_per_token'] / 1e6:.0f} MB), "
+                     f"{100 * r['fraction_of_bound']:.0f}%") if "bandwidth_bound_ms" in r else "-"
+            lines.append(f"| {name} | {r['decode_ms_median']:.1f} / {r['decode_ms_p90']:.1f} / {r['decode_ms_p99']:.1f} | "
+                         f"{r['tokens_per_s']:.1f} | {r['prefill_ms_median']:.0f} / {r['prefill_ms_p90']:.0f} | {same} | "
+                         f"{cos} | {bound} |")
+        cols = run["columns"]
+        if "llama.cpp" in cols:
+            c, l = cols["ours, C path"], cols["llama.cpp"]
+            lines += ["", f"Ratios: decode tokens/s C path / llama.cpp = {c['tokens_per_s'] / l['tokens_per_s']:.2f}x; "
+                      f"prefill llama.cpp / ours = {l['prefill_ms_median'] / c['prefill_ms_median']:.2f}x"]
+        for name, why in run["skipped"].items():
+            lines += ["", f"{name}: skipped ({why})"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: Path, section: str) -> None:
+    """Replace this script's section of RESULTS.md (or append it), leaving every other section as it is."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("" if end < 0 else text[end + 1:])
+    path.write_text(text)
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: skipping the plot (pip install 'crome-edge[bench]')", file=sys.stderr)
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    runs = result["runs"]
+    names = runs[0]["order"]
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        x = np.arange(len(names)) + k * width
+        a.bar(x, [run["columns"][n]["tokens_per_s"] for n in names], width, label=f"{run['threads']} thread(s)")
+        b.bar(x, [run["columns"][n]["prefill_ms_median"] for n in names], width, label=f"{run['threads']} thread(s)")
+    for ax, title in ((a, "decode tokens/s (higher is better)"), (b, "prefill ms (lower is better)")):
+        ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--gguf", type=Path, help="the backbone's GGUF for the llama.cpp column (default: the "
+                        "embedded smol's, from the model store)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
+    parser.add_argument("--plot", type=Path, help="PNG of tokens/s and prefill ms (needs matplotlib)")
+    args = parser.parse_args(argv)
+    from crome_runtime.manifest import read_manifest
+
+    manifest = read_manifest(args.bundle, verify=False)
+    llm = gguf = None
+    if not args.no_torch:
+        from crome_edge.backbones.registry import load_backbone
+
+        backbone = load_backbone(manifest.backbone.name)
+        llm = backbone.llm
+        if args.gguf is None:
+            from crome_export.blocks import source_gguf
+
+            gguf = source_gguf(backbone)
+    gguf = args.gguf or gguf
+    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine(), "runs": []}
+    for threads in args.threads:
+        result["runs"].append(bench_threads(args.bundle, threads, args, llm, gguf))
+        print(json.dumps(result["runs"][-1]["columns"], indent=1), file=sys.stderr)
+    section = markdown(result)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.results:
+        write_results(args.results, section)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
