@@ -3,8 +3,9 @@ to the bare engine.
 
     python benchmarks/bench_serve.py [--bundle B] [--rounds 3] [--seconds 30] [--warmup 8] [--prompt Q] [--threads N]
 
-Server: the real command, `crome-edge serve --camera demo --watch PROMPT --events FILE` (a subprocess; no
---bundle = the embedded default, exported into the cache on first use), measured from its own JSONL events
+Server: the real command, `crome-edge serve --camera demo --watch PROMPT --events FILE --bundle B` (a
+subprocess; no --bundle here = the embedded default's cache entry, exported first if missing, which is what
+`crome-edge serve` without --bundle serves), measured from its own JSONL events
 after a warm-up: watch answers/s, latency (queued -> answered) p50/p99, frame age at answer (capture ->
 answered) p50/p99 against the goal "at most one answer latency plus one frame interval", and the serving
 overhead per answer: latency minus the engine's own time (preprocess + answer, both in each event).
@@ -51,12 +52,10 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"serve was not ready within {timeout:.0f} s")
 
 
-def run_server(args, events: Path) -> tuple[list[dict], str]:
+def run_server(args, bundle: Path, events: Path) -> tuple[list[dict], str]:
     """One server round: start, wait until ready, warm up, measure, SIGTERM; the watch events after the warm-up."""
     command = [sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--watch", args.prompt,
-               "--port", str(args.port), "--events", str(events), "--log-level", "warning"]
-    if args.bundle:
-        command += ["--bundle", str(args.bundle)]
+               "--port", str(args.port), "--events", str(events), "--log-level", "warning", "--bundle", str(bundle)]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
     shown = "crome-edge serve --camera demo --watch " + json.dumps(args.prompt) + (
@@ -122,7 +121,7 @@ def main() -> int:
     events, bare, spans = [], [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            round_events, shown = run_server(args, Path(tmp) / "events.jsonl")
+            round_events, shown = run_server(args, bundle, Path(tmp) / "events.jsonl")
         if len(round_events) < 3:
             raise SystemExit(f"only {len(round_events)} watch answers after the warm-up")
         events += round_events

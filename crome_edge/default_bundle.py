@@ -2,9 +2,11 @@
 cache and reused by `crome-edge serve` when no --bundle is given.
 
 The export needs the `[train]` extra (torch, transformers, onnx); a torch-free device cannot make it and is
-told to export elsewhere and pass --bundle. The cache entry is named by a sha256 over the shipped weights and
-the exporter's own sources (crome_export/*.py and the runtime's formats), so a crome-edge whose weights or
-export changed exports afresh instead of serving a bundle the current exporter would not make. Not here: the export
+told to export elsewhere and pass --bundle. The cache entry is named by a sha256 over the shipped weights,
+crome-edge's version and the bundle contract (crome_runtime/formats.py: the file names and formats a bundle
+holds), so a crome-edge whose weights or bundle layout changed exports afresh instead of serving a bundle the
+current exporter would not make. (Not the exporter's every source file: in a working tree that changes far
+more often than what a bundle is.) Not here: the export
 itself (crome_export.pipeline), serving (crome_runtime.serve).
 """
 from __future__ import annotations
@@ -25,14 +27,13 @@ BUNDLES_DIR = "bundles"  # under the user cache dir
 def default_bundle_path() -> Path:
     from importlib import resources
 
+    import crome_edge
     from crome_edge.weights import shipped_adapter, weights_dir
     from crome_runtime.cache_dir import cache_root
 
-    exporter = Path(str(resources.files("crome_export")))
-    formats = Path(str(resources.files("crome_runtime"))) / "formats.py"
-    digest = hashlib.sha256(f"{PRECISION} {EVAL_LIMIT}".encode())
-    for path in (shipped_adapter(ADAPTER), weights_dir() / "smol_vision.safetensors", formats,
-                 *sorted(exporter.glob("*.py"))):
+    contract = Path(str(resources.files("crome_runtime"))) / "formats.py"
+    digest = hashlib.sha256(f"crome-edge {crome_edge.__version__} {PRECISION} {EVAL_LIMIT}".encode())
+    for path in (shipped_adapter(ADAPTER), weights_dir() / "smol_vision.safetensors", contract):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return cache_root() / BUNDLES_DIR / f"smol-{ADAPTER}-{PRECISION}-{digest.hexdigest()[:12]}"
 

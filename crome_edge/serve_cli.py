@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, metavar="N", help="default answer length (default: the bundle's)")
     parser.add_argument("--queue-size", type=int, metavar="N", help="API requests that may wait for the engine; "
                                                                     "one more gets 429 (default 16)")
-    parser.add_argument("--events", type=Path, metavar="FILE.jsonl", help="append every watch answer here (JSON lines)")
+    parser.add_argument("--events", type=Path, metavar="FILE.jsonl", help="append every watch answer (and camera state change) here, one JSON line each")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",
                         help="at exit, write the engine's per-stage summary here and a Chrome trace next to it")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")

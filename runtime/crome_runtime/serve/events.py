@@ -1,4 +1,7 @@
-"""Where watch answers go: the JSONL event log (one line each, flushed) and every `/v1/watch` subscriber.
+"""Where events go: the JSONL event log (one line each, flushed) and every `/v1/watch` subscriber.
+
+Events: watch answers and watch errors (watch.py), camera state changes (server.py: connecting, live,
+reconnecting, ended, stopped), each a JSON object with a "type".
 
 `publish` is called from the watch thread; subscribers live on the server's asyncio loop, so each event is
 handed to them with `call_soon_threadsafe`. A subscriber that does not keep up loses its oldest events

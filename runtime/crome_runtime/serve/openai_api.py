@@ -11,7 +11,7 @@ template has no place for them.
 Responses carry OpenAI's `usage` and llama.cpp's `timings` (prompt_n, prompt_ms, prompt_per_second,
 predicted_n, predicted_ms, predicted_per_second) plus ours: stages_ms, frame_id, frame_age_ms, queue_ms.
 prompt_ms is the answer's start to its first token (vision, adapter, prefill, first sample); predicted_ms
-the rest. Not here: HTTP (app.py), decoding images (images.py).
+the rest, so predicted_per_second counts the tokens after the first (the profiler's decode tokens/s). Not here: HTTP (app.py), decoding images (images.py).
 """
 from __future__ import annotations
 
@@ -205,8 +205,10 @@ def timings(result: JobResult) -> dict:
     frame = result.frame or {}
     return {
         "prompt_n": answer.prompt_tokens, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / answer.prompt_tokens if answer.prompt_tokens else None,
         "prompt_per_second": answer.prompt_tokens / (prompt_ms / 1e3) if prompt_ms else None,
         "predicted_n": n, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / (n - 1) if n > 1 else None,
         "predicted_per_second": (n - 1) / (predicted_ms / 1e3) if n > 1 and predicted_ms else None,
         "stages_ms": result.stages_ms(), "cache": answer.cache, "queue_ms": result.queue_ms,
         "total_ms": result.latency_ms, "frame_id": frame.get("id"), "frame_captured_at": frame.get("captured_at"),

@@ -30,6 +30,7 @@ from crome_runtime.serve.worker import Cancelled, EngineUnavailable, EngineWorke
 log = logging.getLogger("crome_runtime.serve")
 
 POLL_S = 0.25  # how often waits look at the stop flag
+ERROR_PAUSE_S = 1.0
 
 
 class WatchError(ValueError):
@@ -155,7 +156,7 @@ class WatchLoop:
         log.warning("watch %s (%r): %s", watch.id, watch.prompt, error)
         self.hub.publish({"type": "watch_error", "watch_id": watch.id, "prompt": watch.prompt,
                           "error": str(error) or type(error).__name__, "time": time.time()})
-        self._stop.wait(POLL_S)  # do not spin on a prompt that keeps failing
+        self._stop.wait(ERROR_PAUSE_S)  # a prompt that keeps failing: one event a second, not a flood
 
 
 def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
