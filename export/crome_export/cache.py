@@ -4,6 +4,8 @@ An entry is `<cache>/export-parts/<key>/`: the part files plus `entry.json` (wha
 every file's sha256 and size, and the builder's notes). Keys are sha256 over the backbone fingerprint, the
 precision, the calibration set, the opset, the decoder INT8 method and the exporting tools' versions.
 Entries are built in a temporary directory inside the cache and renamed into place: complete or absent.
+With the cache disabled (`export --no-cache`) parts are built into temporary directories that the cache owns
+and removes on close() (use it as a context manager; a failed build removes its directory at once).
 `<cache>` is crome_runtime.cache_dir.cache_root(), as for the model store.
 Not here: what goes into an entry (parts.py).
 """
@@ -14,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,11 @@ from crome_runtime.manifest import sha256_file
 
 CACHE_FORMAT_VERSION = 4  # bumped whenever what a key builds changes
 ENTRY_FILE = "entry.json"
+
+
+def _remove_all(directories: list[Path]) -> None:
+    while directories:
+        shutil.rmtree(directories.pop(), ignore_errors=True)
 
 
 def tool_versions() -> dict[str, str]:
@@ -44,6 +52,19 @@ class PartsCache:
     def __init__(self, root: Path | None = None, enabled: bool = True):
         self.root = (root or cache_root()) / "export-parts"
         self.enabled = enabled
+        self._temporary: list[Path] = []  # enabled=False: the directories build() made, removed by close()
+        # a safety net for a cache that is never closed: at garbage collection or interpreter exit
+        self._finalizer = weakref.finalize(self, _remove_all, self._temporary)
+
+    def __enter__(self) -> "PartsCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Removes the temporary directories of a disabled cache (their paths are invalid afterwards)."""
+        _remove_all(self._temporary)
 
     def lookup(self, key: str) -> tuple[Path, dict] | None:
         """The entry's directory and entry.json when it is complete (every file there, sizes match)."""
@@ -61,10 +82,16 @@ class PartsCache:
 
     def build(self, key: str, fields: dict, builder: Callable[[Path], dict]) -> tuple[Path, dict]:
         """Runs builder(dir) -> notes into a fresh directory and stores it under `key`. With the cache
-        disabled, builds into a temporary directory that lives as long as this process."""
+        disabled, builds into a temporary directory that lives until close()."""
         if not self.enabled:
             directory = Path(tempfile.mkdtemp(prefix="crome-export-parts-"))
-            return directory, self._finish(directory, fields, builder(directory))
+            self._temporary.append(directory)
+            try:
+                return directory, self._finish(directory, fields, builder(directory))
+            except BaseException:
+                self._temporary.remove(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=self.root))
         try:

@@ -38,6 +38,17 @@ class PartsResult:
 
 def prepare_parts(backbone, precision: str, calibration_feeds, calibration_id: str, opset: int,
                   decoder_int8: str, cache: PartsCache, say) -> PartsResult:
+    """The parts' directories live as long as `cache` (a disabled cache removes them on close(), and at once
+    when this fails)."""
+    try:
+        return _prepare_parts(backbone, precision, calibration_feeds, calibration_id, opset, decoder_int8, cache, say)
+    except BaseException:
+        cache.close()
+        raise
+
+
+def _prepare_parts(backbone, precision: str, calibration_feeds, calibration_id: str, opset: int,
+                   decoder_int8: str, cache: PartsCache, say) -> PartsResult:
     base = {"fingerprint": backbone.fingerprint(), "opset": opset, "parts_version": EXPORT_PARTS_VERSION}
     fp32 = _cached(cache, {**base, "precision": "fp32"}, lambda d: _build_fp32(backbone, d, opset, say), say)
     result = PartsResult(fp32[0], fp32[1], fp32[0], fp32[1], cached={"fp32": fp32[2]}, seconds={"fp32": fp32[3]})

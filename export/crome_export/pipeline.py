@@ -147,12 +147,13 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     from crome_export.parts import prepare_parts
 
     feeds = calibration_feeds(data, backbone) if config.precision == "int8" else []
+    parts_cache = PartsCache(config.cache_dir, enabled=config.use_cache)  # --no-cache: owns the temporary parts
     parts = prepare_parts(
         backbone, config.precision, feeds, data.calibration_id(), config.opset, config.decoder_int8,
-        PartsCache(config.cache_dir, enabled=config.use_cache), progress.note,
+        parts_cache, progress.note,
     )
 
-    with tempfile.TemporaryDirectory(prefix="crome-export-") as work_dir, writer:
+    with tempfile.TemporaryDirectory(prefix="crome-export-") as work_dir, writer, parts_cache:
         work = Path(work_dir)
         progress.stage("adapter graphs (fused gated projection)")
         from crome_export.adapter_graph import export_adapter_graphs, ort_kernels
