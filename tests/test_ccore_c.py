@@ -41,3 +41,24 @@ def test_c_core_under_sanitizers(tmp_path, target):
     ran = subprocess.run([str(exe)], capture_output=True, text=True, env=ENV, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "all C core checks passed" in ran.stdout
+
+
+ARM_CC, ARM_QEMU = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+
+
+@pytest.mark.skipif(ARM_CC is None or ARM_QEMU is None,
+                    reason="needs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user (CI installs them)")
+@pytest.mark.parametrize("program, passed", [("test_crome_core", "all C core checks passed"),
+                                             ("test_qdecode", "all qdecode checks passed")])
+def test_c_core_on_aarch64_under_qemu(tmp_path, program, passed):
+    """The Jetson's build: the C core cross-compiled for aarch64 (its NEON kernels included) and its C checks run
+    under qemu-user, so an ARM-only path is compiled and tested on every CI run, not first on the device."""
+    exe = tmp_path / program
+    sources = sorted(str(p) for p in CSRC.glob("*.c"))
+    cmd = [ARM_CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-static", f"-I{CSRC}",
+           str(ROOT / "tests" / "c" / f"{program}.c"), *sources, "-lm", "-lpthread", "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([ARM_QEMU, str(exe)], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert passed in ran.stdout
