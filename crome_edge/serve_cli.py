@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
+from crome_edge.cli_types import number, whole
 from crome_edge.errors import CromeError
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
@@ -29,20 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stream, a GStreamer pipeline (OpenCV with GStreamer only), or demo (synthetic conveyor); "
                              "none: answer uploaded images only")
     parser.add_argument("--loop", action="store_true", help="video files: start again at the end")
-    parser.add_argument("--demo-fps", type=float, metavar="F", help="frame rate of --camera demo (default 15)")
+    parser.add_argument("--demo-fps", type=number(above=0), metavar="F", help="frame rate of --camera demo (default 15)")
     parser.add_argument("--watch", action="append", metavar="PROMPT",
                         help="a standing question asked of every new frame (repeatable); answers go to /v1/watch, "
                              "the web page and --events")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--port", type=whole(0), help="port (default 8080; 0 picks a free one)")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY", help="require this key (Authorization: Bearer KEY) on every "
                                                       "endpoint but /health and the page's files")
     key.add_argument("--api-key-file", type=Path, metavar="F", help="read the key from this file (first line)")
-    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads per graph (default: one per core)")
+    parser.add_argument("--threads", type=whole(0), metavar="N", help="ONNX Runtime threads per graph (default: one per core)")
     parser.add_argument("--provider", default="auto", choices=PROVIDERS, help="execution provider (default auto)")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="default answer length (default: the bundle's)")
-    parser.add_argument("--queue-size", type=int, metavar="N", help="API requests that may wait for the engine; "
+    parser.add_argument("--max-new-tokens", type=whole(1), metavar="N", help="default answer length (default: the bundle's)")
+    parser.add_argument("--queue-size", type=whole(1), metavar="N", help="API requests that may wait for the engine; "
                                                                     "one more gets 429 (default 16)")
     parser.add_argument("--events", type=Path, metavar="FILE.jsonl", help="append every watch answer (and camera state change) here, one JSON line each")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",
@@ -80,15 +81,11 @@ def _config(args: argparse.Namespace):
     config.watch = [w for w in (args.watch or [])]
     config.camera.loop = bool(args.loop)
     if args.queue_size is not None:
-        if args.queue_size < 1:
-            raise CromeError("--queue-size must be at least 1")
         config.limits.queue_size = args.queue_size
     if not 0 <= config.port <= 65535:
         raise CromeError(f"--port {config.port} is not a port (0..65535)")
-    if config.max_new_tokens is not None and not 1 <= config.max_new_tokens <= config.limits.max_tokens:
-        raise CromeError(f"--max-new-tokens must be between 1 and {config.limits.max_tokens}")
-    if args.threads is not None and args.threads < 0:
-        raise CromeError("--threads must be >= 0 (0: one per core)")
+    if config.max_new_tokens is not None and config.max_new_tokens > config.limits.max_tokens:
+        raise CromeError(f"--max-new-tokens must be at most {config.limits.max_tokens}")
     if any(not w.strip() for w in config.watch):
         raise CromeError("--watch needs a question, e.g. --watch \"Which bin does this part go to?\"")
     if args.api_key_file is not None:
@@ -125,8 +122,6 @@ def _serve(args: argparse.Namespace, config) -> int:
     def say(message: str) -> None:
         print(f"crome-edge serve: {message}", file=sys.stderr, flush=True)
 
-    if args.demo_fps is not None and args.demo_fps <= 0:
-        raise CromeError("--demo-fps must be positive")
     if args.bundle is not None:
         bundle = args.bundle
     else:
