@@ -158,6 +158,7 @@ BAD_REQUESTS = {
     "remote_url": ({"messages": _ask("https://example.com/part.png")}, 400, "messages", "not fetched"),
     "prompt_over_context": ({"messages": _ask(text="what colour " * 40)}, 400, "messages", "context"),
     "prompt_over_limit": ({"messages": _ask(text="x" * 5000)}, 400, "messages[0].content", "4,000"),
+    "lone_surrogate": ({"messages": _ask(text="what \ud800 colour?")}, 400, "messages[0].content", "UTF-8"),
     "oversized_body": ({"messages": _ask(text="x" * (MAX_BODY + 10))}, 413, None, "byte limit"),
 }
 
@@ -212,8 +213,9 @@ def test_watch_prompts_can_be_added_and_removed(served):
     listed = httpx.get(f"{base}/v1/watch/prompts", timeout=60).json()["data"]
     assert [w["prompt"] for w in listed] == [QUESTION, "Which colour?"]
     wait_for(lambda: health(base)[1]["watch"][1]["answers"] >= 1, "an answer to the added watch prompt")
-    for bad in ({"prompt": ""}, {"prompt": 5}, {"prompt": "ok", "extra": 1}, {"prompt": "ok", "max_tokens": 0}):
-        response = httpx.post(f"{base}/v1/watch/prompts", json=bad, timeout=60)
+    for bad in ({"prompt": ""}, {"prompt": 5}, {"prompt": "ok", "extra": 1}, {"prompt": "ok", "max_tokens": 0},
+                {"prompt": "\ud800?"}):
+        response = httpx.post(f"{base}/v1/watch/prompts", content=json.dumps(bad), timeout=60)  # ASCII-escaped
         assert response.status_code == 400 and "error" in response.json()
     assert httpx.delete(f"{base}/v1/watch/prompts/{watch_id}", timeout=60).json()["deleted"] is True
     gone = httpx.delete(f"{base}/v1/watch/prompts/{watch_id}", timeout=60)

@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crome_runtime.errors import EngineError, ImageError, PromptTooLong
+from crome_runtime.limits import TextError, check_text
 from crome_runtime.serve import openai_api
 from crome_runtime.serve.events import TooManySubscribers
 from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
@@ -337,6 +338,10 @@ def create_app(server: "Server") -> FastAPI:
             raise bad("prompt must be a non-empty string", "prompt")
         if len(prompt) > limits.max_prompt_chars:
             raise bad(f"the prompt is over {limits.max_prompt_chars:,} characters", "prompt", "context_length_exceeded")
+        try:
+            check_text(prompt, "the prompt")
+        except TextError as error:
+            raise bad(str(error), "prompt") from None
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                        or not 1 <= max_tokens <= limits.max_tokens):
             raise bad(f"max_tokens must be an integer from 1 to {limits.max_tokens}", "max_tokens")

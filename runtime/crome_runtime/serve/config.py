@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crome_runtime.limits import MAX_TEXT_CHARS
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -16,7 +18,7 @@ class Limits:
 
     max_body_bytes: int = 16 << 20  # a request body (base64 images included)
     max_image_pixels: int = 16_000_000  # an uploaded image, checked in its header before decoding
-    max_prompt_chars: int = 4000  # the question text (the decoder's context is checked too)
+    max_prompt_chars: int = MAX_TEXT_CHARS  # the question text (the decoder's context is checked too)
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     queue_size: int = 16  # API requests waiting for the engine; one more gets 429
     max_watch_prompts: int = 16

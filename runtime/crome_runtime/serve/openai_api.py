@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from crome_runtime.engine import GenerationOptions
+from crome_runtime.limits import TextError, check_text
 from crome_runtime.serve.config import Limits
 from crome_runtime.serve.worker import JobResult
 
@@ -154,6 +155,10 @@ def _last_user_message(messages, limits: Limits) -> tuple[str, str | None]:
     if len(question) > limits.max_prompt_chars:
         raise bad(f"the question is {len(question):,} characters, over this server's {limits.max_prompt_chars:,}",
                   param, "context_length_exceeded")
+    try:
+        check_text(question)  # the runtime's own rule (valid UTF-8 among others)
+    except TextError as error:
+        raise bad(str(error), param) from None
     url = images[0] if images else None
     return question, None if url is None or url.strip() == CAMERA else url
 
