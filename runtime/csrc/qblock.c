@@ -120,6 +120,9 @@ AVX2_TARGET static void q8_0_avx2(const uint8_t *w, int64_t row_bytes, int64_t n
     }
 }
 
+/* No lookup table here (unlike AVX-512): vpermps on 8 lanes indexes only 8 of a block's 16 weights, so each 8
+ * weights would need 2 permutes + a blend + a shift instead of 1 conversion + 1 FMA. The d, m pair is converted
+ * at once (1.05x over two scalar conversions). */
 AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
                                   int64_t n_rows) {
     const __m128i low = _mm_set1_epi8(15);
@@ -128,7 +131,10 @@ AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t n
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * Q4_1_BYTES;
-            const __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk))), m = _mm256_set1_ps(_cvtsh_ss(load_u16(blk + 2)));
+            uint32_t dm_bits;
+            memcpy(&dm_bits, blk, sizeof dm_bits);
+            const __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)dm_bits)); /* (8) d, m, d, m, ... */
+            const __m256 d = _mm256_moveldup_ps(dm), m = _mm256_movehdup_ps(dm);
             const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 4));
             const __m128i lo = _mm_and_si128(qs, low), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
             const float *xb = x + b * CROME_QK;
@@ -167,11 +173,15 @@ AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64
 /* The block's 16 possible weights d * k + m (k = 0..15, each the exact dequantised float32: d * k is exact, one
  * rounding for + m) in one register, then a lane permute per 16 weights picks them by nibble: vpermps reads the
  * low 4 bits of each index, so the low nibbles need no mask. 1 FMA + 2 permutes replace 2 int->float
- * conversions + 2 FMAs per block. */
+ * conversions + 2 FMAs per block. d and m come from one 4-byte broadcast and one half->float conversion of
+ * the pair (then duplicated in-lane), not two scalar conversions and broadcasts: 1.15x on Zen 4. Measured and
+ * not kept: four rows per iteration (0.65x), two blocks per iteration (1.0x). */
 AVX512_TARGET static inline void q4_1_block512(const uint8_t *p, __m512 x0, __m512 x1, __m512 *a0, __m512 *a1) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 d = _mm512_set1_ps(_cvtsh_ss(load_u16(p))), m = _mm512_set1_ps(_cvtsh_ss(load_u16(p + 2)));
-    const __m512 lut = _mm512_fmadd_ps(d, iota, m);
+    uint32_t dm_bits;
+    memcpy(&dm_bits, p, sizeof dm_bits);
+    const __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32((int)dm_bits)); /* (16) d, m, d, m, ... */
+    const __m512 lut = _mm512_fmadd_ps(_mm512_moveldup_ps(dm), iota, _mm512_movehdup_ps(dm));
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4))); /* (16) qs[j] */
     *a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(bytes, lut), x0, *a0);                       /* low nibbles */
     *a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut), x1, *a1); /* high nibbles */
