@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("crome_edge.run_cli", "Answer a question about an image with a bundle (torch-free)"),
     "serve": ("crome_edge.serve_cli", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),
     "verify": ("crome_edge.verify_cli", "Run a bundle's acceptance set on this device against PyTorch's answers (torch-free)"),
+    "triton-repo": ("crome_edge.triton_repo_cli", "Write a Triton Inference Server model repository from a bundle (torch-free)"),
+    "tritonserver": ("crome_edge.tritonserver_cli", "Start Triton Inference Server on a model repository (torch-free)"),
+    "client": ("crome_edge.client_cli", "Stream frames from several cameras to Triton; answers and latency per camera"),
 }
 
 

@@ -311,13 +311,13 @@ class TritonServer:
                               "`crome-edge triton-repo BUNDLE OUT`")
         argv = command(self.install, self.repository, self.config)
         env = environment(self.install, stub=stub_env())
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        out = open(self.log_path, "ab") if self.log_path else None  # None: this process's stdout/stderr
         try:
             self.started_at = time.monotonic()
-            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                             start_new_session=True)
         finally:
-            if self.log_path:
+            if out is not None:
                 out.close()
         return self
 
