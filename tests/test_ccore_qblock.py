@@ -85,3 +85,13 @@ def test_bad_calls_raise():
     assert ccore.qrow_bytes("q4_1", 576) == 360 and ccore.qrow_bytes("q8_0", 576) == 612
     with pytest.raises(ccore.CoreError, match="multiple of 32"):
         ccore.qrow_bytes("q4_1", 100)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_memread_reads_every_byte(threads):
+    data = np.random.default_rng(threads).integers(0, 256, 100_003, dtype=np.uint8)
+    words = np.frombuffer(data[: len(data) // 8 * 8].tobytes(), np.uint64)
+    want = int(np.bitwise_xor.reduce(words)) ^ int.from_bytes(data[len(data) // 8 * 8:].tobytes(), "little")
+    assert ccore.memread(data, ccore.Pool(threads)) == want
+    with pytest.raises(ccore.CoreError, match="C-contiguous"):
+        ccore.memread(data[::2])

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-ABI_VERSION = 4  # CROME_ABI_VERSION in crome_core.h
+ABI_VERSION = 5  # CROME_ABI_VERSION in crome_core.h
 
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
 ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}  # crome_isa
@@ -135,6 +135,7 @@ def library() -> ctypes.CDLL:
     lib.crome_pool_free.argtypes, lib.crome_pool_free.restype = [p], None
     lib.crome_pool_threads.argtypes, lib.crome_pool_threads.restype = [p], i32
     lib.crome_qmatvec.argtypes = [p, i32, i32, p, i64, i64, p, p]
+    lib.crome_memread.argtypes = [p, p, i64, ctypes.POINTER(ctypes.c_uint64)]
     lib.crome_llm_params_default.argtypes, lib.crome_llm_params_default.restype = [], LlmParams
     lib.crome_llm_init.argtypes = [ctypes.POINTER(LlmParams), ctypes.POINTER(LlmWeights), ctypes.POINTER(p)]
     lib.crome_llm_free.argtypes, lib.crome_llm_free.restype = [p], None
@@ -450,3 +451,14 @@ def qmatvec(blocks: np.ndarray, qtype: str, x: np.ndarray, isa: str = "auto", po
     _check(library().crome_qmatvec(pool.handle if pool else None, ISAS[isa], QTYPES[qtype], blocks.ctypes.data,
                                    rows, cols, x.ctypes.data, out.ctypes.data), "crome_qmatvec")
     return out
+
+
+def memread(data: np.ndarray, pool: Pool | None = None) -> int:
+    """crome_memread: read every byte of a C-contiguous array once with the pool's threads (the plain read loop
+    that bounds the block kernels); -> the XOR of its 64-bit words. Benchmarks time this call."""
+    if type(data) is not np.ndarray or not data.flags.c_contiguous or data.ctypes.data % 8:
+        raise CoreError("data must be a C-contiguous numpy array, 8-byte aligned")
+    checksum = ctypes.c_uint64()
+    _check(library().crome_memread(pool.handle if pool else None, data.ctypes.data, data.nbytes,
+                                   ctypes.byref(checksum)), "crome_memread")
+    return int(checksum.value)

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct layout or a signature below changes; ccore.py refuses a mismatched library. */
-#define CROME_ABI_VERSION 4
+#define CROME_ABI_VERSION 5
 
 typedef enum crome_status {
     CROME_OK = 0,
@@ -206,6 +206,11 @@ CROME_API int32_t crome_pool_threads(const crome_pool *pool);
  *   x: cols float32, y: rows float32; y must not overlap W or x. */
 CROME_API crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const void *w, int64_t rows,
                                      int64_t cols, const float *x, float *y);
+
+/* Reads bytes [0, n_bytes) of data once, split across the pool's threads like crome_qmatvec's rows, and
+ * writes the XOR of its 64-bit words (a tail of n_bytes % 8 included byte-wise) to *checksum: the memory
+ * read bound the kernels are measured against (benchmarks time this call). data 8-byte aligned. */
+CROME_API crome_status crome_memread(crome_pool *pool, const void *data, int64_t n_bytes, uint64_t *checksum);
 
 /* ------------------------------------------------------------------------------------------------ */
 /* LLaMA-family decode step on quantised weights (RMSNorm, rotate-half RoPE, GQA attention, SwiGLU)   */

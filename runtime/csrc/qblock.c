@@ -4,6 +4,7 @@
  * fused multiply-add rounds once, like the reference's separate add) and accumulates w * x in float32;
  * paths differ only in summation order. The ISA is picked at run time (__builtin_cpu_supports), and the
  * x86 paths are compiled with target attributes, so a portable build (CROME_PORTABLE=1) has them too.
+ * crome_memread is the plain read loop the kernels' speed is compared with (the memory-bandwidth bound).
  * Not here: threading policy beyond splitting rows (pool.c), the decode step (llm.c).
  */
 #include "qblock.h"
@@ -347,5 +348,47 @@ crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const v
     if (!kernel) return CROME_ERR_PARAM;
     matvec_job job = {kernel, w, row_bytes, cols / CROME_QK, rows, x, y};
     crome_pool_run(pool, matvec_part, &job);
+    return CROME_OK;
+}
+
+
+/* ---- read bandwidth probe ------------------------------------------------------------------------ */
+
+typedef struct memread_job {
+    const uint64_t *words;
+    int64_t n_words;
+    uint64_t partial[256]; /* one per thread (a pool has at most 256) */
+} memread_job;
+
+enum { READ_GRAIN = 512 }; /* words per unit of work: 4 KiB pages */
+
+static void memread_part(void *ctx, int thread, int n_threads) {
+    memread_job *j = ctx;
+    int64_t a, b;
+    crome_split(j->n_words, READ_GRAIN, thread, n_threads, &a, &b);
+    uint64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0, x4 = 0, x5 = 0, x6 = 0, x7 = 0; /* 8 chains: the loop vectorises */
+    int64_t i = a;
+    for (; i + 8 <= b; i += 8) {
+        const uint64_t *p = j->words + i;
+        x0 ^= p[0], x1 ^= p[1], x2 ^= p[2], x3 ^= p[3], x4 ^= p[4], x5 ^= p[5], x6 ^= p[6], x7 ^= p[7];
+    }
+    for (; i < b; i++) x0 ^= j->words[i];
+    j->partial[thread] = ((x0 ^ x1) ^ (x2 ^ x3)) ^ ((x4 ^ x5) ^ (x6 ^ x7));
+}
+
+crome_status crome_memread(crome_pool *pool, const void *data, int64_t n_bytes, uint64_t *checksum) {
+    if (!data || !checksum) return CROME_ERR_NULL;
+    if (n_bytes < 0) return CROME_ERR_SHAPE;
+    if ((uintptr_t)data & 7) return CROME_ERR_PARAM;
+    memread_job job;
+    memset(&job, 0, sizeof job);
+    job.words = data;
+    job.n_words = n_bytes / 8;
+    crome_pool_run(pool, memread_part, &job);
+    uint64_t sum = 0;
+    for (int t = 0; t < 256; t++) sum ^= job.partial[t];
+    const uint8_t *tail = (const uint8_t *)data + job.n_words * 8;
+    for (int64_t k = 0; k < n_bytes % 8; k++) sum ^= (uint64_t)tail[k] << (8 * k);
+    *checksum = sum;
     return CROME_OK;
 }

@@ -1,5 +1,5 @@
 /* test_qdecode.c - C-level tests of the block-quantised kernels, the thread pool and the decode step
- * (crome_qmatvec, crome_pool_*, crome_llm_*): results against a double-precision dequantise-then-dot
+ * (crome_qmatvec, crome_pool_*, crome_llm_*, crome_memread): results against a double-precision dequantise-then-dot
  * reference on odd sizes, every ISA path this CPU runs, thread counts, and every error return.
  *
  * Built by tests/test_ccore_qdecode_c.py under -fsanitize=address,undefined with the runtime/csrc sources;
@@ -283,8 +283,36 @@ static void test_llm(void) {
     CHECK(def.d_model == 576 && def.n_layers == 30 && def.n_threads == 1 && def.isa == CROME_ISA_AUTO);
 }
 
+/* crome_memread: the XOR of every 64-bit word plus the byte tail, for sizes around the split grain and threads. */
+static void test_memread(void) {
+    const int64_t sizes[] = {0, 7, 8, 4095, 4096 * 8 + 13, 100003};
+    for (unsigned k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        const int64_t n = sizes[k];
+        uint64_t *buf = malloc((size_t)(n / 8 + 1) * 8); /* exact words + one for the tail bytes */
+        uint8_t *bytes = (uint8_t *)buf;
+        for (int64_t i = 0; i < n; i++) bytes[i] = (uint8_t)rnd();
+        uint64_t want = 0;
+        for (int64_t i = 0; i < n / 8; i++) want ^= buf[i];
+        for (int64_t i = n / 8 * 8; i < n; i++) want ^= (uint64_t)bytes[i] << (8 * (i % 8));
+        for (int32_t threads = 1; threads <= 3; threads++) {
+            crome_pool *pool = NULL;
+            CHECK(crome_pool_init(threads, &pool) == CROME_OK);
+            uint64_t got = 1;
+            CHECK(crome_memread(pool, buf, n, &got) == CROME_OK && got == want);
+            crome_pool_free(pool);
+        }
+        free(buf);
+    }
+    uint64_t word = 0, sum;
+    CHECK(crome_memread(NULL, NULL, 8, &sum) == CROME_ERR_NULL);
+    CHECK(crome_memread(NULL, &word, 8, NULL) == CROME_ERR_NULL);
+    CHECK(crome_memread(NULL, &word, -1, &sum) == CROME_ERR_SHAPE);
+    CHECK(crome_memread(NULL, (uint8_t *)&word + 1, 1, &sum) == CROME_ERR_PARAM);
+}
+
 int main(void) {
     test_qmatvec();
+    test_memread();
     test_llm();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
