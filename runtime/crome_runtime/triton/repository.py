@@ -80,8 +80,14 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, config: 
         native = {}
         if config.variant == "gpu":
             native = {"vision_model": VISION_MODEL, "adapter_visual_model": ADAPTER_MODEL}
-            _native_model(work, VISION_MODEL, bundle / formats.VISION_ONNX, config)
-            _native_model(work, ADAPTER_MODEL, bundle / formats.ADAPTER_VISUAL_ONNX, config)
+            b = loaded.manifest.backbone
+            queries = [b.num_query_tokens, b.d_model]  # what the python model sends and expects (B, Nq, d)
+            fixed = {formats.OUT_VISUAL_EMBEDS: queries, formats.IN_ADAPTER_X: queries, formats.OUT_ADAPTER_Y: queries,
+                     # the python model pads instruction ids to this width, so every request has one shape
+                     formats.IN_INSTRUCTION_IDS: [b.max_instruction_tokens],
+                     formats.IN_INSTRUCTION_MASK: [b.max_instruction_tokens]}
+            _native_model(work, VISION_MODEL, bundle / formats.VISION_ONNX, config, fixed)
+            _native_model(work, ADAPTER_MODEL, bundle / formats.ADAPTER_VISUAL_ONNX, config, fixed)
         (work / MODEL / "config.pbtxt").write_text(pbtxt.render(python_config(loaded.manifest, config, bundle_param,
                                                                               native)))
         (work / "README.md").write_text(_readme(config))
@@ -155,8 +161,15 @@ def graph_io(graph: Path) -> tuple[list[dict], list[dict]]:
     return tensors(session.get_inputs()), tensors(session.get_outputs())
 
 
-def _native_model(work: Path, name: str, graph: Path, config: RepositoryConfig) -> None:
+def _native_model(work: Path, name: str, graph: Path, config: RepositoryConfig, fixed: dict) -> None:
+    """A native model of one bundle graph; `fixed`: tensor name -> dims replacing the graph's variable axes
+    (only where the graph has the same rank and the fixed extent fits it)."""
     inputs, outputs = graph_io(graph)
+    for tensor in inputs + outputs:
+        dims = fixed.get(tensor["name"])
+        if dims is not None and len(dims) == len(tensor["dims"]) and all(
+                d == -1 or d == f for d, f in zip(tensor["dims"], dims)):
+            tensor["dims"] = list(dims)
     model = {"name": name, "max_batch_size": config.max_batch_size, "input": inputs, "output": outputs,
              "dynamic_batching": {"max_queue_delay_microseconds": config.max_queue_delay_us},
              "instance_group": [{"count": config.instances, "kind": "KIND_GPU"}]}
@@ -173,15 +186,14 @@ def _native_model(work: Path, name: str, graph: Path, config: RepositoryConfig) 
 
 def _trt_build(name: str, graph: str, inputs: list[dict], batch: int) -> str:
     def shapes(n: int) -> str:
-        return ",".join(f"{t['name']}:{'x'.join(str(n if i == 0 else (d if d > 0 else 32)) for i, d in enumerate([n, *t['dims']]))}"
-                        for t in inputs)
+        return ",".join(f"{t['name']}:" + "x".join(str(d) for d in [n, *t["dims"]]) for t in inputs)
 
     return (f"# {name}: build the TensorRT engine on the GPU server\n\n"
             "TensorRT engines are specific to the GPU and TensorRT version, so they are built where they run:\n\n"
             f"    trtexec --onnx=BUNDLE/{graph} --saveEngine={name}/1/model.plan \\\n"
             f"        --minShapes={shapes(1)} --optShapes={shapes(max(1, batch // 2))} --maxShapes={shapes(batch)}\n\n"
-            "(variable axes other than the batch are shown at 32: set them to the bundle's real extents, e.g. the\n"
-            "instruction length = manifest backbone.max_instruction_tokens.) Add --fp16 for an FP16 engine.\n")
+            "Every axis but the batch is the extent the python model sends (instruction ids are padded to the\n"
+            "manifest's backbone.max_instruction_tokens). Add --fp16 for an FP16 engine.\n")
 
 
 def _readme(config: RepositoryConfig) -> str:
