@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             p = server.config.ports
             say(f"ready in {seconds:.1f} s ({install.source}: {install.binary})")
             say(f"HTTP {server.url}  ·  gRPC {config.host}:{p.grpc}  ·  metrics {server.metrics_url}")
+            assert server.process is not None
             server.process.wait()
         finally:
             status = server.stop()

@@ -60,6 +60,7 @@ def parse_job(engine: Engine, arrays: dict[str, np.ndarray]) -> Job:
             data = _one_string(arrays, io.IMAGE, decode=False)
             frame = engine.frame(decode_image(data, "the IMAGE input"))
         else:
+            assert pixels is not None
             frame = engine.frame_from_pixels(np.asarray(pixels, np.float32).reshape(pixels.shape[-3:]))
     except RUNTIME_ERRORS as error:
         raise RequestError(str(error)) from None
@@ -160,7 +161,7 @@ def engine_config(params: dict[str, str], max_batch: int) -> EngineConfig:
 # --- Triton glue ------------------------------------------------------------------------------------------
 class TritonPythonModel:
     def initialize(self, args):
-        import triton_python_backend_utils as pb_utils
+        import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
         self.pb = pb_utils
         self.config = json.loads(args["model_config"])

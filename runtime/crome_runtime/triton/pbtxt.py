@@ -27,7 +27,7 @@ def model_config_class():
     """The `inference.ModelConfig` message class of Triton 2.51's schema."""
     import hashlib
 
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]
 
     data = base64.b64decode("".join(model_config_schema.SERIALIZED_B64))
     if hashlib.sha256(data).hexdigest() != model_config_schema.SHA256:
@@ -40,7 +40,7 @@ def model_config_class():
 def render(config: dict) -> str:
     """A ModelConfig as a dict (json_format field names, e.g. "max_batch_size", enums as "TYPE_FP32") ->
     config.pbtxt text. ConfigError for anything the schema does not have."""
-    from google.protobuf import json_format, text_format
+    from google.protobuf import json_format, text_format  # type: ignore[import-untyped]
 
     message = model_config_class()()
     try:
@@ -51,7 +51,7 @@ def render(config: dict) -> str:
 
 
 def parse(text: str, where: str = "config.pbtxt"):
-    from google.protobuf import text_format
+    from google.protobuf import text_format  # type: ignore[import-untyped]
 
     message = model_config_class()()
     try:
