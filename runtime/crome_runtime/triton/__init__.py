@@ -9,5 +9,5 @@
     client.py      a small HTTP/JSON (KServe v2) client with Triton's binary-data extension; stdlib only
 
 Torch-free like the rest of the runtime. Not here: the CLI commands (crome_edge.triton_cli, client_cli).
-Design notes: docs/architecture.md §5 (Triton).
+How to use it and what was learned: docs/scale-out.md.
 """
