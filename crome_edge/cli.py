@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("crome_edge.info_cli", "Print what an adapter file or bundle is"),
     "data": ("crome_edge.data_cli", "Generate synthetic conveyor datasets"),
     "export": ("crome_edge.export_cli", "Export an adapter + its backbone to a deployment bundle"),
+    "bundle": ("crome_edge.bundle_cli", "Add, remove or list the adapters of a bundle (one backbone, several adapters)"),
     "build-engines": ("crome_edge.engines_cli", "Build TensorRT engines for a bundle on this device"),
     "run": ("crome_edge.run_cli", "Answer a question about an image with a bundle (torch-free)"),
     "serve": ("crome_edge.serve_cli", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),

@@ -12,8 +12,14 @@ from crome_runtime import formats
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True,
-                        help="adapter .safetensors (crome-edge train), or 'line3' for the shipped demo adapter")
+    parser.add_argument("--adapter", required=True, action="append",
+                        help="adapter .safetensors (crome-edge train), or 'line3' for the shipped demo adapter; repeat "
+                             "it for a bundle of several adapters on one backbone (needs --out)")
+    parser.add_argument("--route", action="append", metavar="NAME=REGEX",
+                        help="adapter NAME answers the questions this regular expression matches (whole question), "
+                             "instead of its training data's questions; repeatable")
+    parser.add_argument("--route-question", action="append", metavar="NAME=TEXT",
+                        help="adapter NAME answers exactly this question, instead of its training data's; repeatable")
     parser.add_argument("--backbone", help="backbone (tiny, smol or a HF directory); default: the adapter's")
     parser.add_argument("--out", type=Path, help="bundle directory; default: <adapter>.bundle next to the adapter "
                                                   "(for a shipped adapter: in the current directory)")
@@ -42,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from crome_edge.weights import is_shipped, resolve_adapter
     from crome_export.pipeline import ExportConfig, default_bundle_path, export_bundle
 
-    adapter = resolve_adapter(args.adapter)
+    from crome_export.multi import export_adapters, parse_routes
+
+    adapters = [resolve_adapter(a) for a in args.adapter]
+    several = len(adapters) > 1 or args.route or args.route_question  # a multi-adapter (version-2) bundle
+    adapter = adapters[0]
     out = args.out
     if out is None and is_shipped(adapter):  # not into the installed package
         out = Path.cwd() / default_bundle_path(adapter).name
@@ -52,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8, use_cache=not args.no_cache,
         threads=args.threads, data=args.data,
     )
+    if several:
+        print(export_adapters(config, adapters, parse_routes(args.route), parse_routes(args.route_question,
+                                                                                      "--route-question")))
+        return 0
     result = export_bundle(config)
     print(result.bundle)
     return 0

@@ -136,7 +136,10 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
             "architecture": manifest.backbone.architecture, "d_model": manifest.backbone.d_model,
             "image_size": manifest.backbone.image_size,
         },
-        "adapter": {"name": manifest.adapter.name, "rank": manifest.adapter.rank, "sha256": manifest.adapter.sha256},
+        "adapter": ({"name": manifest.adapter.name, "rank": manifest.adapter.rank, "sha256": manifest.adapter.sha256}
+                    if manifest.adapter is not None else None),
+        "adapters": ([{"name": e.name, "rank": e.rank, "sha256": e.sha256, "route": e.route.to_dict()}
+                      for e in manifest.adapters] if manifest.adapters is not None else None),
         "precision": manifest.precision,
         "prompt": manifest.prompt.to_dict(),
         "files": {name: {"bytes": e.bytes, "precision": e.precision} for name, e in sorted(manifest.files.items())},

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=number(above=0), metavar="P", help="nucleus sampling mass (1 = off)")
     parser.add_argument("--repetition-penalty", type=number(above=0), metavar="R",
                         help="penalty for repeating answer tokens (1 = off)")
+    parser.add_argument("--adapter", metavar="NAME",
+                        help="the bundle's adapter that answers, or 'none' for the frozen backbone alone (default: "
+                             "the bundle's routes: each adapter answers the questions it was trained for)")
     parser.add_argument("--seed", type=SEED, default=0, help="sampling seed (default %(default)s)")
     parser.add_argument("--threads", type=THREADS, metavar="N",
                         help="ONNX Runtime threads per graph (default: one per core)")
@@ -58,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     from crome_runtime.profiler import format_summary
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+                                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                                adapter=args.adapter)
     options.resolve(GenerationDefaults())  # a bad flag fails before the bundle is loaded
     given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
     config = EngineConfig(verify=not args.no_verify, **{k: v for k, v in given.items() if v is not None})
@@ -79,7 +83,8 @@ def _run(args: argparse.Namespace) -> int:
                 answer = stream.answer
                 print(json.dumps({"prompt": prompt, "answer": answer.text, "tokens": answer.token_ids,
                                   "finish_reason": answer.finish_reason, "ttft_ms": answer.ttft_ms,
-                                  "total_ms": answer.total_ms, "cache": answer.cache}), flush=True)
+                                  "total_ms": answer.total_ms, "cache": answer.cache,
+                                  "adapter": answer.adapter}), flush=True)
             else:
                 for piece in stream:
                     print(piece, end="", flush=True)
@@ -88,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             if not args.json and round_ == args.repeat - 1:
                 tokens_per_s = len(answer.token_ids) / (answer.total_ms / 1e3) if answer.total_ms else 0.0
                 ttft = f"{answer.ttft_ms:.1f} ms" if answer.ttft_ms is not None else "n/a"
-                print(f"[{len(answer.token_ids)} tokens, {answer.finish_reason}; first token {ttft}, "
+                print(f"[{answer.adapter or 'no adapter'}: {len(answer.token_ids)} tokens, {answer.finish_reason}; first token {ttft}, "
                       f"{tokens_per_s:.1f} tokens/s end to end]", file=sys.stderr)
     if args.profile:
         metadata = {"command": "crome-edge run", "engine": engine.describe(), "repeat": args.repeat,

@@ -39,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
         report = verify_bundle(args.bundle, config, progress=lambda message: print(message, file=sys.stderr))
     except RUNTIME_ERRORS as error:
         raise CromeError(str(error)) from None
-    print(format_table(report))
+    if "adapters" in report:  # a multi-adapter bundle: one table per adapter
+        for name, section in report["adapters"].items():
+            print(f"adapter {name}:\n{format_table(section)}")
+        if not report["adapters"]:
+            print("no adapters: the frozen backbone alone (every file's sha256 matches the manifest)")
+    else:
+        print(format_table(report))
     if args.report:
         _write_report(args.report, report)
     failed = [name for name, gate in report["gates"].items() if not gate["ok"]]

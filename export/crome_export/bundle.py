@@ -130,6 +130,17 @@ class BundleWriter:
                              "(CROME_EDGE_CACHE) and export again")
         return entry
 
+    def link_file(self, source: Path, name: str, entry: FileEntry) -> FileEntry:
+        """A file another bundle already holds, whose sha256 was just checked against `entry`: hard-linked where the
+        file system allows (bundle files are never written in place), else copied and hashed on the way."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        try:
+            os.link(source, self.staging / name)
+        except OSError:
+            return self.add_file(source, name, entry.precision, entry.sha256)
+        self.files[name] = FileEntry(sha256=entry.sha256, bytes=entry.bytes, precision=entry.precision)
+        return self.files[name]
+
     def add_bytes(self, name: str, data: bytes, precision: str = "data") -> FileEntry:
         return self._write(name, (data[i : i + CHUNK] for i in range(0, len(data), CHUNK)), precision)
 

@@ -117,32 +117,37 @@ class AcceptanceSet:
 
 
 # --- reading ----------------------------------------------------------------------------------------------
-def require_acceptance(bundle_path: Path, manifest: Manifest) -> None:
-    """BundleError saying to re-export unless the manifest lists both acceptance files."""
-    if formats.ACCEPTANCE_FILE not in manifest.files or formats.ACCEPTANCE_ARRAYS not in manifest.files:
-        raise BundleError(f"bundle {bundle_path} has no acceptance set ({formats.ACCEPTANCE_FILE} + "
-                          f"{formats.ACCEPTANCE_ARRAYS}; bundles exported before `crome-edge verify` existed lack it): "
+def require_acceptance(bundle_path: Path, manifest: Manifest,
+                       names: tuple[str, str] = (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS)) -> None:
+    """BundleError saying to re-export unless the manifest lists both acceptance files (`names`: the .json and the
+    .npz; a multi-adapter bundle has one pair per adapter, crome_runtime.adapters)."""
+    json_name, arrays_name = names
+    if json_name not in manifest.files or arrays_name not in manifest.files:
+        raise BundleError(f"bundle {bundle_path} has no acceptance set ({json_name} + "
+                          f"{arrays_name}; bundles exported before `crome-edge verify` existed lack it): "
                           f"{REEXPORT}")
 
 
-def read_acceptance(bundle_path: Path, manifest: Manifest) -> AcceptanceSet:
+def read_acceptance(bundle_path: Path, manifest: Manifest,
+                    names: tuple[str, str] = (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS)) -> AcceptanceSet:
     """The acceptance set of a loaded (sha256-verified) bundle; BundleError when absent or malformed."""
     bundle_path = Path(bundle_path)
-    require_acceptance(bundle_path, manifest)
+    json_name, arrays_name = names
+    require_acceptance(bundle_path, manifest, names)
     try:
-        document = json.loads(bundle_file(bundle_path, formats.ACCEPTANCE_FILE).read_text(encoding="utf-8"))
+        document = json.loads(bundle_file(bundle_path, json_name).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{formats.ACCEPTANCE_FILE} in {bundle_path} cannot be read ({error}); {REEXPORT}") from None
+        raise BundleError(f"{json_name} in {bundle_path} cannot be read ({error}); {REEXPORT}") from None
     if not isinstance(document, dict) or document.get("format") != formats.ACCEPTANCE_FORMAT:
-        raise BundleError(f"{formats.ACCEPTANCE_FILE} in {bundle_path} is not a crome-edge acceptance set; {REEXPORT}")
+        raise BundleError(f"{json_name} in {bundle_path} is not a crome-edge acceptance set; {REEXPORT}")
     if document.get("format_version", 0) > formats.ACCEPTANCE_FORMAT_VERSION:
-        raise BundleError(f"{formats.ACCEPTANCE_FILE} has format version {document.get('format_version')}; this "
+        raise BundleError(f"{json_name} has format version {document.get('format_version')}; this "
                           f"runtime reads up to {formats.ACCEPTANCE_FORMAT_VERSION}. Upgrade crome-edge on this device")
     try:
-        with np.load(bundle_file(bundle_path, formats.ACCEPTANCE_ARRAYS), allow_pickle=False) as npz:
+        with np.load(bundle_file(bundle_path, arrays_name), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise BundleError(f"{formats.ACCEPTANCE_ARRAYS} in {bundle_path} cannot be read ({error}); {REEXPORT}") from None
+        raise BundleError(f"{arrays_name} in {bundle_path} cannot be read ({error}); {REEXPORT}") from None
     try:
         return _parse(document, arrays, manifest)
     except (KeyError, TypeError, ValueError) as error:

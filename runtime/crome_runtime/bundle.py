@@ -40,7 +40,14 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        return f"{self.manifest.backbone.name}/{self.manifest.adapter.name} ({self.manifest.precision})"
+        adapters = "+".join(self.manifest.adapter_names) or "no adapter"
+        return f"{self.manifest.backbone.name}/{adapters} ({self.manifest.precision})"
+
+    def adapter_file(self, adapter: str, role: str) -> Path:
+        """The path of adapter `adapter`'s file of `role` (crome_runtime.adapters.ROLES) in this bundle."""
+        from crome_runtime.adapters import file_name
+
+        return self.path / file_name(adapter, role, self.manifest.format_version)
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path} is not a bundle directory; export one with `crome-edge export --adapter ADAPTER`")
     manifest = read_manifest(path, verify=verify)  # sha256 of every listed file; format version
-    required = [formats.VISION_ONNX, formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX, formats.DECODER_ONNX,
-                formats.EMBEDDINGS_FILE, formats.TOKENIZER_FILE]
+    required = [formats.VISION_ONNX, formats.DECODER_ONNX, formats.EMBEDDINGS_FILE, formats.TOKENIZER_FILE]
+    required += _adapter_files(manifest)
     if manifest.backbone.instruction_aware:
         required.append(formats.QFORMER_TOKENIZER_FILE)
     for name in required:
@@ -83,7 +90,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if manifest.prompt.stop_tokens and not stop_ids:
         notes.append(f"none of the prompt template's stop tokens {list(manifest.prompt.stop_tokens)} is a token of "
                      "the tokenizer: answers run to max_new_tokens")
-    _check_adapter_file(path, manifest)
+    for adapter in manifest.adapter_names:
+        _check_adapter_file(path, manifest, adapter)
     report = None
     if formats.REPORT_FILE in manifest.files:
         try:
@@ -116,27 +124,38 @@ def _embeddings(path: Path, manifest: Manifest) -> np.ndarray:
     return table
 
 
-def _check_adapter_file(path: Path, manifest: Manifest) -> None:
-    """adapter.safetensors (when the bundle has it): its metadata must name this bundle's backbone."""
-    if formats.ADAPTER_WEIGHTS_FILE not in manifest.files:
+def _adapter_files(manifest: Manifest) -> list[str]:
+    """The files every adapter needs: its two graphs (and, in a version-2 bundle, its weights)."""
+    from crome_runtime.adapters import REQUIRED_ROLES, file_name
+
+    roles = REQUIRED_ROLES if manifest.format_version >= 2 else ("adapter_visual", "adapter_text")
+    return [file_name(name, role, manifest.format_version) for name in manifest.adapter_names for role in roles]
+
+
+def _check_adapter_file(path: Path, manifest: Manifest, adapter: str) -> None:
+    """An adapter's .safetensors (when the bundle has it): its metadata must name this bundle's backbone."""
+    from crome_runtime.adapters import file_name
+
+    name = file_name(adapter, "weights", manifest.format_version)
+    if name not in manifest.files:
         return
-    file = bundle_file(path, formats.ADAPTER_WEIGHTS_FILE)
+    file = bundle_file(path, name)
     try:
         meta = read_metadata(file)
     except SafetensorsHeaderError as error:
-        raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path} is not a readable safetensors file ({error}); "
+        raise BundleError(f"{name} in {path} is not a readable safetensors file ({error}); "
                           "re-export the bundle") from None
     if meta.get(formats.META_FORMAT) != formats.ADAPTER_FORMAT:
-        raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path} is not a crome-edge adapter file; re-export the bundle")
+        raise BundleError(f"{name} in {path} is not a crome-edge adapter file; re-export the bundle")
     try:
         d = adapter_dims(meta.get(formats.META_ADAPTER_CONFIG, ""))[0]
     except ValueError as error:
-        raise BundleError(f"{formats.ADAPTER_WEIGHTS_FILE} in {path}: {error}; re-export the bundle") from None
+        raise BundleError(f"{name} in {path}: {error}; re-export the bundle") from None
     fingerprint = meta.get(formats.META_BACKBONE_FINGERPRINT, "")
     backbone = manifest.backbone
     if d != backbone.d_model or fingerprint != backbone.fingerprint:
         raise BundleError(
-            f"the bundle's adapter was trained for backbone {meta.get(formats.META_BACKBONE_NAME, '?')} (d={d}, "
+            f"{name}: the bundle's adapter was trained for backbone {meta.get(formats.META_BACKBONE_NAME, '?')} (d={d}, "
             f"fingerprint {fingerprint[:12]}…) but its backbone is {backbone.name} (d={backbone.d_model}, fingerprint "
             f"{backbone.fingerprint[:12]}…). Re-export with `crome-edge export --adapter ADAPTER --backbone "
             f"{backbone.name}` using an adapter trained on {backbone.name}"
@@ -168,6 +187,8 @@ def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature]) -> None:
                 problems.append(f"{GRAPH_FILES[graph]} {kind} {name} has {have} on axis {axis}, expected {want}")
 
     for graph in ("adapter_visual", "adapter_text"):
+        if graph not in signatures:  # a bundle without adapters (the frozen backbone alone)
+            continue
         width = _static(signatures[graph].inputs.get(formats.IN_ADAPTER_X), 2)
         if width is not None and width != d:
             raise BundleError(

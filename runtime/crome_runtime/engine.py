@@ -20,15 +20,18 @@ serves one thread at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
+from crome_runtime import adapters as adapter_routes
 from crome_runtime import formats, providers
-from crome_runtime.bundle import GRAPHS, Bundle, GraphSignature, check_graphs, load_bundle
+from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
 from crome_runtime.cache import LRUCache
 from crome_runtime.decoder import KVDecoder
 from crome_runtime.detokenize import StreamDetokenizer
@@ -63,6 +66,9 @@ class GenerationOptions:
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int = 0
+    # which adapter answers: None = the bundle's routes (crome_runtime.adapters), "none" = the frozen backbone
+    # alone, or an adapter's name
+    adapter: str | None = None
 
     def resolve(self, defaults) -> tuple[int, SamplingParams]:
         pick = lambda mine, default: default if mine is None else mine  # noqa: E731
@@ -114,6 +120,7 @@ class Answer:
     total_ms: float | None
     timings_ms: dict[str, float]  # stage -> ms in this answer
     cache: dict[str, bool]  # {"vision": hit, "text": hit}
+    adapter: str | None = None  # the adapter that answered; None: the frozen backbone alone
 
 
 class AnswerStream:
@@ -126,9 +133,10 @@ class AnswerStream:
             check_text(prompt, "the prompt")  # crome_runtime.limits: length and UTF-8, as every command checks
         except TextError as error:
             raise EngineError(str(error)) from None
-        max_new, params = options.resolve(engine.manifest.generation)  # EngineError before anything runs
+        self.adapter = engine.route(prompt, options.adapter)  # EngineError for an unknown name
+        max_new, params = options.resolve(engine.generation_defaults(self.adapter))  # EngineError before anything runs
         self.answer: Answer | None = None
-        self._pieces = engine._generate(self, image, prompt, max_new, params, options.seed)
+        self._pieces = engine._generate(self, image, prompt, max_new, params, options.seed, self.adapter)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -146,6 +154,7 @@ class _State:
     finish: str = "cancelled"
     prompt_tokens: int = 0
     cache: dict[str, bool] = field(default_factory=dict)
+    adapter: str | None = None
 
 
 class Engine:
@@ -154,10 +163,20 @@ class Engine:
         self.manifest = bundle.manifest
         self.profiler = profiler or Profiler()
         self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
-        self.sessions = {graph: providers.open_session(bundle.graph_path(graph), self.plan, self.config.threads,
-                                                       self.config.spin) for graph in GRAPHS}
-        check_graphs(bundle, {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()})
-        actual = {graph: list(s.get_providers()) for graph, s in self.sessions.items()}
+        self._single = self.manifest.format_version < 2  # version 1: one adapter that answers every question
+        graphs = ("vision", "adapter_visual", "adapter_text", "decoder") if self._single else ("vision", "decoder")
+        self.sessions = {graph: self._open(bundle.graph_path(graph)) for graph in graphs}
+        self.adapter_sessions = self._adapter_sessions()  # name -> {modality: session}
+        all_sessions = dict(self.sessions)
+        for name, by_modality in self.adapter_sessions.items():
+            signatures = {graph: GraphSignature.of_session(self.sessions[graph]) for graph in ("vision", "decoder")}
+            signatures.update({f"adapter_{m}": GraphSignature.of_session(s) for m, s in by_modality.items()})
+            check_graphs(bundle, signatures)
+            if not self._single:
+                all_sessions.update({f"{name}.adapter_{m}": s for m, s in by_modality.items()})
+        if not self.adapter_sessions:
+            check_graphs(bundle, {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()})
+        actual = {graph: list(s.get_providers()) for graph, s in all_sessions.items()}
         notes = list(self.plan.notes) + list(bundle.notes) + _version_notes(self.manifest.tools)
         for graph, names in actual.items():
             note = providers.check_actual(self.plan, graph, names)  # raises when an explicit request fell back
@@ -173,12 +192,25 @@ class Engine:
             from crome_runtime.cdecoder import open_cdecoder
 
             self.decoder, self.decoder_backend = open_cdecoder(bundle, self.decoder, self.config.threads), "c"
-        self.adapter_backend, self._c_adapter = self._adapter_backend(on_gpu)
+        self.adapter_backend, self._c_adapters = self._adapter_backend(on_gpu)  # name -> {modality: kernel}
+        self._pinned: list[str | None] = []  # pin(): the adapter every stage and answer uses meanwhile
         self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
         self._row_bytes = d * 4
         self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
-        self.vision_cache = LRUCache(self.config.vision_cache)
-        self.text_cache = LRUCache(self.config.text_cache)
+        # Adapted visual queries per (adapter, frame): under the frame's vision key alone for a version-1 bundle's
+        # adapter (as before several adapters existed; the Triton backend primes it so), else (adapter, key).
+        self.vision_cache = LRUCache(self.config.vision_cache * max(1, len(self.adapter_sessions)))
+        self.raw_vision_cache = LRUCache(self.config.vision_cache)  # the vision graph's output, shared by every adapter
+        self.text_cache = LRUCache(self.config.text_cache * max(1, len(self.adapter_sessions)))
+
+    def _open(self, path):
+        return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
+
+    def _adapter_sessions(self) -> dict[str, dict]:
+        if self._single:
+            return {self.manifest.single_adapter.name: {m: self.sessions[f"adapter_{m}"] for m in ("visual", "text")}}
+        return {name: {m: self._open(self.bundle.adapter_file(name, f"adapter_{m}")) for m in ("visual", "text")}
+                for name in self.manifest.adapter_names}
 
     def _adapter_backend(self, on_gpu: bool) -> tuple[str, dict | None]:
         from crome_runtime import ccore
@@ -187,14 +219,67 @@ class Engine:
         choice = self.config.adapter
         if choice not in ("auto", "c", "onnx"):
             raise EngineError(f"adapter backend {choice!r} is not one of auto, c, onnx")
-        weights = self.bundle.path / formats.ADAPTER_WEIGHTS_FILE
-        usable = formats.ADAPTER_WEIGHTS_FILE in self.manifest.files and weights.is_file() and ccore.available()
+        weights = {name: self.bundle.adapter_file(name, "weights") for name in self.adapter_sessions}
+        usable = ccore.available() and all(path.name in self.manifest.files and path.is_file()
+                                           for path in weights.values())
         if choice == "c" and not usable:
-            raise EngineError("the C adapter kernel needs the bundle's adapter.safetensors and the built C core; "
+            raise EngineError("the C adapter kernel needs the bundle's adapter .safetensors and the built C core; "
                               "use adapter='onnx'")
         if choice == "onnx" or (choice == "auto" and (on_gpu or not usable)):
             return "onnx", None
-        return "c", load_c_adapter(weights, self.manifest.backbone.d_model)
+        return "c", {name: load_c_adapter(path, self.manifest.backbone.d_model) for name, path in weights.items()}
+
+    # --- adapters: which one answers ----------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.adapter_sessions)
+
+    def route(self, question: str, adapter: str | None = None) -> str | None:
+        """The adapter that answers `question`: the pinned one (pin()), else `adapter` when given ("none": the frozen
+        backbone alone), else the bundle's routes (a version-1 bundle's adapter answers everything); None means the
+        frozen backbone with no adapter. EngineError for a name the bundle does not have."""
+        choice = self._pinned[-1] if self._pinned else adapter
+        if choice is not None or self._pinned:
+            return self._check_adapter(choice)
+        if self._single:
+            return self.manifest.single_adapter.name
+        return adapter_routes.route(self.manifest.adapter_entries, question)
+
+    def _check_adapter(self, name: str | None) -> str | None:
+        if name is None or name.lower() == adapter_routes.NONE:
+            return None
+        if name not in self.adapter_sessions:
+            have = ", ".join(self.adapter_names) or "none"
+            raise EngineError(f"this bundle has no adapter {name!r:.80} (it has: {have}; '{adapter_routes.NONE}' is "
+                              "the frozen backbone alone)")
+        return name
+
+    @contextmanager
+    def pin(self, adapter: str | None):
+        """Every answer and stage call inside uses `adapter` (a name, or None/"none": the frozen backbone), whatever
+        the routes say: how export and verify measure one adapter of a bundle."""
+        self._pinned.append(self._check_adapter(adapter))
+        try:
+            yield self
+        finally:
+            self._pinned.pop()
+
+    def _stage_adapter(self) -> str | None:
+        """The adapter a bare stage call (adapt without a name) uses: the pinned one, else the bundle's only one."""
+        if self._pinned:
+            return self._pinned[-1]
+        if len(self.adapter_sessions) == 1:
+            return self.adapter_names[0]
+        raise EngineError(f"this bundle has {len(self.adapter_sessions)} adapters; name the one to use "
+                          "(Engine.pin(name) or adapt(..., adapter=name))")
+
+    def generation_defaults(self, adapter: str | None):
+        """The generation defaults an answer by `adapter` starts from: the manifest's, with a version-2 adapter's
+        own generation cap."""
+        if self._single or adapter is None:
+            return self.manifest.generation
+        entry = next(e for e in self.manifest.adapter_entries if e.name == adapter)
+        return dataclasses.replace(self.manifest.generation, max_new_tokens=entry.max_new_tokens)
 
     def _use_c_decoder(self, on_gpu: bool) -> bool:
         from crome_runtime import ccore
@@ -259,17 +344,18 @@ class Engine:
 
     def clear_caches(self) -> None:
         self.vision_cache.clear()
+        self.raw_vision_cache.clear()
         self.text_cache.clear()
 
     def _generate(self, stream: AnswerStream, image, prompt: str, max_new: int, params: SamplingParams,
-                  seed: int) -> Iterator[str]:
+                  seed: int, adapter: str | None = None) -> Iterator[str]:
         prof = self.profiler
         prof.begin_run("answer")
-        state = _State()
+        state = _State(adapter=adapter)
         try:
             frame = image if isinstance(image, Frame) else self.frame(image)
-            visual, state.cache["vision"] = self._visual(frame, prompt)  # (Nq, d)
-            text, state.cache["text"] = self._text(prompt)  # (Nt, d)
+            visual, state.cache["vision"] = self._visual(frame, prompt, adapter)  # (Nq, d)
+            text, state.cache["text"] = self._text(prompt, adapter)  # (Nt, d)
             prefix = np.concatenate([visual, text])[None]  # (1, L, d)
             length = state.prompt_tokens = prefix.shape[1]
             budget = min(max_new, self.manifest.llm.max_position_embeddings - length)
@@ -313,7 +399,7 @@ class Engine:
 
     def _finish(self, stream: AnswerStream, run: Run, state: _State) -> None:
         stream.answer = Answer("".join(state.pieces), list(state.tokens), state.finish, state.prompt_tokens,
-                               run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache))
+                               run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache), state.adapter)
 
     # --- stages: the answer path is made of these; the fidelity check (crome_runtime.fidelity) calls them too ---
     def vision(self, frame: Frame, question: str) -> np.ndarray:
@@ -328,14 +414,20 @@ class Engine:
         self.profiler.record("vision", t)
         return visual[0]
 
-    def adapt(self, x: np.ndarray, modality: str) -> np.ndarray:
-        """(N, d) -> (N, d) through the adapter branch of `modality` ("visual" | "text"): C kernel or ONNX graph."""
+    def adapt(self, x: np.ndarray, modality: str, adapter: str | None = "") -> np.ndarray:
+        """(N, d) -> (N, d) through the adapter branch of `modality` ("visual" | "text"): C kernel or ONNX graph.
+        adapter: a name; None = no adapter (x itself: the adapter is the identity when absent); "" (default) = the
+        pinned adapter, or the bundle's only one."""
+        if adapter == "":
+            adapter = self._stage_adapter()
+        if adapter is None:
+            return x
         t = now()
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._c_adapter is not None:
-            y = self._c_adapter[modality].apply(x)
+        if self._c_adapters is not None:
+            y = self._c_adapters[adapter][modality].apply(x)
         else:
-            y = self.sessions[f"adapter_{modality}"].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
+            y = self.adapter_sessions[adapter][modality].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
         self.profiler.record(f"adapter_{modality}", t)
         return y
 
@@ -365,26 +457,41 @@ class Engine:
         self.profiler.record("decode", t)
         return logits
 
-    def _visual(self, frame: Frame, question: str) -> tuple[np.ndarray, bool]:
-        """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former), cached."""
+    def _cache_key(self, adapter: str | None, key):
+        """A version-1 bundle's adapter caches under the plain key (as before several adapters existed)."""
+        return key if self._single and adapter is not None else (adapter, key)
+
+    def _visual(self, frame: Frame, question: str, adapter: str | None) -> tuple[np.ndarray, bool]:
+        """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former) for `adapter`,
+        cached per adapter; the vision graph's output is cached once and shared by every adapter. -> (queries, hit)
+        where hit: the vision graph did not run."""
         key = vision_key(frame, question, self.manifest.backbone.instruction_aware)
-        cached = self.vision_cache.get(key)
+        adapted_key = self._cache_key(adapter, key)
+        cached = self.vision_cache.get(adapted_key)
         if cached is not None:
             return cached, True
-        adapted = self.adapt(self.vision(frame, question), "visual")  # (Nq, d)
-        self.vision_cache.put(key, adapted)
-        return adapted, False
+        raw = self.raw_vision_cache.get(key)
+        hit = raw is not None
+        if raw is None:
+            raw = self.vision(frame, question)  # (Nq, d)
+            self.raw_vision_cache.put(key, raw)
+        adapted = self.adapt(raw, "visual", adapter)  # (Nq, d); raw itself when no adapter answers
+        self.vision_cache.put(adapted_key, adapted)
+        return adapted, hit
 
-    def _text(self, question: str) -> tuple[np.ndarray, bool]:
-        """Adapted prompt embeddings (Nt, d): the template around the question, tokenised, embedded, adapted."""
+    def _text(self, question: str, adapter: str | None) -> tuple[np.ndarray, bool]:
+        """Adapted prompt embeddings (Nt, d) for `adapter`: the template around the question, tokenised, embedded,
+        adapted (cached per adapter and prompt)."""
         text = self.manifest.prompt.format(question)
-        cached = self.text_cache.get(text)
+        key = self._cache_key(adapter, text)
+        cached = self.text_cache.get(key)
         if cached is not None:
             return cached, True
         ids = self.prompt_ids(question)
         self._check_context(len(ids))
-        adapted = self.adapt(self.embeddings[ids], "text")  # (Nt, d)
-        self.text_cache.put(text, adapted)
+        embedded = self.embeddings[ids]  # (Nt, d), a copy (fancy indexing)
+        adapted = self.adapt(embedded, "text", adapter) if adapter is not None else embedded
+        self.text_cache.put(key, adapted)
         return adapted, False
 
     def _check_context(self, prompt_tokens: int) -> None:
@@ -398,12 +505,14 @@ class Engine:
     def describe(self) -> dict:
         m = self.manifest
         return {
-            "bundle": str(self.bundle.path), "backbone": m.backbone.name, "adapter": m.adapter.name,
+            "bundle": str(self.bundle.path), "backbone": m.backbone.name,
+            "adapter": m.single_adapter.name if self._single else None, "adapters": self.adapter_names,
             "precision": m.precision, "providers": self.providers.to_dict(), "threads": self.config.threads,
             "adapter_backend": self.adapter_backend, "decoder_backend": self.decoder_backend,
             "kv_cache": {"device": self.decoder.device, "capacity_tokens": self.decoder.capacity,
                          "bytes": self.decoder.kv_bytes, "allocations": self.decoder.allocations},
-            "caches": {"vision": self.vision_cache.stats(), "text": self.text_cache.stats()},
+            "caches": {"vision": self.vision_cache.stats(), "raw_vision": self.raw_vision_cache.stats(),
+                       "text": self.text_cache.stats()},
         }
 
 

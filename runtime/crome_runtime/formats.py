@@ -34,7 +34,7 @@ META_BACKBONE_INFO = "backbone_info"  # JSON: the BackboneInfo the parts were tr
 
 # --- Bundle directory ---------------------------------------------------------------------------
 BUNDLE_FORMAT = "crome-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # the newest this runtime reads: 1 = one adapter, 2 = `adapters` (crome_runtime.adapters)
 
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"

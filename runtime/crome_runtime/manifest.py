@@ -125,7 +125,7 @@ def _real(value) -> bool:
 class Manifest:
     backbone: BackboneSpec
     llm: LlmSpec
-    adapter: AdapterSpec
+    adapter: AdapterSpec | None  # version 1: the one adapter; None in version 2 (see `adapters`)
     prompt: PromptTemplate
     precision: str
     files: dict[str, FileEntry]
@@ -133,11 +133,34 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)  # package versions and the ONNX opset
     quantization: dict = field(default_factory=dict)  # per part ("vision", "decoder"): method and settings
     format: str = formats.BUNDLE_FORMAT
-    format_version: int = formats.BUNDLE_FORMAT_VERSION
+    format_version: int = 1  # 1: one adapter under the plain file names; 2: `adapters` (crome_runtime.adapters)
+    adapters: list | None = None  # version 2: [crome_runtime.adapters.AdapterEntry], zero or more
+
+    @property
+    def adapter_entries(self) -> list:
+        """A version-2 manifest's adapters ([] for version 1: see `adapter`)."""
+        return list(self.adapters or [])
+
+    @property
+    def single_adapter(self) -> AdapterSpec:
+        """A version-1 manifest's adapter."""
+        if self.adapter is None:
+            raise BundleError("this bundle lists several adapters (format version 2), not one")
+        return self.adapter
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The bundle's adapters, in manifest order (a version-1 bundle has its one adapter)."""
+        if self.adapters is None:
+            return [self.adapter.name] if self.adapter is not None else []
+        return [entry.name for entry in self.adapters]
 
     def to_json(self) -> str:
         data = asdict(self)
         data["prompt"] = self.prompt.to_dict()
+        for key in ("adapter", "adapters"):  # version 1 has `adapter`, version 2 `adapters`
+            if data[key] is None:
+                del data[key]
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -165,11 +188,22 @@ class Manifest:
         if precision not in formats.PRECISIONS:
             raise BundleError(f"{source}: precision {precision!r} is not one of {', '.join(formats.PRECISIONS)}; "
                               "re-export the bundle")
+        adapters = None
+        if version >= 2:
+            from crome_runtime.adapters import AdapterEntry, check_adapters
+
+            if not isinstance(data.get("adapters"), list):
+                raise BundleError(f"{source}: a version-{version} manifest must list its `adapters`; re-export the bundle")
+            adapters = [AdapterEntry.from_dict(entry, source) for entry in data["adapters"]]
+            check_adapters(adapters, source)
+        elif not isinstance(data.get("adapter"), dict):
+            raise BundleError(f"{source} is missing or has malformed fields (no 'adapter' section); re-export the bundle")
         try:
             return cls(
                 backbone=BackboneSpec(**data["backbone"]),
                 llm=LlmSpec(**data["llm"]),
-                adapter=AdapterSpec(**data["adapter"]),
+                adapter=AdapterSpec(**data["adapter"]) if adapters is None else None,
+                adapters=adapters,
                 prompt=PromptTemplate.from_dict(data["prompt"]),
                 precision=precision,
                 files={name: FileEntry(**entry) for name, entry in files.items()},

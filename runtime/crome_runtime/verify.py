@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from crome_runtime import formats
 from crome_runtime.acceptance import read_acceptance, require_acceptance
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.fidelity import MeasureConfig, measure, report_dict
@@ -20,13 +21,36 @@ from crome_runtime.manifest import read_manifest
 def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, progress=None) -> dict:
     """-> the verify report (report["gates"][name]["ok"] says what passed). config: how the engine runs
     (provider, threads; the sha256 check stays on). BundleError when the bundle is missing, altered, or has no
-    acceptance set; EngineError/ProviderError when it cannot run as asked."""
+    acceptance set; EngineError/ProviderError when it cannot run as asked. A multi-adapter bundle (version 2) is
+    verified adapter by adapter, each on its own acceptance set: report["adapters"][name] is that adapter's
+    report and report["gates"] holds every adapter's gates as "NAME: gate"."""
     config = config or EngineConfig()
     path = Path(path).expanduser()
     say = progress or (lambda message: None)
-    require_acceptance(path, read_manifest(path, verify=False))  # refused before hashing and opening the graphs
+    manifest = read_manifest(path, verify=False)
+    if manifest.format_version < 2:
+        require_acceptance(path, manifest)  # refused before hashing and opening the graphs
+        engine = Engine.load(path, config)
+        return _verify_one(engine, path, config, (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS), say)
+    for entry in manifest.adapter_entries:
+        require_acceptance(path, manifest, (entry.file("acceptance"), entry.file("acceptance_arrays")))
     engine = Engine.load(path, config)
-    acceptance = read_acceptance(path, engine.manifest)
+    reports = {}
+    for entry in engine.manifest.adapter_entries:
+        with engine.pin(entry.name):
+            say(f"adapter {entry.name}:")
+            reports[entry.name] = _verify_one(engine, path, config,
+                                              (entry.file("acceptance"), entry.file("acceptance_arrays")), say)
+    if not reports:
+        say(f"bundle {engine.bundle.name}: no adapters, the frozen backbone alone (its files' sha256 checked)")
+    return {"command": "crome-edge verify", "bundle": str(path), "precision": engine.manifest.precision,
+            "adapters": reports,
+            "gates": {f"{name}: {gate}": result for name, report in reports.items()
+                      for gate, result in report["gates"].items()}}
+
+
+def _verify_one(engine: Engine, path: Path, config: EngineConfig, names: tuple[str, str], say) -> dict:
+    acceptance = read_acceptance(path, engine.manifest, names)
     say(f"bundle {engine.bundle.name} on {engine.providers.summary()}: {len(acceptance.references)} prompts about "
         f"{len(acceptance.frames)} frames")
     frames = [engine.frame(frame, "bgr") for frame in acceptance.frames]  # this device's preprocessing

@@ -193,7 +193,7 @@ def create_app(server: "Server") -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [server.model_card()]}
+        return {"object": "list", "data": server.model_cards()}
 
     @app.get("/v1/frame.jpg")
     async def frame_jpg():
@@ -215,6 +215,8 @@ def create_app(server: "Server") -> FastAPI:
         except (ValueError, UnicodeDecodeError) as error:
             raise bad(f"the request body is not valid JSON ({error})") from None
         chat = openai_api.parse_chat_request(body, limits, config.max_new_tokens)
+        chat.options.adapter = openai_api.adapter_of(chat.model, server.model_ids, server.adapter_names,
+                                                     server.single_adapter)
         image = None
         if chat.image_url is not None:
             try:

@@ -47,6 +47,9 @@ class Metrics:
         self.tokens = Counter("crome_tokens_generated", "Tokens generated", ["source"], registry=r)
         self.answers = Counter("crome_answers", "Answers by how they ended", ["source", "finish_reason"], registry=r)
         self.requests = Counter("crome_requests", "HTTP responses", ["endpoint", "status"], registry=r)
+        self.adapter_answer = Histogram("crome_adapter_answer_seconds", "Queued to answered, by the adapter that "
+                                        "answered ('none': the frozen backbone alone)", ["adapter", "source"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
         if live is not None:
             r.register(_Live(live))
 
@@ -62,6 +65,7 @@ class Metrics:
             self.frame_age.labels(source).observe(result.frame["age_ms"] / 1e3)
         self.tokens.labels(source).inc(len(answer.token_ids))
         self.answers.labels(source, answer.finish_reason).inc()
+        self.adapter_answer.labels(answer.adapter or "none", source).observe(result.latency_ms / 1e3)
 
     def request(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else ("/v1/watch/prompts" if path.startswith("/v1/watch/prompts/")

@@ -64,6 +64,29 @@ class ChatRequest:
     options: GenerationOptions
     stream: bool
     include_usage: bool
+    model: str | None = None  # as sent; adapter_of() reads the adapter it names
+
+
+def adapter_of(model: str | None, model_ids: tuple[str, ...], adapters: list[str], single: bool) -> str | None:
+    """The `model` field -> GenerationOptions.adapter: None (the bundle's routes) for no model or the server's own
+    id; "none" for the frozen backbone; an adapter's name for NAME or ID/NAME (ID: the server's model id or the
+    bundle directory's name). Any other name is a 404 — except for a single-adapter bundle, which has always
+    answered whatever model a client names."""
+    if model is None or model in model_ids:
+        return None
+    prefix, slash, name = model.rpartition("/")
+    if slash and prefix not in model_ids:
+        raise ApiError(404, f"model {model!r:.80} is not served here; the models are {', '.join(model_ids[:1])} and "
+                       f"{model_ids[0]}/NAME for NAME in: {', '.join(adapters + ['none'])} (GET /v1/models)",
+                       "model", "model_not_found")
+    if name.lower() == "none":
+        return "none"
+    if name in adapters:
+        return name
+    if single and not slash:
+        return None
+    raise ApiError(404, f"this bundle has no adapter {name!r:.80}; its adapters are {', '.join(adapters) or 'none'} "
+                   "('none' is the frozen backbone alone; GET /v1/models lists them)", "model", "model_not_found")
 
 
 def parse_chat_request(body: object, limits: Limits, default_max_tokens: int | None) -> ChatRequest:
@@ -108,7 +131,7 @@ def parse_chat_request(body: object, limits: Limits, default_max_tokens: int | N
     options = GenerationOptions(max_new_tokens=max_tokens if max_tokens is not None else default_max_tokens,
                                 temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty,
                                 seed=0 if seed is None else seed)
-    return ChatRequest(question, image_url, options, stream, include_usage)
+    return ChatRequest(question, image_url, options, stream, include_usage, body.get("model"))
 
 
 def _is_neutral(value, neutral: tuple) -> bool:
@@ -217,7 +240,7 @@ def timings(result: JobResult) -> dict:
         "predicted_per_second": (n - 1) / (predicted_ms / 1e3) if n > 1 and predicted_ms else None,
         "stages_ms": result.stages_ms(), "cache": answer.cache, "queue_ms": result.queue_ms,
         "total_ms": result.latency_ms, "frame_id": frame.get("id"), "frame_captured_at": frame.get("captured_at"),
-        "frame_age_ms": frame.get("age_ms"),
+        "frame_age_ms": frame.get("age_ms"), "adapter": answer.adapter,
     }
 
 

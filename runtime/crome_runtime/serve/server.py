@@ -66,7 +66,11 @@ class Server:
         self.config = config
         self.bundle_path = Path(bundle)
         manifest = read_manifest(self.bundle_path, verify=False)  # cheap: BundleError now, not after binding
-        self.model_id = f"{manifest.backbone.name}-{manifest.adapter.name}-{manifest.precision}"
+        adapters = "+".join(manifest.adapter_names) or "frozen"
+        self.model_id = f"{manifest.backbone.name}-{adapters}-{manifest.precision}"
+        self.adapter_names = manifest.adapter_names  # `model`: ID, ID/NAME, NAME or "none" (openai_api.adapter_of)
+        self.single_adapter = manifest.format_version < 2
+        self.model_ids = (self.model_id, self.bundle_path.name)
         self.engine_config = engine_config or EngineConfig()
         self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
         self.slot: FrameSlot | None = None
@@ -137,6 +141,16 @@ class Server:
     def model_card(self) -> dict:
         return {"id": self.model_id, "object": "model", "created": int(self.bundle_path.stat().st_mtime),
                 "owned_by": "crome-edge", "bundle": str(self.bundle_path)}
+
+    def model_cards(self) -> list[dict]:
+        """The server's model (questions routed to the adapter trained for them), then ID/NAME for each adapter
+        and ID/none for the frozen backbone alone."""
+        card = self.model_card()
+        cards = [{**card, "adapters": self.adapter_names}]
+        if self.single_adapter:  # one adapter answers everything: one model, as before several adapters existed
+            return cards
+        cards += [{**card, "id": f"{self.model_id}/{name}", "adapter": name} for name in self.adapter_names]
+        return cards + [{**card, "id": f"{self.model_id}/none", "adapter": None}]
 
     def jpeg(self, frame: CapturedFrame) -> bytes:
         """The frame as JPEG, encoded once however many viewers ask (thread-pool thread)."""

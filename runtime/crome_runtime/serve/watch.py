@@ -162,7 +162,7 @@ class WatchLoop:
 def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
     answer, frame = result.answer, result.frame or {}
     return {
-        "type": "watch", "watch_id": watch.id, "prompt": watch.prompt, "answer": answer.text,
+        "type": "watch", "watch_id": watch.id, "prompt": watch.prompt, "answer": answer.text, "adapter": answer.adapter,
         "finish_reason": answer.finish_reason, "frame_id": frame.get("id"),
         "frame_captured_at": frame.get("captured_at"), "frame_age_ms": _round(frame.get("age_ms")),
         "latency_ms": _round(result.latency_ms), "queue_ms": _round(result.queue_ms),

@@ -1,0 +1,65 @@
+"""`crome-edge bundle add|remove|list`: the adapters of a bundle (one backbone, several adapters).
+
+Thin: parses arguments for crome_export.multi, which exports and checks only the added adapter and swaps the
+bundle atomically; torch is imported only by `add`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from crome_edge.cli_types import THREADS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="add|remove|list")
+    add = sub.add_parser("add", help="export an adapter into an existing bundle (its backbone parts are reused)")
+    add.add_argument("bundle", type=Path, help="bundle directory")
+    add.add_argument("--adapter", required=True, help="adapter .safetensors trained on the bundle's backbone")
+    add.add_argument("--route", action="append", metavar="REGEX",
+                     help="questions it answers, as a regular expression (default: its training data's questions)")
+    add.add_argument("--route-question", action="append", metavar="TEXT", help="a question it answers, exactly")
+    add.add_argument("--replace", action="store_true", help="replace an adapter of the same name")
+    add.add_argument("--data", type=Path, help="the adapter's training data, if it moved")
+    add.add_argument("--calib", metavar="N|DIR", help="int8 bundles: the calibration the bundle was exported with")
+    add.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
+    add.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the cache")
+    remove = sub.add_parser("remove", help="remove an adapter (the last one leaves the frozen backbone alone)")
+    remove.add_argument("bundle", type=Path, help="bundle directory")
+    remove.add_argument("name", help="the adapter's name (`crome-edge bundle list BUNDLE`)")
+    listing = sub.add_parser("list", help="the bundle's adapters and the questions routed to each")
+    listing.add_argument("bundle", type=Path, help="bundle directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    from crome_runtime.manifest import BundleError
+
+    from crome_edge.errors import CromeError
+
+    try:
+        return _run(args)
+    except BundleError as error:
+        raise CromeError(str(error)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crome_export import multi
+
+    if args.action == "list":
+        print(json.dumps(multi.describe(args.bundle), indent=2))
+        return 0
+    if args.action == "remove":
+        print(multi.remove_adapter(args.bundle, args.name))
+        return 0
+    from crome_edge.weights import resolve_adapter
+    from crome_export.pipeline import ExportConfig
+
+    adapter = resolve_adapter(args.adapter)
+    config = ExportConfig(adapter=adapter, calib=args.calib, use_cache=not args.no_cache, threads=args.threads,
+                          data=args.data)
+    path, seconds = multi.add_adapter(args.bundle, adapter, config, args.route, args.route_question, args.replace)
+    print(f"added {multi.adapter_name(adapter)} to {path} in {seconds:.1f} s", file=sys.stderr)
+    print(path)
+    return 0

@@ -1,0 +1,301 @@
+"""Bundles with several adapters on one backbone: `export --adapter a --adapter b`, `bundle add`, `bundle remove`.
+
+Each adapter is exported alone by the ordinary pipeline (pipeline.export_bundle: its graphs, its fidelity
+report measured on the runtime, its acceptance set) into a temporary single-adapter bundle; the backbone
+parts come from the export cache, so an adapter for a backbone already exported takes seconds. The bundles
+are then merged file by file (docs/architecture.md §4, crome_runtime.adapters): the backbone's files once
+(every member must have byte-identical ones: same sha256), each adapter's files under `NAME.`, its routes
+and its report section, into a version-2 bundle written by BundleWriter (hard links, one atomic exchange),
+so an interrupted or refused change leaves the bundle as it was. Refused before anything is written: an
+adapter trained for another backbone (the fingerprint hint), two adapters with one name, overlapping
+routes (which question, which adapters), a file that cannot be read. Zero adapters is the frozen backbone.
+Not here: the single-adapter export (pipeline.py), routing at run time (crome_runtime.engine).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from crome_edge.errors import CromeError
+from crome_runtime import formats
+from crome_runtime.adapters import (REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters, check_name,
+                                    file_name, overlaps)
+from crome_runtime.manifest import BundleError, FileEntry, Manifest, read_manifest
+
+
+@dataclass
+class Member:
+    """One adapter of a bundle being written: its manifest entry, its files on disk (role -> path + entry) and its
+    section of report.json."""
+
+    entry: AdapterEntry
+    files: dict[str, tuple[Path, FileEntry]]
+    report: dict | None
+
+
+@dataclass
+class Contents:
+    """What a bundle directory holds, split into the backbone's files and its adapters."""
+
+    path: Path
+    manifest: Manifest
+    shared: dict[str, tuple[Path, FileEntry]]  # bundle file name -> (path, entry), report.json excluded
+    members: list[Member]
+    report: dict | None
+
+
+def adapter_name(adapter: Path) -> str:
+    """The name an adapter file gets in a bundle: its file name without .safetensors."""
+    return check_name(Path(adapter).name.removesuffix(".safetensors"), f"adapter {Path(adapter).name}")
+
+
+def parse_routes(values: list[str] | None, option: str = "--route") -> dict[str, list[str]]:
+    """["NAME=TEXT", ...] -> {NAME: [TEXT, ...]}; CromeError naming the bad value."""
+    routes: dict[str, list[str]] = {}
+    for value in values or []:
+        name, sep, text = value.partition("=")
+        if not sep or not name or not text:
+            raise CromeError(f"{option} {value!r:.80} must be NAME=TEXT (the adapter's name, then the question or "
+                             "regular expression)")
+        routes.setdefault(name, []).append(text)
+    for name, patterns in routes.items():
+        if option == "--route":
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as error:
+                    raise CromeError(f"{option} {name}={pattern!r:.80} is not a regular expression ({error})") from None
+    return routes
+
+
+def training_route(adapter: Path, data: Path | None = None, note=lambda message: None) -> Route:
+    """The questions of the adapter's training data (train + validation split), exactly: the prompts it was trained
+    for. An adapter that records no training data gets no route (it answers only when asked by name)."""
+    from crome_edge.adapter_file import read_metadata
+    from crome_export.frames import _training_split
+    from crome_export.pipeline import _jsonl_of
+
+    meta = read_metadata(adapter)
+    if data is not None:
+        meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(data))))
+    train, val, _ = _training_split(meta, note)
+    return Route(list(dict.fromkeys(s.question for s in train + val)))
+
+
+def choose_route(name: str, trained: Route, patterns: dict, questions: dict) -> Route:
+    """--route / --route-question for `name` replace the training questions."""
+    if name in patterns or name in questions:
+        return Route(questions.get(name, []), patterns.get(name, []))
+    return trained
+
+
+def read_contents(path: Path, v1_route: bool = True) -> Contents:
+    """A bundle's files (every sha256 checked) as backbone files + adapters; a version-1 bundle's one adapter gets the
+    routes of its training data (it answered every question before; in a bundle of several it answers its own)."""
+    path = Path(path).expanduser().absolute()
+    manifest = read_manifest(path, verify=True)
+    report = _report(path, manifest)
+    if manifest.format_version >= 2:
+        entries = list(manifest.adapter_entries)
+        sections = (report or {}).get("adapters", {})
+    else:
+        weights = path / formats.ADAPTER_WEIGHTS_FILE
+        route = training_route(weights) if v1_route and formats.ADAPTER_WEIGHTS_FILE in manifest.files else Route()
+        a = manifest.single_adapter
+        entries = [AdapterEntry(name=check_name(a.name), sha256=a.sha256, rank=a.rank, route=route,
+                                max_new_tokens=manifest.generation.max_new_tokens, training=a.training)]
+        sections = {a.name: report}
+    members, owned = [], set()
+    for entry in entries:
+        files = {}
+        for role in ROLES:
+            name = file_name(entry.name, role, manifest.format_version)
+            if name in manifest.files:
+                files[role] = (path / name, manifest.files[name])
+                owned.add(name)
+        members.append(Member(entry, files, sections.get(entry.name)))
+    shared = {name: (path / name, e) for name, e in manifest.files.items()
+              if name not in owned and name != formats.REPORT_FILE}
+    return Contents(path, manifest, shared, members, report)
+
+
+def _report(path: Path, manifest: Manifest) -> dict | None:
+    if formats.REPORT_FILE not in manifest.files:
+        return None
+    try:
+        return json.loads((path / formats.REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CromeError(f"{formats.REPORT_FILE} in {path} cannot be read ({error}); re-export the bundle") from None
+
+
+def check_compatible(base: Contents, other: Contents, what: str) -> None:
+    """`other`'s backbone files must be `base`'s, byte for byte (its adapter was measured on them)."""
+    b, o = base.manifest, other.manifest
+    if o.backbone.fingerprint != b.backbone.fingerprint:
+        raise CromeError(f"{what} is for backbone {o.backbone.name} (fingerprint {o.backbone.fingerprint[:12]}…) but "
+                         f"the bundle's backbone is {b.backbone.name} (fingerprint {b.backbone.fingerprint[:12]}…); "
+                         f"an adapter joins a bundle only on the backbone it was trained for")
+    if o.precision != b.precision:
+        raise CromeError(f"{what} was exported at {o.precision}, the bundle is {b.precision}")
+    differ = sorted(name for name in set(base.shared) | set(other.shared)
+                    if name not in base.shared or name not in other.shared
+                    or base.shared[name][1].sha256 != other.shared[name][1].sha256)
+    if differ:
+        raise CromeError(
+            f"{what} came out with other backbone files than the bundle's ({', '.join(differ)} differ): its fidelity "
+            "was measured on those, so it cannot join as it is. For an int8 bundle pass the --calib the bundle was "
+            f"exported with (its report.json says: {(base.report or {}).get('inputs', {}).get('calibration', '?')}), "
+            "and export with the same crome-edge version and --opset")
+
+
+def check_adapter_backbone(adapter: Path, manifest: Manifest) -> None:
+    """An adapter for another backbone is refused before any export work, with the fingerprint hint."""
+    from crome_edge.adapter_file import read_metadata
+
+    meta = read_metadata(adapter)  # AdapterFileError: not an adapter file, malformed metadata
+    b = manifest.backbone
+    if meta.backbone_fingerprint != b.fingerprint or meta.config.d_model != b.d_model:
+        raise CromeError(
+            f"adapter {adapter.name} was trained for backbone {meta.backbone_name} (d={meta.config.d_model}, "
+            f"fingerprint {meta.backbone_fingerprint[:12]}…) but this bundle's backbone is {b.name} (d={b.d_model}, "
+            f"fingerprint {b.fingerprint[:12]}…); train the adapter on {b.name}, or export it into a bundle of its own "
+            f"backbone (`crome-edge export --adapter {adapter.name}`)")
+
+
+def _check_members(members: list[Member]) -> None:
+    try:
+        check_adapters([m.entry for m in members], "the bundle")
+    except BundleError as error:
+        raise CromeError(str(error)) from None
+
+
+def write_bundle(target: Path, base: Contents, members: list[Member], force: bool) -> Path:
+    """A version-2 bundle at `target`: base's backbone files + `members`, hard-linked where possible, committed by
+    one atomic exchange. Loaded once (graph dims) before it replaces anything."""
+    from crome_export.bundle import BundleWriter
+    from crome_runtime.bundle import load_bundle
+
+    _check_members(members)
+    entries = [m.entry for m in members]
+    manifest = dataclasses.replace(
+        base.manifest, adapter=None, adapters=entries, format_version=2, files={},
+        generation=dataclasses.replace(base.manifest.generation,
+                                       max_new_tokens=max([e.max_new_tokens for e in entries], default=16)))
+    report = {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
+              "precision": base.manifest.precision, "backbone": {"name": base.manifest.backbone.name,
+                                                                  "fingerprint": base.manifest.backbone.fingerprint},
+              "measured_on": next((m.report.get("measured_on") for m in members if m.report), None),
+              "adapters": {m.entry.name: m.report for m in members}}
+    with BundleWriter(target, force) as writer:
+        for name, (path, entry) in base.shared.items():
+            writer.link_file(path, name, entry)
+        for member in members:
+            missing = [role for role in REQUIRED_ROLES if role not in member.files]
+            if missing:
+                raise CromeError(f"adapter {member.entry.name} lacks its {', '.join(missing)} file(s); re-export it")
+            for role, (path, entry) in member.files.items():
+                writer.link_file(path, member.entry.file(role), entry)
+        writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
+        load_bundle(writer.candidate(manifest), verify=True)  # the files as they will ship, every sha256
+        return writer.commit(manifest)
+
+
+def _export_alone(config, adapter: Path, directory: Path, quiet: bool) -> Contents:
+    """The ordinary single-adapter export of `adapter` into `directory` -> its contents."""
+    from crome_export.pipeline import Progress, export_bundle
+
+    out = directory / f"{adapter_name(adapter)}.bundle"
+    export_bundle(dataclasses.replace(config, adapter=adapter, out=out, force=False),
+                  Progress(7, enabled=not quiet))
+    return read_contents(out, v1_route=False)  # its route is chosen by the caller
+
+
+def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] | None = None,
+                    questions: dict[str, list[str]] | None = None, quiet: bool = False) -> Path:
+    """`crome-edge export --adapter a --adapter b ...` (config: ExportConfig with out set) -> the bundle path."""
+    routes, questions = routes or {}, questions or {}
+    if config.out is None:
+        raise CromeError("an export of several adapters needs --out (the bundle directory)")
+    if config.data is not None and len(adapters) > 1:
+        raise CromeError("--data names one adapter's training data; with several adapters each must find its own")
+    names = [adapter_name(a) for a in adapters]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CromeError(f"two adapters are named {', '.join(dupes)}; adapter names (file names without "
+                         ".safetensors) must be unique in a bundle: rename one file")
+    unknown = sorted((set(routes) | set(questions)) - set(names))
+    if unknown:
+        raise CromeError(f"--route names {', '.join(unknown)}, which is not one of the adapters ({', '.join(names)})")
+    from crome_export.bundle import BundleWriter
+
+    target = Path(config.out).expanduser().absolute()
+    BundleWriter(target, config.force).check_target()
+    planned = [AdapterEntry(name=n, sha256="", rank=1,
+                            route=choose_route(n, training_route(a, config.data), routes, questions))
+               for n, a in zip(names, adapters)]  # overlaps refused before any export work
+    _check_members([Member(e, {}, None) for e in planned])
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.members-", dir=target.parent) as work:
+        parts = [_export_alone(config, a, Path(work), quiet) for a in adapters]
+        members = []
+        for contents, entry in zip(parts, planned):
+            check_compatible(parts[0], contents, f"adapter {entry.name}")
+            member = contents.members[0]
+            member.entry.route = entry.route
+            members.append(member)
+        return write_bundle(target, parts[0], members, config.force)
+
+
+def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None = None,
+                questions: list[str] | None = None, replace: bool = False, quiet: bool = False) -> tuple[Path, float]:
+    """`crome-edge bundle add BUNDLE --adapter FILE`: exports and checks only that adapter, then swaps the bundle.
+    -> (bundle, seconds). replace: an adapter of the same name is replaced instead of refused."""
+    started = time.perf_counter()
+    current = read_contents(bundle)
+    name = adapter_name(adapter)
+    check_adapter_backbone(adapter, current.manifest)
+    existing = [m for m in current.members if m.entry.name != name]
+    if len(existing) < len(current.members) and not replace:
+        raise CromeError(f"the bundle already has an adapter named {name}; `bundle remove` it first, pass --replace, "
+                         "or rename the new file")
+    route = choose_route(name, training_route(adapter, config.data), {name: patterns} if patterns else {},
+                         {name: questions} if questions else {})
+    problems = overlaps([m.entry for m in existing] + [AdapterEntry(name=name, sha256="", rank=1, route=route)])
+    if problems:
+        raise CromeError(f"adapter {name}'s routes overlap the bundle's: {'; '.join(problems[:5])}; nothing was "
+                         "changed. Give it its own questions with --route REGEX / --route-question TEXT")
+    config = dataclasses.replace(config, precision=current.manifest.precision, out=None)
+    with tempfile.TemporaryDirectory(prefix=f".{current.path.name}.add-", dir=current.path.parent) as work:
+        alone = _export_alone(config, adapter, Path(work), quiet)  # its fidelity gates: the check of this adapter
+        check_compatible(current, alone, f"adapter {name}")
+        member = alone.members[0]
+        member.entry.route = route
+        path = write_bundle(current.path, current, existing + [member], force=True)
+    return path, time.perf_counter() - started
+
+
+def remove_adapter(bundle: Path, name: str) -> Path:
+    """`crome-edge bundle remove BUNDLE NAME`; removing the last adapter leaves the frozen backbone alone."""
+    current = read_contents(bundle)
+    kept = [m for m in current.members if m.entry.name != name]
+    if len(kept) == len(current.members):
+        have = ", ".join(m.entry.name for m in current.members) or "none"
+        raise CromeError(f"the bundle {current.path} has no adapter {name!r:.80} (it has: {have}); nothing was changed")
+    return write_bundle(current.path, current, kept, force=True)
+
+
+def describe(bundle: Path) -> list[dict]:
+    """The adapters of a bundle and their routes (for `bundle list`)."""
+    manifest = read_manifest(Path(bundle).expanduser(), verify=False)
+    if manifest.format_version < 2:
+        return [{"name": manifest.single_adapter.name, "route": "every question (a single-adapter bundle)"}]
+    return [{"name": e.name, "route": e.route.to_dict(), "max_new_tokens": e.max_new_tokens} for e in manifest.adapter_entries]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

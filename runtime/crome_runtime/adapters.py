@@ -1,0 +1,150 @@
+"""Several adapters on one backbone: the manifest's `adapters` list, their file names and their prompt routes.
+
+A version-2 bundle (docs/architecture.md §4) holds the backbone parts once and N >= 0 adapters beside them;
+adapter NAME's files are the version-1 names prefixed with `NAME.` (plain names, no subdirectories):
+`NAME.adapter_visual.onnx`, `NAME.adapter_text.onnx`, `NAME.adapter.safetensors`, `NAME.acceptance.json`,
+`NAME.acceptance.npz`. Each adapter carries its routes: the exact questions it was trained for and/or
+regular expressions (full match). A question goes to the one adapter whose route matches it, otherwise to
+the frozen backbone with no adapter (`none`). A version-1 bundle is one adapter under the unprefixed names
+that answers every question (its behaviour before routing existed).
+Torch-free. Not here: running an adapter (engine.py, adapter.py), building a bundle (crome_export.multi).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from crome_runtime import formats
+from crome_runtime.manifest import BundleError
+
+NONE = "none"  # the frozen backbone, no adapter: the name a caller gives to skip every adapter
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ROLES = {  # role -> the version-1 file name (a version-2 adapter's file is NAME.<this>)
+    "adapter_visual": formats.ADAPTER_VISUAL_ONNX,
+    "adapter_text": formats.ADAPTER_TEXT_ONNX,
+    "weights": formats.ADAPTER_WEIGHTS_FILE,
+    "acceptance": formats.ACCEPTANCE_FILE,
+    "acceptance_arrays": formats.ACCEPTANCE_ARRAYS,
+}
+REQUIRED_ROLES = ("adapter_visual", "adapter_text", "weights")
+
+
+def check_name(name, source: str = "adapter") -> str:
+    """An adapter name: letters, digits, `_`, `-` (1..64, no dot: it prefixes file names), not `none`."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name.lower() == NONE:
+        raise BundleError(f"{source} name {name!r:.80} is not usable: an adapter name is 1-64 letters, digits, '_' or "
+                          f"'-', starting with a letter or digit, and not {NONE!r} (that name means no adapter). "
+                          "Rename the adapter file (its name is the file name without .safetensors)")
+    return name
+
+
+def file_name(adapter: str, role: str, version: int) -> str:
+    """The bundle file of an adapter's role: the plain version-1 name, or NAME.<it> in a version-2 bundle."""
+    return ROLES[role] if version < 2 else f"{adapter}.{ROLES[role]}"
+
+
+@dataclass
+class Route:
+    """The questions an adapter answers: exact strings (compared after stripping outer whitespace) and regular
+    expressions matched against the whole stripped question."""
+
+    questions: list[str] = field(default_factory=list)
+    patterns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(q, str) and q.strip() for q in self.questions):
+            raise BundleError("an adapter route's questions must be non-empty strings")
+        if not all(isinstance(p, str) and p for p in self.patterns):
+            raise BundleError("an adapter route's patterns must be non-empty strings")
+        self.questions = sorted({q.strip() for q in self.questions})
+        self._exact = frozenset(self.questions)
+        self._compiled = []
+        for pattern in self.patterns:
+            try:
+                self._compiled.append(re.compile(pattern))
+            except re.error as error:
+                raise BundleError(f"route pattern {pattern!r:.80} is not a regular expression ({error})") from None
+
+    def matches(self, question: str) -> bool:
+        text = question.strip()
+        return text in self._exact or any(p.fullmatch(text) for p in self._compiled)
+
+    def to_dict(self) -> dict:
+        return {"questions": list(self.questions), "patterns": list(self.patterns)}
+
+
+@dataclass
+class AdapterEntry:
+    """One adapter of a version-2 manifest (`adapters`): identity, routes, generation cap, and its files."""
+
+    name: str
+    sha256: str  # of the adapter .safetensors it was exported from
+    rank: int
+    route: Route
+    max_new_tokens: int = 16  # the generation cap its export measured (longest answer + 2)
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
+    def file(self, role: str) -> str:
+        return file_name(self.name, role, 2)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "rank": self.rank, "route": self.route.to_dict(),
+                "max_new_tokens": self.max_new_tokens, "training": self.training}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "manifest.json") -> "AdapterEntry":
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: every entry of `adapters` must be an object; re-export the bundle")
+        try:
+            route = data["route"]
+            if not isinstance(route, dict) or set(route) - {"questions", "patterns"}:
+                raise ValueError("route must be {\"questions\": [...], \"patterns\": [...]}")
+            entry = cls(name=data["name"], sha256=data["sha256"], rank=data["rank"],
+                        route=Route(list(route.get("questions", [])), list(route.get("patterns", []))),
+                        max_new_tokens=data.get("max_new_tokens", 16), training=data.get("training", {}))
+        except KeyError as error:
+            raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None
+        except (TypeError, ValueError) as error:
+            raise BundleError(f"{source}: adapter entry {data.get('name')!r:.40}: {error}; re-export the bundle") from None
+        if not isinstance(entry.sha256, str) or not isinstance(entry.rank, int) or not isinstance(entry.max_new_tokens, int):
+            raise BundleError(f"{source}: adapter entry {entry.name!r} has malformed fields; re-export the bundle")
+        return entry
+
+
+def overlaps(entries: list[AdapterEntry]) -> list[str]:
+    """Routes of different adapters that claim one question, as sentences: an exact question of one adapter that
+    another adapter's route also matches. (Two regular expressions are compared only on the adapters' known
+    questions: whether two arbitrary expressions intersect is not decided here.)"""
+    claims: dict[str, list[str]] = {}  # question -> every adapter whose route matches it
+    for a in entries:
+        for question in a.route.questions:
+            claims.setdefault(question, [b.name for b in entries if b.route.matches(question)])
+    return [f"{question!r:.80} is routed to {' and to '.join(names)}"
+            for question, names in sorted(claims.items()) if len(names) > 1]
+
+
+def check_adapters(entries: list[AdapterEntry], source: str = "manifest.json") -> None:
+    """BundleError for two adapters with one name or overlapping routes, saying which."""
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise BundleError(f"{source}: two adapters are named {entry.name!r}; adapter names must be unique "
+                              "(rename one adapter file)")
+        seen.add(entry.name)
+    problems = overlaps(entries)
+    if problems:
+        raise BundleError(f"{source}: adapter routes overlap: {'; '.join(problems[:5])}"
+                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                          + ". Give each adapter its own questions (`--route NAME=REGEX` at export)")
+
+
+def route(entries: list[AdapterEntry], question: str) -> str | None:
+    """The adapter that answers `question` (the first whose route matches; check_adapters refused overlaps of
+    known questions), or None: the frozen backbone."""
+    for entry in entries:
+        if entry.route.matches(question):
+            return entry.name
+    return None

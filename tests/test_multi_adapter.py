@@ -1,0 +1,263 @@
+"""Several adapters on one backbone (crome_export.multi, crome_runtime.adapters, the engine's routing): the tiny
+backbone with two tiny adapters trained on different questions (colour; warm or not), exported into one bundle,
+routed, verified adapter by adapter, added and removed atomically, and the refusals (same name, overlapping
+routes, another backbone, a truncated file) that leave the bundle unchanged."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_fixtures import COLOURS, QUESTION, colour_image, copy_bundle, tiny_bundle, torch_threads
+from tiny_adapter import train_tiny_adapter
+
+from crome_edge.errors import CromeError
+
+WARM_QUESTION = "Is it a warm colour?"
+WARM = {"red": "yes", "green": "no", "blue": "no"}
+OTHER_QUESTION = "How many parts are there?"  # neither adapter was trained for it: the frozen backbone answers
+
+
+def _warm_dataset(directory: Path, count: int = 60) -> Path:
+    import cv2
+
+    (directory / "images").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        name = list(COLOURS)[i % 3]
+        cv2.imwrite(str(directory / "images" / f"{i:03d}.png"), colour_image(name, 500 + i))
+        lines.append(json.dumps({"image": f"images/{i:03d}.png", "question": WARM_QUESTION, "answer": WARM[name]}))
+    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return directory / "data.jsonl"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from crome_edge.backbones.tiny import build_tiny
+    from crome_export.multi import export_adapters
+    from crome_export.pipeline import ExportConfig
+
+    paths = tiny_bundle(tmp_path_factory)
+    root = tmp_path_factory.mktemp("multi")
+    previous = os.environ.get("CROME_EDGE_CACHE")
+    os.environ["CROME_EDGE_CACHE"] = str(paths["root"] / "cache")  # the colour export's backbone parts
+    try:
+        with torch_threads(1):
+            warm = train_tiny_adapter(build_tiny(seed=0), _warm_dataset(root / "warm-data"), root / "warm.safetensors")
+            config = ExportConfig(adapter=paths["adapter"], precision="fp32", out=root / "both.bundle", threads=1)
+            bundle = export_adapters(config, [paths["adapter"], warm], quiet=True)
+        yield {**paths, "warm": warm, "both": bundle, "tmp": root}
+    finally:
+        if previous is None:
+            os.environ.pop("CROME_EDGE_CACHE", None)
+        else:
+            os.environ["CROME_EDGE_CACHE"] = previous
+
+
+def _engine(bundle):
+    from crome_runtime.engine import Engine, EngineConfig
+
+    return Engine.load(bundle, EngineConfig(threads=1, spin=False))
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def test_bundle_lists_adapters_with_prefixed_plain_files(setup):
+    manifest = _manifest(setup["both"])
+    assert manifest["format_version"] == 2 and "adapter" not in manifest
+    assert [a["name"] for a in manifest["adapters"]] == ["colour", "warm"]
+    assert manifest["adapters"][0]["route"]["questions"] == [QUESTION]
+    assert manifest["adapters"][1]["route"]["questions"] == [WARM_QUESTION]
+    files = set(manifest["files"])
+    assert all("/" not in name for name in files)
+    for name in ("colour", "warm"):
+        assert {f"{name}.adapter_visual.onnx", f"{name}.adapter_text.onnx", f"{name}.adapter.safetensors",
+                f"{name}.acceptance.json", f"{name}.acceptance.npz"} <= files
+    assert "vision.onnx" in files and "adapter_visual.onnx" not in files  # the backbone once, no unnamed adapter
+    report = json.loads((setup["both"] / "report.json").read_text())
+    assert set(report["adapters"]) == {"colour", "warm"}
+    assert all(section["gates"]["fp32_parity"]["ok"] for section in report["adapters"].values())
+
+
+def test_routing_matches_the_single_adapter_bundles_and_the_frozen_backbone(setup):
+    """A routed answer is exactly the single-adapter bundle's (token ids equal); an unrouted prompt gets the frozen
+    backbone's answer, checked against PyTorch's CromeModel without an adapter."""
+    import torch
+
+    from crome_edge.backbones.tiny import build_tiny
+    from crome_edge.model import CromeModel, GenerationConfig
+
+    both, single = _engine(setup["both"]), _engine(setup["bundle"])
+    images = [colour_image(name, 900 + i) for i, name in enumerate(COLOURS)]
+    for image in images:
+        routed, alone = both.answer(image, QUESTION), single.answer(image, QUESTION)
+        assert routed.adapter == "colour" and alone.adapter == "colour"
+        assert routed.token_ids == alone.token_ids
+        assert both.answer(image, WARM_QUESTION).adapter == "warm"
+        assert both.answer(image, f"  {QUESTION} ").adapter == "colour"  # outer whitespace does not matter
+    frozen = CromeModel(build_tiny(seed=0), None).eval()
+    for image in images:
+        answer = both.answer(image, OTHER_QUESTION)
+        assert answer.adapter is None
+        pixels = torch.from_numpy(both.frame(image).pixels)[None]
+        reference = frozen.generate(pixels, [OTHER_QUESTION],
+                                    GenerationConfig(max_new_tokens=both.manifest.generation.max_new_tokens))[0]
+        assert answer.token_ids == reference
+        # naming the adapter overrides the routes; "none" is the frozen backbone on a routed prompt too
+        from crome_runtime.engine import GenerationOptions
+
+        assert both.answer(image, OTHER_QUESTION, GenerationOptions(adapter="colour")).adapter == "colour"
+        named_none = both.answer(image, QUESTION, GenerationOptions(adapter="none"))
+        assert named_none.adapter is None
+        ref_none = frozen.generate(pixels, [QUESTION], GenerationConfig(
+            max_new_tokens=both.manifest.generation.max_new_tokens))[0]
+        assert named_none.token_ids == ref_none
+
+
+def test_one_vision_run_per_frame_shared_by_every_adapter(setup):
+    """The vision graph's output of a frame is computed once and every adapter's visual branch reuses it. (The tiny
+    backbone's Q-Former is instruction-aware, so its vision output is per frame and question: the three answers ask
+    one question of one frame, through each adapter and through none.)"""
+    from crome_runtime.engine import GenerationOptions
+
+    engine = _engine(setup["both"])
+    assert engine.manifest.backbone.instruction_aware
+    frame = engine.frame(colour_image("red", 1))
+    first = engine.answer(frame, QUESTION)
+    other = engine.answer(frame, QUESTION, GenerationOptions(adapter="warm"))
+    none = engine.answer(frame, QUESTION, GenerationOptions(adapter="none"))
+    again = engine.answer(frame, QUESTION, GenerationOptions(adapter="warm"))
+    assert (first.adapter, other.adapter, none.adapter) == ("colour", "warm", None)
+    assert first.cache["vision"] is False and other.cache["vision"] is True and none.cache["vision"] is True
+    assert "vision" in first.timings_ms and "vision" not in other.timings_ms
+    assert "adapter_visual" in other.timings_ms  # the visual adapter is per adapter
+    assert "adapter_visual" not in none.timings_ms and "adapter_text" not in none.timings_ms  # skipped entirely
+    assert again.cache == {"vision": True, "text": True} and "adapter_visual" not in again.timings_ms
+    assert engine.raw_vision_cache.stats()["misses"] == 1  # one vision run for three adapters' answers
+    assert first.token_ids != none.token_ids or first.token_ids != other.token_ids  # they are different models
+
+
+def test_unknown_adapter_name_is_refused(setup):
+    from crome_runtime.engine import GenerationOptions
+    from crome_runtime.errors import EngineError
+
+    engine = _engine(setup["both"])
+    with pytest.raises(EngineError, match="no adapter 'nope'.*colour, warm"):
+        engine.stream(colour_image("red", 1), QUESTION, GenerationOptions(adapter="nope"))
+
+
+def test_verify_checks_every_adapter(setup):
+    from crome_runtime.verify import verify_bundle
+
+    report = verify_bundle(setup["both"])
+    assert set(report["adapters"]) == {"colour", "warm"}
+    assert report["gates"] and all(gate["ok"] for gate in report["gates"].values())
+    assert any(name.startswith("warm: ") for name in report["gates"])
+
+
+def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup):
+    from crome_edge.backbones.tiny import build_tiny
+    from crome_export.multi import add_adapter, remove_adapter
+    from crome_export.pipeline import ExportConfig
+    from crome_runtime.verify import verify_bundle
+
+    work = setup["tmp"] / "edit"
+    work.mkdir()
+    bundle = copy_bundle(setup["bundle"], work / "colour.bundle")  # a version-1 bundle: converted on add
+    config = ExportConfig(adapter=setup["warm"], threads=1)
+    previous = os.environ.get("CROME_EDGE_CACHE")
+    os.environ["CROME_EDGE_CACHE"] = str(setup["root"] / "cache")
+    try:
+        with torch_threads(1):
+            path, seconds = add_adapter(bundle, setup["warm"], config, quiet=True)
+            assert path == bundle.absolute() and seconds > 0
+            manifest = _manifest(bundle)
+            assert [a["name"] for a in manifest["adapters"]] == ["colour", "warm"]
+            assert manifest["adapters"][0]["route"]["questions"] == [QUESTION]  # the v1 adapter's training questions
+            before = (bundle / "manifest.json").read_bytes()
+
+            with pytest.raises(CromeError, match="already has an adapter named warm"):
+                add_adapter(bundle, setup["warm"], config, quiet=True)
+            clash = work / "clash.safetensors"
+            shutil.copyfile(setup["warm"], clash)
+            with pytest.raises(CromeError, match=re.escape(f"{QUESTION!r} is routed to colour and to clash")):
+                add_adapter(bundle, clash, config, questions=[QUESTION], quiet=True)
+            truncated = work / "cut.safetensors"
+            truncated.write_bytes(setup["warm"].read_bytes()[: setup["warm"].stat().st_size // 2])
+            with pytest.raises(CromeError):
+                add_adapter(bundle, truncated, config, questions=["Is it cut?"], quiet=True)
+            foreign = train_tiny_adapter(build_tiny(seed=1), setup["data"], work / "foreign.safetensors", steps=1)
+            with pytest.raises(CromeError, match="trained for backbone tiny .*fingerprint"):
+                add_adapter(bundle, foreign, config, quiet=True)
+            assert (bundle / "manifest.json").read_bytes() == before
+            assert sorted(p.name for p in work.iterdir()) == ["clash.safetensors", "colour.bundle", "cut.safetensors",
+                                                              "foreign.safetensors"]  # nothing left behind
+    finally:
+        if previous is None:
+            os.environ.pop("CROME_EDGE_CACHE", None)
+        else:
+            os.environ["CROME_EDGE_CACHE"] = previous
+    remove_adapter(bundle, "colour")
+    assert [a["name"] for a in _manifest(bundle)["adapters"]] == ["warm"]
+    assert not (bundle / "colour.adapter_visual.onnx").exists()
+    with pytest.raises(CromeError, match="no adapter 'colour'"):
+        remove_adapter(bundle, "colour")
+    remove_adapter(bundle, "warm")  # the last one: the frozen backbone alone, still a valid bundle
+    manifest = _manifest(bundle)
+    assert manifest["adapters"] == []
+    engine = _engine(bundle)
+    answer = engine.answer(colour_image("red", 3), QUESTION)
+    assert answer.adapter is None and engine.adapter_names == []
+    assert verify_bundle(bundle)["adapters"] == {}
+
+
+def test_cli_run_names_the_adapter(setup, capsys, tmp_path):
+    from crome_edge.cli import main
+
+    import cv2
+
+    image = tmp_path / "red.png"
+    cv2.imwrite(str(image), colour_image("red", 7))
+    base = ["run", "--bundle", str(setup["both"]), "--image", str(image), "--threads", "1", "--json"]
+    assert main(base + ["--prompt", QUESTION, "--prompt", OTHER_QUESTION]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["adapter"] for line in lines] == ["colour", None]
+    assert main(base + ["--prompt", QUESTION, "--adapter", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter"] is None
+    assert main(base + ["--prompt", QUESTION, "--adapter", "nope"]) == 2
+    assert "no adapter 'nope'" in capsys.readouterr().err
+
+
+def test_serve_routes_by_model_field_and_lists_the_adapters(setup):
+    import httpx
+    from serve_support import png_data_uri, serving
+
+    def ask(base, model, question=QUESTION):
+        body = {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": question},
+            {"type": "image_url", "image_url": {"url": png_data_uri(colour_image("red", 11))}}]}]}
+        if model is not None:
+            body["model"] = model
+        return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+
+    with serving(setup["both"]) as (server, base):
+        models = httpx.get(f"{base}/v1/models", timeout=30).json()["data"]
+        ids = [m["id"] for m in models]
+        assert ids == [server.model_id, f"{server.model_id}/colour", f"{server.model_id}/warm",
+                       f"{server.model_id}/none"]
+        assert ask(base, None).json()["timings"]["adapter"] == "colour"  # routed: the colour question
+        assert ask(base, None, OTHER_QUESTION).json()["timings"]["adapter"] is None
+        assert ask(base, "warm").json()["timings"]["adapter"] == "warm"
+        assert ask(base, f"{server.model_id}/none").json()["timings"]["adapter"] is None
+        assert ask(base, f"{setup['both'].name}/warm").json()["timings"]["adapter"] == "warm"
+        for model in ("nope", f"{server.model_id}/nope", "other-bundle/colour"):
+            response = ask(base, model)
+            assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+        metrics = httpx.get(f"{base}/metrics", timeout=30).text
+        assert 'crome_adapter_answer_seconds_count{adapter="warm",source="api"} 2.0' in metrics
