@@ -261,3 +261,37 @@ def test_serve_routes_by_model_field_and_lists_the_adapters(setup):
             assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
         metrics = httpx.get(f"{base}/metrics", timeout=30).text
         assert 'crome_adapter_answer_seconds_count{adapter="warm",source="api"} 2.0' in metrics
+
+
+def test_cli_export_several_then_bundle_add_list_remove(setup, tmp_path, capsys, monkeypatch):
+    from crome_edge.cli import main
+
+    monkeypatch.setenv("CROME_EDGE_CACHE", str(setup["root"] / "cache"))
+    out = tmp_path / "routes.bundle"
+    with torch_threads(1):
+        same = tmp_path / "x" / "colour.safetensors"
+        same.parent.mkdir()
+        shutil.copyfile(setup["warm"], same)
+        assert main(["export", "--adapter", str(setup["adapter"]), "--adapter", str(same), "--precision", "fp32",
+                     "--out", str(out), "--threads", "1"]) == 2
+        assert "two adapters are named colour" in capsys.readouterr().err and not out.exists()
+        assert main(["export", "--adapter", str(setup["adapter"]), "--precision", "fp32", "--out", str(out),
+                     "--threads", "1", "--route", "colour=What (colour|color) is (it|the part)\\?"]) == 0
+        capsys.readouterr()
+        manifest = _manifest(out)
+        assert manifest["adapters"][0]["route"] == {"questions": [], "patterns": ["What (colour|color) is (it|the part)\\?"]}
+        engine = _engine(out)
+        assert engine.answer(colour_image("red", 2), "What color is the part?").adapter == "colour"
+        assert engine.answer(colour_image("red", 2), QUESTION).adapter == "colour"
+        assert engine.answer(colour_image("red", 2), WARM_QUESTION).adapter is None
+        assert main(["bundle", "add", str(out), "--adapter", str(setup["warm"]), "--threads", "1"]) == 0
+        captured = capsys.readouterr()
+        assert re.search(r"added warm to .* in \d+\.\d s", captured.err)
+    assert main(["bundle", "list", str(out)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in listed] == ["colour", "warm"]
+    assert listed[1]["route"]["questions"] == [WARM_QUESTION]
+    assert main(["bundle", "remove", str(out), "colour"]) == 0
+    assert main(["bundle", "remove", str(out), "colour"]) == 2
+    assert "no adapter 'colour'" in capsys.readouterr().err
+    assert main(["verify", str(out)]) == 0
