@@ -36,14 +36,14 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
             f"decoder-only LLMs ({', '.join(DECODER_ONLY_LLMS)}). Use e.g. a BLIP-2 OPT or InstructBLIP "
             "Vicuna checkpoint instead of a Flan-T5 one."
         )
-    llm_tokenizer = _load_tokenizer(path / "tokenizer.json")
-    qformer_tokenizer = None
-    if model_type == "instructblip":
-        qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
     weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:
         raise CromeError(f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}); copy the whole "
                          "checkpoint directory (save_pretrained writes both)")
+    llm_tokenizer = _load_tokenizer(path / "tokenizer.json")
+    qformer_tokenizer = None
+    if model_type == "instructblip":
+        qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
     if model_type == "instructblip":
         from transformers import InstructBlipForConditionalGeneration as Model
     else:

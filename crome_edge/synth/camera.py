@@ -44,6 +44,9 @@ VIDEO_CODECS: dict[str, str] = {".avi": "MJPG", ".mp4": "mp4v"}
 _LOOK, _PART, _FRAME = 0, 1, 2
 
 
+MAX_SIDE = 4096  # the synthetic camera's largest frame side (a 4096x4096 frame is 48 MB of BGR)
+
+
 @dataclass(frozen=True)
 class _Rider:
     """A part on the belt: its sprite and its fixed height and first frame."""
@@ -76,8 +79,8 @@ class SyntheticCamera:
         width, height = int(size[0]), int(size[1])
         if fps <= 0:
             raise CromeError(f"camera fps must be positive, got {fps}")
-        if width < 32 or height < 32:
-            raise CromeError(f"camera size must be at least 32x32, got {width}x{height}")
+        if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
+            raise CromeError(f"camera size must be 32x32 to {MAX_SIDE}x{MAX_SIDE}, got {width}x{height}")
         self.fps = float(fps)
         self.width, self.height = width, height
         self.seed = seed

@@ -42,12 +42,25 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises a variety of types for a damaged file
-        raise CromeError(f"checkpoint {path} cannot be read ({error.__class__.__name__}: {error})") from None
+        raise CromeError(f"checkpoint {path} cannot be read ({_one_line(error)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CromeError(f"{path} is not a crome-edge training checkpoint")
     if state.get("version", 0) > CHECKPOINT_VERSION:
         raise CromeError(f"checkpoint {path} was written by a newer crome-edge (version {state['version']})")
     return state
+
+
+def _one_line(error: Exception) -> str:
+    """torch.load's reason in one line; for a pickle that names code to run, which global it named."""
+    import re
+
+    text = str(error)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"it names the Python global {found.group(1)}, which a checkpoint never holds; refused, because "
+                "loading it could run code")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{error.__class__.__name__}: {first[:300]}"
 
 
 # Identity keys added after checkpoints were first written, with the value an older checkpoint implies.
