@@ -1,0 +1,185 @@
+"""End to end, frame file -> N-token answer: the default bundle through the product's Engine vs PyTorch eager fp32.
+
+    python benchmarks/bench_e2e.py BUNDLE [--threads 1 2] [--runs 20] [--max-new-tokens 16] [--json out.json]
+                                         [--results benchmarks/RESULTS.md] [--plot e2e.png]
+
+Columns, in one process, interleaved run by run after a warm-up of each, the same threads:
+  - ours, default: Engine.load(BUNDLE) as shipped (on CPU the C decode path where the bundle has gated decoder
+    blocks), Engine.stream(image file, question): capture, preprocess, vision, adapter, prefill, N decode steps,
+    sampling and detokenisation all inside the timing (caches cleared before each run);
+  - ours, ONNX decoder: the same with EngineConfig(decoder="onnx") (the fp32 decoder graph for every step);
+  - PyTorch eager fp32: CromeModel of the same backbone + the bundle's adapter, timed around the product's own
+    functions (bench_runtime.TorchBench: load, preprocess, visual_embeds, prefix_from_visual,
+    generate_from_prefix, decode); skipped with the reason when torch is not installed or with --no-torch.
+All decode exactly N greedy tokens (stop tokens ignored). Reported: p50/p90/p99 of the whole answer and of
+time to first token, the ratio PyTorch / ours, and whether each column's tokens equal PyTorch's. Writes JSON,
+a Markdown section into RESULTS.md and a PNG (needs matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter_ns
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_decode as bd  # noqa: E402  (machine description, RESULTS.md writer, percentiles)
+import bench_runtime as br  # noqa: E402  (the synthetic frame file and the PyTorch eager pipeline)
+
+SECTION = "## End to end, frame -> answer — `benchmarks/bench_e2e.py`"
+QUESTION = bd.QUESTION
+
+
+class EngineE2E:
+    def __init__(self, bundle: Path, threads: int, max_new: int, decoder: str):
+        from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+
+        self.engine = Engine.load(bundle, EngineConfig(threads=threads, decoder=decoder))
+        self.engine.bundle.stop_ids = frozenset()  # every run decodes exactly max_new tokens
+        self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0)
+        self.name = {"auto": "ours, default", "onnx": "ours, ONNX decoder"}[decoder]
+        self.name += f" ({self.engine.decoder_backend})"
+        self.samples: dict[str, list[float]] = {"total": [], "ttft": []}
+
+    def run(self, image: Path, prompt: str, keep: bool) -> list[int]:
+        self.engine.clear_caches()
+        start = perf_counter_ns()
+        stream = self.engine.stream(image, prompt, self.options)
+        for _ in stream:
+            pass
+        total = (perf_counter_ns() - start) / 1e6
+        if keep:
+            self.samples["total"].append(total)
+            self.samples["ttft"].append(stream.answer.ttft_ms)
+        return list(stream.answer.token_ids)
+
+
+class TorchE2E(br.TorchBench):
+    name = "PyTorch eager fp32"
+
+
+def stats(values: list[float]) -> dict:
+    return {"p50": float(np.median(values)), "p90": bd._pct(values, 90), "p99": bd._pct(values, 99)}
+
+
+def bench_threads(bundle: Path, threads: int, args, image: Path) -> dict:
+    columns: list = [EngineE2E(bundle, threads, args.max_new_tokens, "auto"),
+                     EngineE2E(bundle, threads, args.max_new_tokens, "onnx")]
+    skipped = {}
+    if args.no_torch:
+        skipped["PyTorch eager fp32"] = "--no-torch"
+    elif importlib.util.find_spec("torch") is None:
+        skipped["PyTorch eager fp32"] = "torch is not installed (pip install crome-edge's training extra)"
+    else:
+        from crome_runtime import formats
+
+        columns.append(TorchE2E(bundle, bundle / formats.ADAPTER_WEIGHTS_FILE, threads, args.max_new_tokens))
+    tokens = {}
+    for run in range(args.warmup + args.runs):
+        order = columns[run % len(columns):] + columns[:run % len(columns)]
+        for column in order:
+            gc.collect()  # outside the timing: PyTorch's garbage would otherwise be collected in someone's run
+            ids = column.run(image, QUESTION, keep=run >= args.warmup)
+            tokens.setdefault(column.name, [int(t) for t in ids])
+    reference = tokens.get("PyTorch eager fp32")
+    rows = {}
+    for column in columns:
+        s = column.samples
+        rows[column.name] = {"total_ms": stats(s["total"]), "ttft_ms": stats(s["ttft"]),
+                             "tokens": tokens[column.name],
+                             "tokens_equal_pytorch": None if reference is None else tokens[column.name] == reference}
+    if reference is not None:
+        torch_total = rows["PyTorch eager fp32"]["total_ms"]["p50"]
+        for name, row in rows.items():
+            row["speedup_vs_pytorch"] = torch_total / row["total_ms"]["p50"]
+    return {"threads": threads, "runs": args.runs, "max_new_tokens": args.max_new_tokens,
+            "order": [c.name for c in columns], "columns": rows, "skipped": skipped}
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    features = ", ".join(k for k, v in m["cpu"]["features"].items() if v)
+    lines = [SECTION, "", f"Command: `{result['command']}`  ", f"Machine: {m['cpu']['model']} ({m['cpu']['arch']}, "
+             f"{m['cores']} cores; {features}); load average {m.get('load_average')}  ",
+             f"Versions: Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m.get('torch', '-')}; C core "
+             f"{m['c_core']}, decode path {m['c_decode_isa']}", ""]
+    for run in result["runs"]:
+        lines += [f"**{run['threads']} thread(s)**, frame file -> {run['max_new_tokens']}-token answer, "
+                  f"{run['runs']} interleaved runs after warm-up", "",
+                  "| column | answer ms (p50 / p90 / p99) | time to first token ms (p50 / p90) | tokens = PyTorch | "
+                  "PyTorch / this (p50) |", "|---|---|---|---|---|"]
+        for name, r in run["columns"].items():
+            t, f = r["total_ms"], r["ttft_ms"]
+            same = {None: "-", True: "yes", False: "no"}[r["tokens_equal_pytorch"]]
+            speed = f"{r['speedup_vs_pytorch']:.2f}x" if "speedup_vs_pytorch" in r else "-"
+            lines.append(f"| {name} | {t['p50']:.1f} / {t['p90']:.1f} / {t['p99']:.1f} | {f['p50']:.1f} / "
+                         f"{f['p90']:.1f} | {same} | {speed} |")
+        for name, why in run["skipped"].items():
+            lines += ["", f"{name}: skipped ({why})"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: skipping the plot (pip install 'crome-edge[bench]')", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    runs = result["runs"]
+    names = runs[0]["order"]
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        x = np.arange(len(names)) + k * width
+        ax.bar(x, [run["columns"][n]["total_ms"]["p50"] for n in names], width, label=f"{run['threads']} thread(s)")
+    ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=15, ha="right")
+    ax.set_title(f"frame -> {runs[0]['max_new_tokens']}-token answer, ms (p50, lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
+    parser.add_argument("--plot", type=Path, help="PNG of the answer times (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 1:
+        parser.error("--runs and --max-new-tokens must be >= 1, --warmup >= 0")
+    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "machine": bd.machine(), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        image = br._frame_file(Path(tmp))
+        for threads in args.threads:
+            result["runs"].append(bench_threads(args.bundle, threads, args, image))
+    section = markdown(result)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.results:
+        bd.write_results(args.results, section, SECTION)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The latency benchmark scripts run from a clean checkout: each in a short mode on the tiny bundle (with a
+gated weight-only Q8_0 blocks file, so the C decode path is measured), writing JSON, their RESULTS.md section
+and (with matplotlib) a PNG. tiny has no GGUF, so the llama.cpp column is skipped with its reason, as in CI
+where llama-cpp-python is not installed. No timing is asserted: the numbers are benchmark output only."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_runtime_cdecoder_engine import _with_blocks
+from test_runtime_fixtures import copy_bundle, tiny_bundle, torch_threads
+
+pytest.importorskip("gguf")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_backbone):
+    with torch_threads(1):
+        paths = tiny_bundle(tmp_path_factory)
+    target = copy_bundle(paths["bundle"], tmp_path_factory.mktemp("bench") / "gated")
+    return _with_blocks({"gate": "passed"}, tiny_backbone, target)
+
+
+def _outputs(tmp_path, name):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Another section\n\nkept\n")
+    return ["--json", str(tmp_path / f"{name}.json"), "--results", str(results), "--plot", str(tmp_path / f"{name}.png")]
+
+
+def _check(tmp_path, name, heading):
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Another section\n\nkept" in text and heading in text and "load average" in text
+    assert (tmp_path / f"{name}.png").is_file() == HAS_MPL
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_bench_decode_short(bundle, tmp_path):
+    import bench_decode
+
+    with torch_threads(1):
+        assert bench_decode.main([str(bundle), "--threads", "2", "--runs", "1", "--warmup", "1",
+                                  "--new-tokens", "3", "--bandwidth-mb", "16", *_outputs(tmp_path, "decode")]) == 0
+    result = _check(tmp_path, "decode", bench_decode.SECTION)
+    for run in result["runs"]:
+        assert run["skipped"] == {"llama.cpp": "no GGUF for this bundle's backbone"}
+        assert set(run["columns"]) == {"ours, C path", "ours, ONNX fp32", "PyTorch eager"}
+        assert run["read_bandwidth_gbs"] > 0 and run["columns"]["ours, ONNX fp32"]["tokens_equal_onnx_fp32"]
+        assert run["columns"]["ours, C path"]["bytes_per_token"] > 0
+
+
+def test_bench_scaling_short(bundle, tmp_path):
+    import bench_scaling
+
+    assert bench_scaling.main([str(bundle), "--threads", "1", "--runs", "1", "--warmup", "0", "--prefix-lengths",
+                               "4", "40", "--new-tokens", "2", "5", *_outputs(tmp_path, "scaling")]) == 0
+    run = _check(tmp_path, "scaling", bench_scaling.SECTION)["runs"][0]
+    assert set(run["by_prefix_length"]["ours, C path"]) == {"4", "40"}
+    assert set(run["by_new_tokens"]["ours, ONNX fp32"]) == {"2", "5"}
+    assert "llama.cpp" in run["skipped"]
+
+
+def test_bench_e2e_short(bundle, tmp_path):
+    import bench_e2e
+
+    with torch_threads(1):
+        assert bench_e2e.main([str(bundle), "--threads", "1", "--runs", "2", "--warmup", "1", "--max-new-tokens",
+                               "4", *_outputs(tmp_path, "e2e")]) == 0
+    run = _check(tmp_path, "e2e", bench_e2e.SECTION)["runs"][0]
+    assert set(run["columns"]) == {"ours, default (c)", "ours, ONNX decoder (onnx)", "PyTorch eager fp32"}
+    assert all(len(r["tokens"]) == 4 for r in run["columns"].values())
+    assert run["columns"]["ours, ONNX decoder (onnx)"]["tokens_equal_pytorch"] is True
