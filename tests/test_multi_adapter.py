@@ -295,3 +295,89 @@ def test_cli_export_several_then_bundle_add_list_remove(setup, tmp_path, capsys,
     assert main(["bundle", "remove", str(out), "colour"]) == 2
     assert "no adapter 'colour'" in capsys.readouterr().err
     assert main(["verify", str(out)]) == 0
+
+
+def test_serve_hot_swaps_adapters_between_answers(setup, tmp_path, monkeypatch):
+    """bundle add/remove on the served bundle, then POST /v1/adapters/reload: the new adapters answer, a rejected
+    bundle (another backbone's files) leaves the old adapters serving, nothing is lost while a watch prompt runs."""
+    import httpx
+    from serve_support import colour_source, png_data_uri, serving, wait_for
+
+    from crome_export.multi import add_adapter, remove_adapter
+    from crome_export.pipeline import ExportConfig
+
+    monkeypatch.setenv("CROME_EDGE_CACHE", str(setup["root"] / "cache"))
+    bundle = copy_bundle(setup["both"], tmp_path / "served.bundle")
+    remove_adapter(bundle, "warm")
+    headers = {"Authorization": "Bearer k3y-for-the-admin"}
+
+    def ask(base, question):
+        body = {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": question},
+            {"type": "image_url", "image_url": {"url": png_data_uri(colour_image("red", 11))}}]}]}
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["timings"]["adapter"]
+
+    with serving(bundle, colour_source(), watch=[WARM_QUESTION], api_key=headers["Authorization"][7:]) as (server, base):
+        assert ask(base, WARM_QUESTION) is None  # no warm adapter yet: the frozen backbone
+        with torch_threads(1):
+            add_adapter(bundle, setup["warm"], ExportConfig(adapter=setup["warm"], threads=1), quiet=True)
+        assert ask(base, WARM_QUESTION) is None  # not swapped until asked to
+        assert httpx.post(f"{base}/v1/adapters/reload", timeout=60).status_code == 401  # admin needs the key
+        response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["added"] == ["warm"] and response.json()["kept"] == ["colour"]
+        assert ask(base, WARM_QUESTION) == "warm" and ask(base, QUESTION) == "colour"
+        listed = httpx.get(f"{base}/v1/adapters", headers=headers, timeout=30).json()["data"]
+        assert [a["name"] for a in listed] == ["colour", "warm"]
+        # the watch prompt is re-routed to the new adapter
+        wait_for(lambda: any(e.get("adapter") == "warm" for e in list(server.hub.recent)), "a watch answer by warm")
+        # a bundle whose backbone files changed is refused; the old adapters serve on
+        vision = bundle / "vision.onnx"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        original = vision.read_bytes()
+        vision.unlink()
+        vision.write_bytes(original + b"\0")
+        import hashlib
+
+        manifest["files"]["vision.onnx"]["sha256"] = hashlib.sha256(original + b"\0").hexdigest()
+        manifest["files"]["vision.onnx"]["bytes"] = len(original) + 1
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
+        assert response.status_code == 409 and "other backbone files" in response.json()["error"]["message"]
+        assert ask(base, WARM_QUESTION) == "warm"
+        vision.unlink()
+        vision.write_bytes(original)
+        manifest["files"]["vision.onnx"]["sha256"] = hashlib.sha256(original).hexdigest()
+        manifest["files"]["vision.onnx"]["bytes"] = len(original)
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        remove_adapter(bundle, "colour")
+        response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
+        assert response.status_code == 200 and response.json()["removed"] == ["colour"]
+        assert ask(base, QUESTION) is None and ask(base, WARM_QUESTION) == "warm"
+        assert server.worker.state == "ready"
+
+
+def test_add_checks_an_adapter_exported_on_other_backbone_bytes_on_the_bundles(setup, tmp_path, monkeypatch):
+    """The bundle's tokenizer.json rewritten (same tokenizer, other bytes): the added adapter's own export has the
+    original bytes, so it joins only after its acceptance set passes on the bundle's files, and report.json says so."""
+    from crome_export.multi import add_adapter
+    from crome_export.pipeline import ExportConfig
+    from crome_runtime.manifest import sha256_file
+
+    monkeypatch.setenv("CROME_EDGE_CACHE", str(setup["root"] / "cache"))
+    bundle = copy_bundle(setup["bundle"], tmp_path / "colour.bundle")
+    tokenizer = bundle / "tokenizer.json"
+    text = json.dumps(json.loads(tokenizer.read_text()), indent=1)
+    tokenizer.unlink()
+    tokenizer.write_text(text)
+    manifest = _manifest(bundle)
+    manifest["files"]["tokenizer.json"].update(sha256=sha256_file(tokenizer), bytes=tokenizer.stat().st_size)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with torch_threads(1):
+        add_adapter(bundle, setup["warm"], ExportConfig(adapter=setup["warm"], threads=1), quiet=True)
+    report = json.loads((bundle / "report.json").read_text())
+    check = report["adapters"]["warm"]["checked_on_bundle_backbone"]
+    assert check["files_that_differed"] == ["tokenizer.json"] and all(g["ok"] for g in check["gates"].values())
+    assert (bundle / "tokenizer.json").read_text() == text  # the bundle's own files stay

@@ -4,9 +4,11 @@ Each adapter is exported alone by the ordinary pipeline (pipeline.export_bundle:
 report measured on the runtime, its acceptance set) into a temporary single-adapter bundle; the backbone
 parts come from the export cache, so an adapter for a backbone already exported takes seconds. The bundles
 are then merged file by file (docs/architecture.md §4, crome_runtime.adapters): the backbone's files once
-(every member must have byte-identical ones: same sha256), each adapter's files under `NAME.`, its routes
+(the first member's), each adapter's files under `NAME.`, its routes
 and its report section, into a version-2 bundle written by BundleWriter (hard links, one atomic exchange),
-so an interrupted or refused change leaves the bundle as it was. Refused before anything is written: an
+so an interrupted or refused change leaves the bundle as it was. An adapter whose own export came out with other
+bytes for a backbone file (another int8 calibration, a newer exporter) joins only if its acceptance set passes on
+the bundle's files. Refused before anything is written: an
 adapter trained for another backbone (the fingerprint hint), two adapters with one name, overlapping
 routes (which question, which adapters), a file that cannot be read. Zero adapters is the frozen backbone.
 Not here: the single-adapter export (pipeline.py), routing at run time (crome_runtime.engine).
@@ -134,8 +136,9 @@ def _report(path: Path, manifest: Manifest) -> dict | None:
         raise CromeError(f"{formats.REPORT_FILE} in {path} cannot be read ({error}); re-export the bundle") from None
 
 
-def check_compatible(base: Contents, other: Contents, what: str) -> None:
-    """`other`'s backbone files must be `base`'s, byte for byte (its adapter was measured on them)."""
+def check_compatible(base: Contents, other: Contents, what: str) -> list[str]:
+    """`other` must be for `base`'s backbone at its precision (CromeError); -> the backbone files whose bytes differ
+    from base's (the adapter was measured on other's: write_bundle then checks it on base's before committing)."""
     b, o = base.manifest, other.manifest
     if o.backbone.fingerprint != b.backbone.fingerprint:
         raise CromeError(f"{what} is for backbone {o.backbone.name} (fingerprint {o.backbone.fingerprint[:12]}…) but "
@@ -143,15 +146,11 @@ def check_compatible(base: Contents, other: Contents, what: str) -> None:
                          f"an adapter joins a bundle only on the backbone it was trained for")
     if o.precision != b.precision:
         raise CromeError(f"{what} was exported at {o.precision}, the bundle is {b.precision}")
-    differ = sorted(name for name in set(base.shared) | set(other.shared)
-                    if name not in base.shared or name not in other.shared
-                    or base.shared[name][1].sha256 != other.shared[name][1].sha256)
-    if differ:
-        raise CromeError(
-            f"{what} came out with other backbone files than the bundle's ({', '.join(differ)} differ): its fidelity "
-            "was measured on those, so it cannot join as it is. For an int8 bundle pass the --calib the bundle was "
-            f"exported with (its report.json says: {(base.report or {}).get('inputs', {}).get('calibration', '?')}), "
-            "and export with the same crome-edge version and --opset")
+    missing = sorted(set(base.shared) ^ set(other.shared))
+    if missing:
+        raise CromeError(f"{what} came out with other backbone files than the bundle's (only one has "
+                         f"{', '.join(missing)}); export it with the crome-edge version the bundle was made with")
+    return sorted(name for name in base.shared if base.shared[name][1].sha256 != other.shared[name][1].sha256)
 
 
 def check_adapter_backbone(adapter: Path, manifest: Manifest) -> None:
@@ -175,9 +174,12 @@ def _check_members(members: list[Member]) -> None:
         raise CromeError(str(error)) from None
 
 
-def write_bundle(target: Path, base: Contents, members: list[Member], force: bool) -> Path:
+def write_bundle(target: Path, base: Contents, members: list[Member], force: bool,
+                 check: dict[str, list[str]] | None = None, threads: int | None = None) -> Path:
     """A version-2 bundle at `target`: base's backbone files + `members`, hard-linked where possible, committed by
-    one atomic exchange. Loaded once (graph dims) before it replaces anything."""
+    one atomic exchange. Loaded once (graph dims) before it replaces anything. check: adapter -> the backbone files
+    it was exported with that differ in bytes from base's (e.g. another int8 calibration): that adapter's own
+    acceptance set must pass on the staged bundle (crome_runtime.verify.verify_adapter) or nothing changes."""
     from crome_export.bundle import BundleWriter
     from crome_runtime.bundle import load_bundle
 
@@ -187,11 +189,12 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
         base.manifest, adapter=None, adapters=entries, format_version=2, files={},
         generation=dataclasses.replace(base.manifest.generation,
                                        max_new_tokens=max([e.max_new_tokens for e in entries], default=16)))
+    sections: dict = {m.entry.name: m.report for m in members}
     report = {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
               "precision": base.manifest.precision, "backbone": {"name": base.manifest.backbone.name,
                                                                   "fingerprint": base.manifest.backbone.fingerprint},
               "measured_on": next((m.report.get("measured_on") for m in members if m.report), None),
-              "adapters": {m.entry.name: m.report for m in members}}
+              "adapters": sections}
     with BundleWriter(target, force) as writer:
         for name, (path, entry) in base.shared.items():
             writer.link_file(path, name, entry)
@@ -202,8 +205,29 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
             for role, (path, entry) in member.files.items():
                 writer.link_file(path, member.entry.file(role), entry)
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
-        load_bundle(writer.candidate(manifest), verify=True)  # the files as they will ship, every sha256
+        candidate = writer.candidate(manifest)
+        load_bundle(candidate, verify=True)  # the files as they will ship, every sha256
+        for name, differ in (check or {}).items():
+            if differ:
+                _check_on_candidate(candidate, name, differ, threads, sections)
+        if check and any(check.values()):  # the report gained the checks' results
+            writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
         return writer.commit(manifest)
+
+
+def _check_on_candidate(candidate: Path, name: str, differ: list[str], threads: int | None, sections: dict) -> None:
+    from crome_runtime.engine import EngineConfig
+    from crome_runtime.verify import verify_adapter
+
+    result = verify_adapter(candidate, name, EngineConfig(threads=threads or 0))
+    failed = [gate for gate, value in result["gates"].items() if not value["ok"]]
+    if failed:
+        raise CromeError(f"adapter {name} was exported with other bytes of {', '.join(differ)} than the bundle's, and "
+                         f"on the bundle's its acceptance set fails ({', '.join(failed)}); nothing was changed. For an "
+                         "int8 bundle pass the --calib it was exported with")
+    section = sections.get(name)
+    if section is not None:
+        section["checked_on_bundle_backbone"] = {"files_that_differed": differ, "gates": result["gates"]}
 
 
 def _export_alone(config, adapter: Path, directory: Path, quiet: bool) -> Contents:
@@ -242,13 +266,13 @@ def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] |
     _check_members([Member(e, {}, None) for e in planned])
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.members-", dir=target.parent) as work:
         parts = [_export_alone(config, a, Path(work), quiet) for a in adapters]
-        members = []
+        members, check = [], {}
         for contents, entry in zip(parts, planned):
-            check_compatible(parts[0], contents, f"adapter {entry.name}")
+            check[entry.name] = check_compatible(parts[0], contents, f"adapter {entry.name}")
             member = contents.members[0]
             member.entry.route = entry.route
             members.append(member)
-        return write_bundle(target, parts[0], members, config.force)
+        return write_bundle(target, parts[0], members, config.force, check, config.threads)
 
 
 def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None = None,
@@ -272,10 +296,10 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
     config = dataclasses.replace(config, precision=current.manifest.precision, out=None)
     with tempfile.TemporaryDirectory(prefix=f".{current.path.name}.add-", dir=current.path.parent) as work:
         alone = _export_alone(config, adapter, Path(work), quiet)  # its fidelity gates: the check of this adapter
-        check_compatible(current, alone, f"adapter {name}")
+        differ = check_compatible(current, alone, f"adapter {name}")
         member = alone.members[0]
         member.entry.route = route
-        path = write_bundle(current.path, current, existing + [member], force=True)
+        path = write_bundle(current.path, current, existing + [member], True, {name: differ}, config.threads)
     return path, time.perf_counter() - started
 
 

@@ -273,6 +273,64 @@ class Engine:
         raise EngineError(f"this bundle has {len(self.adapter_sessions)} adapters; name the one to use "
                           "(Engine.pin(name) or adapt(..., adapter=name))")
 
+    def reload_adapters(self) -> dict:
+        """Hot-swap: re-reads the bundle directory (after `crome-edge bundle add/remove` swapped it) and takes its
+        adapters, keeping the vision and decoder sessions. Everything is checked before anything changes: the
+        backbone's files must be the ones loaded (same sha256), new or changed adapters' graphs must load and fit;
+        on any error (BundleError/EngineError) the engine serves on with the adapters it had. Call it between
+        answers (an engine serves one thread): an answer in progress finishes on the adapter it started with.
+        -> {"added", "replaced", "removed", "kept"}: adapter names."""
+        from crome_runtime.adapter import load_c_adapter
+
+        bundle = load_bundle(self.bundle.path, verify=self.config.verify)
+        old, new = self.manifest, bundle.manifest
+
+        def backbone_files(m) -> dict:
+            owned = {self._file_of(m, name, role) for name in m.adapter_names for role in adapter_routes.ROLES}
+            return {n: e.sha256 for n, e in m.files.items() if n not in owned and n != formats.REPORT_FILE}
+
+        if new.backbone.fingerprint != old.backbone.fingerprint or backbone_files(new) != backbone_files(old):
+            raise EngineError(f"the bundle {bundle.path} now has other backbone files than the ones this engine runs; "
+                              "restart the server to load it (only adapters are swapped while serving)")
+        single = new.format_version < 2
+        sessions, kernels, changed = {}, {}, []
+        for name in new.adapter_names:
+            same = name in self.adapter_sessions and all(
+                new.files.get(self._file_of(new, name, r)) == old.files.get(self._file_of(old, name, r))
+                for r in adapter_routes.REQUIRED_ROLES)
+            if same:
+                sessions[name] = self.adapter_sessions[name]
+                if self._c_adapters is not None:
+                    kernels[name] = self._c_adapters[name]
+                continue
+            changed.append(name)
+            sessions[name] = {m: self._open(bundle.adapter_file(name, f"adapter_{m}")) for m in ("visual", "text")}
+            signatures = {g: GraphSignature.of_session(self.sessions[g]) for g in ("vision", "decoder")}
+            signatures.update({f"adapter_{m}": GraphSignature.of_session(s) for m, s in sessions[name].items()})
+            check_graphs(bundle, signatures)
+            if self._c_adapters is not None:
+                weights = bundle.adapter_file(name, "weights")
+                if weights.name not in new.files:
+                    raise EngineError(f"adapter {name} has no {weights.name}, which the C adapter kernel this engine "
+                                      "runs needs; re-export it")
+                kernels[name] = load_c_adapter(weights, new.backbone.d_model)
+        if single and not self._single:  # a version-1 bundle's adapter runs from the plain-named graphs
+            self.sessions.update({f"adapter_{m}": s for m, s in next(iter(sessions.values())).items()})
+        report = {"added": [n for n in changed if n not in self.adapter_sessions],
+                  "replaced": [n for n in changed if n in self.adapter_sessions],
+                  "removed": [n for n in self.adapter_sessions if n not in sessions],
+                  "kept": [n for n in sessions if n not in changed]}
+        self.bundle, self.manifest, self._single = bundle, new, single
+        self.adapter_sessions = sessions
+        self._c_adapters = kernels if self._c_adapters is not None else None
+        self.vision_cache.clear()  # adapted entries; the vision graph's outputs stay valid (same vision.onnx)
+        self.text_cache.clear()
+        return report
+
+    @staticmethod
+    def _file_of(manifest, adapter: str, role: str) -> str:
+        return adapter_routes.file_name(adapter, role, manifest.format_version)
+
     def generation_defaults(self, adapter: str | None):
         """The generation defaults an answer by `adapter` starts from: the manifest's, with a version-2 adapter's
         own generation cap."""

@@ -15,7 +15,7 @@ from crome_runtime import formats
 from crome_runtime.acceptance import read_acceptance, require_acceptance
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.fidelity import MeasureConfig, measure, report_dict
-from crome_runtime.manifest import read_manifest
+from crome_runtime.manifest import BundleError, read_manifest
 
 
 def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, progress=None) -> dict:
@@ -47,6 +47,20 @@ def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, p
             "adapters": reports,
             "gates": {f"{name}: {gate}": result for name, report in reports.items()
                       for gate, result in report["gates"].items()}}
+
+
+def verify_adapter(path: str | os.PathLike, name: str, config: EngineConfig | None = None, progress=None) -> dict:
+    """One adapter of a version-2 bundle on its own acceptance set (how `bundle add` checks the adapter it adds on
+    the bundle's backbone files before the bundle is swapped) -> that adapter's verify report."""
+    config = config or EngineConfig()
+    path = Path(path).expanduser()
+    engine = Engine.load(path, config)
+    entry = next((e for e in engine.manifest.adapter_entries if e.name == name), None)
+    if entry is None:
+        raise BundleError(f"bundle {path} has no adapter {name!r}")
+    with engine.pin(name):
+        return _verify_one(engine, path, config, (entry.file("acceptance"), entry.file("acceptance_arrays")),
+                           progress or (lambda message: None))
 
 
 def _verify_one(engine: Engine, path: Path, config: EngineConfig, names: tuple[str, str], say) -> dict:

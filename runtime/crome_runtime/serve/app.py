@@ -4,7 +4,9 @@ metrics, and the web page.
     GET  /                      the web page (static/, package data)
     GET  /health                200 when the engine is loaded and the camera delivers; else 503 saying why
     GET  /metrics               Prometheus text
-    GET  /v1/models             the one model this server serves
+    GET  /v1/models             the model this server serves (and MODEL/NAME per adapter, MODEL/none)
+    GET  /v1/adapters           the bundle's adapters and their routes
+    POST /v1/adapters/reload    admin (needs the API key): take the bundle's adapters after `bundle add/remove`
     GET  /v1/frame.jpg          the camera's newest frame (X-Frame-Id, X-Frame-Age-Ms)
     POST /v1/chat/completions   OpenAI chat completions, streaming (SSE) or not
     GET  /v1/watch              SSE: every watch answer as it is made (recent ones first)
@@ -35,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crome_runtime.errors import EngineError, ImageError, PromptTooLong
+from crome_runtime.errors import RUNTIME_ERRORS, EngineError, ImageError, PromptTooLong
 from crome_runtime.limits import TextError, check_text
 from crome_runtime.serve import openai_api
 from crome_runtime.serve.events import TooManySubscribers
@@ -194,6 +196,23 @@ def create_app(server: "Server") -> FastAPI:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": server.model_cards()}
+
+    @app.get("/v1/adapters")
+    async def adapters():
+        return {"object": "list", "data": server.adapter_cards()}
+
+    @app.post("/v1/adapters/reload")
+    async def adapters_reload():
+        """Admin: after `crome-edge bundle add/remove` changed the bundle, swap its adapters in while serving."""
+        if not server.config.api_key:
+            raise ApiError(403, "the admin endpoints need the server started with an API key (--api-key)",
+                           code="admin_needs_api_key")
+        try:
+            report = await asyncio.wrap_future(server.reload_adapters())
+        except RUNTIME_ERRORS as error:
+            raise ApiError(409, f"{error}; still serving the adapters {', '.join(server.adapter_names) or 'none'}",
+                           code="adapter_rejected") from None
+        return {**report, "adapters": server.adapter_names}
 
     @app.get("/v1/frame.jpg")
     async def frame_jpg():

@@ -25,7 +25,7 @@ from crome_runtime.serve.worker import Job, JobResult
 # seconds: 1 ms .. 60 s, roughly x2.5 per bucket
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/frame.jpg", "/v1/chat/completions", "/v1/watch",
-             "/v1/watch/prompts")
+             "/v1/watch/prompts", "/v1/adapters", "/v1/adapters/reload")
 
 
 class Metrics:

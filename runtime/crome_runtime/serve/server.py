@@ -142,6 +142,28 @@ class Server:
         return {"id": self.model_id, "object": "model", "created": int(self.bundle_path.stat().st_mtime),
                 "owned_by": "crome-edge", "bundle": str(self.bundle_path)}
 
+    def reload_adapters(self):
+        """Hot-swap (POST /v1/adapters/reload): the engine takes the bundle directory's adapters between two answers
+        (Engine.reload_adapters); -> a Future of its report. A refused bundle leaves the old adapters serving."""
+        def swap(engine) -> dict:
+            report = engine.reload_adapters()  # raises before changing anything
+            self.adapter_names = engine.adapter_names
+            self.single_adapter = engine.manifest.format_version < 2
+            return report
+
+        return self.worker.call(swap)
+
+    def adapter_cards(self) -> list[dict]:
+        """GET /v1/adapters: each adapter and the questions routed to it."""
+        engine = self.worker.engine
+        if engine is None:
+            return [{"name": name} for name in self.adapter_names]
+        manifest = engine.manifest
+        if manifest.format_version < 2:
+            return [{"name": name, "route": "every question"} for name in engine.adapter_names]
+        return [{"name": e.name, "route": e.route.to_dict(), "rank": e.rank, "sha256": e.sha256}
+                for e in manifest.adapter_entries]
+
     def model_cards(self) -> list[dict]:
         """The server's model (questions routed to the adapter trained for them), then ID/NAME for each adapter
         and ID/none for the frozen backbone alone."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -85,6 +86,8 @@ class EngineWorker:
         self.current: Job | None = None
         self.answered = 0
         self._stop = threading.Event()
+        self._calls: list[tuple[Callable[[Engine], object], Future]] = []  # call(): run between jobs
+        self._calls_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="crome-engine", daemon=True)
 
     def start(self) -> "EngineWorker":
@@ -107,6 +110,10 @@ class EngineWorker:
         if current is not None:
             current.cancel()
         self._thread.join(timeout)
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for _, future in calls:  # nobody will run them now
+            future.cancel()
         if self.state in ("ready", "loading"):
             self.state = "stopped"
 
@@ -129,6 +136,7 @@ class EngineWorker:
             return
         self.state = "ready"
         while not self._stop.is_set():
+            self._run_calls()
             job = self.queue.get(timeout=0.5)
             if job is None:
                 if self.queue.closed:
@@ -141,6 +149,28 @@ class EngineWorker:
                 log.exception("delivering the answer to %r failed", job.prompt)
             finally:
                 self.current = None
+
+    def call(self, fn: Callable[[Engine], object]) -> "Future":
+        """fn(engine) on the worker thread between two jobs (an answer in progress finishes first); -> a Future of
+        its result or exception. How the server hot-swaps adapters (Engine.reload_adapters)."""
+        future: Future = Future()
+        with self._calls_lock:
+            self._calls.append((fn, future))
+        return future
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._calls_lock:
+                if not self._calls:
+                    return
+                fn, future = self._calls.pop(0)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                assert self.engine is not None
+                future.set_result(fn(self.engine))
+            except Exception as error:  # handed to the caller, who answers the admin request with it
+                future.set_exception(error)
 
     def _serve(self, job: Job) -> None:
         engine = self.engine
