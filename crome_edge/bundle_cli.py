@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from crome_edge.cli_types import THREADS
+from crome_edge.cli_types import THREADS, whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--replace", action="store_true", help="replace an adapter of the same name")
     add.add_argument("--data", type=Path, help="the adapter's training data, if it moved")
     add.add_argument("--calib", metavar="N|DIR", help="int8 bundles: the calibration the bundle was exported with")
+    add.add_argument("--eval-limit", type=whole(1), metavar="N",
+                     help="held-out samples its fidelity report runs on (default: export's)")
     add.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
     add.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the cache")
     remove = sub.add_parser("remove", help="remove an adapter (the last one leaves the frozen backbone alone)")
@@ -59,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     adapter = resolve_adapter(args.adapter)
     config = ExportConfig(adapter=adapter, calib=args.calib, use_cache=not args.no_cache, threads=args.threads,
                           data=args.data)
+    if args.eval_limit is not None:
+        config.eval_limit = args.eval_limit
     path, seconds = multi.add_adapter(args.bundle, adapter, config, args.route, args.route_question, args.replace)
     print(f"added {multi.adapter_name(adapter)} to {path} in {seconds:.1f} s", file=sys.stderr)
     print(path)

@@ -381,3 +381,33 @@ def test_add_checks_an_adapter_exported_on_other_backbone_bytes_on_the_bundles(s
     check = report["adapters"]["warm"]["checked_on_bundle_backbone"]
     assert check["files_that_differed"] == ["tokenizer.json"] and all(g["ok"] for g in check["gates"].values())
     assert (bundle / "tokenizer.json").read_text() == text  # the bundle's own files stay
+
+
+def test_reload_under_load_loses_no_request(setup, tmp_path):
+    """Requests (streamed and not) in flight while the adapters are reloaded: every one is answered, each by the
+    adapter its prompt routes to."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from serve_support import png_data_uri, serving
+
+    bundle = copy_bundle(setup["both"], tmp_path / "load.bundle")
+    headers = {"Authorization": "Bearer k3y-for-the-admin"}
+    image = png_data_uri(colour_image("blue", 5))
+
+    def ask(i: int):
+        question = QUESTION if i % 2 else WARM_QUESTION
+        body = {"stream": i % 3 == 0, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": image}}]}]}
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=120)
+        if body["stream"]:
+            return response.status_code, "data: [DONE]" in response.text
+        return response.status_code, response.json()["timings"]["adapter"] == ("colour" if i % 2 else "warm")
+
+    with serving(bundle, api_key=headers["Authorization"][7:]) as (server, base):
+        with ThreadPoolExecutor(6) as pool:
+            answers = [pool.submit(ask, i) for i in range(18)]
+            reloads = [httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=120) for _ in range(3)]
+            results = [a.result() for a in answers]
+    assert all(r.status_code == 200 and r.json()["kept"] == ["colour", "warm"] for r in reloads)
+    assert results == [(200, True)] * 18
