@@ -356,6 +356,12 @@ def test_serve_hot_swaps_adapters_between_answers(setup, tmp_path, monkeypatch):
         response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
         assert response.status_code == 200 and response.json()["removed"] == ["colour"]
         assert ask(base, QUESTION) is None and ask(base, WARM_QUESTION) == "warm"
+        remove_adapter(bundle, "warm")  # the last one, while a watch prompt runs: the frozen backbone serves on
+        response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
+        assert response.status_code == 200 and response.json()["adapters"] == []
+        assert ask(base, WARM_QUESTION) is None
+        models = httpx.get(f"{base}/v1/models", headers=headers, timeout=30).json()["data"]
+        assert [m["id"] for m in models] == [server.model_id, f"{server.model_id}/none"]
         assert server.worker.state == "ready"
 
 
@@ -411,3 +417,28 @@ def test_reload_under_load_loses_no_request(setup, tmp_path):
             results = [a.result() for a in answers]
     assert all(r.status_code == 200 and r.json()["kept"] == ["colour", "warm"] for r in reloads)
     assert results == [(200, True)] * 18
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.__setitem__("adapters", {"colour": {}}), "must list its `adapters`"),
+    (lambda m: m["adapters"].append(dict(m["adapters"][0])), "two adapters are named 'colour'"),
+    (lambda m: m["adapters"][1]["route"].__setitem__("patterns", ["What .*"]), "routes overlap: 'What colour is it\\?' is "
+                                                                            "routed to colour and to warm"),
+    (lambda m: m["adapters"][1].__setitem__("name", "../warm"), "name '../warm' is not usable"),
+    (lambda m: m["adapters"][1].__setitem__("name", "None"), "not 'none'"),
+    (lambda m: m["adapters"][1]["route"].__setitem__("patterns", ["(unclosed"]), "not a regular expression"),
+    (lambda m: m["adapters"][1].__setitem__("route", ["Is it?"]), "route must be"),
+    (lambda m: m["adapters"][1].pop("sha256"), "lacks 'sha256'"),
+    (lambda m: m["adapters"][1].__setitem__("rank", "16"), "malformed fields"),
+    (lambda m: m["files"].pop("warm.adapter_text.onnx"), "lists no warm.adapter_text.onnx"),
+])
+def test_malformed_adapter_lists_are_refused(setup, tmp_path, edit, message):
+    from test_runtime_fixtures import rewrite_manifest
+
+    from crome_runtime.bundle import load_bundle
+    from crome_runtime.manifest import BundleError
+
+    bundle = copy_bundle(setup["both"], tmp_path / "bad.bundle")
+    rewrite_manifest(bundle, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
