@@ -17,7 +17,8 @@ of each, with the same thread count:
 Every column decodes --new-tokens greedy tokens (stop tokens ignored). Reported: medians and p90/p99 of a decode
 step and of prefill, tokens/s, whether each column's token sequence equals ours-ONNX's (the fp32 reference) and
 the C path's worst logit cosine against it, and decode time against the memory-bandwidth bound: the bytes a step
-must read (decoder blocks / fp32 weights) over this machine's read bandwidth, measured here with the same threads.
+must read (decoder blocks / fp32 weights) over this machine's read bandwidth, measured here with the same threads
+by the C core's plain read loop (crome_memread over --bandwidth-mb, best and median of 7).
 Writes JSON (--json), a Markdown section into RESULTS.md (--results) and a PNG (--plot, needs matplotlib).
 """
 from __future__ import annotations
