@@ -442,3 +442,18 @@ def test_malformed_adapter_lists_are_refused(setup, tmp_path, edit, message):
     rewrite_manifest(bundle, edit)
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle)
+
+
+def test_a_single_adapter_bundle_whose_training_data_is_gone_is_routed_its_acceptance_questions(setup, tmp_path,
+                                                                                                   monkeypatch):
+    from crome_export.multi import read_contents
+
+    bundle = copy_bundle(setup["bundle"], tmp_path / "moved.bundle")
+    data = setup["data"]
+    moved = data.with_name("data.moved.jsonl")
+    data.rename(moved)
+    try:
+        contents = read_contents(bundle)
+    finally:
+        moved.rename(data)
+    assert contents.members[0].entry.route.questions == [QUESTION]  # the acceptance set asks the training question

@@ -107,8 +107,7 @@ def read_contents(path: Path, v1_route: bool = True) -> Contents:
         entries = list(manifest.adapter_entries)
         sections = (report or {}).get("adapters", {})
     else:
-        weights = path / formats.ADAPTER_WEIGHTS_FILE
-        route = training_route(weights) if v1_route and formats.ADAPTER_WEIGHTS_FILE in manifest.files else Route()
+        route = _v1_route(path, manifest) if v1_route else Route()
         a = manifest.single_adapter
         entries = [AdapterEntry(name=check_name(a.name), sha256=a.sha256, rank=a.rank, route=route,
                                 max_new_tokens=manifest.generation.max_new_tokens, training=a.training)]
@@ -125,6 +124,28 @@ def read_contents(path: Path, v1_route: bool = True) -> Contents:
     shared = {name: (path / name, e) for name, e in manifest.files.items()
               if name not in owned and name != formats.REPORT_FILE}
     return Contents(path, manifest, shared, members, report)
+
+
+def _v1_route(path: Path, manifest: Manifest) -> Route:
+    """A version-1 bundle's adapter joining a bundle of several: the questions of its training data, else (the data
+    is gone and cannot be regenerated) the questions of its acceptance set, said on stderr."""
+    if formats.ADAPTER_WEIGHTS_FILE in manifest.files:
+        try:
+            return training_route(path / formats.ADAPTER_WEIGHTS_FILE)
+        except CromeError as error:
+            why = str(error)
+    else:
+        why = f"the bundle has no {formats.ADAPTER_WEIGHTS_FILE}"
+    questions = []
+    if formats.ACCEPTANCE_FILE in manifest.files:
+        try:
+            document = json.loads((path / formats.ACCEPTANCE_FILE).read_text(encoding="utf-8"))
+            questions = [str(p["question"]) for p in document["prompts"]]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CromeError(f"{formats.ACCEPTANCE_FILE} in {path} cannot be read ({error}); re-export the bundle") from None
+    say(f"note: adapter {manifest.single_adapter.name}'s training questions are not at hand ({why}); it is routed the "
+        f"{len(set(questions))} question(s) of its acceptance set (`bundle list` shows them)")
+    return Route(questions)
 
 
 def _report(path: Path, manifest: Manifest) -> dict | None:
