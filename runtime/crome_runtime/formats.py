@@ -8,7 +8,7 @@ One module so that the trainer, the exporter, the runtime and the tests agree by
 ADAPTER_FORMAT = "crome-adapter"
 ADAPTER_FORMAT_VERSION = 1
 
-# The five tensors of DESIGN.md §2: per-modality down (Wd) and gate (Wg) projections, shared up (Wu).
+# The five tensors of docs/architecture.md §2: per-modality down (Wd) and gate (Wg) projections, shared up (Wu).
 ADAPTER_TENSORS = ("visual.down", "visual.gate", "text.down", "text.gate", "up")
 
 # String metadata keys (safetensors metadata is str -> str; structured values are JSON strings).
@@ -61,13 +61,13 @@ ENGINES_MANIFEST = "engines.json"  # inside ENGINES_DIR: TensorRT version, devic
 TIMING_CACHE_FILE = "timing.cache"  # inside ENGINES_DIR: TensorRT tactic timing cache, reused by rebuilds
 
 PRECISIONS = ("int8", "fp16", "fp32")  # `crome-edge export --precision`
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")  # `crome-edge run --provider` (crome_runtime.providers)
 FILE_PRECISIONS = ("fp32", "fp16", "int8", "data")  # manifest FileEntry.precision
 DEFAULT_OPSET = 18  # lowest opset the graphs need (Split num_outputs, LayerNormalization)
 REPORT_FORMAT = "crome-fidelity-report"
 REPORT_FORMAT_VERSION = 1
 
 
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")  # `crome-edge run --provider` (crome_runtime.providers)
 def adapter_onnx(modality: str) -> str:
     """"visual" | "text" -> the adapter graph of that branch."""
     return {"visual": ADAPTER_VISUAL_ONNX, "text": ADAPTER_TEXT_ONNX}[modality]
