@@ -140,9 +140,15 @@ def product_prefix(engine) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([visual, text])[None], dtype=np.float32)
 
 
+SETTLE_S = 0.25  # idle before each timed run: the previous column's spinning worker threads (OpenMP, ggml's and
+# ONNX Runtime's pools, ours) go to sleep first; on 2 cores a spinner left over from another column halved the
+# next 2-thread column's speed (C path 11.5 ms/token after PyTorch's run vs 3.7 ms alone)
+
+
 def run_once(column, prefix: np.ndarray, new_tokens: int):
     """-> (prefill ms, [step ms], tokens, [logits]) for one greedy answer of exactly new_tokens."""
     gc.collect()
+    time.sleep(SETTLE_S)
     t = time.perf_counter_ns()
     logits = column.prefill(prefix, new_tokens + 1)
     prefill_ms = (time.perf_counter_ns() - t) / 1e6

@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
+@pytest.fixture(autouse=True)
+def no_settle(monkeypatch):
+    import bench_decode
+
+    monkeypatch.setattr(bench_decode, "SETTLE_S", 0.0)  # the idle between timed runs only matters for timing
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, tiny_backbone):
     with torch_threads(1):
