@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-int8", default="fp32", choices=("fp32", "matmulnbits8", "dynamic-qint8"),
                         help="the decoder's form in an int8 bundle (default %(default)s: on CPUs no INT8 form "
                              "was both accurate and faster, see benchmarks/RESULTS.md)")
+    parser.add_argument("--decoder-blocks", choices=("auto", "q8_0"),
+                        help="the C decode path's weights: auto (default: a GGUF-converted backbone's own exact "
+                             "blocks, none for float backbones) or q8_0 (weight-only Q8_0 of an fp16/fp32 "
+                             "backbone's decoder, gated like an INT8 stage; the engine uses them only if they pass)")
     parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
     parser.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
 
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     config = ExportConfig(
         adapter=adapter, backbone=args.backbone, out=out, precision=args.precision, calib=args.calib,
         opset=args.opset, force=args.force, int8_threshold=args.int8_threshold, eval_limit=args.eval_limit,
-        max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8, use_cache=not args.no_cache,
+        max_new_tokens=args.max_new_tokens, decoder_int8=args.decoder_int8,
+        decoder_blocks=args.decoder_blocks or ExportConfig.decoder_blocks, use_cache=not args.no_cache,
         threads=args.threads, data=args.data,
     )
     if several:

@@ -165,14 +165,33 @@ def source_gguf(backbone) -> Path | None:
     return ensure_smollm2_gguf()
 
 
-def write_bundle_blocks(backbone, directory: Path, say) -> Path | None:
-    """directory/DECODER_BLOCKS_FILE with the backbone's exact GGUF blocks (bit-identity checked), or None when the
-    backbone has none (its decode steps then run on the ONNX decoder). Float backbones get no blocks by default:
-    a weight-only Q8_0 form changes the weights and needs its own fidelity gate first."""
+DECODER_BLOCKS = ("auto", "q8_0")  # `crome-edge export --decoder-blocks`: the GGUF's own when known; or weight-only Q8_0
+
+
+def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> Path | None:
+    """directory/DECODER_BLOCKS_FILE, or None when the backbone gets none (its decode steps then run on the ONNX
+    decoder). form "auto": the backbone's exact GGUF blocks (bit-identity checked) when it has a GGUF, else none
+    (a weight-only Q8_0 form changes the weights). form "q8_0": a float backbone's weight-only Q8_0 blocks, their
+    source marked `"gate": "passed"` provisionally so the export can measure them on the C path; the export
+    rewrites the mark (mark_gate) when its gates fail. CromeError when the form does not fit the backbone."""
     from crome_edge.store.cache import sha256_file
     from crome_runtime import blocks_file, formats
 
+    if form not in DECODER_BLOCKS:
+        raise CromeError(f"--decoder-blocks {form!r} is not one of {', '.join(DECODER_BLOCKS)}")
     gguf_path = source_gguf(backbone)
+    path = directory / formats.DECODER_BLOCKS_FILE
+    if form == "q8_0":
+        if gguf_path is not None:
+            raise CromeError(f"--decoder-blocks q8_0: backbone {backbone.info.name} ships its GGUF's own exact blocks "
+                             "(the default, --decoder-blocks auto); Q8_0 is for fp16/fp32 backbones")
+        dims_of(backbone.llm)  # CromeError naming what the C step cannot run
+        blocks = from_float(backbone.llm, "q8_0")
+        blocks.source["gate"] = "passed"  # provisional: measured next, rewritten by mark_gate if it fails
+        blocks_file.save(blocks, path)
+        say(f"decoder blocks: weight-only Q8_0 of the float weights, {blocks.nbytes / 1e6:.1f} MB "
+            "(drift gated like an INT8 stage)")
+        return path
     if gguf_path is None:
         return None
     try:
@@ -181,8 +200,23 @@ def write_bundle_blocks(backbone, directory: Path, say) -> Path | None:
         say(f"decoder blocks: none ({error})")
         return None
     blocks = from_gguf(gguf_path, backbone.llm, sha256_file(gguf_path))
-    path = directory / formats.DECODER_BLOCKS_FILE
     blocks_file.save(blocks, path)
     say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(sorted(set(blocks.qtypes.values())))} blocks, "
         f"{blocks.nbytes / 1e6:.0f} MB, bit-identical to the PyTorch weights dequantised")
     return path
+
+
+def is_lowered(path: Path) -> bool:
+    """A blocks file whose weights differ from the PyTorch ones (weight-only Q8_0), not a GGUF's own."""
+    from crome_runtime import blocks_file
+
+    return blocks_file.load(path).source.get("kind") != "gguf"
+
+
+def mark_gate(path: Path, passed: bool) -> None:
+    """Rewrites a lowered blocks file's source mark: "passed" (engine `auto` decodes on it) or "failed"."""
+    from crome_runtime import blocks_file
+
+    blocks = blocks_file.load(path)
+    blocks.source["gate"] = "passed" if passed else "failed"
+    blocks_file.save(blocks, path)

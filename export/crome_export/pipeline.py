@@ -39,6 +39,7 @@ class ExportConfig:
     eval_limit: int = 200
     max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else 16
     decoder_int8: str = "fp32"  # int8 bundles: the decoder's form (crome_export.quantize.DEFAULT_DECODER_INT8)
+    decoder_blocks: str = "auto"  # the C decode step's weights (crome_export.blocks.DECODER_BLOCKS)
     use_cache: bool = True
     cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
@@ -106,6 +107,10 @@ def validate(config: ExportConfig) -> None:
 
     if config.decoder_int8 not in DECODER_INT8_METHODS:
         raise CromeError(f"--decoder-int8 {config.decoder_int8!r} is not one of {', '.join(DECODER_INT8_METHODS)}")
+    from crome_export.blocks import DECODER_BLOCKS
+
+    if config.decoder_blocks not in DECODER_BLOCKS:
+        raise CromeError(f"--decoder-blocks {config.decoder_blocks!r} is not one of {', '.join(DECODER_BLOCKS)}")
     if config.eval_limit < 1:
         raise CromeError("--eval-limit must be at least 1")
 
@@ -170,18 +175,26 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens)
         from crome_export.blocks import write_bundle_blocks
 
-        blocks = write_bundle_blocks(backbone, work, progress.note)  # the C decode step's weights, when exact
+        # the C decode step's weights: the GGUF's exact blocks, or (--decoder-blocks q8_0) a lowered form
+        blocks = write_bundle_blocks(backbone, work, progress.note, config.decoder_blocks)
+        lowered = config.decoder_blocks == "q8_0" and blocks is not None
         for file in _bundle_files(adapter_path, parts, work, config):
             writer.add_file(file.source, file.name, file.precision, file.sha256)
         if blocks is not None:
-            writer.add_file(blocks, blocks.name, "data")
+            writer.add_file(blocks, blocks.name, "int8" if lowered else "data")
+        shipped = "int8" if lowered and config.precision == "fp32" else config.precision  # the pipeline's gates
+        decoders = {"fp32": "onnx", shipped: "c"} if lowered else {}  # lowered blocks: parity on ONNX, gates on C
         with tempfile.TemporaryDirectory(prefix=f".{writer.target.name}.fp32-candidate-", dir=writer.target.parent) as ref:
             candidates = {"fp32": writer.candidate(manifest)}  # the files as they will ship
             if config.precision != "fp32":  # the parity reference: the same files with the FP32 graphs
                 candidates = {"fp32": _fp32_candidate(Path(ref), writer, parts, manifest),
                               config.precision: candidates["fp32"]}
-            fidelity = _measure(model, data, candidates, manifest, config, progress)
+            elif lowered:  # the same files twice: FP32 parity on the ONNX decoder, the Q8_0 blocks' gates on C
+                candidates["int8"] = candidates["fp32"]
+            fidelity = _measure(model, data, candidates, manifest, config, progress, decoders)
         report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens)
+        if lowered and blocks is not None:
+            report["decoder_blocks"] = _gate_blocks(blocks, writer, fidelity, shipped, report)
         if not fidelity.fp32_parity:
             _print_table(report)
             raise CromeError("FP32 parity with PyTorch is broken, no bundle written: "
@@ -222,19 +235,44 @@ def _generation_budget(model, data, config: ExportConfig) -> int:
     return generation_budget(model, data.evaluation, cap=32) if data.has_answers else 16
 
 
-def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress):
-    """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir)."""
+def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress,
+             decoders: dict[str, str] | None = None):
+    """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir);
+    decoders: precision -> the engine's decoder backend (default: the engine's own choice, "auto")."""
     from crome_export.fidelity import FidelityConfig, measure
     from crome_runtime.engine import Engine, EngineConfig
 
     engines = {}
     for precision, directory in candidates.items():
-        engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0))
+        decoder = (decoders or {}).get(precision, "auto")
+        engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0, decoder=decoder))
         engine = engines[precision]
         progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
                       f"decoder, {engine.providers.summary()}")
     return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
                    progress.note)
+
+
+def _gate_blocks(blocks: Path, writer, fidelity, pipeline: str, report: dict) -> dict:
+    """Lowered decoder blocks keep their provisional "passed" mark (engine `auto` decodes on them) only when the
+    pipeline that decoded on them passed its decoder stages and its accuracy gate; else they are re-marked
+    "failed" (the bundle decodes on ONNX) and the export warns. -> the report's decoder_blocks section."""
+    from crome_export.blocks import mark_gate
+
+    stages = [s for s in fidelity.stages if s.precision == pipeline and s.stage.startswith("decoder_")]
+    accuracy = fidelity.gates.get(f"{pipeline}_accuracy", {"ok": True})
+    why = [f"{s.stage} cosine {s.cosine_min:.6f} < {s.min_cosine}" for s in stages if not s.ok]
+    why += accuracy.get("why", []) if not accuracy["ok"] else []
+    if not stages:
+        why.append("no decoder stage was measured on them")
+    passed = not why
+    if not passed:
+        mark_gate(blocks, False)
+        writer.add_file(blocks, blocks.name, "int8")
+        report["warnings"].append("decoder blocks (weight-only Q8_0) failed their gates (" + "; ".join(why) +
+                                  "): the bundle decodes on the ONNX decoder; export without --decoder-blocks q8_0")
+    return {"form": "q8_0", "kind": "weight-only", "pipeline": pipeline, "gate": "passed" if passed else "failed",
+            "why": why, "bytes": blocks.stat().st_size}
 
 
 def _acceptance_files(model, data, manifest, config: ExportConfig, report: dict) -> dict[str, bytes]:

@@ -70,13 +70,14 @@ class StageResult:
     cosine_mean: float
     samples: int
     min_cosine: float = FP32_MIN_COSINE  # the gate for the precision this stage's graph is stored in
+    decoder: str | None = None  # decoder stages: what ran them ("onnx", or "c q8_0" / "c q4_1/q8_0" blocks)
 
     @property
     def ok(self) -> bool:
         return self.cosine_min >= self.min_cosine  # False for NaN
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
@@ -111,16 +112,42 @@ def compare(stage: str, precision: str, reference: np.ndarray, candidate: np.nda
                        len(ref), gate)
 
 
-def stage_min_cosine(manifest) -> dict[str, float]:
-    """stage -> the cosine it must reach, from the precision its graph is stored in (manifest files)."""
+def stage_min_cosine(manifest, decoder_backend: str = "onnx") -> dict[str, float]:
+    """stage -> the cosine it must reach, from the precision its graph is stored in (manifest files). Decode
+    steps on the C path read the decoder blocks: a GGUF's own exact blocks ("data") keep the ONNX decoder's
+    gate, lowered ones (weight-only Q8_0, listed "int8") get the INT8 gate."""
     def gate(file_name: str) -> float:
         entry = manifest.files.get(file_name)
         precision = entry.precision if entry is not None else manifest.precision
         return FP32_MIN_COSINE if precision == "fp32" else MIN_COSINE[precision]
 
     decoder = gate(formats.DECODER_ONNX)
+    if decoder_backend == "c" and lowered_blocks(manifest):
+        decoder = min(decoder, MIN_COSINE["int8"])
     return {"vision": gate(formats.VISION_ONNX), "adapter_visual": FP32_MIN_COSINE, "adapter_text": FP32_MIN_COSINE,
             "decoder_prefill": decoder, "decoder_step": decoder}
+
+
+def lowered_blocks(manifest) -> bool:
+    """The bundle's decoder blocks are a lowered (weight-only INT8) form of its weights, not a GGUF's own."""
+    entry = manifest.files.get(formats.DECODER_BLOCKS_FILE)
+    return entry is not None and entry.precision == "int8"
+
+
+def pipeline_precision(engine) -> str:
+    """The precision whose gates hold `engine`'s answers: the bundle's, except that an FP32 bundle decoding on
+    lowered (Q8_0) blocks is gated like INT8 (stage cosines >= MIN_COSINE["int8"], accuracy drop), not parity."""
+    precision = engine.manifest.precision
+    if precision == "fp32" and engine.decoder_backend == "c" and lowered_blocks(engine.manifest):
+        return "int8"
+    return precision
+
+
+def decoder_description(engine) -> str:
+    """What runs `engine`'s decoder stages: "onnx", or "c " + the block formats it reads (prefill stays ONNX)."""
+    if engine.decoder_backend != "c":
+        return "onnx"
+    return "c " + "/".join(sorted(set(engine.decoder.blocks.qtypes.values())))
 
 
 # --- the candidate side: the engine ----------------------------------------------------------------------
@@ -145,11 +172,14 @@ def stage_results(engine, frames: list, references: list[Reference], precision: 
         add("decoder_prefill", s.prefill_logits[None], engine.prefill(prefix, 1)[None])
         if s.step_logits is not None:
             add("decoder_step", s.step_logits[None], engine.step(int(np.argmax(s.prefill_logits)))[None])
-    gates = stage_min_cosine(engine.manifest)
+    gates = stage_min_cosine(engine.manifest, engine.decoder_backend)
     results = []
     for stage, (refs, got) in pairs.items():
         if refs:
-            results.append(compare(stage, precision, np.concatenate(refs), np.concatenate(got), gates[stage]))
+            result = compare(stage, precision, np.concatenate(refs), np.concatenate(got), gates[stage])
+            if stage.startswith("decoder_"):
+                result.decoder = decoder_description(engine)
+            results.append(result)
     return results
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from crome_runtime import formats
 from crome_runtime.acceptance import read_acceptance, require_acceptance
 from crome_runtime.engine import Engine, EngineConfig
-from crome_runtime.fidelity import MeasureConfig, measure, report_dict
+from crome_runtime.fidelity import MeasureConfig, measure, pipeline_precision, report_dict
 from crome_runtime.manifest import BundleError, read_manifest
 
 
@@ -69,7 +69,7 @@ def _verify_one(engine: Engine, path: Path, config: EngineConfig, names: tuple[s
         f"{len(acceptance.frames)} frames")
     frames = [engine.frame(frame, "bgr") for frame in acceptance.frames]  # this device's preprocessing
     precision = engine.manifest.precision
-    fidelity = measure({precision: engine}, frames, acceptance.references,
+    fidelity = measure({pipeline_precision(engine): engine}, frames, acceptance.references,
                        MeasureConfig(acceptance.max_new_tokens, acceptance.threshold_points, acceptance.source,
                                      "the acceptance set's prompts have no labels"), progress=say)
     return report_dict(fidelity, {
@@ -78,7 +78,7 @@ def _verify_one(engine: Engine, path: Path, config: EngineConfig, names: tuple[s
         "precision": precision,
         "exported_on": (engine.bundle.report or {}).get("measured_on"),
         "engine": {"providers": engine.providers.to_dict(), "threads": config.threads,
-                   "adapter_backend": engine.adapter_backend},
+                   "adapter_backend": engine.adapter_backend, "decoder_backend": engine.decoder_backend},
         "inputs": {"acceptance": acceptance.source, "prompts": len(acceptance.references),
                    "frames": len(acceptance.frames), "max_new_tokens": acceptance.max_new_tokens},
     })
