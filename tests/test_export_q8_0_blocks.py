@@ -123,3 +123,47 @@ def test_bad_decoder_blocks_choice_is_refused():
 
     with pytest.raises(CromeError, match="--decoder-blocks 'q4_1' is not one of auto, q8_0"):
         validate(ExportConfig(adapter="a.safetensors", decoder_blocks="q4_1"))
+
+
+def test_failed_gates_mark_the_blocks_failed_and_warn(tmp_path, tiny_backbone):
+    from crome_export.blocks import write_bundle_blocks
+    from crome_export.bundle import BundleWriter
+    from crome_export.pipeline import _gate_blocks
+    from crome_runtime.fidelity import Fidelity, StageResult
+
+    path = write_bundle_blocks(tiny_backbone, tmp_path, lambda message: None, "q8_0")
+    assert blocks_file.load(path).source["gate"] == "passed"  # provisional, before the measurement
+    fidelity = Fidelity(stages=[StageResult("decoder_step", "int8", 2.0, 0.95, 0.97, 4, 0.99, "c q8_0")],
+                        gates={"int8_accuracy": {"ok": True}})
+    report = {"warnings": []}
+    with BundleWriter(tmp_path / "out.bundle") as writer:
+        section = _gate_blocks(path, writer, fidelity, "int8", report)
+        assert writer.files[formats.DECODER_BLOCKS_FILE].precision == "int8"
+        staged = blocks_file.load(writer.staging / formats.DECODER_BLOCKS_FILE)
+    assert section["gate"] == "failed" and section["why"] == ["decoder_step cosine 0.950000 < 0.99"]
+    assert staged.source["gate"] == "failed" and blocks_file.load(path).source["gate"] == "failed"
+    assert "decoder blocks (weight-only Q8_0) failed their gates" in report["warnings"][0]
+
+
+def test_int8_export_gates_the_blocks_with_the_int8_pipeline(tmp_path_factory):
+    from crome_export.pipeline import ExportConfig, Progress, export_bundle
+
+    with torch_threads(1):
+        paths = tiny_bundle(tmp_path_factory)
+        out = tmp_path_factory.mktemp("q8_0-int8") / "colour-int8.bundle"
+        previous = os.environ.get("CROME_EDGE_CACHE")
+        os.environ["CROME_EDGE_CACHE"] = str(paths["root"] / "cache")
+        try:
+            export_bundle(ExportConfig(adapter=paths["adapter"], precision="int8", out=out, threads=1,
+                                       decoder_blocks="q8_0"), Progress(7, enabled=False))
+        finally:
+            if previous is None:
+                os.environ.pop("CROME_EDGE_CACHE", None)
+            else:
+                os.environ["CROME_EDGE_CACHE"] = previous
+    report = _report(out)
+    step = {(s["precision"], s["stage"]): s for s in report["stages"]}
+    assert step[("int8", "decoder_step")]["decoder"] == "c q8_0" and step[("fp32", "decoder_step")]["decoder"] == "onnx"
+    assert step[("int8", "decoder_step")]["min_cosine"] == 0.99 and report["decoder_blocks"]["gate"] == "passed"
+    assert Engine.load(out, EngineConfig(threads=1)).decoder_backend == "c"
+    assert main(["verify", str(out), "--threads", "1"]) == 0
