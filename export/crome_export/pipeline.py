@@ -5,7 +5,9 @@ Stages: check inputs -> load backbone + adapter -> frames -> backbone parts (cac
 shipped runtime: the bundle writer's staging directory, holding exactly the files to be shipped, is loaded
 with crome_runtime's Engine (and, for int8/fp16, a sibling FP32 candidate of hard links with the FP32
 graphs); crome_export.fidelity holds them to PyTorch (FP32 parity gate; INT8/FP16 stage and accuracy gates
-warn) and builds the acceptance set `crome-edge verify` runs on the device. Every user error is a
+warn) and builds the acceptance set `crome-edge verify` runs on the device. With --decoder-blocks q8_0 (float
+backbones) the shipped files are also measured decoding on their weight-only Q8_0 blocks (C path), gated as
+INT8; the blocks stay marked as passed only if those gates pass (_gate_blocks). Every user error is a
 CromeError raised before anything is written; a failed gate writes nothing (the staging directory goes).
 """
 from __future__ import annotations
