@@ -71,10 +71,10 @@ class Run:
 
 
 class Profiler:
-    def __init__(self, max_events: int = MAX_EVENTS):
+    def __init__(self, max_events: int = MAX_EVENTS, max_runs: int = MAX_RUNS):
         self.origin_ns = perf_counter_ns()
         self.events: deque = deque(maxlen=max_events)  # (name, start_ns, dur_ns, tid, args)
-        self.runs: deque[Run] = deque(maxlen=MAX_RUNS)
+        self.runs: deque[Run] = deque(maxlen=max_runs)
         self.current: Run | None = None
         self.records = 0
         self.self_ns = 0  # time spent inside record() itself
@@ -118,7 +118,7 @@ class Profiler:
         return run
 
     def reset(self) -> None:
-        self.__init__(self.events.maxlen)
+        self.__init__(self.events.maxlen, self.runs.maxlen)
 
     # --- results ------------------------------------------------------------------------------------
     def stage_samples_ms(self) -> dict[str, list[float]]:

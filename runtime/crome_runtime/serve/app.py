@@ -121,6 +121,16 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def json_body(raw: bytes):
+    """A request body parsed as JSON, else a 400 saying why (never a 500: deep nesting is a RecursionError)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise bad("the request body is not valid JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise bad(f"the request body is not valid JSON ({error})") from None
+
+
 def job_error(error: Exception) -> ApiError:
     """A worker's error -> the HTTP error a client gets."""
     if isinstance(error, PromptTooLong):
@@ -228,11 +238,7 @@ def create_app(server: "Server") -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise bad(f"the request body is not valid JSON ({error})") from None
+        body = json_body(await request.body())
         chat = openai_api.parse_chat_request(body, limits, config.max_new_tokens)
         chat.options.adapter = openai_api.adapter_of(chat.model, server.model_ids, server.adapter_names,
                                                      server.single_adapter)
@@ -348,10 +354,7 @@ def create_app(server: "Server") -> FastAPI:
     async def watch_add(request: Request):
         if server.watch is None:
             raise bad("this server has no camera, so it has nothing to watch")
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise bad(f"the request body is not valid JSON ({error})") from None
+        body = json_body(await request.body())
         if not isinstance(body, dict) or set(body) - {"prompt", "max_tokens"}:
             raise bad("the body must be {\"prompt\": \"...\"} with an optional max_tokens")
         prompt, max_tokens = body.get("prompt"), body.get("max_tokens")

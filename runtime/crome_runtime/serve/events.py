@@ -50,6 +50,7 @@ class EventHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log = None
         self.log_path = log_path
+        self.log_error: str | None = None  # set once when a write to the events file failed
         if log_path is not None:
             try:
                 self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
@@ -65,10 +66,26 @@ class EventHub:
         with self._lock:
             self.recent.append(event)
             if self._log is not None:
-                self._log.write(line + "\n")
-                self._log.flush()
+                self._write(line)
             subscribers = list(self._subscribers)
         self._fan_out(subscribers, event)
+
+    def _write(self, line: str) -> None:
+        """One line, flushed (under the lock). A write that fails (disk full, EIO) is said once, in the log and in
+        `log_error` (/health shows it); the file is then closed and no longer written: the server serves on."""
+        assert self._log is not None
+        try:
+            self._log.write(line + "\n")
+            self._log.flush()
+        except OSError as error:
+            self.log_error = (f"cannot write the events file {self.log_path}: {error.strerror or error}; "
+                              "events are no longer written there (still sent to /v1/watch)")
+            log.error("%s", self.log_error)
+            try:
+                self._log.close()  # flushes what is buffered once more: that may fail the same way
+            except OSError as again:
+                log.debug("closing the events file after a failed write: %s", again)
+            self._log = None
 
     def subscribe(self) -> Subscription:
         """On the loop's thread."""

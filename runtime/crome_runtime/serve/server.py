@@ -24,6 +24,7 @@ from typing import Any
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.manifest import read_manifest
+from crome_runtime.profiler import Profiler
 from crome_runtime.serve.config import ServeConfig
 from crome_runtime.serve.events import EventHub
 from crome_runtime.serve.fairqueue import FairQueue
@@ -33,6 +34,7 @@ from crome_runtime.serve.sources import Capture, CameraSource
 from crome_runtime.serve.watch import WatchLoop
 from crome_runtime.serve.worker import EngineWorker, Job
 
+UNPROFILED_EVENTS, UNPROFILED_RUNS = 1024, 64  # the profiler's bounds when serve has no --profile
 log = logging.getLogger("crome_runtime.serve")
 
 JPEG_QUALITY = 85
@@ -101,7 +103,10 @@ class Server:
 
     # --- parts --------------------------------------------------------------------------------------
     def _load(self) -> Engine:
-        return Engine.load(self.bundle_path, self.engine_config)
+        # without --profile nothing reads the trace: keep a few answers' worth, not the profiler's ~20 MB of
+        # newest events, so that a long-running server's memory is flat once warm (benchmarks/soak_serve.py)
+        profiler = None if self.config.profile is not None else Profiler(UNPROFILED_EVENTS, UNPROFILED_RUNS)
+        return Engine.load(self.bundle_path, self.engine_config, profiler)
 
     def _fatal(self, error: str) -> None:
         self.fatal_error = error
@@ -136,6 +141,8 @@ class Server:
             status = "ok"
         body = {"status": status, "engine": engine, "camera": camera, "queue": self.queue.depth(),
                 "watch": self.watch.prompts() if self.watch else [], "subscribers": self.hub.subscribers}
+        if self.hub.log_path is not None:
+            body["events_file"] = {"path": str(self.hub.log_path), "error": self.hub.log_error}
         return body, status == "ok"
 
     def model_card(self) -> dict:
@@ -247,9 +254,11 @@ class Server:
         outer = self
 
         class _Uvicorn(uvicorn.Server):
-            def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: our parts first, then uvicorn's own
-                outer.begin_shutdown()
+            def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: uvicorn's own first, then our parts
+                # in this order: begin_shutdown sets should_exit, which uvicorn takes for an earlier signal and
+                # makes a first SIGINT a forced exit (lifespan cancelled, a traceback); a second one still forces
                 super().handle_exit(sig, frame)
+                outer.begin_shutdown()
 
             @contextlib.contextmanager
             def capture_signals(self):
