@@ -166,15 +166,17 @@ def soak(config: SoakConfig) -> dict:
     started = time.monotonic()
     deadline = started + config.max_seconds
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stderr is not None
+    pipe = process.stderr
     stderr: list[str] = []
     clients = None
     try:
         while not any("web view" in line for line in stderr):
-            line = process.stderr.readline()
+            line = pipe.readline()
             if not line:
                 raise RuntimeError(f"serve exited early ({process.wait(10)}): {''.join(stderr)}")
             stderr.append(line)
-        threading.Thread(target=lambda: stderr.extend(iter(process.stderr.readline, "")), daemon=True).start()
+        threading.Thread(target=lambda: stderr.extend(iter(pipe.readline, "")), daemon=True).start()
         base = next(line for line in stderr if "web view" in line).split("web view ")[1].split("/ ")[0]
         proc = Proc(process.pid)
 
