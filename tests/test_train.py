@@ -111,12 +111,20 @@ def test_bf16_falls_back_to_fp32_once_without_native_bf16(tmp_path, line3_data, 
     assert asked.summary["val_loss"] == plain.summary["val_loss"]
 
 
-def _interrupt_at(step):
+def _interrupt_at(step, signum=signal.SIGINT):
     def on_step(current, loss):
         if current == step:
-            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+            os.kill(os.getpid(), signum)  # SIGINT: what Ctrl-C sends; SIGTERM: what a service manager sends
 
     return on_step
+
+
+def test_sigterm_stops_at_a_step_with_a_valid_checkpoint_like_ctrl_c(tmp_path, line3_data, tiny_backbone):
+    config = _config(line3_data, tmp_path / "t.safetensors", epochs=3)
+    with pytest.raises(TrainingInterrupted, match=r"stopped at step 3 of 9.*--resume"):
+        Trainer(config, backbone=tiny_backbone, on_step=_interrupt_at(3, signal.SIGTERM)).run()
+    assert load_checkpoint(config.checkpoint_path)["step"] == 3
+    assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_ctrl_c_leaves_a_valid_checkpoint_and_resume_continues_from_it(tmp_path, line3_data, tiny_backbone):
