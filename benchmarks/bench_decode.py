@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_plot import pyplot
+
 QUESTION = "Which bin does this part go to?"
 SECTION = "## Decode vs llama.cpp — `benchmarks/bench_decode.py`"
 
@@ -330,13 +332,8 @@ def write_results(path: Path, section: str, heading: str = SECTION) -> None:
 
 
 def plot(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipping the plot (pip install 'crome-edge[bench]')", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     runs = result["runs"]

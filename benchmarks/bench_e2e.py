@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (machine description, RESULTS.md writer, percentiles)
 import bench_runtime as br  # noqa: E402  (the synthetic frame file and the PyTorch eager pipeline)
+from bench_plot import pyplot  # noqa: E402
 
 SECTION = "## End to end, frame -> answer — `benchmarks/bench_e2e.py`"
 QUESTION = bd.QUESTION
@@ -127,13 +128,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipping the plot (pip install 'crome-edge[bench]')", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     runs = result["runs"]

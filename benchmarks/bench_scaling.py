@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (the same columns, prefix and timing loop)
+from bench_plot import pyplot  # noqa: E402
 
 SECTION = "## Scaling with prompt length and new tokens — `benchmarks/bench_scaling.py`"
 STEPS_AFTER_PREFIX = 16
@@ -130,13 +131,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no matplotlib: skipping the plot (pip install 'crome-edge[bench]')", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for run in result["runs"]:
