@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_plot import pyplot
+from bench_report import command_line, publish, pyplot
 
 QUESTION = "Which bin does this part go to?"
 SECTION = "## Decode vs llama.cpp — `benchmarks/bench_decode.py`"
@@ -278,11 +278,11 @@ def machine() -> dict:
 
         info["torch"] = torch.__version__
     except ImportError:
-        pass
+        info["torch"] = None  # a torch-free device: the PyTorch column is skipped, and this says why
     try:
         info["load_average"] = [round(x, 2) for x in __import__("os").getloadavg()]
-    except OSError:
-        pass
+    except OSError:  # a platform without getloadavg: recorded as unknown
+        info["load_average"] = None
     return info
 
 
@@ -317,18 +317,6 @@ def markdown(result: dict) -> str:
             lines += ["", f"{name}: skipped ({why})"]
         lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def write_results(path: Path, section: str, heading: str = SECTION) -> None:
-    """Replace the section under `heading` in RESULTS.md (or append it), leaving every other section as it is."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + ("" if end < 0 else text[end + 1:])
-    path.write_text(text)
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -377,19 +365,11 @@ def main(argv: list[str] | None = None) -> int:
 
         llm = load_backbone(manifest.backbone.name).llm
     gguf = args.gguf or default_gguf(args.bundle)
-    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-              "machine": machine(), "runs": []}
+    result = {"command": command_line(argv), "machine": machine(), "runs": []}
     for threads in args.threads:
         result["runs"].append(bench_threads(args.bundle, threads, args, llm, gguf))
         print(json.dumps(result["runs"][-1]["columns"], indent=1), file=sys.stderr)
-    section = markdown(result)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.results:
-        write_results(args.results, section)
-    if args.plot:
-        plot(result, args.plot)
+    publish(result, args, SECTION, markdown, plot)
     return 0
 
 

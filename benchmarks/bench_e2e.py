@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (machine description, RESULTS.md writer, percentiles)
 import bench_runtime as br  # noqa: E402  (the synthetic frame file and the PyTorch eager pipeline)
-from bench_plot import pyplot  # noqa: E402
+from bench_report import command_line, publish, pyplot  # noqa: E402
 
 SECTION = "## End to end, frame -> answer — `benchmarks/bench_e2e.py`"
 QUESTION = bd.QUESTION
@@ -160,20 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 1:
         parser.error("--runs and --max-new-tokens must be >= 1, --warmup >= 0")
-    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-              "machine": bd.machine(), "runs": []}
+    result = {"command": command_line(argv), "machine": bd.machine(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         image = br._frame_file(Path(tmp))
         for threads in args.threads:
             result["runs"].append(bench_threads(args.bundle, threads, args, image))
-    section = markdown(result)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.results:
-        bd.write_results(args.results, section, SECTION)
-    if args.plot:
-        plot(result, args.plot)
+    publish(result, args, SECTION, markdown, plot)
     return 0
 
 

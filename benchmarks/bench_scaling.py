@@ -18,7 +18,6 @@ Medians and p90 over --runs. Writes JSON, a Markdown section into RESULTS.md and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (the same columns, prefix and timing loop)
-from bench_plot import pyplot  # noqa: E402
+from bench_report import command_line, publish, pyplot  # noqa: E402
 
 SECTION = "## Scaling with prompt length and new tokens — `benchmarks/bench_scaling.py`"
 STEPS_AFTER_PREFIX = 16
@@ -172,21 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     gguf = args.gguf
     if gguf is None and not args.no_llama_cpp:
         gguf = bd.default_gguf(args.bundle)
-    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-              "machine": bd.machine(), "runs": []}
+    result = {"command": command_line(argv), "machine": bd.machine(), "runs": []}
     for threads in args.threads:
         result["runs"].append(bench_threads(args.bundle, threads, args, None if args.no_llama_cpp else gguf))
     if args.no_llama_cpp:
         for run in result["runs"]:
             run["skipped"]["llama.cpp"] = "--no-llama-cpp"
-    section = markdown(result)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.results:
-        bd.write_results(args.results, section, SECTION)
-    if args.plot:
-        plot(result, args.plot)
+    publish(result, args, SECTION, markdown, plot)
     return 0
 
 

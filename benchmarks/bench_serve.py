@@ -37,8 +37,10 @@ def _pct(values, q):
     return float(np.percentile(np.asarray(values, np.float64), q)) if values else float("nan")
 
 
-def _wait_ready(base: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def wait_ready(base: str, process: subprocess.Popen, timeout: float, poll_s: float = 0.2) -> None:
+    """Polls /health until 200. Until the server listens, connections are refused (or 503 while loading): that
+    is the wait itself; the last such answer is reported if the server never gets ready."""
+    deadline, last = time.monotonic() + timeout, "no answer yet"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"serve exited with {process.returncode}")
@@ -46,10 +48,11 @@ def _wait_ready(base: str, process: subprocess.Popen, timeout: float) -> None:
             with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
                 if response.status == 200:
                     return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"serve was not ready within {timeout:.0f} s")
+                last = f"/health answered {response.status}"
+        except OSError as error:  # refused while starting, HTTPError 503 while loading
+            last = str(error)
+        time.sleep(poll_s)
+    raise SystemExit(f"serve was not ready within {timeout:.0f} s (last: {last})")
 
 
 def run_server(args, bundle: Path, events: Path) -> tuple[list[dict], str]:
@@ -62,7 +65,7 @@ def run_server(args, bundle: Path, events: Path) -> tuple[list[dict], str]:
         f" --bundle {args.bundle}" if args.bundle else "") + (f" --threads {args.threads}" if args.threads else "")
     process = subprocess.Popen(command, stderr=sys.stderr)
     try:
-        _wait_ready(f"http://127.0.0.1:{args.port}", process, args.ready_timeout)
+        wait_ready(f"http://127.0.0.1:{args.port}", process, args.ready_timeout)
         time.sleep(args.warmup + args.seconds)
         process.send_signal(signal.SIGTERM)
         code = process.wait(60)

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import wait_ready  # noqa: E402  (one readiness poll for both servers)
+
 PROMPT = "Which bin does this part go to?"
 
 
@@ -127,18 +130,7 @@ def bench_serve(args, bundle: Path, images) -> tuple[float, list[dict]]:
     base = f"http://127.0.0.1:{port}"
     results = []
     try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"serve exited with {process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() - start > 300:
-                raise SystemExit("serve was not ready within 300 s")
-            time.sleep(0.05)
+        wait_ready(base, process, 300, poll_s=0.05)
         startup = time.monotonic() - start
         uris = [["data:image/png;base64," + base64.b64encode(i).decode() for i in cam] for cam in images]
         index = {id(b): (c, k) for c, cam in enumerate(images) for k, b in enumerate(cam)}

@@ -107,7 +107,7 @@ def test_manifest_from_any_text(text):
     try:
         _check_manifest(Manifest.from_json(text))
     except BundleError:
-        pass
+        return  # refused with its own error type: the property holds
 
 
 @given(st.data(), JSON, st.booleans())
@@ -191,7 +191,7 @@ def test_adapter_metadata_section_of_any_shape(scratch, metadata):
     try:
         read_metadata(path)
     except AdapterFileError:
-        pass
+        return  # refused with its own error type: the property holds
 
 
 @given(st.binary(max_size=300))
@@ -215,7 +215,7 @@ def test_safetensors_header_cut_or_with_a_byte_changed(scratch, cut, byte, where
     try:
         read_header(path)
     except SafetensorsHeaderError:
-        pass
+        return  # refused with its own error type: the property holds
 
 
 # --- dataset lines ----------------------------------------------------------------------------------------------
@@ -264,4 +264,4 @@ def test_image_decoder_on_any_bytes(blob):
     try:
         decode_image(blob)
     except ImageError:
-        pass
+        return  # refused with its own error type: the property holds
