@@ -1,12 +1,12 @@
 """`crome-edge data`: make synthetic conveyor datasets and camera videos (no torch needed).
 
-    crome-edge data synth --out DIR --n N [--seed S] --task pretrain|line3 [--split train|val|test]
+    crome-edge data synth --out DIR --n N [--seed S] --task pretrain|line3|line5 [--split train|val|test]
                           [--size 128] [--questions all|one] [--force]
     crome-edge data video --out FILE.avi|.mp4 --frames N [--fps 15] [--size 320x240] [--seed S]
 
 `synth` writes DIR/images/*.png, DIR/data.jsonl, DIR/scenes.jsonl and DIR/dataset.json (layout in
 crome_edge/synth/dataset_writer.py). --seed is the first frame's offset inside the split's own seed
-range, so train/val/test and pretrain/line3 never share a frame.
+range, so train/val/test and the tasks never share a frame.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import argparse
 
 from crome_edge.cli_types import SEED, number, whole
 from crome_edge.errors import CromeError
+from crome_edge.synth.splits import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--out", required=True, help="dataset directory to create")
     synth.add_argument("--n", type=int, default=1000, help="number of frames (default 1000)")
     synth.add_argument("--seed", type=SEED, default=0, help="offset of the first frame in the split's seed range")
-    synth.add_argument("--task", choices=("pretrain", "line3"), default="pretrain")
+    synth.add_argument("--task", choices=TASKS, default="pretrain")
     synth.add_argument("--split", choices=("train", "val", "test"), default="train")
     synth.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
     synth.add_argument("--questions", choices=("all", "one"), default="all",

@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--out", required=True, help="output .safetensors: the adapter (finetune) or backbone parts (pretrain)")
     what.add_argument("--rank", type=whole(1), help=f"adapter rank r (default: {d['rank']})")
     what.add_argument("--train-vision", action="store_true", default=None, help="pretrain: also train the vision tower")
+    what.add_argument("--replay", type=whole(1), metavar="N",
+                      help="finetune: mix N of the backbone's own pretraining Q&A (or --replay-data) into training, so "
+                           "the adapter keeps answering them; they join its routes")
+    what.add_argument("--replay-data", metavar="PATH", help="--replay's general Q&A set (any --data layout) instead of the "
+                                                           "backbone's pretraining questions")
     what.add_argument("--augment", choices=AUGMENTS,
                       help=f"flips: also train on mirrored frames (only where mirroring keeps the answer true; default: {d['augment']})")
 

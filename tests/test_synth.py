@@ -11,6 +11,7 @@ from crome_edge.cli import main
 from crome_edge.errors import CromeError
 from crome_edge.synth import world
 from crome_edge.synth.line3 import LINE3_ANSWERS, LINE3_QUESTION, line3_answer, line3_split
+from crome_edge.synth.line5 import LINE5_ANSWERS, LINE5_QUESTION, line5_answer
 from crome_edge.synth.qa import ANSWERS, PRETRAIN_QUESTIONS, Q_CAPTION, answer, caption, qa_pairs
 from crome_edge.synth.samples import iter_samples, iter_split
 from crome_edge.synth.splits import SEED_RANGES, split_seeds
@@ -131,7 +132,7 @@ def test_rendered_answers_come_from_the_vocabulary(scenes):
     for _, _, info in scenes[:100]:
         for question, reply in qa_pairs(info):
             assert question == Q_CAPTION or reply in ANSWERS[question]
-        assert line3_answer(info) in LINE3_ANSWERS
+        assert line3_answer(info) in LINE3_ANSWERS and line5_answer(info) in LINE5_ANSWERS
 
 
 @pytest.mark.parametrize(
@@ -157,6 +158,36 @@ def test_line3_answer_balance(scenes):
     # expected: scrap 0.40, bin a 0.18, bin b 0.18, bin c 0.24
     assert 0.33 <= share["scrap"] <= 0.47 and 0.18 <= share["bin c"] <= 0.30
     assert 0.12 <= share["bin a"] <= 0.24 and 0.12 <= share["bin b"] <= 0.24
+
+
+@pytest.mark.parametrize(
+    "kind, colour, defect, expected",
+    [
+        ("gear", "blue", "crack", "reject: defect"),
+        ("bolt", "green", "dent", "reject: defect"),
+        ("washer", "blue", "missing hole", "reject: defect"),
+        ("gear", "yellow", "scratch", "pass"),  # a scratch is cosmetic on line 5
+        ("bolt", "blue", NO_DEFECT, "pass"),
+        ("hex nut", "blue", "scratch", "reject: wrong part"),
+        ("bracket", "green", NO_DEFECT, "reject: wrong part"),
+        ("washer", "red", NO_DEFECT, "reject: wrong part"),
+        ("gear", "red", NO_DEFECT, "reject: wrong colour"),
+        ("bolt", "purple", "scratch", "reject: wrong colour"),
+    ],
+)
+def test_line5_rule(kind, colour, defect, expected):
+    assert line5_answer(_scene(kind, colour, defect)) == expected
+
+
+def test_line5_answer_balance_and_independence_from_line3(scenes):
+    counts = Counter(line5_answer(info) for _, _, info in scenes)
+    share = {a: counts[a] / N_SCENES for a in LINE5_ANSWERS}
+    # expected: reject: defect 0.30, wrong part 0.42, wrong colour 0.14, pass 0.14
+    assert 0.23 <= share["reject: defect"] <= 0.37 and 0.34 <= share["reject: wrong part"] <= 0.50
+    assert 0.08 <= share["reject: wrong colour"] <= 0.20 and 0.08 <= share["pass"] <= 0.20
+    # one rule does not give the other: every line3 bin holds several line5 verdicts
+    pairs = {(line3_answer(info), line5_answer(info)) for _, _, info in scenes}
+    assert all(len({b for a, b in pairs if a == bin_}) >= 2 for bin_ in LINE3_ANSWERS)
 
 
 def test_split_seed_ranges_are_disjoint_and_checked():
@@ -185,6 +216,9 @@ def test_in_memory_samples():
     assert [s.scene.seed for s in line3] == list(split_seeds("line3", "val", 4))
     assert all(s.question == LINE3_QUESTION and s.answer == line3_answer(s.scene) for s in line3)
     assert [s.scene.seed for s in iter_split("pretrain", "test", 2, start=5)] == [11_000_005] * 5 + [11_000_006] * 5
+    line5 = list(iter_split("line5", "test", 3))
+    assert [s.scene.seed for s in line5] == [32_000_000, 32_000_001, 32_000_002]
+    assert all(s.question == LINE5_QUESTION and s.answer == line5_answer(s.scene) for s in line5)
 
 
 # --- dataset writer and `crome-edge data synth` ---------------------------------------------------------------

@@ -12,7 +12,8 @@ Layout of DIR (what `crome-edge data synth` writes and `crome_edge.data.load_dat
                             regeneration recipe + content sha256 training copies into an adapter (recipe.py)
 
 Pretraining datasets ask every frame all five PRETRAIN_QUESTIONS (5 lines per frame, questions="all")
-or one question per frame, rotating by seed (questions="one"); line3 datasets ask LINE3_QUESTION once.
+or one question per frame, rotating by seed (questions="one"); line datasets ask their one question
+(LINE3_QUESTION, LINE5_QUESTION) once.
 The directory is written next to DIR under a temporary name and renamed into place when complete.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ MIN_SIZE, MAX_SIZE = 32, 1024  # frame side: a 1024 px frame is 3 MB of BGR (200
 @dataclass(frozen=True)
 class SynthConfig:
     out: str
-    task: str = "pretrain"  # "pretrain" | "line3"
+    task: str = "pretrain"  # "pretrain" | "line3" | "line5" (synth.splits.TASKS)
     split: str = "train"  # "train" | "val" | "test"
     n: int = 1000  # frames
     seed: int = 0  # first frame's offset inside the split's seed range
@@ -57,7 +58,7 @@ class SynthSummary:
     frames: int
     samples: int
     first_seed: int
-    answers: dict[str, int]  # answer -> count (line3 and short pretraining answers)
+    answers: dict[str, int]  # answer -> count (line tasks and short pretraining answers)
 
 
 def write_dataset(config: SynthConfig) -> SynthSummary:

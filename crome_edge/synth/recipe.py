@@ -143,24 +143,16 @@ def regenerate(record: dict, note: Callable[[str], None] = lambda message: None,
     """Re-renders a recorded synthetic set into `<cache>/datasets/<task>-<split>-<n>-<key>/` (atomically; reused
     when already there and intact) and returns its data.jsonl. CromeError when the recipe cannot be replayed
     or the frames come out different from the recorded sha256."""
-    from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
-
     recipe = SynthRecipe.from_dict(record.get("recipe") if isinstance(record, dict) else None)
     expected = record.get("sha256")
     if not isinstance(expected, dict) or set(expected) != {DATA_FILE, "frames"}:
         raise CromeError(f"malformed synthetic-data record (sha256 {expected!r})")
-    if cache_root is None:
-        from crome_edge.store.cache import cache_root as user_cache
-
-        cache_root = user_cache()
-    target = Path(cache_root) / DATASETS_DIR / f"{recipe.task}-{recipe.split}-{recipe.n}-{recipe.key()[:16]}"
+    target = _cached_dir(recipe, cache_root)
     if (target / INFO_FILE).is_file() and content_sha256(target) == expected:
         note(f"training data: reusing the regenerated {recipe.describe()} in {target}")
         return target / DATA_FILE
     note(f"training data: regenerating {recipe.describe()} ({recipe.n} frames) into {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_dataset(SynthConfig(out=str(target), task=recipe.task, split=recipe.split, n=recipe.n, seed=recipe.seed,
-                              size=recipe.size, questions=recipe.questions, force=True))
+    _render(recipe, target)
     got = content_sha256(target)
     if got != expected:
         which = " and ".join(name for name in (DATA_FILE, "frames") if got[name] != expected[name])
@@ -170,3 +162,40 @@ def regenerate(record: dict, note: Callable[[str], None] = lambda message: None,
             "--data with the original training set, or --calib DIR (task accuracy is then not measured)"
         )
     return target / DATA_FILE
+
+
+def materialize(recipe: SynthRecipe, note: Callable[[str], None] = lambda message: None,
+                cache_root: Path | None = None) -> Path:
+    """The data.jsonl of `recipe`'s set in the user cache: rendered there once (atomically), reused while its files
+    still hash to what the writer recorded (a damaged copy is rendered again)."""
+    target = _cached_dir(recipe, cache_root)
+    if _intact(target):
+        return target / DATA_FILE
+    note(f"rendering {recipe.describe()} ({recipe.n} frames) into {target}")
+    _render(recipe, target)
+    return target / DATA_FILE
+
+
+def _intact(directory: Path) -> bool:
+    """True when a synthetic set's files hash to what its writer recorded in dataset.json."""
+    try:
+        recorded = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))["sha256"]
+        return content_sha256(directory) == recorded
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, CromeError):
+        return False  # absent or damaged: the caller renders it (again)
+
+
+def _cached_dir(recipe: SynthRecipe, cache_root: Path | None) -> Path:
+    if cache_root is None:
+        from crome_edge.store.cache import cache_root as user_cache
+
+        cache_root = user_cache()
+    return Path(cache_root) / DATASETS_DIR / f"{recipe.task}-{recipe.split}-{recipe.n}-{recipe.key()[:16]}"
+
+
+def _render(recipe: SynthRecipe, target: Path) -> None:
+    from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(SynthConfig(out=str(target), task=recipe.task, split=recipe.split, n=recipe.n, seed=recipe.seed,
+                              size=recipe.size, questions=recipe.questions, force=True))

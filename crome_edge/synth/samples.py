@@ -12,9 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from crome_edge.synth.line3 import LINE3_QUESTION, line3_answer
+from crome_edge.synth.line5 import LINE5_QUESTION, line5_answer
 from crome_edge.synth.qa import PRETRAIN_QUESTIONS, answer
 from crome_edge.synth.splits import TASKS, split_seeds
 from crome_edge.synth.world import DEFAULT_SIZE, SceneInfo, render_scene
+
+# The line tasks: task -> (its one question, the rule that answers it).
+LINE_TASKS = {"line3": (LINE3_QUESTION, line3_answer), "line5": (LINE5_QUESTION, line5_answer)}
+LINE_RULES = dict(LINE_TASKS.values())  # question -> rule
 
 # How pretraining frames are asked: every question per frame, or one question per frame.
 QUESTION_MODES: tuple[str, ...] = ("all", "one")
@@ -29,10 +34,10 @@ class Sample:
 
 
 def questions_for(task: str, seed: int, mode: str = "all") -> tuple[str, ...]:
-    """The questions asked of frame `seed`: line3 asks LINE3_QUESTION; pretrain asks all
+    """The questions asked of frame `seed`: a line task asks its one question; pretrain asks all
     PRETRAIN_QUESTIONS ("all") or PRETRAIN_QUESTIONS[seed % 5] ("one", balanced over a seed range)."""
-    if task == "line3":
-        return (LINE3_QUESTION,)
+    if task in LINE_TASKS:
+        return (LINE_TASKS[task][0],)
     if task != "pretrain":
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if mode == "all":
@@ -43,7 +48,8 @@ def questions_for(task: str, seed: int, mode: str = "all") -> tuple[str, ...]:
 
 
 def task_answer(question: str, scene: SceneInfo) -> str:
-    return line3_answer(scene) if question == LINE3_QUESTION else answer(question, scene)
+    rule = LINE_RULES.get(question)
+    return rule(scene) if rule is not None else answer(question, scene)
 
 
 def iter_samples(

@@ -1,6 +1,6 @@
 """Seed ranges of every synthetic dataset split, in one place so that they stay disjoint.
 
-A frame is `render_scene(seed)`; a split is a range of seeds. Pretraining and line-3 ranges never
+A frame is `render_scene(seed)`; a split is a range of seeds. Pretraining and line-task ranges never
 overlap, so no line-3 validation/test frame is ever seen while the backbone is pretrained. Other
 users of `render_scene` keep out of these ranges (stage A of the smol recipe uses 50M-60M, export's
 synthetic fidelity frames 90M+).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from crome_edge.errors import CromeError
 
-TASKS: tuple[str, ...] = ("pretrain", "line3")
+TASKS: tuple[str, ...] = ("pretrain", "line3", "line5")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # (task, split) -> (first seed, number of seeds)
@@ -20,6 +20,9 @@ SEED_RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("line3", "train"): (20_000_000, 1_000_000),
     ("line3", "val"): (21_000_000, 1_000_000),
     ("line3", "test"): (22_000_000, 1_000_000),
+    ("line5", "train"): (30_000_000, 1_000_000),
+    ("line5", "val"): (31_000_000, 1_000_000),
+    ("line5", "test"): (32_000_000, 1_000_000),
 }
 
 

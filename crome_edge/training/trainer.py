@@ -107,6 +107,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self._load_data()
         self._load_backbone()
+        self._add_replay()
         self._check_lengths()
         self.compat = self._compat_record()  # before any weight changes
         self._build_stage()
@@ -154,6 +155,23 @@ class Trainer:
 
             load_backbone_parts(self.config.backbone_parts, self.backbone)
         self.backbone.to(self.device)
+
+    def _add_replay(self) -> None:
+        """--replay N: N general Q&A samples join the training split only (crome_edge.training.replay)."""
+        self.replay = None
+        if not self.config.replay:
+            return
+        from crome_edge.training.replay import replay_samples
+
+        self.replay = replay_samples(self.config.replay, self.config.replay_data, self.backbone.info.name,
+                                     self.config.seed, self._log)
+        task_images = {s.image for s in self.train_samples + self.val_samples}
+        if task_images & {s.image for s in self.replay.samples}:
+            raise CromeError(f"--replay-data {self.replay.record['data']} shares images with --data; replay a general "
+                             "set of other frames (a task frame in both would be asked to give two answers)")
+        self.train_samples = self.train_samples + self.replay.samples
+        self._log(f"replay: {len(self.replay.samples)} samples from {self.replay.record['source']} "
+                  f"({', '.join(self.replay.record['questions'][:5])}) join {len(self.train_samples) - len(self.replay.samples)} task samples")
 
     def _check_lengths(self) -> None:
         """Every sample's visual queries + prompt + answer fit the LLM's context (crome_runtime.limits, the rule `run`
@@ -211,6 +229,10 @@ class Trainer:
                 raise CromeError(f"--{name.replace('_', '-')} must be at least 1")
         if config.steps is not None and config.steps < 1:
             raise CromeError("--steps must be at least 1")
+        if config.replay and config.stage != "finetune":
+            raise CromeError("--replay mixes general Q&A into adapter fine-tuning; it needs --stage finetune")
+        if config.replay_data and not config.replay:
+            raise CromeError("--replay-data gives --replay its samples; pass --replay N too (how many to mix in)")
         if config.augment not in AUGMENTS:
             raise CromeError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
         for flag, value in (("--lr", config.learning_rate), ("--encoder-lr", config.encoder_learning_rate)):
@@ -244,6 +266,7 @@ class Trainer:
             "rank": config.rank if config.stage == "finetune" else None,
             "train_vision": config.train_vision if config.stage == "pretrain" else None,
             "augment": config.augment,
+            "replay": self.replay.record if self.replay else None,
             "batch_size": config.batch_size,
             "seed": config.seed,
             "val_fraction": config.val_fraction,
@@ -466,6 +489,7 @@ class Trainer:
             "bf16": self.bf16.use,  # what ran: --bf16 falls back to fp32 without native bf16
             "bf16_requested": config.bf16,
             "augment": config.augment,
+            "replay": self.replay.record if self.replay else None,
             "world_size": self.dist.world_size,
             "val_accuracy": last.get("val_accuracy"),
             "val_loss": last.get("val_loss"),

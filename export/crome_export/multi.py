@@ -77,8 +77,9 @@ def parse_routes(values: list[str] | None, option: str = "--route") -> dict[str,
 
 
 def training_route(adapter: Path, data: Path | None = None, note=lambda message: None) -> Route:
-    """The questions of the adapter's training data (train + validation split), exactly: the prompts it was trained
-    for. An adapter that records no training data gets no route (it answers only when asked by name)."""
+    """The questions of the adapter's training data (train + validation split, and the questions it replayed),
+    exactly: the prompts it was trained for. An adapter that records no training data gets no route (it answers
+    only when asked by name)."""
     from crome_edge.adapter_file import read_metadata
     from crome_export.frames import _training_split
     from crome_export.pipeline import _jsonl_of
@@ -87,7 +88,8 @@ def training_route(adapter: Path, data: Path | None = None, note=lambda message:
     if data is not None:
         meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(data))))
     train, val, _ = _training_split(meta, note)
-    return Route(list(dict.fromkeys(s.question for s in train + val)))
+    replayed = (meta.training.get("replay") or {}).get("questions") or []  # --replay: it was trained to keep these
+    return Route(list(dict.fromkeys([s.question for s in train + val] + [q for q in replayed if isinstance(q, str)])))
 
 
 def choose_route(name: str, trained: Route, patterns: dict, questions: dict) -> Route:
