@@ -12,7 +12,7 @@ five per frame, balanced). Rows, each one server process started for its bundle 
 
   routed           --bundle, `model` = the server's id: every family goes where the bundle's routes send it; the
                    adapter each answer names (`timings.adapter`) is checked against the family's expected one
-  frozen           --bundle, `model: none` on the pretraining family: the backbone alone
+  frozen           --bundle, `model: none` on every family: the backbone alone
   NAME everywhere  --bundle, `model: NAME` on the pretraining family: what an adapter does to the other answers
   single NAME      --single NAME=B: the adapter's own family through a bundle of that adapter alone
   replay           --replay TASK=B: a bundle whose one adapter was trained with --replay, on its line family + pretraining
@@ -203,10 +203,10 @@ def run(args) -> dict:
             result["routed_seconds"] = round(time.perf_counter() - started, 1)
             result["rows"]["routed"] = scores
             result["swap"] = swap
-            frozen = ask_all(server, families[PRETRAIN], "none", args.clients)
-            result["rows"]["frozen"] = {PRETRAIN: scored(families[PRETRAIN], frozen, None)}
+            frozen = {family: ask_all(server, rows, "none", args.clients) for family, rows in families.items()}
+            result["rows"]["frozen"] = {family: scored(families[family], frozen[family], None) for family in families}
             result["routed_pretrain_answers_identical_to_frozen"] = all(
-                a["ok"] and b["ok"] and a["answer"] == b["answer"] for a, b in zip(routed_pretrain, frozen))
+                a["ok"] and b["ok"] and a["answer"] == b["answer"] for a, b in zip(routed_pretrain, frozen[PRETRAIN]))
             for name in sorted(adapters & set(singles)):
                 answers = ask_all(server, families[PRETRAIN], name, args.clients)
                 result["rows"][f"{name} everywhere"] = {PRETRAIN: scored(families[PRETRAIN], answers, name)}

@@ -16,7 +16,7 @@ from crome_edge.errors import CromeError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smol", help="tiny | smol | a local HF directory (default: smol)")
-    parser.add_argument("--adapter", help="adapter .safetensors, or 'line3' for the shipped demo adapter")
+    parser.add_argument("--adapter", help="adapter .safetensors, or 'line3' / 'line5' for a shipped demo adapter")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file")
     source.add_argument("--synthetic", type=SEED, metavar="SEED", help="render synthetic conveyor frame SEED")

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="smol", help="tiny, tiny:SEED, smol or a local HF directory (default: smol)")
     parser.add_argument("--backbone-parts", metavar="FILE", help="pretrained visual parts to load into the backbone first")
     parser.add_argument("--adapter", metavar="FILE",
-                        help="CROME adapter .safetensors, or 'line3' for the shipped demo adapter (default: the backbone alone)")
+                        help="CROME adapter .safetensors, or 'line3' / 'line5' for a shipped demo adapter (default: the backbone alone)")
     parser.add_argument("--data", required=True, help="dataset: JSONL, a directory holding data.jsonl, or <answer>/ image folders")
     parser.add_argument("--question", help="the question for class-folder datasets")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",

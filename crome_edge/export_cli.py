@@ -13,7 +13,7 @@ from crome_runtime import formats
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, action="append",
-                        help="adapter .safetensors (crome-edge train), or 'line3' for the shipped demo adapter; repeat "
+                        help="adapter .safetensors (crome-edge train), or 'line3' / 'line5' for a shipped demo adapter; repeat "
                              "it for a bundle of several adapters on one backbone (needs --out)")
     parser.add_argument("--route", action="append", metavar="NAME=REGEX",
                         help="adapter NAME answers the questions this regular expression matches (whole question), "

@@ -15,7 +15,7 @@ from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="adapter .safetensors (or a shipped adapter's name: line3), backbone-parts "
+    parser.add_argument("path", help="adapter .safetensors (or a shipped adapter's name: line3, line5), backbone-parts "
                                      ".safetensors, training checkpoint or bundle directory")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--verify", action="store_true", help="bundles: also check every file's sha256")

@@ -159,20 +159,22 @@ def test_adapters_without_a_recipe_still_load_and_a_malformed_one_is_refused(tmp
         read_metadata(bad)
 
 
-def test_the_shipped_line3_adapter_regenerates_its_training_set(cache):
-    meta = read_metadata(shipped_adapter("line3"))
+@pytest.mark.parametrize("name, frames", [("line3", 500), ("line5", 1500)])
+def test_each_shipped_adapter_regenerates_its_training_set(cache, name, frames):
+    meta = read_metadata(shipped_adapter(name))
     recipe = SynthRecipe.from_dict(meta.train_data_recipe["recipe"])
-    assert (recipe.task, recipe.split, recipe.n, recipe.seed, recipe.size) == ("line3", "train", 500, 0, 128)
+    assert (recipe.task, recipe.split, recipe.n, recipe.seed, recipe.size) == (name, "train", frames, 0, 128)
     jsonl = regenerate(meta.train_data_recipe)  # raises unless the frames hash to what training read
     from crome_edge.data import load_training_split
 
     _, train, val = load_training_split(str(jsonl), meta.training)
-    assert (len(train), len(val)) == (meta.training["examples"], meta.training["val_examples"]) == (450, 50)
+    held_out = round(frames * meta.training["val_fraction"])
+    assert (len(train), len(val)) == (meta.training["examples"], meta.training["val_examples"]) == (frames - held_out, held_out)
 
 
 def test_every_adapter_argument_takes_a_shipped_name(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert set(SHIPPED_ADAPTERS) == {"line3"}
+    assert set(SHIPPED_ADAPTERS) == {"line3", "line5"}
     assert resolve_adapter("line3") == shipped_adapter("line3")
     assert resolve_adapter("missing.safetensors") == Path("missing.safetensors")
     assert main(["info", "line3", "--json"]) == 0
@@ -185,7 +187,7 @@ def test_every_adapter_argument_takes_a_shipped_name(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert err.count("was trained for backbone smol") == 2 and "does not exist" not in err
     assert main(["eval", "--backbone", "tiny", "--adapter", "nope", "--data", str(tmp_path / "set")]) == 2
-    assert "adapter file nope does not exist (shipped adapters, by name: line3)" in capsys.readouterr().err
+    assert "adapter file nope does not exist (shipped adapters, by name: line3, line5)" in capsys.readouterr().err
     local = tmp_path / "line3"  # a file of that name here wins over the shipped adapter
     local.write_bytes(b"not an adapter")
     assert resolve_adapter("line3") == Path("line3")

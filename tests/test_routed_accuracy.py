@@ -60,6 +60,7 @@ def test_routed_accuracy_short_loses_nothing_and_routes_every_answer(bundles, tm
     assert {f: s["misrouted"] for f, s in rows["routed"].items()} == {"line3": 0, "line5": 0, "pretrain": 0}
     assert result["routed_pretrain_answers_identical_to_frozen"] is True
     assert rows["routed"]["pretrain"]["accuracy"] == rows["frozen"]["pretrain"]["accuracy"]
+    assert set(rows["frozen"]) == {"line3", "line5", "pretrain"}
     for name in ("line3", "line5"):
         assert rows["routed"][name]["n"] == rows[f"single {name}"][name]["n"] == 6
         assert rows["routed"][name]["correct"] == rows[f"single {name}"][name]["correct"]

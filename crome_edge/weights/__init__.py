@@ -1,7 +1,7 @@
-"""Package data: the smol vision side and the line3 demo adapter (see crome_edge/recipes/README.md).
+"""Package data: the smol vision side and the line3 and line5 demo adapters (see crome_edge/recipes/README.md).
 
 `resolve_adapter` is how every command's adapter argument (`ask/eval/export --adapter`, `info`) is read:
-an existing path as given, else the name of a shipped adapter (`line3`).
+an existing path as given, else the name of a shipped adapter (`line3`, `line5`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from crome_edge.errors import CromeError
 
-SHIPPED_ADAPTERS = {"line3": "line3.safetensors"}  # name -> file in this package
+SHIPPED_ADAPTERS = {"line3": "line3.safetensors", "line5": "line5.safetensors"}  # name -> file in this package
 
 
 def weights_dir() -> Path:
