@@ -15,11 +15,13 @@ five per frame, balanced). Rows, each one server process started for its bundle 
   frozen           --bundle, `model: none` on every family: the backbone alone
   NAME everywhere  --bundle, `model: NAME` on the pretraining family: what an adapter does to the other answers
   single NAME      --single NAME=B: the adapter's own family through a bundle of that adapter alone
+  routed, NAME hot-swapped
+                   --swap NAME=FILE, last on the --bundle server: NAME's family through the routes again while
+                   `crome-edge bundle add BUNDLE --adapter FILE --replace` (a retrained NAME) and POST
+                   /v1/adapters/reload happen --swap-after seconds in (a copy of --bundle is served, so the given
+                   bundle is not changed); every request must still be answered, by NAME (the old or the new one)
   replay           --replay TASK=B: a bundle whose one adapter was trained with --replay, on its line family + pretraining
 
---swap NAME=FILE runs `crome-edge bundle add --bundle BUNDLE --adapter FILE --replace` (the same or a retrained
-adapter) and POST /v1/adapters/reload in the middle of the routed pass (a copy of --bundle is served, so the
-given bundle is not changed); every request must still be answered, by the adapter its prompt routes to.
 Accuracy is exact match after the runtime's normalisation (crome_runtime.prompt.normalize_answer), like `eval`.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
+import httpx  # imported here, before any client thread: a first import racing another thread half-initialises it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_report import command_line, publish  # noqa: E402
@@ -98,8 +101,6 @@ class Server:
         return {"ok": True, "answer": body["choices"][0]["message"]["content"], "adapter": body["timings"]["adapter"]}
 
     def reload(self) -> dict:
-        import httpx
-
         response = httpx.post(f"{self.base}/v1/adapters/reload", headers={"Authorization": f"Bearer {API_KEY}"},
                               timeout=600)
         return {"status": response.status_code, **response.json()}
@@ -122,8 +123,12 @@ def _free_port() -> int:
 
 
 def ask_all(server: Server, rows: list[dict], model: str | None, clients: int) -> list[dict]:
+    started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(lambda row: server.ask(row, model), rows))
+        answers = list(pool.map(lambda row: server.ask(row, model), rows))
+    print(f"  {len(rows)} answers (model {model or server.model_id}) in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr, flush=True)
+    return answers
 
 
 UNCHECKED = object()  # scored(): the answers' adapter is not checked (a single-adapter bundle answers everything)
@@ -143,37 +148,44 @@ def scored(rows: list[dict], answers: list[dict], expected_adapter=UNCHECKED) ->
     return result
 
 
-def routed_pass(server: Server, families: dict, routes: dict, args, bundle: Path) -> tuple[dict, dict, list]:
-    """Every family with the bundle's routes, interleaved (a line3 frame, a line5 frame, a pretraining frame, ...),
-    with --swap in the middle. -> ({family: score}, swap record, the pretraining answers)."""
+def routed_pass(server: Server, families: dict, routes: dict, args) -> tuple[dict, list]:
+    """Every family with the bundle's routes, interleaved (a line3 frame, a line5 frame, a pretraining frame, ...).
+    -> ({family: score}, the pretraining answers)."""
     order = [(family, i) for i in range(max(len(rows) for rows in families.values()))
              for family, rows in families.items() if i < len(rows)]
-    swap: dict = {}
-    if args.swap:
-        name, _, file = args.swap.partition("=")
-        swapper = threading.Thread(target=_swap, args=(server, bundle, name, Path(file), args, swap), daemon=True)
-        swapper.start()
     answers = ask_all(server, [families[f][i] for f, i in order], None, args.clients)
-    if args.swap:
-        swapper.join()
     by_family: dict = {family: [None] * len(rows) for family, rows in families.items()}
     for (family, i), answer in zip(order, answers):
         by_family[family][i] = answer
     scores = {family: scored(families[family], by_family[family], routes[family]) for family in families}
-    return scores, swap, by_family[PRETRAIN]
+    return scores, by_family[PRETRAIN]
 
 
-def _swap(server: Server, bundle: Path, name: str, adapter: Path, args, record: dict) -> None:
+def swap_pass(server: Server, families: dict, args, bundle: Path) -> dict:
+    """--swap NAME=FILE: NAME's family asked again through the routes while `bundle add --replace FILE` and the
+    reload happen --swap-after seconds in. -> {"score", "swap"}: every answer must still come, from NAME; the swap
+    record says when (seconds into the pass) the reload finished and when the last answer came."""
+    name, _, file = args.swap.partition("=")
+    record: dict = {"adapter": name, "file": file}
+    started = time.perf_counter()
+    swapper = threading.Thread(target=_swap, args=(server, bundle, name, Path(file), args, record, started),
+                               daemon=True)
+    swapper.start()
+    answers = ask_all(server, families[name], None, args.clients)
+    record["pass_s"] = round(time.perf_counter() - started, 1)
+    swapper.join()
+    return {"score": scored(families[name], answers, name), "swap": record}
+
+
+def _swap(server: Server, bundle: Path, name: str, adapter: Path, args, record: dict, pass_started: float) -> None:
     """`bundle add --replace` of `adapter` as `name` into the served bundle, then the reload, timed."""
     time.sleep(args.swap_after)
     started = time.perf_counter()
-    command = [sys.executable, "-m", "crome_edge.cli", "bundle", "add", str(bundle), "--adapter", str(adapter),
-               "--replace", "--eval-limit", str(args.swap_eval_limit), "--threads", "1"]
     staged = bundle.parent / f"{name}.safetensors"  # the adapter's name in a bundle is its file name
-    if adapter.resolve() != staged.resolve():
-        shutil.copyfile(adapter, staged)
-    command[command.index(str(adapter))] = str(staged)
-    done = subprocess.run(command, capture_output=True, text=True)
+    shutil.copyfile(adapter, staged)
+    done = subprocess.run([sys.executable, "-m", "crome_edge.cli", "bundle", "add", str(bundle), "--adapter",
+                           str(staged), "--replace", "--eval-limit", str(args.swap_eval_limit), "--threads", "1"],
+                          capture_output=True, text=True)
     record["bundle_add_s"] = round(time.perf_counter() - started, 1)
     record["bundle_add_rc"] = done.returncode
     if done.returncode:
@@ -182,6 +194,7 @@ def _swap(server: Server, bundle: Path, name: str, adapter: Path, args, record: 
     started = time.perf_counter()
     record["reload"] = server.reload()
     record["reload_s"] = round(time.perf_counter() - started, 3)
+    record["reload_done_at_s"] = round(time.perf_counter() - pass_started, 1)
 
 
 def run(args) -> dict:
@@ -199,10 +212,9 @@ def run(args) -> dict:
             adapters = set(server.client.models.list().to_dict()["data"][0]["adapters"])
             routes = {family: family if family in adapters else None for family in families}  # None: frozen
             started = time.perf_counter()
-            scores, swap, routed_pretrain = routed_pass(server, families, routes, args, served)
+            scores, routed_pretrain = routed_pass(server, families, routes, args)
             result["routed_seconds"] = round(time.perf_counter() - started, 1)
             result["rows"]["routed"] = scores
-            result["swap"] = swap
             frozen = {family: ask_all(server, rows, "none", args.clients) for family, rows in families.items()}
             result["rows"]["frozen"] = {family: scored(families[family], frozen[family], None) for family in families}
             result["routed_pretrain_answers_identical_to_frozen"] = all(
@@ -210,6 +222,11 @@ def run(args) -> dict:
             for name in sorted(adapters & set(singles)):
                 answers = ask_all(server, families[PRETRAIN], name, args.clients)
                 result["rows"][f"{name} everywhere"] = {PRETRAIN: scored(families[PRETRAIN], answers, name)}
+            if args.swap:  # last: it changes the served copy
+                swapped = swap_pass(server, families, args, served)
+                result["rows"][f"routed, {swapped['swap']['adapter']} hot-swapped"] = {
+                    swapped["swap"]["adapter"]: swapped["score"]}
+                result["swap"] = swapped["swap"]
         finally:
             server.stop()
         for name, bundle in singles.items():
@@ -254,7 +271,7 @@ def markdown(result: dict) -> str:
     lines += ["", f"Routed pass: {result['routed_seconds']} s, {misrouted} answers from another adapter than the route's; "
               f"pretraining answers routed = frozen, answer for answer: {result['routed_pretrain_answers_identical_to_frozen']}."]
     if result.get("swap"):
-        lines.append(f"Hot-swap during the routed pass: {json.dumps(result['swap'])}")
+        lines.append(f"Hot-swap: {json.dumps(result['swap'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-n", type=int, default=1000, help="held-out pretraining questions (one per frame)")
     parser.add_argument("--threads", type=int, default=1, help="serve --threads")
     parser.add_argument("--clients", type=int, default=2, help="requests in flight")
-    parser.add_argument("--swap", metavar="NAME=FILE", help="bundle add --replace FILE as NAME + reload mid-pass")
-    parser.add_argument("--swap-after", type=float, default=30.0, help="seconds into the routed pass")
+    parser.add_argument("--swap", metavar="NAME=FILE", help="bundle add --replace FILE as NAME + reload under load")
+    parser.add_argument("--swap-after", type=float, default=10.0, help="seconds into the swap pass")
     parser.add_argument("--swap-eval-limit", type=int, default=20, help="bundle add --eval-limit")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--results", type=Path, help="write the section into this RESULTS.md")

@@ -44,7 +44,7 @@ def test_replay_joins_training_only_and_is_recorded_in_the_adapter(tmp_path, lin
     assert len(rendered) == 1 and (rendered[0] / "data.jsonl").is_file()
     assert all(s.image.parent.parent == rendered[0] for s in replayed)
 
-    result = trainer._train()
+    result = trainer.run()  # setup() already ran: trains the run it set up
     record = read_metadata(result.out).training["replay"]
     assert record["n"] == 15 and record["questions"] == sorted(PRETRAIN_QUESTIONS)
     assert record["source"] == "backbone pretraining questions (synthetic)"

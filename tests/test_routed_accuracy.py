@@ -27,7 +27,8 @@ def bundles(tmp_path_factory):
         patch.setenv("CROME_EDGE_CACHE", str(root / "cache"))
         patch.setenv("OMP_NUM_THREADS", "1")
         adapters = {}
-        for name, task, extra in (("line3", "line3", []), ("line5", "line5", []), ("replay", "line3", ["--replay", "10"])):
+        for name, task, extra in (("line3", "line3", []), ("line5", "line5", []), ("replay", "line3", ["--replay", "10"]),
+                                  ("line5b", "line5", ["--seed", "1"])):
             data = synth_dataset(root / f"{name}-data", n=16, task=task)
             (root / name).mkdir()
             adapters[name] = root / name / f"{task}.safetensors"
@@ -49,13 +50,13 @@ def test_routed_accuracy_short_loses_nothing_and_routes_every_answer(bundles, tm
     results.write_text("# Benchmark results\n\n## Another section\n\nkept\n")
     argv = ["--bundle", str(bundles["both"]), "--single", f"line3={bundles['line3']}",
             "--single", f"line5={bundles['line5']}", "--replay", f"line3={bundles['replay']}", "--n", "6",
-            "--pretrain-n", "10", "--threads", "1", "--clients", "2", "--swap", f"line5={bundles['adapters']['line5']}",
+            "--pretrain-n", "10", "--threads", "1", "--clients", "2", "--swap", f"line5={bundles['adapters']['line5b']}",
             "--swap-after", "0", "--swap-eval-limit", "4", "--json", str(tmp_path / "r.json"), "--results", str(results)]
     assert routed_accuracy.main(argv) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     rows = result["rows"]
-    assert set(rows) == {"routed", "frozen", "line3 everywhere", "line5 everywhere", "single line3", "single line5",
-                         "replay"}
+    assert set(rows) == {"routed", "frozen", "line3 everywhere", "line5 everywhere", "routed, line5 hot-swapped",
+                         "single line3", "single line5", "replay"}
     assert all(score["lost"] == 0 for row in rows.values() for score in row.values())
     assert {f: s["misrouted"] for f, s in rows["routed"].items()} == {"line3": 0, "line5": 0, "pretrain": 0}
     assert result["routed_pretrain_answers_identical_to_frozen"] is True
@@ -67,7 +68,8 @@ def test_routed_accuracy_short_loses_nothing_and_routes_every_answer(bundles, tm
     assert set(rows["replay"]) == {"line3", "pretrain"} and rows["replay"]["pretrain"]["n"] == 10
     swap = result["swap"]
     assert swap["bundle_add_rc"] == 0 and swap["reload"]["status"] == 200
-    assert swap["reload"]["adapters"] == ["line3", "line5"]
+    assert swap["reload"]["replaced"] == ["line5"] and swap["reload"]["adapters"] == ["line3", "line5"]
+    assert rows["routed, line5 hot-swapped"]["line5"]["misrouted"] == 0
     text = results.read_text()
     assert "## Another section\n\nkept" in text and routed_accuracy.HEADING in text and "load average" in text
     assert sorted(p.name for p in bundles["both"].parent.iterdir() if p.name.startswith("both")) == ["both.bundle"]
