@@ -1,4 +1,4 @@
-"""The embedded default (slow): shipped smol weights + line3 adapter answer synthetic frames, and the frozen
+"""The embedded default (slow): shipped smol weights + the line3 and line5 adapters answer synthetic frames, and the frozen
 LLM inside CromeModel answers text-only questions exactly as SmolLM2 alone does (issue 3)."""
 import json
 
@@ -39,30 +39,34 @@ def test_adapter_off_the_llm_answers_text_exactly_as_smollm2_alone(smol):
     assert "Paris" in answers["What is the capital of France?"]
 
 
+@pytest.mark.parametrize("task, held_out", [("line3", "98.2%"), ("line5", "95.4%")])
 @torch.no_grad()
-def test_line3_adapter_sorts_held_out_frames_the_backbone_alone_cannot(smol):
+def test_each_shipped_line_adapter_answers_held_out_frames_the_backbone_alone_cannot(smol, task, held_out):
     from crome_edge.adapter_file import load_adapter
     from crome_edge.weights import resolve_adapter
     from crome_edge.model import CromeModel, GenerationConfig
-    from crome_edge.synth.line3 import line3_split
+    from crome_edge.synth.samples import LINE_TASKS, iter_split
+    from crome_runtime.prompt import normalize_answer
     from crome_runtime.preprocess import preprocess_image
 
     info = smol.info
-    frames = list(line3_split("test", 48))
+    question = LINE_TASKS[task][0]
+    frames = list(iter_split(task, "test", 48))
     pixels = torch.stack([torch.from_numpy(preprocess_image(f.image, info.image_size, info.image_mean, info.image_std))
                           for f in frames])
-    truth = [f.answer for f in frames]
+    truth = [normalize_answer(f.answer) for f in frames]
     model = CromeModel(smol)
-    adapter, _ = load_adapter(resolve_adapter("line3"), smol)
-    config = GenerationConfig(max_new_tokens=6)
-    without = model.answer(pixels, [LINE3] * len(frames), config)
+    adapter, _ = load_adapter(resolve_adapter(task), smol)
+    config = GenerationConfig(max_new_tokens=10)
+    without = model.answer(pixels, [question] * len(frames), config)
     model.attach_adapter(adapter)
-    with_adapter = model.answer(pixels, [LINE3] * len(frames), config)
+    with_adapter = model.answer(pixels, [question] * len(frames), config)
     model.detach_adapter()
-    correct = sum(a.strip() == t for a, t in zip(with_adapter, truth))
-    # Held out: 98.2% on 1000 frames (crome_edge/recipes/line3_report.py); 48 frames carry ±2 points of noise.
-    assert correct / len(frames) >= 0.9, list(zip(with_adapter, truth))
-    assert sum(a.strip() == t for a, t in zip(without, truth)) == 0  # a rule the backbone never saw
+    correct = sum(normalize_answer(a) == t for a, t in zip(with_adapter, truth))
+    # Held out on 1000 frames: line3 98.2% (crome_edge/recipes/line3_report.py), line5 95.4% (the INT8 bundle,
+    # benchmarks/routed_accuracy.py); 48 frames carry about ±3 points of noise.
+    assert correct / len(frames) >= 0.88, (held_out, list(zip(with_adapter, truth)))
+    assert sum(normalize_answer(a) == t for a, t in zip(without, truth)) == 0  # a rule the backbone never saw
 
 
 def test_ask_cli_answers_a_synthetic_frame(capsys):
