@@ -67,6 +67,14 @@ def test_replayed_questions_join_the_adapters_route(tmp_path, line3_data, cache)
                  "--replay", "10"]) == 0
     route = training_route(out)
     assert set(route.questions) == {"Which bin does this part go to?", *PRETRAIN_QUESTIONS}
+    meta = read_metadata(out)
+    assert meta.training["questions"] == ["Which bin does this part go to?"]  # recorded at training
+    moved = tmp_path / "gone"
+    line3_data.parent.rename(moved)  # the training data is gone: the recorded route still holds
+    try:
+        assert training_route(out).questions == route.questions
+    finally:
+        moved.rename(line3_data.parent)
 
 
 def test_replay_data_draws_a_seeded_subset_of_the_users_set(tmp_path, cache):

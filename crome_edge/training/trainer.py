@@ -486,6 +486,7 @@ class Trainer:
             "val_fraction": config.val_fraction,
             "split_seed": config.seed,
             "question": self.dataset.question,
+            "questions": self._trained_questions(),
             "bf16": self.bf16.use,  # what ran: --bf16 falls back to fp32 without native bf16
             "bf16_requested": config.bf16,
             "augment": config.augment,
@@ -511,6 +512,14 @@ class Trainer:
             summary["train_vision"] = config.train_vision
             summary["encoder_lr"] = config.encoder_learning_rate
         return summary
+
+    def _trained_questions(self) -> list[str] | None:
+        """The task data's distinct questions (train + validation), the adapter's route at export; None when there
+        are more than crome_runtime.adapters.MAX_RECORDED_QUESTIONS (export then reads the data)."""
+        from crome_runtime.adapters import MAX_RECORDED_QUESTIONS
+
+        questions = sorted({s.question for s in self.dataset.samples})
+        return questions if self.config.stage == "finetune" and len(questions) <= MAX_RECORDED_QUESTIONS else None
 
     def _trainable_count(self) -> int:
         return sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])

@@ -78,18 +78,29 @@ def parse_routes(values: list[str] | None, option: str = "--route") -> dict[str,
 
 def training_route(adapter: Path, data: Path | None = None, note=lambda message: None) -> Route:
     """The questions of the adapter's training data (train + validation split, and the questions it replayed),
-    exactly: the prompts it was trained for. An adapter that records no training data gets no route (it answers
-    only when asked by name)."""
+    exactly: the prompts it was trained for, as training recorded them (`training.questions`), else read from the
+    data (older adapters; or `data`, given when it moved). An adapter that records no training data gets no route
+    (it answers only when asked by name)."""
     from crome_edge.adapter_file import read_metadata
     from crome_export.frames import _training_split
     from crome_export.pipeline import _jsonl_of
 
     meta = read_metadata(adapter)
-    if data is not None:
-        meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(data))))
-    train, val, _ = _training_split(meta, note)
-    replayed = (meta.training.get("replay") or {}).get("questions") or []  # --replay: it was trained to keep these
-    return Route(list(dict.fromkeys([s.question for s in train + val] + [q for q in replayed if isinstance(q, str)])))
+    recorded = _strings(meta.training.get("questions"))
+    if data is not None or recorded is None:
+        if data is not None:
+            meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(data))))
+        train, val, _ = _training_split(meta, note)
+        recorded = [s.question for s in train + val]
+    replayed = _strings((meta.training.get("replay") or {}).get("questions")) or []  # --replay: trained to keep these
+    return Route(list(dict.fromkeys(recorded + replayed)))
+
+
+def _strings(value) -> list[str] | None:
+    """A metadata list of questions, or None when it is not one (absent, or written by something else)."""
+    if isinstance(value, list) and value and all(isinstance(q, str) and q.strip() for q in value):
+        return value
+    return None
 
 
 def choose_route(name: str, trained: Route, patterns: dict, questions: dict) -> Route:

@@ -27,6 +27,9 @@ ROLES = {  # role -> the version-1 file name (a version-2 adapter's file is NAME
     "acceptance_arrays": formats.ACCEPTANCE_ARRAYS,
 }
 REQUIRED_ROLES = ("adapter_visual", "adapter_text", "weights")
+# Training records the distinct questions of its data up to this many (its route); a set of more distinct questions
+# (free-form prompts) records none, and export reads them from the data or takes --route.
+MAX_RECORDED_QUESTIONS = 256
 
 
 def check_name(name, source: str = "adapter") -> str:
