@@ -24,7 +24,9 @@ from crome_edge.data.dataset import Sample, load_dataset
 from crome_edge.errors import CromeError
 
 SYNTH_PRETRAINED = ("smol", "tiny")  # backbones whose pretraining Q&A is the synthetic conveyor set
-MAX_REPLAY = 1_000_000  # frames of the pretraining split's seed range (splits.py)
+# Fine-tuning caches each training frame's visual prefix (with --augment flips, four views: ~0.3 MB per frame on
+# smol), so replay is bounded: 10,000 samples is ~3 GB of cache on smol.
+MAX_REPLAY = 10_000
 
 
 @dataclass
@@ -37,7 +39,8 @@ def replay_samples(n: int, replay_data: str | None, backbone_name: str, seed: in
                    note=lambda message: None) -> Replay:
     """N samples from `replay_data` or the backbone's pretraining set (see the module docstring)."""
     if not 0 < n <= MAX_REPLAY:
-        raise CromeError(f"--replay must be 1..{MAX_REPLAY:,} samples, got {n}")
+        raise CromeError(f"--replay must be 1..{MAX_REPLAY:,} samples, got {n} (every replayed frame's visual prefix is "
+                         "cached in memory while training)")
     if replay_data is not None:
         dataset = load_dataset(replay_data)
         source = str(dataset.source)
