@@ -26,8 +26,8 @@ from pathlib import Path
 
 from crome_edge.errors import CromeError
 from crome_runtime import formats
-from crome_runtime.adapters import (REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters, check_name,
-                                    file_name, overlaps)
+from crome_runtime.adapters import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
+                                    check_name, file_name, overlaps)
 from crome_runtime.manifest import BundleError, FileEntry, Manifest, read_manifest
 
 
@@ -97,8 +97,10 @@ def training_route(adapter: Path, data: Path | None = None, note=lambda message:
 
 
 def _strings(value) -> list[str] | None:
-    """A metadata list of questions, or None when it is not one (absent, or written by something else)."""
-    if isinstance(value, list) and value and all(isinstance(q, str) and q.strip() for q in value):
+    """A metadata list of questions (at most MAX_RECORDED_QUESTIONS, what training writes), or None when it is not one
+    (absent, or written by something else)."""
+    if (isinstance(value, list) and 0 < len(value) <= MAX_RECORDED_QUESTIONS
+            and all(isinstance(q, str) and q.strip() for q in value)):
         return value
     return None
 
