@@ -4,9 +4,11 @@ this machine; the exporter regenerates it from the recipe the adapter records an
 gates pass. Only the CLI contract is checked here (the fidelity numbers are test_runtime_smol's business)."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
+from crome_edge.adapter_file import read_metadata
 from crome_edge.cli import main
 from crome_edge.weights import shipped_adapter
 from crome_runtime import formats
@@ -16,6 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_export_of_a_copied_shipped_adapter_needs_no_data(tmp_path, monkeypatch, capsys):
+    recorded = Path(read_metadata(shipped_adapter("line3")).train_data)
+    assert not recorded.exists(), (f"this test needs a machine without the adapter's training set, but {recorded} "
+                                   "is here (a recipe run?): move it away to run this test")
     work = tmp_path / "empty"
     work.mkdir()
     shutil.copy(shipped_adapter("line3"), work / "line3.safetensors")
