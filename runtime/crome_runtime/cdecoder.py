@@ -17,8 +17,7 @@ import numpy as np
 
 from crome_runtime import ccore
 from crome_runtime.blocks_file import MATRICES, DecoderBlocks, layer_name
-
-_F32 = np.dtype(np.float32)
+from crome_runtime.decoder import check_prefix
 
 
 class CDecoder:
@@ -90,9 +89,7 @@ class CDecoder:
     # --- running ------------------------------------------------------------------------------------
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """embeds (1, L, d) float32 C-contiguous: the whole prefix, into an empty cache -> logits (vocab,)."""
-        if embeds.dtype != _F32 or embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != self.d_model \
-                or not embeds.flags.c_contiguous:
-            raise ValueError(f"prefill needs float32 C-contiguous (1, L, {self.d_model}), got {embeds.dtype} {embeds.shape}")
+        check_prefix(embeds, self.d_model)
         length = embeds.shape[1]
         self.reserve(length + 1)
         lib = self._lib

@@ -21,6 +21,13 @@ from crome_runtime import formats
 _F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
+def check_prefix(embeds: np.ndarray, d_model: int) -> None:
+    """What prefill takes (both decoders): float32 C-contiguous (1, L, d_model); ValueError otherwise."""
+    if embeds.dtype != _F32 or embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != d_model \
+            or not embeds.flags.c_contiguous:
+        raise ValueError(f"prefill needs float32 C-contiguous (1, L, {d_model}), got {embeds.dtype} {embeds.shape}")
+
+
 class KVDecoder:
     def __init__(self, session, num_layers: int, num_kv_heads: int, head_dim: int, d_model: int, vocab_size: int,
                  device: str = "cpu"):
@@ -72,9 +79,7 @@ class KVDecoder:
     # --- running ------------------------------------------------------------------------------------
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """embeds (1, L, d) float32 C-contiguous: the whole prefix, into an empty cache -> logits (vocab,)."""
-        if embeds.dtype != _F32 or embeds.ndim != 3 or embeds.shape[0] != 1 or embeds.shape[2] != self.d_model \
-                or not embeds.flags.c_contiguous:
-            raise ValueError(f"prefill needs float32 C-contiguous (1, L, {self.d_model}), got {embeds.dtype} {embeds.shape}")
+        check_prefix(embeds, self.d_model)
         length = embeds.shape[1]
         self.reserve(length + 1)
         self.length = 0
