@@ -7,13 +7,12 @@ only when those gates pass, so the engine's `auto` decodes on them; `crome-edge 
 device and fails, naming the decoder stage, when the blocks were altered (with the manifest's sha256 updated).
 """
 import json
-import os
 import shutil
 import struct
 
 import numpy as np
 import pytest
-from test_runtime_fixtures import copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from test_runtime_fixtures import cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
 from crome_edge.cli import main
 from crome_edge.errors import CromeError
@@ -32,16 +31,9 @@ def bundle(tmp_path_factory):
     with torch_threads(1):
         paths = tiny_bundle(tmp_path_factory)
         out = tmp_path_factory.mktemp("q8_0") / "colour-q8_0.bundle"
-        previous = os.environ.get("CROME_EDGE_CACHE")
-        os.environ["CROME_EDGE_CACHE"] = str(paths["root"] / "cache")  # the fixture's backbone parts
-        try:
+        with cache_env(paths["root"] / "cache"):  # the fixture's backbone parts
             export_bundle(ExportConfig(adapter=paths["adapter"], precision="fp32", out=out, threads=1,
                                        decoder_blocks="q8_0"), Progress(7, enabled=False))
-        finally:
-            if previous is None:
-                os.environ.pop("CROME_EDGE_CACHE", None)
-            else:
-                os.environ["CROME_EDGE_CACHE"] = previous
     return out
 
 
@@ -151,16 +143,9 @@ def test_int8_export_gates_the_blocks_with_the_int8_pipeline(tmp_path_factory):
     with torch_threads(1):
         paths = tiny_bundle(tmp_path_factory)
         out = tmp_path_factory.mktemp("q8_0-int8") / "colour-int8.bundle"
-        previous = os.environ.get("CROME_EDGE_CACHE")
-        os.environ["CROME_EDGE_CACHE"] = str(paths["root"] / "cache")
-        try:
+        with cache_env(paths["root"] / "cache"):
             export_bundle(ExportConfig(adapter=paths["adapter"], precision="int8", out=out, threads=1,
                                        decoder_blocks="q8_0"), Progress(7, enabled=False))
-        finally:
-            if previous is None:
-                os.environ.pop("CROME_EDGE_CACHE", None)
-            else:
-                os.environ["CROME_EDGE_CACHE"] = previous
     report = _report(out)
     step = {(s["precision"], s["stage"]): s for s in report["stages"]}
     assert step[("int8", "decoder_step")]["decoder"] == "c q8_0" and step[("fp32", "decoder_step")]["decoder"] == "onnx"

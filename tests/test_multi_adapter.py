@@ -5,14 +5,12 @@ routes, another backbone, a truncated file) that leave the bundle unchanged."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from test_runtime_fixtures import COLOURS, QUESTION, colour_image, copy_bundle, tiny_bundle, torch_threads
+from test_runtime_fixtures import COLOURS, QUESTION, cache_env, colour_image, copy_bundle, tiny_bundle, torch_threads
 from tiny_adapter import train_tiny_adapter
 
 from crome_edge.errors import CromeError
@@ -43,19 +41,12 @@ def setup(tmp_path_factory):
 
     paths = tiny_bundle(tmp_path_factory)
     root = tmp_path_factory.mktemp("multi")
-    previous = os.environ.get("CROME_EDGE_CACHE")
-    os.environ["CROME_EDGE_CACHE"] = str(paths["root"] / "cache")  # the colour export's backbone parts
-    try:
+    with cache_env(paths["root"] / "cache"):  # the colour export's backbone parts
         with torch_threads(1):
             warm = train_tiny_adapter(build_tiny(seed=0), _warm_dataset(root / "warm-data"), root / "warm.safetensors")
             config = ExportConfig(adapter=paths["adapter"], precision="fp32", out=root / "both.bundle", threads=1)
             bundle = export_adapters(config, [paths["adapter"], warm], quiet=True)
         yield {**paths, "warm": warm, "both": bundle, "tmp": root}
-    finally:
-        if previous is None:
-            os.environ.pop("CROME_EDGE_CACHE", None)
-        else:
-            os.environ["CROME_EDGE_CACHE"] = previous
 
 
 def _engine(bundle):
@@ -171,9 +162,7 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
     work.mkdir()
     bundle = copy_bundle(setup["bundle"], work / "colour.bundle")  # a version-1 bundle: converted on add
     config = ExportConfig(adapter=setup["warm"], threads=1)
-    previous = os.environ.get("CROME_EDGE_CACHE")
-    os.environ["CROME_EDGE_CACHE"] = str(setup["root"] / "cache")
-    try:
+    with cache_env(setup["root"] / "cache"):
         with torch_threads(1):
             path, seconds = add_adapter(bundle, setup["warm"], config, quiet=True)
             assert path == bundle.absolute() and seconds > 0
@@ -198,11 +187,6 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
             assert (bundle / "manifest.json").read_bytes() == before
             assert sorted(p.name for p in work.iterdir()) == ["clash.safetensors", "colour.bundle", "cut.safetensors",
                                                               "foreign.safetensors"]  # nothing left behind
-    finally:
-        if previous is None:
-            os.environ.pop("CROME_EDGE_CACHE", None)
-        else:
-            os.environ["CROME_EDGE_CACHE"] = previous
     remove_adapter(bundle, "colour")
     assert [a["name"] for a in _manifest(bundle)["adapters"]] == ["warm"]
     assert not (bundle / "colour.adapter_visual.onnx").exists()

@@ -8,7 +8,6 @@ fidelity report). The export side uses torch; the runtime under test does not.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,16 @@ def _train_adapter(data: Path, out: Path, steps: int = 125) -> Path:
 
 
 @contextmanager
+def cache_env(path: Path):
+    """$CROME_EDGE_CACHE = path for a while, then as it was (module-scoped fixtures have no monkeypatch)."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CROME_EDGE_CACHE", str(path))
+        yield
+
+
+@contextmanager
 def torch_threads(count: int = 1):
     """PyTorch with `count` threads for a while: on this shared 2-core machine two OpenMP threads made a tiny
     training step 100x slower (3.9 s vs 0.034 s) while other jobs ran."""
@@ -71,18 +80,11 @@ def tiny_bundle(tmp_path_factory) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     _dataset(root / "data")
-    previous = os.environ.get("CROME_EDGE_CACHE")
-    os.environ["CROME_EDGE_CACHE"] = str(root / "cache")
-    try:
+    with cache_env(root / "cache"):
         with torch_threads(1):
             _train_adapter(paths["data"], paths["adapter"])
             export_bundle(ExportConfig(adapter=paths["adapter"], precision="fp32", out=paths["bundle"], threads=1),
                           Progress(7, enabled=False))
-    finally:
-        if previous is None:
-            os.environ.pop("CROME_EDGE_CACHE", None)
-        else:
-            os.environ["CROME_EDGE_CACHE"] = previous
     return paths
 
 
