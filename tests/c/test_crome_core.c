@@ -12,22 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-
-#define CHECK(cond)                                                                                    \
-    do {                                                                                               \
-        if (!(cond)) {                                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                   \
-            failures++;                                                                                \
-        }                                                                                              \
-    } while (0)
-
-static uint32_t rng_state = 12345u;
-static uint32_t rnd(void) { /* xorshift32: deterministic test data */
-    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 17, rng_state ^= rng_state << 5;
-    return rng_state;
-}
-static float rndf(void) { return (float)(rnd() % 2000001) / 1e6f - 1.0f; } /* [-1, 1] */
+#include "check.h"
 
 static uint8_t *random_bytes(size_t n) {
     uint8_t *p = malloc(n ? n : 1);

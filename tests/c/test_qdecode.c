@@ -13,22 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-
-#define CHECK(cond)                                                                                    \
-    do {                                                                                               \
-        if (!(cond)) {                                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                   \
-            failures++;                                                                                \
-        }                                                                                              \
-    } while (0)
-
-static uint32_t rng_state = 777u;
-static uint32_t rnd(void) {
-    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 17, rng_state ^= rng_state << 5;
-    return rng_state;
-}
-static float rndf(void) { return (float)(rnd() % 2000001) / 1e6f - 1.0f; }
+#define TEST_SEED 777u
+#include "check.h"
 
 /* A random normal fp16 in [2^-10, 2^-6) with a random sign (scales d and minima m). */
 static uint16_t rnd_half(int allow_negative) {
