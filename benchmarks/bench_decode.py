@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_report import command_line, publish, pyplot
+from bench_report import add_output_arguments, add_run_arguments, command_line, grouped_bars, publish, pyplot
 
 QUESTION = "Which bin does this part go to?"
 SECTION = "## Decode vs llama.cpp — `benchmarks/bench_decode.py`"
@@ -324,17 +324,10 @@ def plot(result: dict, path: Path) -> bool:
     if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    runs = result["runs"]
-    names = runs[0]["order"]
-    width = 0.8 / len(runs)
-    for k, run in enumerate(runs):
-        x = np.arange(len(names)) + k * width
-        a.bar(x, [run["columns"][n]["tokens_per_s"] for n in names], width, label=f"{run['threads']} thread(s)")
-        b.bar(x, [run["columns"][n]["prefill_ms_median"] for n in names], width, label=f"{run['threads']} thread(s)")
-    for ax, title in ((a, "decode tokens/s (higher is better)"), (b, "prefill ms (lower is better)")):
-        ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=20, ha="right")
-        ax.set_title(title)
-        ax.legend()
+    grouped_bars(a, result["runs"], lambda run, n: run["columns"][n]["tokens_per_s"], rotation=20)
+    grouped_bars(b, result["runs"], lambda run, n: run["columns"][n]["prefill_ms_median"], rotation=20)
+    a.set_title("decode tokens/s (higher is better)")
+    b.set_title("prefill ms (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -342,19 +335,14 @@ def plot(result: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_run_arguments(parser, runs=20, warmup=2)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--gguf", type=Path, help="the backbone's GGUF for the llama.cpp column (default: the "
                         "embedded smol's, from the model store)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     parser.add_argument("--bandwidth-mb", type=int, default=512, help="buffer of the read-bandwidth probe (far "
                         "larger than the caches; default %(default)s)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
-    parser.add_argument("--plot", type=Path, help="PNG of tokens/s and prefill ms (needs matplotlib)")
+    add_output_arguments(parser, plot="tokens/s and prefill ms")
     args = parser.parse_args(argv)
     from crome_runtime.manifest import read_manifest
 

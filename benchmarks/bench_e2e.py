@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (machine description, RESULTS.md writer, percentiles)
 import bench_runtime as br  # noqa: E402  (the synthetic frame file and the PyTorch eager pipeline)
-from bench_report import command_line, publish, pyplot  # noqa: E402
+from bench_report import add_output_arguments, add_run_arguments, command_line, grouped_bars, publish, pyplot  # noqa: E402
 
 SECTION = "## End to end, frame -> answer — `benchmarks/bench_e2e.py`"
 QUESTION = bd.QUESTION
@@ -131,15 +131,8 @@ def plot(result: dict, path: Path) -> bool:
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    runs = result["runs"]
-    names = runs[0]["order"]
-    width = 0.8 / len(runs)
-    for k, run in enumerate(runs):
-        x = np.arange(len(names)) + k * width
-        ax.bar(x, [run["columns"][n]["total_ms"]["p50"] for n in names], width, label=f"{run['threads']} thread(s)")
-    ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=15, ha="right")
-    ax.set_title(f"frame -> {runs[0]['max_new_tokens']}-token answer, ms (p50, lower is better)")
-    ax.legend()
+    grouped_bars(ax, result["runs"], lambda run, n: run["columns"][n]["total_ms"]["p50"], rotation=15)
+    ax.set_title(f"frame -> {result['runs'][0]['max_new_tokens']}-token answer, ms (p50, lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     return True
@@ -147,15 +140,10 @@ def plot(result: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=1)
+    add_run_arguments(parser, runs=20, warmup=1)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
-    parser.add_argument("--plot", type=Path, help="PNG of the answer times (needs matplotlib)")
+    add_output_arguments(parser, plot="the answer times")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 1:
         parser.error("--runs and --max-new-tokens must be >= 1, --warmup >= 0")

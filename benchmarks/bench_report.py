@@ -1,8 +1,10 @@
 """How a benchmark's results leave the script: the command that made them, its Markdown section printed and
 written into RESULTS.md, the JSON, and a PNG when matplotlib is there (an optional extra:
-`pip install 'crome-edge[bench]'`). Shared by bench_decode.py, bench_e2e.py and bench_scaling.py."""
+`pip install 'crome-edge[bench]'`), and the options and grouped bar chart those scripts share. Used by
+bench_decode.py, bench_e2e.py, bench_scaling.py and routed_accuracy.py."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -11,6 +13,35 @@ from pathlib import Path
 def command_line(argv: list[str] | None) -> str:
     """The command as it was typed, for RESULTS.md (argv: main()'s own, None when run as a script)."""
     return "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, runs: int, warmup: int) -> None:
+    """The bundle and how it is timed: --threads (one run per count), --runs, --warmup."""
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--warmup", type=int, default=warmup)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, plot: str | None) -> None:
+    """--json, --results and (given what the PNG shows) --plot: where `publish` writes."""
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
+    if plot:
+        parser.add_argument("--plot", type=Path, help=f"PNG of {plot} (needs matplotlib)")
+
+
+def grouped_bars(ax, runs: list[dict], value, rotation: int) -> None:
+    """One bar per column of runs[0]["order"] and per run (thread count) side by side: value(run, column)."""
+    import numpy as np
+
+    names = runs[0]["order"]
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        ax.bar(np.arange(len(names)) + k * width, [value(run, n) for n in names], width,
+               label=f"{run['threads']} thread(s)")
+    ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names, rotation=rotation, ha="right")
+    ax.legend()
 
 
 def pyplot():
@@ -46,5 +77,5 @@ def publish(result: dict, args, heading: str, markdown, plot) -> None:
         args.json.write_text(json.dumps(result, indent=2))
     if args.results:
         write_results(args.results, section, heading)
-    if args.plot:
+    if getattr(args, "plot", None):
         plot(result, args.plot)

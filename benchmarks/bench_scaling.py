@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_decode as bd  # noqa: E402  (the same columns, prefix and timing loop)
-from bench_report import command_line, publish, pyplot  # noqa: E402
+from bench_report import add_output_arguments, add_run_arguments, command_line, publish, pyplot  # noqa: E402
 
 SECTION = "## Scaling with prompt length and new tokens — `benchmarks/bench_scaling.py`"
 STEPS_AFTER_PREFIX = 16
@@ -153,18 +153,13 @@ def plot(result: dict, path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    add_run_arguments(parser, runs=5, warmup=1)
     parser.add_argument("--prefix-lengths", type=int, nargs="+", default=[25, 64, 128, 256])
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--gguf", type=Path, help="the backbone's GGUF for the llama.cpp column (default: the "
                         "embedded smol's, from the model store)")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp column")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--results", type=Path, help="write this run's section into this RESULTS.md")
-    parser.add_argument("--plot", type=Path, help="PNG of both sweeps (needs matplotlib)")
+    add_output_arguments(parser, plot="both sweeps")
     args = parser.parse_args(argv)
     if min(args.prefix_lengths + args.new_tokens) < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--prefix-lengths and --new-tokens must be >= 1, --runs >= 1, --warmup >= 0")

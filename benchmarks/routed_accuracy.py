@@ -44,7 +44,7 @@ import cv2
 import httpx  # imported here, before any client thread: a first import racing another thread half-initialises it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_report import command_line, publish  # noqa: E402
+from bench_report import add_output_arguments, command_line, publish  # noqa: E402
 from bench_serve import wait_ready  # noqa: E402
 
 PRETRAIN = "pretrain"
@@ -289,14 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swap", metavar="NAME=FILE", help="bundle add --replace FILE as NAME + reload under load")
     parser.add_argument("--swap-after", type=float, default=10.0, help="seconds into the swap pass")
     parser.add_argument("--swap-eval-limit", type=int, default=20, help="bundle add --eval-limit")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--results", type=Path, help="write the section into this RESULTS.md")
+    add_output_arguments(parser, plot=None)  # a table says it; nothing to plot
     args = parser.parse_args(argv)
     if not args.single:
         parser.error("give at least one --single NAME=BUNDLE (the adapters' line tasks)")
     result = run(args)
     result["command"] = command_line(argv)
-    args.plot = None  # a table says it; nothing to plot
     publish(result, args, HEADING, markdown, plot=None)
     lost = sum(s["lost"] for row in result["rows"].values() for s in row.values())
     return 1 if lost or (result.get("swap") and result["swap"].get("bundle_add_rc")) else 0
