@@ -152,6 +152,24 @@ class TorchBench:
 # --- decode-loop memory ------------------------------------------------------------------------------------
 
 
+def empty_kv(engine) -> list[np.ndarray]:
+    """An empty past KV cache for the decoder graph: (1, kv_heads, 0, head_dim) per key and value of every layer."""
+    llm = engine.manifest.llm
+    return [np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), np.float32)] * (2 * llm.num_layers)
+
+
+def plain_decoder_step(engine, embeds: np.ndarray, past: int, cache: list[np.ndarray]) -> list[np.ndarray]:
+    """The engine's decoder graph driven the plain way, one session.run() with numpy feeds (what the engine's IO
+    binding avoids): embeds (1, L, d) after `past` cached tokens -> the present KV, 2 arrays per layer."""
+    from crome_runtime import formats
+
+    feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: np.ones((1, past + embeds.shape[1]), np.int64),
+             formats.IN_POSITION_IDS: np.arange(past, past + embeds.shape[1])[None]}
+    for layer in range(engine.manifest.llm.num_layers):
+        feeds[formats.past_key_name(layer)], feeds[formats.past_value_name(layer)] = cache[2 * layer : 2 * layer + 2]
+    return engine.sessions["decoder"].run(None, feeds)[1:]
+
+
 def decode_allocations(engine, steps: int = 32) -> dict:
     """Decode-loop memory traffic: the peak bytes the engine's steps allocate (tracemalloc; IO binding into
     preallocated KV storages) vs the fresh KV arrays a plain session.run() loop on the same graph gets per step."""
@@ -169,21 +187,10 @@ def decode_allocations(engine, steps: int = 32) -> dict:
     tracemalloc.stop()
     result = {"steps": steps, "engine_peak_bytes": engine_peak, "kv_cache_bytes": decoder.kv_bytes,
               "engine_allocations_of_kv_storage": decoder.allocations}
-    from crome_runtime import formats
-
-    session, llm = engine.sessions["decoder"], engine.manifest.llm  # the same graph, driven by plain session.run()
-
-    def plain_step(embeds, past: int, cache):
-        feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: np.ones((1, past + embeds.shape[1]), np.int64),
-                 formats.IN_POSITION_IDS: np.arange(past, past + embeds.shape[1])[None]}
-        for layer in range(llm.num_layers):
-            feeds[formats.past_key_name(layer)], feeds[formats.past_value_name(layer)] = cache[2 * layer : 2 * layer + 2]
-        return session.run(None, feeds)[1:]  # present KV, 2 per layer
-
-    cache = plain_step(prefix, 0, [np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), np.float32)] * (2 * llm.num_layers))
+    cache = plain_decoder_step(engine, prefix, 0, empty_kv(engine))  # the same graph, driven by plain session.run()
     fresh = 0  # ONNX Runtime allocates session.run()'s outputs itself: tracemalloc cannot see them, so count them
     for i in range(steps):
-        new = plain_step(np.asarray(engine.embeddings[[i + 7]])[None], 32 + i, cache)
+        new = plain_decoder_step(engine, np.asarray(engine.embeddings[[i + 7]])[None], 32 + i, cache)
         fresh += sum(a.nbytes for a in new if not any(np.shares_memory(a, b) for b in cache))
         cache = new
     result["session_run_new_kv_bytes_per_step"] = fresh // steps

@@ -3,7 +3,9 @@
 Parity (issue 5, item 5): the engine's tokens equal CromeModel.generate() token for token (greedy and
 seeded sampling, batch 1) on the export's own held-out prompts, and its agreement equals report.json's.
 """
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,18 +166,12 @@ def test_decode_steps_allocate_nothing(engine):
 
     # For contrast, the same decoder graph driven by plain session.run(): every step returns the whole present KV
     # as fresh arrays (allocated by ONNX Runtime, invisible to tracemalloc), larger each step.
-    session, llm = engine.sessions["decoder"], engine.manifest.llm
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_runtime import empty_kv, plain_decoder_step  # what bench_runtime measures the engine against
 
-    def plain_step(embeds, past: int, cache):
-        feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: np.ones((1, past + embeds.shape[1]), np.int64),
-                 formats.IN_POSITION_IDS: np.arange(past, past + embeds.shape[1])[None]}
-        for layer in range(llm.num_layers):
-            feeds[formats.past_key_name(layer)], feeds[formats.past_value_name(layer)] = cache[2 * layer : 2 * layer + 2]
-        return session.run(None, feeds)[1:]  # present KV, 2 per layer
-
-    cache = plain_step(prefix, 0, [np.zeros((1, llm.num_kv_heads, 0, llm.head_dim), np.float32)] * (2 * llm.num_layers))
+    cache = plain_decoder_step(engine, prefix, 0, empty_kv(engine))
     for i in range(5):
-        new = plain_step(np.asarray(engine.embeddings[[5]])[None], 40 + i, cache)
+        new = plain_decoder_step(engine, np.asarray(engine.embeddings[[5]])[None], 40 + i, cache)
         assert not any(np.shares_memory(a, b) for a, b in zip(new, cache))
         assert sum(a.nbytes for a in new) > sum(b.nbytes for b in cache)
         cache = new
