@@ -59,6 +59,17 @@ def health(base: str) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+def served_base(process) -> tuple[str, list[str]]:
+    """A `crome-edge serve` subprocess (stderr piped, text): reads its stderr until the "web view" banner -> (the
+    base URL it listens on, the stderr lines read so far). AssertionError when it exits first."""
+    lines: list[str] = []
+    while not any("web view" in line for line in lines):
+        line = process.stderr.readline()
+        assert line, f"serve exited early ({process.poll()}): {''.join(lines)}"
+        lines.append(line)
+    return next(line for line in lines if "web view" in line).split("web view ")[1].split("/ ")[0], lines
+
+
 def png_data_uri(image: np.ndarray) -> str:
     ok, data = cv2.imencode(".png", image)
     assert ok

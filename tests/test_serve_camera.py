@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
-from serve_support import QUESTION, MjpegCamera, colour_source, get, health, png_data_uri, serving, wait_for
+from serve_support import QUESTION, MjpegCamera, get, health, png_data_uri, served_base, serving, wait_for
 from test_runtime_cli import BLOCKED, BLOCKER
 from test_runtime_fixtures import colour_image, tiny_bundle
 
@@ -98,12 +97,7 @@ def test_serve_command_on_a_looped_video_file_torch_free_and_sigterm(bundle, tmp
          "--profile", str(tmp_path / "serve.json")],
         stderr=subprocess.PIPE, text=True, env=env)
     try:
-        lines = []
-        while not any("web view" in line for line in lines):
-            line = process.stderr.readline()
-            assert line, f"serve exited early ({process.poll()}): {''.join(lines)}"
-            lines.append(line)
-        base = next(line for line in lines if "web view" in line).split("web view ")[1].split("/ ")[0]
+        base, lines = served_base(process)
         assert base.startswith("http://127.0.0.1:")
         def ready() -> bool:
             if process.poll() is not None:

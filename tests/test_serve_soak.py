@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_support import QUESTION, get, health, wait_for
+from serve_support import QUESTION, get, health, served_base, wait_for
 from test_runtime_fixtures import tiny_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -47,12 +47,7 @@ def test_events_on_a_full_disk_serve_on_and_say_so_once(bundle, tmp_path):
          "30", "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", "3", "--events", "/dev/full"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        lines = []
-        while not any("web view" in line for line in lines):
-            line = process.stderr.readline()
-            assert line, f"serve exited early ({process.poll()}): {''.join(lines)}"
-            lines.append(line)
-        base = next(line for line in lines if "web view" in line).split("web view ")[1].split("/ ")[0]
+        base, lines = served_base(process)
         wait_for(lambda: health(base)[0] == 200, "/health -> 200 with --events /dev/full")
         wait_for(lambda: health(base)[1]["watch"][0]["answers"] >= 3, "three watch answers after the failed write")
         report = health(base)[1]
