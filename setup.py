@@ -1,7 +1,8 @@
 """Packages and the runtime's C core (runtime/csrc), built as a shared library loaded with ctypes.
 
 Each package's folder carries its import name: `crome_edge/`, `export/crome_export/`,
-`runtime/crome_runtime/` (the top-level folders are the pipeline's stages). An editable install puts the
+`runtime/crome_runtime/`, and the command line `export/crome_cli/` (the top-level folders are the pipeline's
+stages; the CLI sits beside the exporter, the package it imports last). An editable install puts the
 three package roots on sys.path with a plain `.pth` file — no import hook — so IDEs and type checkers
 resolve every import the way Python does.
 
@@ -18,7 +19,7 @@ from setuptools.command.editable_wheel import _StaticPth, editable_wheel
 _portable = os.environ.get("CROME_PORTABLE", "") not in ("", "0")
 
 # import name -> its folder (the folder's name *is* the import name)
-PACKAGE_ROOTS = {"crome_edge": ".", "crome_export": "export", "crome_runtime": "runtime"}
+PACKAGE_ROOTS = {"crome_edge": ".", "crome_export": "export", "crome_runtime": "runtime", "crome_cli": "export"}
 
 
 def packages_and_dirs() -> tuple[list[str], dict[str, str]]:

@@ -57,7 +57,7 @@ def wait_ready(base: str, process: subprocess.Popen, timeout: float, poll_s: flo
 
 def run_server(args, bundle: Path, events: Path) -> tuple[list[dict], str]:
     """One server round: start, wait until ready, warm up, measure, SIGTERM; the watch events after the warm-up."""
-    command = [sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--watch", args.prompt,
+    command = [sys.executable, "-m", "crome_cli", "serve", "--camera", "demo", "--watch", args.prompt,
                "--port", str(args.port), "--events", str(events), "--log-level", "warning", "--bundle", str(bundle)]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
@@ -117,7 +117,7 @@ def main() -> int:
     load_start = os.getloadavg()[0]
     bundle = args.bundle
     if bundle is None:
-        from crome_edge.default_bundle import ensure_default_bundle
+        from crome_cli.default_bundle import ensure_default_bundle
 
         bundle = ensure_default_bundle(lambda message: print(message, file=sys.stderr))
     bare_engine = BareEngine(bundle, args.prompt, args.threads or 0)

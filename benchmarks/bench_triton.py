@@ -123,7 +123,7 @@ def bench_serve(args, bundle: Path, images) -> tuple[float, list[dict]]:
     from crome_runtime.triton.server import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "crome_edge.cli", "serve", "--bundle", str(bundle), "--port", str(port),
+    command = [sys.executable, "-m", "crome_cli", "serve", "--bundle", str(bundle), "--port", str(port),
                "--threads", str(args.threads), "--log-level", "warning", "--queue-size", "64"]
     start = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

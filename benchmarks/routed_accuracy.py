@@ -75,7 +75,7 @@ class Server:
         key_file = work / "key.txt"
         key_file.write_text(API_KEY + "\n")
         port = _free_port()
-        command = [sys.executable, "-m", "crome_edge.cli", "serve", "--bundle", str(bundle), "--camera", "none",
+        command = [sys.executable, "-m", "crome_cli", "serve", "--bundle", str(bundle), "--camera", "none",
                    "--port", str(port), "--api-key-file", str(key_file), "--log-level", "warning", "--queue-size", "64"]
         if threads:
             command += ["--threads", str(threads)]
@@ -183,7 +183,7 @@ def _swap(server: Server, bundle: Path, name: str, adapter: Path, args, record: 
     started = time.perf_counter()
     staged = bundle.parent / f"{name}.safetensors"  # the adapter's name in a bundle is its file name
     shutil.copyfile(adapter, staged)
-    done = subprocess.run([sys.executable, "-m", "crome_edge.cli", "bundle", "add", str(bundle), "--adapter",
+    done = subprocess.run([sys.executable, "-m", "crome_cli", "bundle", "add", str(bundle), "--adapter",
                            str(staged), "--replace", "--eval-limit", str(args.swap_eval_limit), "--threads", "1"],
                           capture_output=True, text=True)
     record["bundle_add_s"] = round(time.perf_counter() - started, 1)

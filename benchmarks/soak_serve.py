@@ -157,7 +157,7 @@ def _quiet_sample(proc: Proc, clients: Clients) -> dict:
 def soak(config: SoakConfig) -> dict:
     """Runs the soak; returns its figures (asserts nothing)."""
     warmup = config.warmup or max(100, config.frames // 10)
-    command = [sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--demo-fps", str(config.demo_fps),
+    command = [sys.executable, "-m", "crome_cli", "serve", "--camera", "demo", "--demo-fps", str(config.demo_fps),
                "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", str(config.max_new_tokens),
                "--queue-size", str(config.queue_size), *config.extra_args]
     if config.bundle is not None:

@@ -3,7 +3,7 @@
 A prediction is correct when `normalize_answer(prediction) == normalize_answer(answer)` (the runtime's
 normalisation: case, punctuation and spacing do not count). The trainer's validation uses the same
 `generate_answers` and `score`, so validation accuracy and `crome-edge eval` agree.
-Not here: the CLI (eval_cli.py) or datasets (crome_edge.data).
+Not here: the CLI (crome_cli.eval) or datasets (crome_edge.data).
 """
 from __future__ import annotations
 

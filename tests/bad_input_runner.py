@@ -3,7 +3,7 @@ other in this process, under an address-space limit, and prints one JSON result 
 
     python tests/bad_input_runner.py LIMIT_BYTES ROOT WATCHED_DIR TEMP_DIR < cases.json
 
-A case is {"name", "argv"} (a `crome-edge` command line, through crome_edge.cli.main) or {"name", "call":
+A case is {"name", "argv"} (a `crome-edge` command line, through crome_cli.main.main) or {"name", "call":
 "module:function", "args"} (a file loader, called with string arguments). Each result records the exit status
 (or the exception's class and message), everything written to file descriptors 1 and 2 (so OpenCV's or ONNX
 Runtime's own lines are seen too), a traceback if one escaped, the files under WATCHED_DIR that were opened

@@ -456,7 +456,7 @@ def results(tmp_path_factory):
         call, *args = _argv(c[2], f)
         cases.append({"name": case_id(c), "call": call, "args": args})
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2",
-           "CROME_EDGE_CACHE": str(base / "cache"), "PYTHONPATH": str(Path(__file__).parent)}
+           "CROME_EDGE_CACHE": str(base / "cache"), "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, str(RUNNER), str(ADDRESS_SPACE_LIMIT), str(root), str(root / "secret"), str(temp)],
                           input=json.dumps(cases, ensure_ascii=True), capture_output=True, text=True, env=env, cwd=root,
                           timeout=900)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_runtime import formats
 from crome_runtime.bundle import load_bundle
 from crome_runtime.manifest import BundleError, read_manifest

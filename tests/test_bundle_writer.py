@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crome_edge.cli import Terminated, main
+from crome_cli.main import Terminated, main
 from crome_edge.errors import CromeError
 from crome_export import bundle as bundle_module
 from crome_export.bundle import BundleWriter, not_a_bundle

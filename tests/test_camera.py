@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth.camera import SyntheticCamera, write_video
 

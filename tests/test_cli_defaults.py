@@ -4,8 +4,8 @@ import subprocess
 import sys
 from dataclasses import MISSING, fields
 
-from crome_edge.cli import build_parser
-from crome_edge.train_cli import config_from_args
+from crome_cli.main import build_parser
+from crome_cli.train import config_from_args
 from crome_edge.training.config import DEFAULT_LR, TrainConfig
 from crome_runtime import formats
 
@@ -50,7 +50,7 @@ def test_run_provider_choices_are_the_runtimes_and_parse_without_cv2_or_torch():
     actions = {a.dest: a for a in _subparser("run")._actions}
     assert tuple(actions["provider"].choices) == formats.PROVIDER_CHOICES
     assert actions["provider"].default is None and actions["threads"].default is None
-    code = ("import sys; import crome_edge.run_cli, crome_edge.train_cli; "
+    code = ("import sys; import crome_cli.run, crome_cli.train; "
             "bad = [m for m in ('torch', 'cv2') if m in sys.modules]; assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -32,7 +32,7 @@ def write_colour_dataset(root: Path, n: int = 24, seed: int = 0, size: int = 32)
 
 def synth_dataset(root: Path, n: int = 24, task: str = "line3", seed: int = 0) -> Path:
     """`crome-edge data synth` at 32 px (the tiny backbone's image size); returns the data.jsonl."""
-    from crome_edge.cli import main
+    from crome_cli.main import main
 
     assert main(["data", "synth", "--out", str(root), "--n", str(n), "--seed", str(seed), "--task", task, "--size", "32"]) == 0
     return root / "data.jsonl"

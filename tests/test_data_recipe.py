@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from crome_edge.adapter_file import AdapterFileError, read_metadata, save_adapter
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth.recipe import GENERATOR_VERSION, SynthRecipe, content_sha256, regenerate, training_record
 from crome_edge.train import TrainConfig, Trainer

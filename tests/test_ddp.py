@@ -14,7 +14,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "crome_edge.cli", "train", "--backbone", "tiny", "--data", str(data), "--out", str(out),
+        "-m", "crome_cli", "train", "--backbone", "tiny", "--data", str(data), "--out", str(out),
         "--epochs", "3", "--batch-size", "6", "--rank", "8", "--lr", "0.02", "--val-fraction", "0.25",
         "--threads", "1", "--device", "cpu", "--json",
     ]

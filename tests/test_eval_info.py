@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.evaluate import exact_match, score
 from crome_edge.train import TrainConfig, Trainer
 from test_data import synth_dataset
@@ -124,7 +124,7 @@ def test_info_reads_a_bundle_without_torch(tmp_path):
     bundle = tmp_path / "bundle"
     _write_bundle(bundle)
     code = (
-        "import sys, json; from crome_edge.cli import main; rc = main(['info', sys.argv[1], '--json', '--verify']); "
+        "import sys, json; from crome_cli.main import main; rc = main(['info', sys.argv[1], '--json', '--verify']); "
         "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_runtime import formats
 from crome_runtime.manifest import read_manifest
 from tiny_adapter import train_tiny_adapter

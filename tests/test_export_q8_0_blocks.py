@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_runtime_fixtures import cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_runtime import blocks_file, formats
 from crome_runtime.engine import Engine, EngineConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crome_edge.adapter_file import read_metadata
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.weights import shipped_adapter
 from crome_runtime import formats
 from crome_runtime.manifest import read_manifest

@@ -31,7 +31,7 @@ def _debris(*directories: Path) -> list[str]:
 
 def _cli(args: list[str], tmp: Path) -> subprocess.Popen:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1", "CROME_EDGE_CACHE": str(tmp.parent / "cache")}
-    return subprocess.Popen([sys.executable, "-m", "crome_edge.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "crome_cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -202,7 +202,7 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
 
 
 def test_cli_run_names_the_adapter(setup, capsys, tmp_path):
-    from crome_edge.cli import main
+    from crome_cli.main import main
 
     import cv2
 
@@ -248,7 +248,7 @@ def test_serve_routes_by_model_field_and_lists_the_adapters(setup):
 
 
 def test_cli_export_several_then_bundle_add_list_remove(setup, tmp_path, capsys, monkeypatch):
-    from crome_edge.cli import main
+    from crome_cli.main import main
 
     monkeypatch.setenv("CROME_EDGE_CACHE", str(setup["root"] / "cache"))
     out = tmp_path / "routes.bundle"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from crome_edge.adapter_file import read_metadata
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth.qa import PRETRAIN_QUESTIONS
 from crome_edge.train import TrainConfig, Trainer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_data import synth_dataset
 
-from crome_edge.cli import main
+from crome_cli.main import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

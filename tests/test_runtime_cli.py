@@ -10,7 +10,7 @@ import cv2
 import pytest
 from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_runtime import formats
 
 BLOCKED = ("torch", "transformers", "onnx", "onnxscript", "gguf", "crome_export")
@@ -149,17 +149,24 @@ print(answer.text, answer.finish_reason, e.adapter_backend, leaked)
 """
 
 
-def test_runtime_runs_with_torch_and_transformers_blocked(paths, red_png, tmp_path):
+def torch_blocked_env(tmp_path) -> dict:
+    """The environment of a process in which importing torch, transformers, onnx or crome_export fails: a
+    sitecustomize ahead of the caller's PYTHONPATH (kept, so the child imports the same checkout as the test)."""
     blocker = tmp_path / "blocker"
-    blocker.mkdir()
+    blocker.mkdir(exist_ok=True)
     (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
-    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def test_runtime_runs_with_torch_and_transformers_blocked(paths, red_png, tmp_path):
+    env = torch_blocked_env(tmp_path)
     script = textwrap.dedent(ENGINE_SCRIPT.format(blocked=BLOCKED))
     done = subprocess.run([sys.executable, "-c", script, str(paths["bundle"]), str(red_png), QUESTION],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "red stop c []"
-    cli = subprocess.run([sys.executable, "-m", "crome_edge.cli", "run", "--bundle", str(paths["bundle"]), "--image",
+    cli = subprocess.run([sys.executable, "-m", "crome_cli", "run", "--bundle", str(paths["bundle"]), "--image",
                           str(red_png), "--prompt", QUESTION, "--threads", "1", "--profile", str(tmp_path / "p.json")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr

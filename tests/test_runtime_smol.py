@@ -66,7 +66,7 @@ def test_smol_line3_fp32_equals_pytorch_and_the_report(smol):
 
 
 def test_smol_run_cli_streams_an_answer(smol, capsys):
-    from crome_edge.cli import main
+    from crome_cli.main import main
     from crome_edge.data import load_dataset
 
     sample = load_dataset(smol["meta"].train_data).samples[0]
@@ -77,7 +77,7 @@ def test_smol_run_cli_streams_an_answer(smol, capsys):
 
 
 def test_smol_acceptance_set_ships_under_2_mb_and_verify_passes(smol, capsys):
-    from crome_edge.cli import main
+    from crome_cli.main import main
     from crome_runtime import formats
     from crome_runtime.manifest import read_manifest
 

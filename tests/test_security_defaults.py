@@ -126,7 +126,7 @@ def test_the_api_key_is_compared_in_constant_time_only():
     calls = {_dotted(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     assert "hmac.compare_digest" in calls
     serve_dir = Path(serve_app.__file__).parent
-    for path in sorted(serve_dir.glob("*.py")) + [ROOT / "crome_edge" / "serve_cli.py"]:
+    for path in sorted(serve_dir.glob("*.py")) + [ROOT / "export" / "crome_cli" / "serve.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
                 names = {_dotted(part) for part in [node.left, *node.comparators]}

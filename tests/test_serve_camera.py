@@ -3,7 +3,6 @@
 process (looped, watch events in --events, SIGTERM -> exit 0), a file that ends, and cameras or ports that
 cannot be used at start (clear errors)."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,10 +11,10 @@ import sys
 import httpx
 import pytest
 from serve_support import QUESTION, MjpegCamera, get, health, png_data_uri, served_base, serving, wait_for
-from test_runtime_cli import BLOCKED, BLOCKER
+from test_runtime_cli import torch_blocked_env
 from test_runtime_fixtures import colour_image, tiny_bundle
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.synth.camera import write_video
 from crome_runtime.serve.config import CameraConfig
 from crome_runtime.serve.sources import has_gstreamer, parse_source
@@ -78,21 +77,13 @@ def test_a_network_camera_that_drops_is_reconnected_while_the_server_serves(bund
         camera.stop()
 
 
-def _torch_blocked_env(tmp_path) -> dict:
-    """The environment of a process in which importing torch, transformers, onnx or crome_export fails."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
-    return {**os.environ, "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
-
-
 def test_serve_command_on_a_looped_video_file_torch_free_and_sigterm(bundle, tmp_path):
     video = tmp_path / "belt.avi"
     write_video(video, frames=12, fps=15.0, size=(96, 72), seed=3)
     events = tmp_path / "events.jsonl"
-    env = _torch_blocked_env(tmp_path)
+    env = torch_blocked_env(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "crome_edge.cli", "serve", "--bundle", str(bundle), "--camera", str(video), "--loop",
+        [sys.executable, "-m", "crome_cli", "serve", "--bundle", str(bundle), "--camera", str(video), "--loop",
          "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", "4", "--events", str(events),
          "--profile", str(tmp_path / "serve.json")],
         stderr=subprocess.PIPE, text=True, env=env)
@@ -131,12 +122,12 @@ def test_serve_command_on_a_looped_video_file_torch_free_and_sigterm(bundle, tmp
 
 
 def test_torch_free_device_without_a_bundle_is_told_what_to_do_and_demo_needs_no_torch(tmp_path):
-    env = {**_torch_blocked_env(tmp_path), "CROME_EDGE_CACHE": str(tmp_path / "empty-cache")}
-    done = subprocess.run([sys.executable, "-m", "crome_edge.cli", "serve", "--camera", "demo", "--port", "0"],
+    env = {**torch_blocked_env(tmp_path), "CROME_EDGE_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-m", "crome_cli", "serve", "--camera", "demo", "--port", "0"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "[train] extra" in done.stderr and "pass --bundle" in done.stderr
-    demo = ("from crome_edge.serve_cli import demo_camera\n"
+    demo = ("from crome_cli.serve import demo_camera\n"
             "camera = demo_camera(30.0)()\n"
             "ok, frame = camera.read()\n"
             "assert ok and frame.shape == (240, 320, 3), frame.shape\n"

@@ -43,7 +43,7 @@ def test_quick_soak_loses_nothing_and_holds_memory_threads_and_files(bundle):
 
 def test_events_on_a_full_disk_serve_on_and_say_so_once(bundle, tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "crome_edge.cli", "serve", "--bundle", str(bundle), "--camera", "demo", "--demo-fps",
+        [sys.executable, "-m", "crome_cli", "serve", "--bundle", str(bundle), "--camera", "demo", "--demo-fps",
          "30", "--port", "0", "--threads", "1", "--watch", QUESTION, "--max-new-tokens", "3", "--events", "/dev/full"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -70,7 +70,7 @@ def test_each_shipped_line_adapter_answers_held_out_frames_the_backbone_alone_ca
 
 
 def test_ask_cli_answers_a_synthetic_frame(capsys):
-    from crome_edge.cli import main
+    from crome_cli.main import main
 
     assert main(["ask", "--adapter", "line3", "--synthetic", "22000123", "--question", LINE3, "--threads", "2"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.store import cache, registry, smollm2
 from crome_edge.store.registry import ModelSpec, ensure_model, pull

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth import world
 from crome_edge.synth.line3 import LINE3_ANSWERS, LINE3_QUESTION, line3_answer, line3_split

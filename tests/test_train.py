@@ -10,7 +10,7 @@ import torch
 
 from crome_edge.backbones.base import tensor_fingerprint
 from crome_edge.backbones.tiny import build_tiny
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.train import TrainConfig, Trainer, TrainingInterrupted, load_backbone_parts
 from crome_edge.training.checkpoint import load_checkpoint

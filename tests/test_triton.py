@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_runtime_fixtures import COLOURS, QUESTION, colour_image, tiny_bundle
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_runtime.triton import pbtxt
 from crome_runtime.triton import server as triton
 from crome_runtime.triton.client import TritonClient, TritonRequestError

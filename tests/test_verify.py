@@ -5,17 +5,16 @@ when vision.onnx is swapped for a worse graph, runs with torch blocked, refuses 
 acceptance set's size follows from its contents (under 2 MB for a smol-size bundle).
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from test_runtime_cli import BLOCKED, BLOCKER
+from test_runtime_cli import BLOCKED, torch_blocked_env
 from test_runtime_fixtures import copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
-from crome_edge.cli import main
+from crome_cli.main import main
 from crome_runtime import acceptance, formats
 from crome_runtime.fidelity import Reference, apply_gates, Fidelity, StageResult, greedy_agreement, stored_margin
 from crome_runtime.manifest import read_manifest, sha256_file
@@ -87,7 +86,7 @@ try:
     raise SystemExit("the blocker did not load")
 except ImportError as error:
     assert "blocked" in str(error), error
-from crome_edge.cli import main
+from crome_cli.main import main
 
 status = main(["verify", sys.argv[1], "--threads", "1"])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
@@ -96,12 +95,9 @@ print("status", status, "leaked", leaked)
 
 
 def test_verify_runs_with_torch_blocked(paths, tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
     script = textwrap.dedent(VERIFY_SCRIPT.format(blocked=BLOCKED))
     done = subprocess.run([sys.executable, "-c", script, str(paths["bundle"])], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(blocker)}, timeout=300)
+                          env=torch_blocked_env(tmp_path), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "gate fp32_parity: ok" in done.stdout and done.stdout.strip().endswith("status 0 leaked []")
 

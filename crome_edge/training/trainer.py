@@ -6,7 +6,7 @@ warm-up then cosine decay to 10%; gradient clipping; with --bf16, bf16 autocast 
 bf16 natively (precision.py). Validation (loss on answer tokens + greedy exact-match accuracy) before
 training and after every epoch. Checkpoints after every
 epoch (and every `checkpoint_every` steps) and when Ctrl-C/SIGTERM stops the run between two steps.
-Only rank 0 prints and writes files. Not here: what is trained (stages.py), the CLI (train_cli.py).
+Only rank 0 prints and writes files. Not here: what is trained (stages.py), the CLI (crome_cli.train).
 """
 from __future__ import annotations
 

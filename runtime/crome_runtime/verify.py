@@ -4,7 +4,7 @@ Loads the bundle as `run` does (sha256 of every file, the acceptance set's inclu
 acceptance frames with this device's preprocessing, compares every stage and every greedy answer with the
 PyTorch references the exporter stored, and applies the export's gates at the bundle's precision
 (fidelity.py). Returns a report with the schema and the table of export's report.json, plus where it ran.
-Not here: the command line (crome_edge.verify_cli), the rules (fidelity.py), the files (acceptance.py).
+Not here: the command line (crome_cli.verify), the rules (fidelity.py), the files (acceptance.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,6 @@
                    starting it on chosen ports
     client.py      a small HTTP/JSON (KServe v2) client with Triton's binary-data extension; stdlib only
 
-Torch-free like the rest of the runtime. Not here: the CLI commands (crome_edge.triton_cli, client_cli).
+Torch-free like the rest of the runtime. Not here: the CLI commands (crome_cli.triton_repo, crome_cli.tritonserver, crome_cli.client).
 How to use it and what was learned: docs/scale-out.md.
 """

@@ -5,7 +5,7 @@ device side needs no tritonclient (which pins numpy<2). The image travels as raw
 (`Inference-Header-Content-Length`, BYTES elements as 4-byte little-endian length + data); the outputs come
 back as JSON. Every failure is a TritonRequestError with Triton's own message.
 
-Not here: cameras and the per-camera loop (crome_edge.client_cli, on crome_runtime.serve's capture code).
+Not here: cameras and the per-camera loop (crome_cli.client, on crome_runtime.serve's capture code).
 """
 from __future__ import annotations
 

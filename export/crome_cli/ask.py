@@ -10,7 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from crome_edge.cli_types import SEED, THREADS, whole
+from crome_cli.flags import SEED, THREADS, whole
 from crome_edge.errors import CromeError
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from crome_edge.cli_types import SEED, THREADS, number, whole
+from crome_cli.flags import SEED, THREADS, number, whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,21 +14,21 @@ from crome_edge.errors import CromeError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ask": ("crome_edge.ask_cli", "Answer questions about an image with the PyTorch model (quick look)"),
-    "models": ("crome_edge.models_cli", "List, pull and inspect backbone models"),
-    "train": ("crome_edge.train_cli", "Train a CROME adapter (finetune) or the backbone's Q-Former/projection (pretrain)"),
-    "eval": ("crome_edge.eval_cli", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),
-    "info": ("crome_edge.info_cli", "Print what an adapter file or bundle is"),
-    "data": ("crome_edge.data_cli", "Generate synthetic conveyor datasets"),
-    "export": ("crome_edge.export_cli", "Export an adapter + its backbone to a deployment bundle"),
-    "bundle": ("crome_edge.bundle_cli", "Add, remove or list the adapters of a bundle (one backbone, several adapters)"),
-    "build-engines": ("crome_edge.engines_cli", "Build TensorRT engines for a bundle on this device"),
-    "run": ("crome_edge.run_cli", "Answer a question about an image with a bundle (torch-free)"),
-    "serve": ("crome_edge.serve_cli", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),
-    "verify": ("crome_edge.verify_cli", "Run a bundle's acceptance set on this device against PyTorch's answers (torch-free)"),
-    "triton-repo": ("crome_edge.triton_repo_cli", "Write a Triton Inference Server model repository from a bundle (torch-free)"),
-    "tritonserver": ("crome_edge.tritonserver_cli", "Start Triton Inference Server on a model repository (torch-free)"),
-    "client": ("crome_edge.client_cli", "Stream frames from several cameras to Triton; answers and latency per camera"),
+    "ask": ("crome_cli.ask", "Answer questions about an image with the PyTorch model (quick look)"),
+    "models": ("crome_cli.models", "List, pull and inspect backbone models"),
+    "train": ("crome_cli.train", "Train a CROME adapter (finetune) or the backbone's Q-Former/projection (pretrain)"),
+    "eval": ("crome_cli.eval", "Accuracy of a backbone (+ adapter) on a dataset, as JSON"),
+    "info": ("crome_cli.info", "Print what an adapter file or bundle is"),
+    "data": ("crome_cli.data", "Generate synthetic conveyor datasets"),
+    "export": ("crome_cli.export", "Export an adapter + its backbone to a deployment bundle"),
+    "bundle": ("crome_cli.bundle", "Add, remove or list the adapters of a bundle (one backbone, several adapters)"),
+    "build-engines": ("crome_cli.engines", "Build TensorRT engines for a bundle on this device"),
+    "run": ("crome_cli.run", "Answer a question about an image with a bundle (torch-free)"),
+    "serve": ("crome_cli.serve", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),
+    "verify": ("crome_cli.verify", "Run a bundle's acceptance set on this device against PyTorch's answers (torch-free)"),
+    "triton-repo": ("crome_cli.triton_repo", "Write a Triton Inference Server model repository from a bundle (torch-free)"),
+    "tritonserver": ("crome_cli.tritonserver", "Start Triton Inference Server on a model repository (torch-free)"),
+    "client": ("crome_cli.client", "Stream frames from several cameras to Triton; answers and latency per camera"),
 }
 
 

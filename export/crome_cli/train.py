@@ -1,7 +1,7 @@
 """`crome-edge train`: fine-tune a CROME adapter (or pretrain the backbone's visual side) on a dataset.
 
     crome-edge train --backbone tiny --stage finetune --data data.jsonl --out line3.safetensors
-    torchrun --nproc_per_node 2 -m crome_edge.cli train ...      # data-parallel, same options
+    torchrun --nproc_per_node 2 -m crome_cli train ...      # data-parallel, same options
 
 Cheap to import (no torch here); the work is in crome_edge.training.
 """
@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import MISSING, fields
 
-from crome_edge.cli_types import SEED, THREADS, number, whole
+from crome_cli.flags import SEED, THREADS, number, whole
 # torch-free; TrainConfig holds every default, the flags below default to None and override only what is given
 from crome_edge.training.config import AUGMENTS, DEFAULT_LR, ENCODER_LR_RATIO, SAVE_DTYPES, STAGES, TrainConfig
 

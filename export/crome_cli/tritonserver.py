@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from crome_edge.cli_types import whole
+from crome_cli.flags import whole
 from crome_edge.errors import CromeError
 
 

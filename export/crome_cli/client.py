@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
-from crome_edge.cli_types import SEED, number, whole
+from crome_cli.flags import SEED, number, whole
 from crome_edge.errors import CromeError
 
 

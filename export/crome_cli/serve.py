@@ -6,7 +6,7 @@
 Thin: parses arguments into crome_runtime.serve's ServeConfig (defaults live there), opens the camera once
 to fail fast, binds the port, then runs crome_runtime.serve.server.Server until SIGTERM / SIGINT (exit 0).
 `--camera demo` is crome_edge's synthetic conveyor camera (numpy + OpenCV, no torch). With no --bundle the
-embedded default bundle is exported once into the cache (crome_edge.default_bundle; needs the [train] extra).
+embedded default bundle is exported once into the cache (crome_cli.default_bundle; needs the [train] extra).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
-from crome_edge.cli_types import number, whole
+from crome_cli.flags import number, whole
 from crome_edge.errors import CromeError
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
@@ -125,7 +125,7 @@ def _serve(args: argparse.Namespace, config) -> int:
     if args.bundle is not None:
         bundle = args.bundle
     else:
-        from crome_edge.default_bundle import ensure_default_bundle
+        from crome_cli.default_bundle import ensure_default_bundle
 
         bundle = ensure_default_bundle(say)
         say(f"embedded default bundle: {bundle}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crome_edge.cli_types import THREADS, number, whole
+from crome_cli.flags import THREADS, number, whole
 from crome_runtime import formats
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from crome_edge.cli_types import SEED, THREADS, number, whole
+from crome_cli.flags import SEED, THREADS, number, whole
 from crome_edge.errors import CromeError
 from crome_runtime.formats import PROVIDER_CHOICES  # torch- and cv2-free (crome_runtime.providers imports cv2)
 

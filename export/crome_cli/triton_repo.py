@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crome_edge.cli_types import whole
+from crome_cli.flags import whole
 from crome_edge.errors import CromeError
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from crome_edge.cli_types import THREADS, whole
+from crome_cli.flags import THREADS, whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
