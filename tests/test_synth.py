@@ -1,4 +1,5 @@
 """The synthetic conveyor world: determinism, label balance, visible defects, Q&A, line 3, datasets, CLI."""
+import hashlib
 import json
 from collections import Counter
 from itertools import combinations
@@ -15,7 +16,9 @@ from crome_edge.synth.line5 import LINE5_ANSWERS, LINE5_QUESTION, line5_answer
 from crome_edge.synth.qa import ANSWERS, PRETRAIN_QUESTIONS, Q_CAPTION, answer, caption, qa_pairs
 from crome_edge.synth.samples import iter_samples, iter_split
 from crome_edge.synth.splits import SEED_RANGES, split_seeds
-from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, Geometry, SceneInfo, render_scene
+from crome_edge.synth.world import (
+    COLOUR_NAMES, DEFECTS, KINDS, LEAVING_SLIVER, NO_DEFECT, NO_PART, Geometry, SceneInfo, render_scene,
+)
 
 N_SCENES = 400
 
@@ -49,13 +52,42 @@ def test_render_is_deterministic_per_seed_and_sized():
 
 
 def test_label_balance(scenes):
-    infos = [info for _, _, info in scenes]
+    everything = [info for _, _, info in scenes]
+    absent = sum(not info.present for info in everything) / len(everything)
+    assert 0.055 <= absent <= 0.145  # NO_PART_RATE 0.1, +-3 sd at n=400
+    infos = [info for info in everything if info.present]
     defective = sum(info.defective for info in infos) / len(infos)
-    assert 0.33 <= defective <= 0.47  # DEFECT_RATE 0.4, +-3 sd at n=400
+    assert 0.32 <= defective <= 0.48  # DEFECT_RATE 0.4, +-3 sd at n=360
     kinds, colours, defects = Counter(i.kind for i in infos), Counter(i.colour for i in infos), Counter(i.defect for i in infos)
-    assert set(kinds) == set(KINDS) and min(kinds.values()) >= 0.6 * N_SCENES / len(KINDS)
-    assert set(colours) == set(COLOUR_NAMES) and min(colours.values()) >= 0.6 * N_SCENES / len(COLOUR_NAMES)
+    n = len(infos)
+    assert set(kinds) == set(KINDS) and min(kinds.values()) >= 0.6 * n / len(KINDS)
+    assert set(colours) == set(COLOUR_NAMES) and min(colours.values()) >= 0.6 * n / len(COLOUR_NAMES)
     assert set(defects) == {*DEFECTS, NO_DEFECT} and min(defects[d] for d in DEFECTS) >= 20
+
+
+def test_no_part_frames(scenes):
+    """An empty belt or a part leaving the frame (a sliver in view); every conveyor question answers "no part",
+    and frames with a part render exactly as the same seed did before no-part frames existed."""
+    absent = [info for _, _, info in scenes if not info.present]
+    assert all(info.kind == info.colour == NO_PART and not info.defective for info in absent)
+    leaving = 0
+    for info in absent:
+        assert {answer(q, info) for q in PRETRAIN_QUESTIONS} == {NO_PART}
+        assert line3_answer(info) == line5_answer(info) == NO_PART
+        g = info.geometry
+        beyond = g.radius * (1 - LEAVING_SLIVER)
+        outside = [abs(c - edge) for c in (g.cx, g.cy) for edge in (-beyond, 127 + beyond)]
+        if min(outside) < 1e-3:  # leaving: the centre sits beyond an edge, a sliver in view
+            leaving += 1
+        else:  # empty belt: the part was sampled inside the frame but not drawn
+            assert g.radius <= g.cx <= 128 - g.radius and g.radius <= g.cy <= 128 - g.radius
+    assert 0 < leaving < len(absent)  # both kinds occur
+    # seeds 0-3 and 5 hold a part and keep the exact bytes they had before no-part frames existed; 4 has none
+    pinned = {0: "d2bc218fb26198e0", 3: "2d964cc723f7f2c6", 5: "a496e8285d5a92e5"}
+    for seed, digest in pinned.items():
+        image, info = scenes[seed][1:]
+        assert info.present and hashlib.sha256(image.tobytes()).hexdigest()[:16] == digest
+    assert not scenes[4][2].present
 
 
 def test_every_defect_is_visible_in_the_final_frame(scenes):
@@ -163,8 +195,9 @@ def test_line_rules(rule, kind, colour, defect, expected):
 
 
 @pytest.mark.parametrize("rule, expected", [
-    (line3_answer, {"scrap": 0.40, "bin a": 0.18, "bin b": 0.18, "bin c": 0.24}),
-    (line5_answer, {"reject: defect": 0.30, "reject: wrong part": 0.42, "reject: wrong colour": 0.14, "pass": 0.14}),
+    (line3_answer, {"no part": 0.10, "scrap": 0.36, "bin a": 0.16, "bin b": 0.16, "bin c": 0.22}),
+    (line5_answer, {"no part": 0.10, "reject: defect": 0.27, "reject: wrong part": 0.38, "reject: wrong colour": 0.13,
+                    "pass": 0.13}),
 ])
 def test_line_answer_balance(scenes, rule, expected):
     counts = Counter(rule(info) for _, _, info in scenes)
@@ -175,7 +208,7 @@ def test_line_answer_balance(scenes, rule, expected):
 
 def test_one_line_rule_does_not_give_the_other(scenes):
     pairs = {(line3_answer(info), line5_answer(info)) for _, _, info in scenes}
-    assert all(len({b for a, b in pairs if a == bin_}) >= 2 for bin_ in LINE3_ANSWERS)
+    assert all(len({b for a, b in pairs if a == bin_}) >= 2 for bin_ in LINE3_ANSWERS if bin_ != NO_PART)
 
 
 def test_split_seed_ranges_are_disjoint_and_checked():

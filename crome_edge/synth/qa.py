@@ -5,7 +5,7 @@ score; only the caption is a phrase. The line-3 task question lives in `line3.py
 """
 from __future__ import annotations
 
-from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, SceneInfo
+from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, NO_PART, SceneInfo
 
 Q_KIND = "What part is this?"
 Q_COLOUR = "What colour is the part?"
@@ -16,12 +16,13 @@ Q_CAPTION = "Describe the part."
 # Every pretraining question, in a fixed order (datasets write one line per question in this order).
 PRETRAIN_QUESTIONS: tuple[str, ...] = (Q_KIND, Q_COLOUR, Q_DEFECTIVE, Q_DEFECT, Q_CAPTION)
 
-# The closed answer set of each short-answer question (the caption is free text built from these).
+# The closed answer set of each short-answer question (the caption is free text built from these). A frame with
+# no part to judge (world.NO_PART: empty belt, part leaving) answers every question "no part".
 ANSWERS: dict[str, tuple[str, ...]] = {
-    Q_KIND: KINDS,
-    Q_COLOUR: COLOUR_NAMES,
-    Q_DEFECTIVE: ("yes", "no"),
-    Q_DEFECT: (*DEFECTS, NO_DEFECT),
+    Q_KIND: (*KINDS, NO_PART),
+    Q_COLOUR: (*COLOUR_NAMES, NO_PART),
+    Q_DEFECTIVE: ("yes", "no", NO_PART),
+    Q_DEFECT: (*DEFECTS, NO_DEFECT, NO_PART),
 }
 
 
@@ -34,6 +35,8 @@ def caption(scene: SceneInfo) -> str:
 
 def answer(question: str, scene: SceneInfo) -> str:
     """The ground-truth answer to one of PRETRAIN_QUESTIONS (KeyError-free: unknown -> ValueError)."""
+    if question in PRETRAIN_QUESTIONS and not scene.present:
+        return NO_PART
     if question == Q_KIND:
         return scene.kind
     if question == Q_COLOUR:

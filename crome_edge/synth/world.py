@@ -31,6 +31,12 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 DEFECTS: tuple[str, ...] = ("scratch", "crack", "missing hole", "dent")
 NO_DEFECT = "none"
 DEFECT_RATE = 0.4
+# Frames with no part to judge: an empty belt, or a part leaving the frame with only a sliver in view. Every
+# conveyor question answers them NO_PART. Decided from the seed by a stream of its own, so every frame with a
+# part renders exactly as before this existed.
+NO_PART = "no part"
+NO_PART_RATE = 0.1
+LEAVING_SLIVER = 0.3  # of the part's radius still inside the frame when it is "leaving"
 
 DEFAULT_SIZE = 128
 # Part radius (half its largest extent) as a fraction of the frame's shorter side.
@@ -46,6 +52,7 @@ VISIBLE_MIN_PIXELS = 45  # at radius 25 px; scales with radius²
 _DEFECT_TRIES = 12  # placements of a defect per pose
 _POSE_TRIES = 200  # poses per part before giving up (never reached for the shipped constants; tested)
 
+_NO_PART_STREAM = 0x4E50  # rng stream tag of the no-part decision
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 
@@ -73,6 +80,11 @@ class SceneInfo:
     @property
     def defective(self) -> bool:
         return self.defect != NO_DEFECT
+
+    @property
+    def present(self) -> bool:
+        """False for a frame with no part to judge (an empty belt, a part leaving the frame)."""
+        return self.kind != NO_PART
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -532,7 +544,17 @@ def render_scene(seed: int, size: int = DEFAULT_SIZE, draw_defect: bool = True) 
     cy = float(np.round(rng.uniform(margin, size - margin)))
     frame = draw_belt(size, size, look)
     sprite, mask = (part.sprite, part.mask) if draw_defect else (part.clean_sprite, part.clean_mask)
-    paste_part(frame, sprite, mask, cx, cy, look)
+    absent = np.random.default_rng([seed, _NO_PART_STREAM])
+    if absent.random() >= NO_PART_RATE:
+        paste_part(frame, sprite, mask, cx, cy, look)
+        image = camera_effects(frame, look, rng)
+        geometry = Geometry(cx, cy, round(part.radius, 3), round(part.angle, 3))
+        return image, SceneInfo(part.kind, part.colour, part.defect, geometry, seed)
+    if absent.random() < 0.5:  # a part leaving: its centre beyond an edge, a sliver of it in view
+        edge = int(absent.integers(4))
+        beyond = -part.radius * (1 - LEAVING_SLIVER)
+        cx, cy = {0: (beyond, cy), 1: (size - 1 - beyond, cy), 2: (cx, beyond), 3: (cx, size - 1 - beyond)}[edge]
+        paste_part(frame, sprite, mask, cx, cy, look)
     image = camera_effects(frame, look, rng)
-    info = SceneInfo(part.kind, part.colour, part.defect, Geometry(cx, cy, round(part.radius, 3), round(part.angle, 3)), seed)
-    return image, info
+    geometry = Geometry(float(cx), float(cy), round(part.radius, 3), round(part.angle, 3))
+    return image, SceneInfo(NO_PART, NO_PART, NO_DEFECT, geometry, seed)
