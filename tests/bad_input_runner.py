@@ -39,7 +39,7 @@ def main() -> None:
                 opened.append(path)
 
     import crome_runtime  # noqa: F401  before cv2, as the CLI does (OpenCV's pixel limit)
-    from crome_edge import cli
+    from crome_cli import main as cli
 
     sys.addaudithook(audit)
     for case in cases:
