@@ -60,10 +60,14 @@ class CromeModel(nn.Module):
 
     def visual_embeds(self, pixel_values: torch.Tensor, questions: list[str]) -> torch.Tensor:
         """Frozen visual path: (B, 3, H, W) -> V (B, Nq, d), instruction-aware when the Q-Former is."""
+        return self.visual_from_features(self.backbone.image_features(pixel_values), questions)
+
+    def visual_from_features(self, features: torch.Tensor, questions: list[str]) -> torch.Tensor:
+        """`visual_embeds` from the vision tower's output (B, Np, Dv): pretraining caches it when the tower is frozen."""
         if not self.backbone.info.instruction_aware:
-            return self.backbone.encode_image(pixel_values)
+            return self.backbone.encode_features(features)
         ids, mask = pad_right([self.backbone.tokenize_instruction(q) for q in questions], pad_id=0)
-        return self.backbone.encode_image(pixel_values, ids.to(self.device), mask.to(self.device))
+        return self.backbone.encode_features(features, ids.to(self.device), mask.to(self.device))
 
     def adapt(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         return x if self.adapter is None else self.adapter(x, modality)

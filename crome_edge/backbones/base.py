@@ -72,9 +72,23 @@ class CromeBackbone(nn.Module):
         qformer_attention_mask: torch.Tensor | None = None,  # (B, L)
     ) -> torch.Tensor:
         """Frozen visual path -> projected query embeddings V: (B, Nq, d)."""
+        return self.encode_features(self.image_features(pixel_values), qformer_input_ids, qformer_attention_mask)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision tower alone: (B, 3, H, W) -> patch features (B, Np, Dv). Pretraining caches these when the
+        tower stays frozen."""
         features = self.vision(pixel_values)
         if not isinstance(features, torch.Tensor):  # HF vision models return a ModelOutput
             features = features.last_hidden_state  # (B, Np, Dv)
+        return features
+
+    def encode_features(
+        self,
+        features: torch.Tensor,  # (B, Np, Dv)
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Q-Former + projection over the tower's features -> V: (B, Nq, d)."""
         batch = features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)  # (B, Nq, Dq)
         image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)

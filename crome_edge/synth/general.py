@@ -73,6 +73,9 @@ class GeneralScene:
     qa: tuple[tuple[str, str], ...]
     seed: int
 
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "qa": [list(pair) for pair in self.qa]}
+
 
 def _colour(rng: np.random.Generator, exclude: str | None = None) -> tuple[str, tuple[int, int, int]]:
     names = [n for n in GENERAL_COLOURS if n != exclude]

@@ -26,7 +26,7 @@ from crome_edge.errors import CromeError
 GENERATOR = "crome-edge data synth"
 # Bump whenever render_scene, the Q&A, the line-3 rule, the seed ranges or the file layout change what a
 # recipe produces: an adapter that records another version is then told so instead of getting other frames.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: no-part frames (world.NO_PART) and their answers
 INFO_FILE = "dataset.json"  # dataset_writer.INFO_FILE (that module imports this one)
 DATA_FILE = "data.jsonl"
 DATASETS_DIR = "datasets"  # under the user cache dir
@@ -69,7 +69,7 @@ class SynthRecipe:
 
     def describe(self) -> str:
         return (f"`{GENERATOR} --task {self.task} --split {self.split} --n {self.n} --seed {self.seed} "
-                f"--size {self.size}" + (f" --questions {self.questions}`" if self.task == "pretrain" else "`"))
+                f"--size {self.size}" + (f" --questions {self.questions}`" if self.task in ("pretrain", "general") else "`"))
 
 
 class FrameHasher:

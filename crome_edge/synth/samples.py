@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crome_edge.synth.general import GeneralScene, render_general
 from crome_edge.synth.line3 import LINE3_QUESTION, line3_answer
 from crome_edge.synth.line5 import LINE5_QUESTION, line5_answer
 from crome_edge.synth.qa import PRETRAIN_QUESTIONS, answer
@@ -30,7 +31,7 @@ class Sample:
     image: np.ndarray  # (H, W, 3) BGR uint8; shared by the samples of one frame, do not modify
     question: str
     answer: str
-    scene: SceneInfo
+    scene: SceneInfo | GeneralScene
 
 
 def questions_for(task: str, seed: int, mode: str = "all") -> tuple[str, ...]:
@@ -55,7 +56,15 @@ def task_answer(question: str, scene: SceneInfo) -> str:
 def iter_samples(
     task: str, seeds: Iterable[int], size: int = DEFAULT_SIZE, questions: str = "all"
 ) -> Iterator[Sample]:
-    """Render each seed once and yield one Sample per question asked of it (see `questions_for`)."""
+    """Render each seed once and yield one Sample per question asked of it (see `questions_for`; a general frame
+    is asked its own questions, general.py, or one of them by seed with questions="one")."""
+    if task == "general":
+        for seed in seeds:
+            image, general = render_general(seed, size)
+            asked = general.qa if questions == "all" else (general.qa[seed // 3 % len(general.qa)],)
+            for question, reply in asked:
+                yield Sample(image, question, reply, general)
+        return
     for seed in seeds:
         asked = questions_for(task, seed, questions)
         image, scene = render_scene(seed, size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from crome_edge.errors import CromeError
 
-TASKS: tuple[str, ...] = ("pretrain", "line3", "line5")
+TASKS: tuple[str, ...] = ("pretrain", "line3", "line5", "general")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # (task, split) -> (first seed, number of seeds)
@@ -23,6 +23,10 @@ SEED_RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("line5", "train"): (30_000_000, 1_000_000),
     ("line5", "val"): (31_000_000, 1_000_000),
     ("line5", "test"): (32_000_000, 1_000_000),
+    # the general curriculum (general.py: shapes, counts, words, patterns), its own world
+    ("general", "train"): (40_000_000, 1_000_000),
+    ("general", "val"): (41_000_000, 1_000_000),
+    ("general", "test"): (42_000_000, 1_000_000),
 }
 
 

@@ -3,7 +3,8 @@
 - finetune: the CROME adapter alone (docs/architecture.md §2). The whole backbone stays frozen, so the visual
   prefix V of every (image, instruction) is computed once up front and reused by every epoch.
 - pretrain: query tokens, Q-Former and projection (+ the vision tower with --train-vision), no adapter;
-  one optimizer group per trained module; the LLM stays frozen. Saves backbone parts.
+  one optimizer group per trained module; the LLM stays frozen. Saves backbone parts. With the tower frozen its
+  features of every image are computed once up front, like finetune's V.
 
 `--augment flips` mirrors training frames at random (never validation frames): finetune caches V for
 all four mirror views of each image and draws one per sample per step; pretrain flips the pixels.
@@ -122,6 +123,7 @@ class PretrainStage:
             self.trainable.vision = backbone.vision
         self.trainable.requires_grad_(True)
         self.views = mirror_views(config.augment)
+        self._features: dict[Path, torch.Tensor] = {}  # image -> frozen tower output per view (views, Np, Dv)
 
     def param_groups(self) -> list[dict]:
         lr, encoder_lr = self.config.learning_rate, self.config.encoder_learning_rate
@@ -134,18 +136,38 @@ class PretrainStage:
             groups.append({"name": "vision", "params": list(self.trainable.vision.parameters()), "lr": encoder_lr})
         return groups
 
+    @torch.no_grad()
     def prepare(self, samples: list[Sample]) -> None:
+        """Decodes the images; with the vision tower frozen, also caches its features of every view of every
+        distinct image (the tower is most of a step's vision cost and never changes)."""
         self.pixels.prepare(samples)
+        if self.config.train_vision:
+            return
+        todo = list({s.image: s for s in samples if s.image not in self._features}.values())
+        for start in range(0, len(todo), VISUAL_CACHE_BATCH):
+            chunk = todo[start : start + VISUAL_CACHE_BATCH]
+            pixels = self.pixels.batch(chunk).to(self.device)  # (B, 3, S, S)
+            views = [self.backbone.image_features(mirrored(pixels, dims)) for dims in self.views]
+            for sample, features in zip(chunk, torch.stack(views, 1)):  # (B, views, Np, Dv)
+                self._features[sample.image] = features
+
+    def _visual(self, samples: list[Sample]) -> torch.Tensor:
+        """(B, Nq, d) through the trained Q-Former: a random view of each sample while training."""
+        questions = [s.question for s in samples]
+        picks = draw_views(len(samples), len(self.views)) if self.trainable.training else [0] * len(samples)
+        if not self.config.train_vision:
+            features = torch.stack([self._features[s.image][view] for s, view in zip(samples, picks)])
+            return self.model.visual_from_features(features, questions)
+        pixels = self.pixels.batch(samples).to(self.device)
+        pixels = torch.cat([mirrored(p[None], self.views[view]) for p, view in zip(pixels, picks)])
+        return self.model.visual_embeds(pixels, questions)
 
     def loss(self, samples: list[Sample]) -> torch.Tensor:
-        pixels = self.pixels.batch(samples).to(self.device)
-        if self.trainable.training and len(self.views) > 1:
-            picks = draw_views(len(samples), len(self.views))
-            pixels = torch.cat([mirrored(p[None], self.views[view]) for p, view in zip(pixels, picks)])
-        return self.model.loss(pixels, [s.question for s in samples], [s.answer for s in samples])
+        return self.model.loss_from_visual(self._visual(samples), [s.question for s in samples],
+                                           [s.answer for s in samples])
 
     def prefix(self, samples: list[Sample]) -> PrefixBatch:
-        return self.model.build_prefix(self.pixels.batch(samples).to(self.device), [s.question for s in samples])
+        return self.model.prefix_from_visual(self._visual(samples), [s.question for s in samples])
 
     def train(self) -> None:
         self.trainable.train()
