@@ -6,6 +6,7 @@ names, shapes, dtype, finiteness and — given a backbone — its fingerprint, a
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +64,25 @@ def save_adapter(path: Path, adapter: CromeAdapter, metadata: AdapterMetadata) -
     if not path.parent.is_dir():
         raise AdapterFileError(f"cannot write {path}: directory {path.parent} does not exist (create it first)")
     tensors = {name: t.detach().to(torch.float32).contiguous().cpu() for name, t in adapter_tensors(adapter).items()}
+    strings = metadata.to_strings()
+    strings[formats.META_TRAIN_DATA] = portable_path(metadata.train_data, path.parent)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata.to_strings())
+        save_file(tensors, str(tmp), metadata=strings)
+
+
+def portable_path(recorded: str, home: Path) -> str:
+    """A path as an artifact in `home` records it: relative to `home`, never the making machine's absolute path
+    (an artifact copied to another machine would print it, and it says nothing there)."""
+    if not recorded or not os.path.isabs(recorded):
+        return recorded
+    return os.path.relpath(recorded, os.path.abspath(home))
+
+
+def resolved_path(recorded: str, home: Path) -> str:
+    """`portable_path` read back: a relative record is relative to the artifact's directory."""
+    if not recorded or os.path.isabs(recorded):
+        return recorded
+    return os.path.normpath(os.path.join(os.path.abspath(home), recorded))
 
 
 def read_metadata(path: Path) -> AdapterMetadata:
@@ -105,7 +123,7 @@ def read_metadata(path: Path) -> AdapterMetadata:
             backbone_fingerprint=raw[formats.META_BACKBONE_FINGERPRINT],
             prompt=PromptTemplate.from_json(raw[formats.META_PROMPT_TEMPLATE]),
             training=training,
-            train_data=raw.get(formats.META_TRAIN_DATA, ""),
+            train_data=resolved_path(raw.get(formats.META_TRAIN_DATA, ""), path.parent),
             train_data_recipe=recipe,
             format_version=version,
         )

@@ -210,7 +210,8 @@ def test_decoder_export_covers_tied_embeddings_and_opt(family, tmp_path):
 
 
 def test_export_handles_torch_transformer_layers(tmp_path):
-    """The smol vision tower uses nn.TransformerEncoderLayer, whose eval fast path has no ONNX form."""
+    """A vision tower built from nn.TransformerEncoderLayer (ViTs of users' own backbones): its eval fast path has no
+    ONNX form."""
     from crome_export.torch_export import export_onnx
 
     layer = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)

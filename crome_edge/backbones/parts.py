@@ -61,10 +61,18 @@ def save_backbone_parts(
         formats.META_BACKBONE_NAME: backbone.info.name,
         formats.META_LLM_FINGERPRINT: llm_fingerprint(backbone),
         formats.META_BACKBONE_INFO: json.dumps(backbone.info.to_dict(), sort_keys=True),
-        formats.META_TRAINING: json.dumps(training or {}, sort_keys=True),
+        formats.META_TRAINING: json.dumps(_portable(training or {}, path.parent), sort_keys=True),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _portable(training: dict, home: Path) -> dict:
+    """The training record without the making machine's absolute data path (crome_edge.adapter_file.portable_path)."""
+    from crome_edge.adapter_file import portable_path
+
+    data = training.get("train_data")
+    return {**training, "train_data": portable_path(data, home)} if isinstance(data, str) else training
 
 
 def read_parts_metadata(path: str | Path) -> dict:
