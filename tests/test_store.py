@@ -165,7 +165,7 @@ def test_unknown_name_lists_known_names():
 def test_names_without_files_say_so():
     with pytest.raises(CromeError, match="built in code"):
         ensure_model("tiny")
-    with pytest.raises(CromeError, match="made of smol-llm, smol-vision"):
+    with pytest.raises(CromeError, match="made of smol-llm, smol-eye, smol-vision"):
         ensure_model("smol")
     with pytest.raises(CromeError, match="nothing to pull"):
         pull("tiny")

