@@ -53,12 +53,28 @@ class ConvBN(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=0, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS)
         self.act = nn.ReLU6() if act else nn.Identity()
+        self.fixed = False  # True once fix_input_size baked the padding in
+        self.pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) beyond the conv's own
+
+    def fix_input_size(self, size: int) -> int:
+        """Bakes SAME padding for a square input of `size` into the layer (symmetric into the conv itself, the odd
+        extra pixel as a constant Pad) so an exported graph has no shape arithmetic; returns the output size."""
+        before, after = same_padding(size, self.kernel, self.stride)
+        if before == after:
+            self.conv.padding, self.pad = (before, before), None
+        else:
+            self.conv.padding, self.pad = (0, 0), (before, after, before, after)
+        self.fixed = True
+        return math.ceil(size / self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel, self.stride)
-        left, right = same_padding(x.shape[-1], self.kernel, self.stride)
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
+        if self.fixed:
+            x = F.pad(x, self.pad) if self.pad is not None else x
+        else:
+            top, bottom = same_padding(x.shape[-2], self.kernel, self.stride)
+            left, right = same_padding(x.shape[-1], self.kernel, self.stride)
+            if top or bottom or left or right:
+                x = F.pad(x, (left, right, top, bottom))
         return self.act(self.bn(self.conv(x)))
 
 
@@ -93,6 +109,16 @@ class EfficientNetLite0(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = ConvBN(c_in, HEAD_CHANNELS, 1)
         self.classifier = nn.Linear(HEAD_CHANNELS, IMAGENET_CLASSES)
+
+    def fix_input_size(self, size: int) -> None:
+        """Every layer's padding for square inputs of `size` (then only that size is valid): what export needs."""
+        size = self.stem.fix_input_size(size)
+        for block in self.blocks:
+            if isinstance(block.expand, ConvBN):
+                block.expand.fix_input_size(size)
+            size = block.depthwise.fix_input_size(size)
+            block.project.fix_input_size(size)
+        self.head.fix_input_size(size)
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the head's map (B, 1280, H/32, W/32)."""

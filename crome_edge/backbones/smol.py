@@ -61,6 +61,7 @@ class LiteEye(nn.Module):
 
     def __init__(self, encoder: EfficientNetLite0, image_size: int = IMAGE_SIZE):
         super().__init__()
+        encoder.fix_input_size(image_size)  # frames always arrive at image_size: static padding, a plain ONNX graph
         self.stem = encoder.stem
         self.blocks = nn.Sequential(*encoder.blocks[:EYE_TAP])
         grid = math.ceil(image_size / EYE_STRIDE)

@@ -56,7 +56,7 @@ def _prepare_parts(backbone, precision: str, calibration_feeds, calibration_id: 
         return result
     fields = {**base, "precision": precision}
     if precision == "int8":
-        fields.update(calibration=calibration_id, decoder_int8=decoder_int8, vision_int8=quantize.VISION_INT8_RECIPE)
+        fields.update(calibration=calibration_id, decoder_int8=decoder_int8, vision_int8=f"{quantize.VISION_INT8_RECIPE}+{quantize.VISION_INT8_CONV_RECIPE}")
         static = lambda d: _build_int8(result.fp32_dir, d, calibration_feeds, decoder_int8, say, fallback=None)  # noqa: E731
         try:
             lowered = _cached(cache, fields, static, say)

@@ -1,6 +1,9 @@
 """INT8 for a bundle's backbone parts, with ONNX Runtime's quantisation tools.
 
-- Vision: static QDQ, symmetric INT8 activations (zero point 0) and per-channel symmetric 7-bit weights
+- Vision, convolutional towers (smol's EfficientNet eye): `_quantize_conv_tower`, uint8 activations through the
+  whole tower (ONNX Runtime's QLinearConv), the same 7-bit weights; not yet TensorRT's explicit-quantisation form
+  (asymmetric activations: trt_check.py says so in the report).
+- Vision, transformers: static QDQ, symmetric INT8 activations (zero point 0) and per-channel symmetric 7-bit weights
   (int8 storage, values in [-64, 64]), restricted to MatMul/Conv/Gemm (quantising every op type broke
   InstructBLIP: the attention-mask add) with float biases, calibrated on real frames. That is the form
   TensorRT's explicit-quantisation path accepts as well as ONNX Runtime (trt_check.py verifies it).
@@ -34,6 +37,9 @@ import onnx
 STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
 # The INT8 vision recipe (part of the export cache key): change the name when what it builds changes.
 VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
+VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7"  # graphs with a convolutional tower (_quantize_conv_tower)
+CONV_TOWER_MIN_CONVS = 8  # a ViT has one (patch) conv; smol's eye 33
+TOWER_OP_TYPES = ("Clip", "Relu", "Add")
 VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (parts.py)
 DECODER_INT8_METHODS = ("fp32", "matmulnbits8", "dynamic-qint8")
 # Measured on smol + line3, 2 CPU threads (benchmarks/RESULTS.md, export section): no INT8 form of SmolLM2's
@@ -72,14 +78,33 @@ class _FeedsReader:
         pass
 
 
+def conv_tower_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes of a convolutional tower: every Conv, and each Clip/Relu/Add whose inputs all come from the tower
+    (or are constants) — the ReLU6s and residual adds between convs, not the transformer's adds after them."""
+    constants = {i.name for i in model.graph.initializer}
+    produced_by_tower: set[str] = set()
+    tower = []
+    for node in model.graph.node:  # ONNX nodes are in topological order
+        inputs = [name for name in node.input if name and name not in constants]
+        if node.op_type == "Conv" or (node.op_type in TOWER_OP_TYPES and inputs
+                                      and all(name in produced_by_tower for name in inputs)):
+            tower.append(node.name)
+            produced_by_tower.update(node.output)
+    return tower
+
+
 def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
-    """Static QDQ INT8 of a vision graph; returns a description for the manifest and the report."""
+    """Static QDQ INT8 of a vision graph; returns a description for the manifest and the report. A graph with a
+    convolutional tower (at least CONV_TOWER_MIN_CONVS convs: smol's EfficientNet eye) takes the conv recipe
+    (`_quantize_conv_tower`), every other graph (ViTs: one patch conv, then transformers) the MatMul recipe below."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration_feeds:
         raise ValueError("static quantisation needs at least one calibration batch")
     source, target = Path(source).resolve(), Path(target).resolve()
+    if sum(node.op_type == "Conv" for node in onnx.load(str(source)).graph.node) >= CONV_TOWER_MIN_CONVS:
+        return _quantize_conv_tower(source, target, calibration_feeds)
     with _scratch_dir() as tmp:
         prepared = tmp / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # InstructBLIP needs the skip
@@ -107,6 +132,41 @@ def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[d
         "activations": "int8 symmetric per-tensor (MinMax)",
         "weights": "int8 symmetric per-channel, 7-bit range [-64, 64] (reduce_range)",
         "recipe": VISION_INT8_RECIPE,
+        "calibration_batches": len(calibration_feeds),
+        "calibration_frames": int(sum(next(iter(f.values())).shape[0] for f in calibration_feeds)),
+    }
+
+
+def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
+    """The conv recipe: the tower's Conv, ReLU6 (Clip) and residual Add nodes fully in QDQ (inputs *and* outputs), so
+    ONNX Runtime runs them as QLinearConv/QLinearAdd end to end; uint8 activations (asymmetric: ReLU6 maps are
+    non-negative, and u8 x s8 is the fast int8 product on x86 and ARM) and the same per-channel 7-bit symmetric
+    weights as the MatMul recipe (reduce_range: no int16 saturation on CPUs without VNNI). The Q-Former after the
+    tower stays float: quantising its MatMuls too measured slower. Measured on smol's eye, one thread, AVX-512 VNNI:
+    inputs-only QDQ (the MatMul recipe) ran 2.7x *slower* than FP32 (float convs between Q/DQ pairs); symmetric int8
+    activations 1.3x slower (ORT's s8s8 QLinearConv on x86); this recipe 1.8x faster (benchmarks/RESULTS.md)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _scratch_dir() as tmp:
+        prepared = tmp / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        tower = conv_tower_nodes(onnx.load(str(prepared)))
+        quantize_static(
+            str(prepared), str(target), _FeedsReader(calibration_feeds),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", *TOWER_OP_TYPES], nodes_to_quantize=tower,
+            per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"WeightSymmetric": True, "QuantizeBias": False},
+        )
+    return {
+        "method": "static-qdq",
+        "op_types": ["Conv", *TOWER_OP_TYPES],
+        "nodes": len(tower),
+        "activations": "uint8 asymmetric per-tensor (MinMax), convolutional tower only",
+        "weights": "int8 symmetric per-channel, 7-bit range [-64, 64] (reduce_range)",
+        "recipe": VISION_INT8_CONV_RECIPE,
         "calibration_batches": len(calibration_feeds),
         "calibration_frames": int(sum(next(iter(f.values())).shape[0] for f in calibration_feeds)),
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,3 +50,61 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int) -> None:
             module, args, path, input_names=vision_input_names(info.instruction_aware),
             output_names=[formats.OUT_VISUAL_EMBEDS], dynamic_axes=dynamic, opset=opset,
         )
+    fold_pads_into_convs(path)
+
+
+def fold_pads_into_convs(path: Path) -> int:
+    """Folds every constant zero Pad whose only consumer is a Conv into that Conv's `pads` (ONNX Conv pads may be
+    asymmetric; PyTorch's may not, so TF-"SAME" towers export a Pad before each stride-2 conv). Without this the
+    INT8 graph dequantises around each Pad, and a Pad costs a full copy of its map. Returns how many were folded."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not any(node.op_type == "Pad" for node in onnx.load(str(path)).graph.node):
+        return 0
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()  # basic level: constant folding only, nothing tied to this machine's CPU
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3  # its notes on the initializers it drops are not for the user
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    for node in graph.node:  # Cast(Constant): how torch writes F.pad's pads
+        if node.op_type == "Cast" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]].astype(np.int64)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.input[1] not in constants:
+            continue
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        value = constants.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+        users = consumers.get(pad.output[0], [])
+        if mode != b"constant" or (value is not None and np.any(value != 0)) or len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        amounts = constants[pad.input[1]].reshape(-1).tolist()  # [n, c, h, w begins, n, c, h, w ends]
+        if len(amounts) != 8 or any(amounts[i] for i in (0, 1, 4, 5)):
+            continue
+        conv = users[0]
+        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        new = [old[0] + amounts[2], old[1] + amounts[3], old[2] + amounts[6], old[3] + amounts[7]]
+        for attribute in list(conv.attribute):
+            if attribute.name in ("pads", "auto_pad"):
+                conv.attribute.remove(attribute)
+        conv.attribute.append(onnx.helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    if folded:
+        onnx.save(model, str(path))
+    return len(folded)
