@@ -67,7 +67,7 @@ def main() -> None:
     from crome_edge.data.dataset import load_dataset
     from crome_edge.data.pixels import PixelStore
     from crome_edge.model import CromeModel, GenerationConfig
-    from crome_edge.recipes.line3_report import SHIPPED_ADAPTER
+    from crome_edge.recipes.line_report import WEIGHTS
     from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
     from crome_export import quantize
     from crome_export.vision import export_vision
@@ -79,7 +79,7 @@ def main() -> None:
     backbone = load_backbone("smol")
     if backbone.info.instruction_aware:
         raise SystemExit("this benchmark feeds pixel_values only; smol's Q-Former does not read the question")
-    adapter, _ = load_adapter(SHIPPED_ADAPTER, backbone)
+    adapter, _ = load_adapter(WEIGHTS / "line3.safetensors", backbone)
     model = CromeModel(backbone, adapter).eval()
     store = PixelStore.for_backbone(backbone.info)
     with tempfile.TemporaryDirectory() as tmp_dir:

@@ -1,10 +1,11 @@
-"""Held-out line3 accuracy: the frozen `smol` backbone without the adapter vs with it (issue 3's report).
+"""Held-out accuracy of a shipped line adapter: the frozen `smol` backbone without the adapter vs with it.
 
-    python -m crome_edge.recipes.line3_report [--adapter crome_edge/weights/line3.safetensors] [--n 1000] [--split test]
+    python -m crome_edge.recipes.line_report --task line3 [--adapter FILE] [--n 1000] [--split test]
 
-Renders the line3 *test* split (or `--split val`; seeds disjoint from training), then runs the same greedy
-evaluation as `crome-edge eval` twice. Also reports the backbone's pretraining questions with the adapter
-on and off, because an adapter trained on line3 alone can erase those answers (docs/architecture.md §7).
+Renders the task's *test* split (or `--split val`; seeds disjoint from training), then runs the same greedy
+evaluation as `crome-edge eval` twice. Also reports the backbone's pretraining questions (conveyor and general
+curriculum, their test splits) with the adapter on and off: an adapter trained on one task can erase those answers
+while attached, which is why bundles route each adapter to its own questions (docs/architecture.md §7).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from crome_edge.evaluate import evaluate
 from crome_edge.model import CromeModel
 from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
 
-SHIPPED_ADAPTER = Path(__file__).resolve().parent.parent / "weights" / "line3.safetensors"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
 def accuracy_table(model: CromeModel, adapter, samples, pixels, batch_size: int) -> dict:
@@ -39,23 +40,26 @@ def accuracy_table(model: CromeModel, adapter, samples, pixels, batch_size: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", type=Path, default=SHIPPED_ADAPTER)
-    parser.add_argument("--n", type=int, default=1000, help="held-out line3 frames")
-    parser.add_argument("--split", choices=("test", "val"), default="test", help="which held-out line3 split (default: test)")
+    parser.add_argument("--task", choices=("line3", "line5"), default="line3")
+    parser.add_argument("--adapter", type=Path, help="default: the shipped adapter of --task")
+    parser.add_argument("--n", type=int, default=1000, help="held-out frames of the task")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="which held-out split (default: test)")
     parser.add_argument("--pretrain-n", type=int, default=200, help="frames for the pretraining questions")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    adapter_path = args.adapter or WEIGHTS / f"{args.task}.safetensors"
     backbone = load_backbone("smol")
-    adapter, meta = load_adapter(args.adapter, backbone)
+    adapter, meta = load_adapter(adapter_path, backbone)
     model = CromeModel(backbone)
     pixels = PixelStore.for_backbone(backbone.info)
-    report = {"adapter": str(args.adapter), "line3_split": args.split, "rank": meta.config.rank,
+    report = {"adapter": adapter_path.name, "task": args.task, "split": args.split, "rank": meta.config.rank,
               "adapter_parameters": sum(p.numel() for p in adapter.parameters()), "training": meta.training}
     with tempfile.TemporaryDirectory() as tmp:
-        for task, split, n in (("line3", args.split, args.n), ("pretrain", "test", args.pretrain_n)):
+        for task, split, n in ((args.task, args.split, args.n), ("pretrain", "test", args.pretrain_n),
+                               ("general", "test", args.pretrain_n)):
             out = Path(tmp) / task
             write_dataset(SynthConfig(out=str(out), task=task, split=split, n=n))
             samples = load_dataset(out / "data.jsonl").samples
