@@ -1,5 +1,5 @@
-"""The one exception type the CLI turns into a clear message and a non-zero exit (no traceback)."""
+"""crome_edge's name for the one error root, `crome_runtime.errors.CromeError` (one class: an `except` for either
+name catches every crome-edge error, the runtime's included)."""
+from crome_runtime.errors import CromeError
 
-
-class CromeError(Exception):
-    """A user-facing error: the message says what is wrong and how to fix it."""
+__all__ = ["CromeError"]

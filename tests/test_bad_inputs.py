@@ -11,6 +11,7 @@ its files (hard links where only the manifest changes).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -174,10 +175,33 @@ CASES: list[tuple[str, str, str, str]] = [
     ("run", "manifest lists ../secret/passwd", "run --bundle {b_dotdot} --image {root}/ok.png --prompt hi " + T1, r"not a plain file name"),
     ("run", "symlinked graph to outside", "run --bundle {b_symlink} --image {root}/ok.png --prompt hi " + T1, r"symbolic link"),
     ("run", "altered graph", "run --bundle {b_altered} --image {root}/ok.png --prompt hi " + T1, r"was altered"),
-    # --- other commands ------------------------------------------------------------------------------------------
+    # --- serve (torch-free; every row fails before the server binds a port) ------------------------------------
+    ("serve", "negative threads", "serve --bundle {bundle} --camera none --threads -1", r"--threads: must be a whole number >= 0"),
+    ("serve", "--port 70000", "serve --bundle {bundle} --camera none --port 70000", r"--port 70000 is not a port"),
+    ("serve", "--watch without a camera", "serve --bundle {bundle} --camera none --watch hi", r"--watch needs a camera"),
+    ("serve", "empty --api-key", "serve --bundle {bundle} --camera none --api-key {blank}", r"--api-key is empty"),
+    ("serve", "not a bundle", "serve --bundle {root}/images --camera none --port 0", r"not a crome-edge bundle"),
+    # --- verify, triton-repo, tritonserver, client (torch-free) -------------------------------------------------
     ("verify", "not a bundle", "verify {root}/images", r"not a crome-edge bundle|not a bundle"),
+    ("verify", "negative threads", "verify {bundle} --threads -1", r"--threads: must be a whole number >= 1"),
+    ("triton-repo", "not a bundle", "triton-repo {root}/images {root}/repo", r"not a crome-edge bundle"),
+    ("triton-repo", "--max-batch-size 0", "triton-repo {bundle} {root}/repo --max-batch-size 0", r"--max-batch-size: must be a whole number >= 1"),
+    ("triton-repo", "out exists", "triton-repo {bundle} {root}", r"already exists; give a new directory"),
+    ("tritonserver", "no repository", "tritonserver", r"give the model repository"),
+    ("tritonserver", "negative --http-port", "tritonserver {root} --http-port -1", r"--http-port: must be a whole number >= 0"),
+    ("client", "--frames 0", "client --triton http://127.0.0.1:9 --camera demo --frames 0", r"--frames: must be a whole number >= 1"),
+    ("client", "empty --prompt", "client --triton http://127.0.0.1:9 --camera demo --prompt {blank}", r"--prompt is empty"),
+    ("client", "demo camera seed not a number", "client --triton http://127.0.0.1:9 --camera demo:x", r"demo cameras are demo or demo:SEED"),
+    # --- bundle (adapters of a bundle) ----------------------------------------------------------------------------
+    ("bundle add", "not a bundle", "bundle add {root}/images --adapter {adapter} " + T1, r"not a crome-edge bundle"),
+    ("bundle add", "--eval-limit 0", "bundle add {bundle} --adapter {adapter} --eval-limit 0", r"--eval-limit: must be a whole number >= 1"),
+    ("bundle remove", "not a bundle", "bundle remove {root}/images line3", r"not a crome-edge bundle"),
+    ("bundle list", "not a bundle", "bundle list {root}/images", r"not a crome-edge bundle"),
+    # --- other commands ------------------------------------------------------------------------------------------
     ("build-engines", "not a bundle", "build-engines {root}/images", r"not a crome-edge bundle|not a bundle|TensorRT|tensorrt"),
-    ("models", "unknown model", "models info nosuchmodel", r"nosuchmodel"),
+    ("models info", "unknown model", "models info nosuchmodel", r"nosuchmodel"),
+    ("models pull", "unknown model", "models pull nosuchmodel", r"nosuchmodel"),
+    ("models list", "unknown flag", "models list --bogus", r"unrecognized arguments: --bogus"),
     ("crome-edge", "unknown command", "bogus", r"invalid choice: 'bogus'"),
 ]
 
@@ -501,9 +525,27 @@ def test_loader_raises_its_own_error(results, case):
     _no_escapes(result)
 
 
-def test_every_entry_point_has_cases():
-    counts = Counter(c[0] for c in CASES) + Counter(f"loader {c[0]}" for c in LOADER_CASES)
-    for command in ("ask", "train", "eval", "info", "data synth", "data video", "export", "run", "verify",
-                    "build-engines", "models"):
-        assert counts[command] >= 1, command
+def cli_commands() -> list[str]:
+    """Every command line the CLI's command table makes, sub-commands spelled out ("data synth", "bundle add")."""
+    from crome_cli.main import build_parser
+
+    def leaves(parser: argparse.ArgumentParser, prefix: tuple[str, ...]):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield " ".join(prefix)
+        for action in subs:
+            for name, sub in action.choices.items():
+                yield from leaves(sub, prefix + (name,))
+
+    return list(leaves(build_parser(), ()))
+
+
+def test_every_command_has_cases():
+    """Read from the CLI's command table, so a new command (or sub-command) fails here until it has bad-input rows."""
+    commands = cli_commands()
+    assert {"serve", "bundle add", "triton-repo", "tritonserver", "client", "run", "data synth"} <= set(commands)
+    counts = Counter(c[0] for c in CASES)
+    missing = [command for command in commands if not counts[command]]
+    assert not missing, f"commands without a bad-input row in CASES: {missing}"
+    assert not set(counts) - set(commands) - {"crome-edge"}, "a row names no command of the CLI"
     assert len({case_id(c) for c in CASES + LOADER_CASES}) == len(CASES) + len(LOADER_CASES)  # ids are distinct

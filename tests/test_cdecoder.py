@@ -15,7 +15,7 @@ import torch
 
 from crome_runtime import ccore
 from crome_runtime import blocks_file
-from crome_runtime.errors import BundleError
+from crome_runtime.manifest import BundleError
 
 pytest.importorskip("gguf")
 from crome_export import blocks as export_blocks  # noqa: E402

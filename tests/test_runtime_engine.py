@@ -14,8 +14,9 @@ from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_m
 
 from crome_runtime import formats
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
-from crome_runtime.errors import BundleError, EngineError, ImageError, PromptTooLong, ProviderError
-from crome_runtime.manifest import sha256_file
+from crome_runtime.errors import EngineError, PromptTooLong, ProviderError
+from crome_runtime.manifest import BundleError, sha256_file
+from crome_runtime.preprocess import ImageError
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,7 @@ import pytest
 from test_runtime_fixtures import tiny_bundle
 
 from crome_runtime.engine import Engine, EngineConfig
-from crome_runtime.errors import BundleError
+from crome_runtime.manifest import BundleError
 from crome_runtime.serve import app as serve_app
 from crome_runtime.serve.config import LOOPBACK_HOSTS, Limits, ServeConfig
 from crome_runtime.serve.server import bind

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 from crome_cli.flags import SEED, THREADS, whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,15 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from crome_edge.backbones.registry import load_backbone
     from crome_edge.model import CromeModel, GenerationConfig
     from crome_edge.weights import resolve_adapter
-    from crome_runtime.preprocess import ImageError, load_image, preprocess_image
+    from crome_runtime.limits import check_text
+    from crome_runtime.preprocess import load_image, preprocess_image
 
-    from crome_runtime.limits import TextError, check_text
-
-    try:
-        for question in args.question:  # before any model loads
-            check_text(question, "--question")
-    except TextError as error:
-        raise CromeError(str(error)) from None
+    for question in args.question:  # before any model loads
+        check_text(question, "--question")
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone)
@@ -57,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
         image, scene = render_scene(args.synthetic, backbone.info.image_size)
         truth = {"kind": scene.kind, "colour": scene.colour, "defect": scene.defect}
     else:
-        try:
-            image = load_image(args.image)
-        except ImageError as error:
-            raise CromeError(str(error)) from None
+        image = load_image(args.image)
     info = backbone.info
     pixels = torch.from_numpy(preprocess_image(image, info.image_size, info.image_mean, info.image_std))[None]
     answers = model.answer(pixels.expand(len(args.question), -1, -1, -1), args.question,

@@ -36,17 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_runtime.manifest import BundleError
-
-    from crome_edge.errors import CromeError
-
-    try:
-        return _run(args)
-    except BundleError as error:
-        raise CromeError(str(error)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
     from crome_export import multi
 
     if args.action == "list":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
 from crome_cli.flags import SEED, number, whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 
 @dataclass
@@ -80,9 +80,6 @@ class CameraStats:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_runtime.serve.sources import CameraError
-    from crome_runtime.triton.client import TritonRequestError
-
     config = ClientConfig()
     for flag, name in (("prompt", "prompt"), ("model", "model"), ("frames", "frames"), ("duration", "duration_s"),
                        ("encoding", "encoding"), ("demo_fps", "demo_fps")):
@@ -90,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
             setattr(config, name, getattr(args, flag))
     if not config.prompt.strip():
         raise CromeError("--prompt is empty; ask a question about the frames")
-    try:
-        return _run(args, config)
-    except (CameraError, TritonRequestError) as error:
-        raise CromeError(str(error)) from None
+    return _run(args, config)
 
 
 def _sources(specs: list[str], config: ClientConfig, loop: bool):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from crome_cli.flags import SEED, number, whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 from crome_edge.synth.splits import TASKS
 
 

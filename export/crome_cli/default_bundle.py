@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 ADAPTERS = ("line3", "line5")  # shipped demo adapters, routed by their training questions
 PRECISION = "int8"  # the deployment form (INT8 vision, FP32 decoder): what `crome-edge export` makes by default

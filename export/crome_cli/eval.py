@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_edge.errors import CromeError
+    from crome_runtime.errors import CromeError
 
     if args.limit is not None and args.limit < 1:
         raise CromeError("--limit must be at least 1")

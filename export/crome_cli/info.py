@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header, tensor_shapes
 

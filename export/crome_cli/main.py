@@ -10,7 +10,7 @@ import importlib
 import signal
 import sys
 
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args._module.run(args) or 0)
-    except CromeError as error:
+    except CromeError as error:  # every project error, the runtime's included: one line, its exit status
         print(f"crome-edge {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except OSError as error:  # the environment refused something no check caught (a full disk, a permission)
         where = f": {error.filename}" if error.filename else ""
         print(f"crome-edge {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)

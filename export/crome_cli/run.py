@@ -4,7 +4,7 @@ Streams each answer to stdout as tokens arrive; says on stderr what ran where an
 out.json` writes the per-stage summary (p50/p90/p99, time to first token, tokens/s) and a Chrome trace
 (out.trace.json, for Perfetto). `--repeat N` runs every prompt N times with the engine's caches cleared
 before each round, so every stage is measured each time; several `--prompt`s on one image share its
-vision output, as in a deployment. Runtime errors become CromeError (a clear message, exit status 2).
+vision output, as in a deployment. Runtime errors are CromeErrors: crome_cli.main prints the message (exit status 2).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from crome_cli.flags import SEED, THREADS, number, whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 from crome_runtime.formats import PROVIDER_CHOICES  # torch- and cv2-free (crome_runtime.providers imports cv2)
 
 
@@ -45,17 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_runtime.errors import RUNTIME_ERRORS
-
-    if args.repeat < 1:
-        raise CromeError("--repeat must be at least 1")
-    try:
-        return _run(args)
-    except RUNTIME_ERRORS as error:
-        raise CromeError(str(error)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
     from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
     from crome_runtime.manifest import GenerationDefaults
     from crome_runtime.profiler import format_summary

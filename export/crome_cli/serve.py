@@ -17,7 +17,7 @@ from pathlib import Path
 
 import crome_runtime  # noqa: F401  (first: it sets OpenCV's decoder pixel limit before anything loads cv2)
 from crome_cli.flags import number, whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")  # crome_runtime.providers.CHOICES (not imported at parse time)
 
@@ -54,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_runtime.errors import RUNTIME_ERRORS
-    from crome_runtime.serve.sources import CameraError
-
     config = _config(args)
     logging.basicConfig(format="crome-edge serve: %(message)s", stream=sys.stderr)
     logging.getLogger("crome_runtime.serve").setLevel(args.log_level.upper())
@@ -64,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"crome-edge serve: WARNING: listening on {config.host} WITHOUT an API key: anyone who can reach this "
               "machine can use the model and see the camera. Pass --api-key-file F, or --host 127.0.0.1",
               file=sys.stderr)
-    try:
-        return _serve(args, config)
-    except RUNTIME_ERRORS + (CameraError,) as error:
-        raise CromeError(str(error)) from None
+    return _serve(args, config)
 
 
 def _config(args: argparse.Namespace):
@@ -136,11 +130,8 @@ def _serve(args: argparse.Namespace, config) -> int:
     try:
         engine_config = EngineConfig(provider=args.provider, verify=not args.no_verify,
                                      **({} if args.threads is None else {"threads": args.threads}))
-        try:
-            server = Server(config, bundle, engine_config, source, first)  # OSError: the events file
-            sock = bind(config.host, config.port)
-        except OSError as error:
-            raise CromeError(str(error)) from None
+        server = Server(config, bundle, engine_config, source, first)  # OSError: the events file
+        sock = bind(config.host, config.port)  # PortInUse, or an OSError naming host:port
     except BaseException:
         if first is not None:
             first.release()

@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from crome_cli.flags import whole
-from crome_edge.errors import CromeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_runtime.errors import RUNTIME_ERRORS
-    from crome_runtime.triton.pbtxt import ConfigError
-    from crome_runtime.triton.repository import RepositoryConfig, RepositoryError, write_repository
+    from crome_runtime.triton.repository import RepositoryConfig, write_repository
 
     config = RepositoryConfig()
     for flag, name in (("variant", "variant"), ("gpu_backend", "gpu_backend"), ("max_batch_size", "max_batch_size"),
@@ -49,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             setattr(config, name, getattr(args, flag))
     config.decoupled, config.link_bundle = bool(args.stream), bool(args.link_bundle)
-    try:
-        out = write_repository(args.bundle, args.out, config)
-    except RUNTIME_ERRORS + (RepositoryError, ConfigError, OSError) as error:
-        raise CromeError(str(error)) from None
+    out = write_repository(args.bundle, args.out, config)
     models = sorted(d.name for d in out.iterdir() if (d / "config.pbtxt").is_file())
     print(f"model repository {out}: {', '.join(models)} (configs checked against Triton 2.51's schema)")
     print(f"serve it:  crome-edge tritonserver {out}")

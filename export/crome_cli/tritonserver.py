@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from crome_cli.flags import whole
-from crome_edge.errors import CromeError
+from crome_runtime.errors import CromeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,39 +38,36 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"crome-edge tritonserver: {message}", file=sys.stderr, flush=True)
 
+    if args.fetch:
+        triton.fetch_wheel(args.wheel, say=say)
+        return 0
+    if args.repository is None:
+        raise CromeError("give the model repository (crome-edge triton-repo BUNDLE OUT writes one)")
+    install = triton.locate(args.triton_home, say=say)
+    config = triton.ServerConfig()
+    if args.host is not None:
+        config.host = args.host
+    for flag, name in (("http_port", "http"), ("grpc_port", "grpc"), ("metrics_port", "metrics")):
+        if getattr(args, flag) is not None:
+            setattr(config.ports, name, getattr(args, flag))
+    if args.print_command:
+        config.ports = config.ports.resolved(config.host)
+        env = triton.environment(install, base={}, stub=triton.stub_env(say))
+        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k in ("LD_LIBRARY_PATH", "PATH")) + " \\")
+        print("  " + " ".join(shlex.quote(a) for a in triton.command(install, args.repository, config)))
+        return 0
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"WARNING: listening on {config.host}: Triton has no authentication; anyone who can reach this "
+            "machine can use the model")
+    server = triton.TritonServer(install, args.repository, config, log=args.log).start()
     try:
-        if args.fetch:
-            triton.fetch_wheel(args.wheel, say=say)
-            return 0
-        if args.repository is None:
-            raise CromeError("give the model repository (crome-edge triton-repo BUNDLE OUT writes one)")
-        install = triton.locate(args.triton_home, say=say)
-        config = triton.ServerConfig()
-        if args.host is not None:
-            config.host = args.host
-        for flag, name in (("http_port", "http"), ("grpc_port", "grpc"), ("metrics_port", "metrics")):
-            if getattr(args, flag) is not None:
-                setattr(config.ports, name, getattr(args, flag))
-        if args.print_command:
-            config.ports = config.ports.resolved(config.host)
-            env = triton.environment(install, base={}, stub=triton.stub_env(say))
-            print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k in ("LD_LIBRARY_PATH", "PATH")) + " \\")
-            print("  " + " ".join(shlex.quote(a) for a in triton.command(install, args.repository, config)))
-            return 0
-        if config.host not in ("127.0.0.1", "localhost", "::1"):
-            say(f"WARNING: listening on {config.host}: Triton has no authentication; anyone who can reach this "
-                "machine can use the model")
-        server = triton.TritonServer(install, args.repository, config, log=args.log).start()
-        try:
-            seconds = server.wait_ready()
-            p = server.config.ports
-            say(f"ready in {seconds:.1f} s ({install.source}: {install.binary})")
-            say(f"HTTP {server.url}  ·  gRPC {config.host}:{p.grpc}  ·  metrics {server.metrics_url}")
-            assert server.process is not None
-            server.process.wait()
-        finally:
-            status = server.stop()
-        say(f"stopped (exit status {status})")
-        return 0 if status in (0, None) else 1
-    except triton.TritonError as error:
-        raise CromeError(str(error)) from None
+        seconds = server.wait_ready()
+        p = server.config.ports
+        say(f"ready in {seconds:.1f} s ({install.source}: {install.binary})")
+        say(f"HTTP {server.url}  ·  gRPC {config.host}:{p.grpc}  ·  metrics {server.metrics_url}")
+        assert server.process is not None
+        server.process.wait()
+    finally:
+        status = server.stop()
+    say(f"stopped (exit status {status})")
+    return 0 if status in (0, None) else 1

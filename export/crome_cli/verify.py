@@ -14,13 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from crome_edge.errors import CromeError
+from crome_cli.flags import THREADS
+from crome_runtime.errors import CromeError
 from crome_runtime.formats import PROVIDER_CHOICES  # torch- and cv2-free
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory (crome-edge export)")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=THREADS, metavar="N",
                         help="ONNX Runtime threads per graph (default: one per core)")
     parser.add_argument("--provider", choices=PROVIDER_CHOICES,
                         help="execution provider (default auto: TensorRT > CUDA > CPU, whichever is available)")
@@ -29,16 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crome_runtime.engine import EngineConfig
-    from crome_runtime.errors import RUNTIME_ERRORS
     from crome_runtime.fidelity import format_table
     from crome_runtime.verify import verify_bundle
 
     given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
     config = EngineConfig(**{k: v for k, v in given.items() if v is not None})
-    try:
-        report = verify_bundle(args.bundle, config, progress=lambda message: print(message, file=sys.stderr))
-    except RUNTIME_ERRORS as error:
-        raise CromeError(str(error)) from None
+    report = verify_bundle(args.bundle, config, progress=lambda message: print(message, file=sys.stderr))
     if "adapters" in report:  # a multi-adapter bundle: one table per adapter
         for name, section in report["adapters"].items():
             print(f"adapter {name}:\n{format_table(section)}")

@@ -129,12 +129,9 @@ def import_tensorrt():
 def build_engines(bundle: Path, precision: str = "fp16", workspace_mb: int = 2048,
                   limits: EngineLimits | None = None, say=print) -> Path:
     """Builds engines/<graph>.engine for every graph of `bundle`; returns the engines directory."""
-    from crome_runtime.manifest import BundleError, read_manifest
+    from crome_runtime.manifest import read_manifest
 
-    try:
-        manifest = read_manifest(Path(bundle))
-    except BundleError as error:
-        raise CromeError(str(error)) from None
+    manifest = read_manifest(Path(bundle))  # BundleError
     if precision not in ("fp32", "fp16", "int8"):
         raise CromeError(f"unknown engine precision {precision!r}")
     limits = limits or EngineLimits()

@@ -21,6 +21,7 @@ from crome_export.cache import PartsCache, parts_key
 from crome_export.decoder import export_decoder, save_embeddings
 from crome_export.vision import export_vision
 from crome_runtime import formats
+from crome_runtime.errors import CromeError
 
 VISION_STATIC_MIN_COSINE = 0.99
 EXPORT_PARTS_VERSION = 3  # bump when the graphs this module writes change
@@ -102,7 +103,7 @@ def _build_fp32(backbone, directory: Path, opset: int, say) -> dict:
     return notes
 
 
-class StaticInt8BelowThreshold(Exception):
+class StaticInt8BelowThreshold(CromeError):
     """Static QDQ vision measured below VISION_STATIC_MIN_COSINE on the calibration frames (not an error)."""
 
     def __init__(self, cosine: float):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import qblocks
-from crome_runtime.errors import BundleError
+from crome_runtime.manifest import BundleError
 
 FORMAT = "crome-decoder-blocks"
 FORMAT_VERSION = 1

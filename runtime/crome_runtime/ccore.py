@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from crome_runtime.errors import CromeError
+
 ABI_VERSION = 5  # CROME_ABI_VERSION in crome_core.h
 
 PIXEL_FORMATS = {"bgr": 0, "rgb": 1, "yuyv": 2, "nv12": 3}  # crome_pixfmt
@@ -31,11 +33,11 @@ _NO_TOKENS = np.zeros(0, np.int64)
 _ERR_VALUE = 6  # CROME_ERR_VALUE
 
 
-class CoreError(ValueError):
+class CoreError(CromeError, ValueError):
     """A C core call refused its arguments; the message names the argument and what it must be."""
 
 
-class CoreUnavailable(ImportError):
+class CoreUnavailable(CromeError, ImportError):
     """The C core library is missing or stale; the message says how to build it."""
 
 

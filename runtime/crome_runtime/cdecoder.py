@@ -158,7 +158,7 @@ def open_cdecoder(bundle, prefill_decoder, threads: int = 0) -> CDecoder:
     dims = blocks.dims
     if (dims.n_layers, dims.n_kv_heads, dims.head_dim, dims.vocab) != (llm.num_layers, llm.num_kv_heads, llm.head_dim,
                                                                        llm.vocab_size):
-        from crome_runtime.errors import BundleError
+        from crome_runtime.manifest import BundleError
 
         raise BundleError(f"{formats.DECODER_BLOCKS_FILE} is for a decoder of {dims}, the manifest's is {llm}; "
                           "re-export the bundle")

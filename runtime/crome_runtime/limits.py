@@ -10,6 +10,7 @@ set lower limits of its own. Torch-free. Not here: the synthetic generator's lim
 from __future__ import annotations
 
 from crome_runtime import MAX_IMAGE_PIXELS
+from crome_runtime.errors import CromeError
 
 MAX_IMAGE_SIDE = 32768  # pixels on either side: runtime/csrc/preprocess.c's MAX_SIDE, for `ask` and `run` alike
 MAX_TEXT_CHARS = 4000  # a question (CLI, dataset line, request) or a training answer
@@ -19,8 +20,10 @@ __all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_LINE_BYTES", "MAX_TEXT_CHA
            "context_problem"]
 
 
-class TextError(ValueError):
+class TextError(CromeError, ValueError):
     """A question or answer that cannot be used as given; the message says what to change."""
+
+    http_status = 400
 
 
 def check_text(text, what: str = "the question") -> str:

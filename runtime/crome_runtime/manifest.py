@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from crome_runtime import formats
+from crome_runtime.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
 
 
-class BundleError(ValueError):
+class BundleError(CromeError, ValueError):
     """A bundle that cannot be used as it is; the message names the file and the fix."""
 
 

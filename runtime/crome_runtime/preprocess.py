@@ -21,17 +21,20 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 from crome_runtime import MAX_IMAGE_PIXELS  # noqa: E402  (enforced by OpenCV's own decoders, see crome_runtime)
+from crome_runtime.errors import CromeError  # noqa: E402
 from crome_runtime.limits import MAX_IMAGE_SIDE  # noqa: E402  (what the C core's preprocessing addresses)
 
 MAX_FILE_BYTES = 256 << 20
 IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, TIFF, PNM"
 
 
-class ImageError(ValueError):
+class ImageError(CromeError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
+    http_status = 400
 
-class _Truncated(Exception):
+
+class _Truncated(CromeError):
     """The data ends inside a recognised image header."""
 
 

@@ -131,7 +131,7 @@ def open_session(path: Path, plan_: ProviderPlan, threads: int = 0, spin: bool =
     core); spin: let idle worker threads spin (lower latency, burns CPU that other processes could use)."""
     import onnxruntime as ort
 
-    from crome_runtime.errors import BundleError
+    from crome_runtime.manifest import BundleError
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(threads))

@@ -13,10 +13,12 @@ import json
 import struct
 from pathlib import Path
 
+from crome_runtime.errors import CromeError
+
 MAX_HEADER_BYTES = 16 << 20  # a crome-edge header is a few KB; a larger length field means another format
 
 
-class SafetensorsHeaderError(ValueError):
+class SafetensorsHeaderError(CromeError, ValueError):
     """Not a (complete) safetensors file; the message says what is wrong, for the caller to add the fix."""
 
 

@@ -37,15 +37,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crome_runtime.errors import RUNTIME_ERRORS, EngineError, ImageError, PromptTooLong
+from crome_runtime.errors import CromeError
 from crome_runtime.limits import TextError, check_text
 from crome_runtime.serve import openai_api
-from crome_runtime.serve.events import TooManySubscribers
 from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
-from crome_runtime.serve.images import ImageRefused, decode_data_uri
+from crome_runtime.serve.images import decode_data_uri
 from crome_runtime.serve.openai_api import ApiError, bad
 from crome_runtime.serve.watch import WatchError
-from crome_runtime.serve.worker import Cancelled, EngineUnavailable, Job, NoFrame
+from crome_runtime.serve.worker import EngineUnavailable, Job
 
 if TYPE_CHECKING:
     from crome_runtime.serve.server import Server
@@ -118,7 +117,7 @@ def too_large(limit: int) -> ApiError:
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return JSONResponse(error.body(), status_code=error.http_status, headers=error.headers)
 
 
 def json_body(raw: bytes):
@@ -129,19 +128,6 @@ def json_body(raw: bytes):
         raise bad("the request body is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise bad(f"the request body is not valid JSON ({error})") from None
-
-
-def job_error(error: Exception) -> ApiError:
-    """A worker's error -> the HTTP error a client gets."""
-    if isinstance(error, PromptTooLong):
-        return bad(str(error), "messages", "context_length_exceeded")
-    if isinstance(error, (EngineError, ImageError)):
-        return bad(str(error))
-    if isinstance(error, NoFrame):
-        return ApiError(503, str(error), code="no_frame", headers={"Retry-After": "1"})
-    if isinstance(error, (Cancelled, QueueClosed)):
-        return ApiError(503, str(error), code="shutting_down")
-    return ApiError(500, "the server failed to answer (the error is in its log)", code="internal_error")
 
 
 class Channel:
@@ -173,9 +159,11 @@ def create_app(server: "Server") -> FastAPI:
                   lifespan=server.lifespan)
     config, limits = server.config, server.config.limits
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, error: ApiError):
-        return error_response(error)
+    @app.exception_handler(CromeError)  # ApiError included: every error says its own status (ApiError.of)
+    async def _crome_error(request: Request, error: CromeError):
+        if error.http_status == 500 and not isinstance(error, ApiError):
+            log.error("%s %s failed: %s", request.method, request.url.path, error, exc_info=error)
+        return error_response(ApiError.of(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
@@ -219,7 +207,7 @@ def create_app(server: "Server") -> FastAPI:
                            code="admin_needs_api_key")
         try:
             report = await asyncio.wrap_future(server.reload_adapters())
-        except RUNTIME_ERRORS as error:
+        except CromeError as error:
             raise ApiError(409, f"{error}; still serving the adapters {', '.join(server.adapter_names) or 'none'}",
                            code="adapter_rejected") from None
         return {**report, "adapters": server.adapter_names}
@@ -244,10 +232,7 @@ def create_app(server: "Server") -> FastAPI:
                                                      server.single_adapter)
         image = None
         if chat.image_url is not None:
-            try:
-                image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)
-            except ImageRefused as error:
-                raise bad(str(error), "messages", "invalid_image") from None
+            image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)  # ImageRefused: 400
         elif server.reader is None:
             raise bad("this server has no camera: send the image as an image_url data URI", "messages")
         else:
@@ -279,7 +264,7 @@ def create_app(server: "Server") -> FastAPI:
             return Response(status_code=499)
         if first[0] == "error":
             disconnected.cancel()
-            raise job_error(first[1])
+            raise ApiError.of(first[1])
         if not chat.stream:
             try:
                 pieces, event = [], first
@@ -291,7 +276,7 @@ def create_app(server: "Server") -> FastAPI:
             finally:
                 disconnected.cancel()
             if event[0] == "error":
-                raise job_error(event[1])
+                raise ApiError.of(event[1])
             return openai_api.completion(request_id, model, event[1])
         disconnected.cancel()  # from here StreamingResponse notices a client that leaves
 
@@ -311,7 +296,7 @@ def create_app(server: "Server") -> FastAPI:
                             yield sse(openai_api.usage_chunk(request_id, model, created, value))
                         break
                     else:
-                        yield sse(job_error(value).body())
+                        yield sse(ApiError.of(value).body())
                         break
                     event = await channel.queue.get()
                 yield sse("[DONE]")
@@ -324,10 +309,7 @@ def create_app(server: "Server") -> FastAPI:
     # --- watch ------------------------------------------------------------------------------------
     @app.get("/v1/watch")
     async def watch_stream(request: Request):
-        try:
-            subscription = server.hub.subscribe()
-        except TooManySubscribers as error:
-            raise ApiError(429, str(error), code="too_many_streams", headers={"Retry-After": "5"}) from None
+        subscription = server.hub.subscribe()  # TooManySubscribers: 429
 
         async def events() -> AsyncIterator[bytes]:
             try:

@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from pathlib import Path
 
+from crome_runtime.errors import CromeError
+
 log = logging.getLogger("crome_runtime.serve")
 
 SUBSCRIBER_BUFFER = 256  # events a slow subscriber may fall behind by
@@ -37,8 +39,10 @@ class Subscription:
         self.queue.put_nowait(event)
 
 
-class TooManySubscribers(Exception):
-    pass
+class TooManySubscribers(CromeError):
+    http_status = 429
+    http_code = "too_many_streams"
+    retry_after_s = 5
 
 
 class EventHub:

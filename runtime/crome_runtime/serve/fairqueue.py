@@ -13,15 +13,24 @@ import threading
 from collections import deque
 from typing import Generic, TypeVar
 
+from crome_runtime.errors import CromeError
+
 T = TypeVar("T")
 
 
-class QueueFull(Exception):
+class QueueFull(CromeError):
     """The lane is at capacity."""
 
+    http_status = 429
+    http_code = "queue_full"
+    retry_after_s = 1
 
-class QueueClosed(Exception):
+
+class QueueClosed(CromeError):
     """The queue was closed (the server is shutting down)."""
+
+    http_status = 503
+    http_code = "shutting_down"
 
 
 class FairQueue(Generic[T]):

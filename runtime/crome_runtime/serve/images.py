@@ -17,14 +17,19 @@ import struct
 
 import numpy as np
 
+from crome_runtime.errors import CromeError
 from crome_runtime.preprocess import ImageError, decode_image
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.ASCII)
 
 
-class ImageRefused(ValueError):
+class ImageRefused(CromeError, ValueError):
     """An image_url the server will not use; the message says why and what to send instead."""
+
+    http_status = 400
+    http_code = "invalid_image"
+    http_param = "messages"
 
 
 def decode_data_uri(url: str, max_pixels: int) -> np.ndarray:

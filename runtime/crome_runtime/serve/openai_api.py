@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from crome_runtime.engine import GenerationOptions
+from crome_runtime.errors import CromeError
 from crome_runtime.limits import TextError, check_text
 from crome_runtime.serve.config import Limits
 from crome_runtime.serve.worker import JobResult
@@ -35,8 +36,9 @@ CAMERA = "camera"
 FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
 
-class ApiError(Exception):
-    """An HTTP error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+class ApiError(CromeError):
+    """An HTTP error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}. A handler raises one where
+    the status depends on the endpoint; any other CromeError becomes one by `of`, from the status it carries."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
              405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -45,12 +47,23 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.http_status, self.message, self.http_param, self.http_code = status, message, param, code
         self.headers = headers or {}
 
+    @classmethod
+    def of(cls, error: BaseException) -> "ApiError":
+        """The HTTP error a client gets for `error`: the status, code and Retry-After a CromeError carries; for a
+        server-side failure (status 500, or not a CromeError: a bug) only that the server's log has it."""
+        if isinstance(error, ApiError):
+            return error
+        if isinstance(error, CromeError) and error.http_status != 500:
+            headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+            return cls(error.http_status, str(error), error.http_param, error.http_code, headers)
+        return cls(500, "the server failed to answer (the error is in its log)", code="internal_error")
+
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "invalid_request_error"),
-                          "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.http_status, "invalid_request_error"),
+                          "param": self.http_param, "code": self.http_code}}
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+from crome_runtime.errors import CromeError
 from crome_runtime.manifest import read_manifest
 from crome_runtime.profiler import Profiler
 from crome_runtime.serve.config import ServeConfig
@@ -40,7 +41,7 @@ log = logging.getLogger("crome_runtime.serve")
 JPEG_QUALITY = 85
 
 
-class PortInUse(OSError):
+class PortInUse(CromeError, OSError):
     pass
 
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from crome_runtime.errors import CromeError
 from crome_runtime.serve.config import CameraConfig
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
 
-class CameraError(ValueError):
+class CameraError(CromeError, ValueError):
     """A camera that cannot be opened or read; the message says what was tried and what exists."""
 
 

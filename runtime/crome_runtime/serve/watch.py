@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from crome_runtime.engine import GenerationOptions
+from crome_runtime.errors import CromeError
 from crome_runtime.serve.events import EventHub
 from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
 from crome_runtime.serve.reader import FrameSlot
@@ -33,7 +34,7 @@ POLL_S = 0.25  # how often waits look at the stop flag
 ERROR_PAUSE_S = 1.0
 
 
-class WatchError(ValueError):
+class WatchError(CromeError, ValueError):
     """A watch prompt that cannot be added or removed as asked."""
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from crome_runtime.engine import Answer, Engine, GenerationOptions
-from crome_runtime.errors import RUNTIME_ERRORS
+from crome_runtime.errors import CromeError
 from crome_runtime.serve.fairqueue import FairQueue
 from crome_runtime.serve.reader import FrameSlot
 
@@ -30,16 +30,27 @@ log = logging.getLogger("crome_runtime.serve")
 LANES = ("api", "watch")
 
 
-class NoFrame(Exception):
+class NoFrame(CromeError):
     """The job asked about the camera, and there is no camera or no frame yet."""
 
+    http_status = 503
+    http_code = "no_frame"
+    retry_after_s = 1
 
-class Cancelled(Exception):
+
+class Cancelled(CromeError):
     """The job was cancelled before it produced an answer (client gone, server stopping)."""
 
+    http_status = 503
+    http_code = "shutting_down"
 
-class EngineUnavailable(Exception):
+
+class EngineUnavailable(CromeError):
     """The engine is not loaded (still loading, failed, or stopped)."""
+
+    http_status = 503
+    http_code = "unavailable"
+    retry_after_s = 2
 
 
 @dataclass(eq=False)  # identity: the queue finds a job to remove by identity
@@ -130,7 +141,7 @@ class EngineWorker:
             self.engine = self._load()
         except Exception as error:  # any load failure is reported through /health and on_fatal, not lost
             self.state, self.error = "failed", str(error) or type(error).__name__
-            log.error("the engine failed to load: %s", self.error, exc_info=not isinstance(error, RUNTIME_ERRORS))
+            log.error("the engine failed to load: %s", self.error, exc_info=not isinstance(error, CromeError))
             if self._on_fatal is not None:
                 self._on_fatal(self.error)
             return
@@ -190,7 +201,7 @@ class EngineWorker:
                     job.sink("piece", piece)
             finally:
                 stream.close()  # a cancelled stream records its answer as "cancelled"
-        except RUNTIME_ERRORS + (NoFrame,) as error:
+        except CromeError as error:
             job.sink("error", error)
             return
         except Exception as error:  # a bug must not take the server down: log it whole, tell the client little

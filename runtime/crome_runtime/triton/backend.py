@@ -27,7 +27,7 @@ import numpy as np
 
 from crome_runtime import formats
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
-from crome_runtime.errors import RUNTIME_ERRORS
+from crome_runtime.errors import CromeError
 from crome_runtime.triton import io
 from crome_runtime.vision_inputs import vision_feeds
 
@@ -39,7 +39,7 @@ class Job:
     options: GenerationOptions
 
 
-class RequestError(ValueError):
+class RequestError(CromeError, ValueError):
     """One request that cannot be answered as sent (the message says which input and why)."""
 
 
@@ -62,7 +62,7 @@ def parse_job(engine: Engine, arrays: dict[str, np.ndarray]) -> Job:
         else:
             assert pixels is not None
             frame = engine.frame_from_pixels(np.asarray(pixels, np.float32).reshape(pixels.shape[-3:]))
-    except RUNTIME_ERRORS as error:
+    except CromeError as error:
         raise RequestError(str(error)) from None
     options = GenerationOptions()
     for tensor in io.inputs(engine.manifest.backbone.image_size):
@@ -73,7 +73,7 @@ def parse_job(engine: Engine, arrays: dict[str, np.ndarray]) -> Job:
             setattr(options, tensor.option, value[0].item())
     try:
         options.resolve(engine.manifest.generation)
-    except RUNTIME_ERRORS as error:
+    except CromeError as error:
         raise RequestError(str(error)) from None
     return Job(frame, prompt, options)
 
@@ -230,7 +230,7 @@ class TritonPythonModel:
         valid = [j for j in jobs if isinstance(j, Job)]
         try:
             batch, batch_ms = prime_vision(self.engine, valid, self._bls_batch if self.vision_model else None)
-        except (RequestError,) + RUNTIME_ERRORS as error:
+        except CromeError as error:
             jobs = [f"the vision stage failed: {error}" if isinstance(j, Job) else j for j in jobs]
             batch, batch_ms = 0, 0.0
         responses = []
@@ -241,7 +241,7 @@ class TritonPythonModel:
             else:
                 try:
                     response = self._answer(job, sender, batch, batch_ms, len(requests))
-                except RUNTIME_ERRORS as error:
+                except CromeError as error:
                     response = self._error(str(error))
             if sender is not None:
                 sender.send(response, flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

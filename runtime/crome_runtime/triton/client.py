@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crome_runtime.engine import GenerationOptions
+from crome_runtime.errors import CromeError
 from crome_runtime.triton import io
 
 
-class TritonRequestError(RuntimeError):
+class TritonRequestError(CromeError, RuntimeError):
     """Triton refused or failed a request (HTTP status and Triton's message), or is unreachable."""
 
 

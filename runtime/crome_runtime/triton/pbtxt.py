@@ -15,10 +15,11 @@ import base64
 import functools
 from pathlib import Path
 
+from crome_runtime.errors import CromeError
 from crome_runtime.triton import model_config_schema
 
 
-class ConfigError(ValueError):
+class ConfigError(CromeError, ValueError):
     """A model configuration Triton would refuse; the message names the model, the field and the rule."""
 
 

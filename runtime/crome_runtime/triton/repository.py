@@ -29,6 +29,7 @@ from pathlib import Path
 
 from crome_runtime import formats
 from crome_runtime.bundle import load_bundle
+from crome_runtime.errors import CromeError
 from crome_runtime.triton import io, pbtxt
 
 MODEL = "crome"
@@ -42,7 +43,7 @@ from crome_runtime.triton.backend import TritonPythonModel  # noqa: F401
 '''
 
 
-class RepositoryError(ValueError):
+class RepositoryError(CromeError, ValueError):
     """A repository that cannot be written as asked; the message says what to change."""
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crome_runtime.cache_dir import cache_root
+from crome_runtime.errors import CromeError
 
 PACKAGE = "nvidia-pytriton"
 VERSION = "0.7.0"  # tritonserver 2.51
@@ -47,7 +48,7 @@ SERVER_MEMBERS = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")  # what we 
 HOME_ENV = "CROME_TRITON_HOME"
 
 
-class TritonError(RuntimeError):
+class TritonError(CromeError, RuntimeError):
     """tritonserver cannot be found, fetched or started; the message says what to do."""
 
 
