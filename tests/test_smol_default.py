@@ -66,7 +66,8 @@ def test_each_shipped_line_adapter_answers_held_out_frames_the_backbone_alone_ca
     # Held out on 1000 frames: line3 98.2% (crome_edge/recipes/line3_report.py), line5 95.4% (the INT8 bundle,
     # benchmarks/routed_accuracy.py); 48 frames carry about ±3 points of noise.
     assert correct / len(frames) >= 0.88, (held_out, list(zip(with_adapter, truth)))
-    assert sum(normalize_answer(a) == t for a, t in zip(without, truth)) == 0  # a rule the backbone never saw
+    # a rule the backbone never saw: it gets no frame with a part right ("no part" it knows from pretraining)
+    assert sum(normalize_answer(a) == t for a, t in zip(without, truth) if t != "no part") == 0
 
 
 def test_ask_cli_answers_a_synthetic_frame(capsys):
@@ -74,5 +75,5 @@ def test_ask_cli_answers_a_synthetic_frame(capsys):
 
     assert main(["ask", "--adapter", "line3", "--synthetic", "22000123", "--question", LINE3, "--threads", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["answers"][LINE3].split()) <= {"scrap", "bin", "a", "b", "c"}
+    assert set(result["answers"][LINE3].split()) <= {"scrap", "bin", "a", "b", "c", "no", "part"}
     assert result["ground_truth"]["kind"]
