@@ -66,20 +66,19 @@ def run(args: argparse.Namespace) -> int:
         frame = engine.frame(args.image)  # capture + preprocess, once per round; the prompts share it
         for prompt in args.prompt:
             stream = engine.stream(frame, prompt, options)
+            for piece in stream:
+                if not args.json:
+                    print(piece, end="", flush=True)
+            answer = stream.answer
+            assert answer is not None  # set when the stream ends
             if args.json:
-                for _ in stream:
-                    pass
-                answer = stream.answer
                 print(json.dumps({"prompt": prompt, "answer": answer.text, "tokens": answer.token_ids,
                                   "finish_reason": answer.finish_reason, "ttft_ms": answer.ttft_ms,
                                   "total_ms": answer.total_ms, "cache": answer.cache,
                                   "adapter": answer.adapter}), flush=True)
-            else:
-                for piece in stream:
-                    print(piece, end="", flush=True)
-                print(flush=True)
-            answer = stream.answer
-            if not args.json and round_ == args.repeat - 1:
+                continue
+            print(flush=True)
+            if round_ == args.repeat - 1:
                 tokens_per_s = len(answer.token_ids) / (answer.total_ms / 1e3) if answer.total_ms else 0.0
                 ttft = f"{answer.ttft_ms:.1f} ms" if answer.ttft_ms is not None else "n/a"
                 print(f"[{answer.adapter or 'no adapter'}: {len(answer.token_ids)} tokens, {answer.finish_reason}; first token {ttft}, "
