@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) < 2:
         parser.error(f"{args.bundle} has {len(names)} adapter(s); switching needs two")
     a, b = names[:2]
-    entry = engine.manifest.adapter_entries[0]
+    entry = engine.manifest.adapters[0]
     question = args.question or (entry.route.questions[0] if entry.route.questions else "What is it?")
     frame = _frame(engine, 0)
     for name in (a, b):  # warm: each adapter's cache entries for this frame and question

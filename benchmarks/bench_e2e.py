@@ -42,7 +42,8 @@ class EngineE2E:
 
         self.engine = Engine.load(bundle, EngineConfig(threads=threads, decoder=decoder))
         self.engine.bundle.stop_ids = frozenset()  # every run decodes exactly max_new tokens
-        self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0)
+        self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0,
+                                         adapter=br.first_adapter(bundle)[0] or "none")
         self.name = {"auto": "ours, default", "onnx": "ours, ONNX decoder"}[decoder]
         self.name += f" ({self.engine.decoder_backend})"
         self.samples: dict[str, list[float]] = {"total": [], "ttft": []}
@@ -77,9 +78,7 @@ def bench_threads(bundle: Path, threads: int, args, image: Path) -> dict:
     elif importlib.util.find_spec("torch") is None:
         skipped["PyTorch eager fp32"] = "torch is not installed (pip install crome-edge's training extra)"
     else:
-        from crome_runtime import formats
-
-        columns.append(TorchE2E(bundle, bundle / formats.ADAPTER_WEIGHTS_FILE, threads, args.max_new_tokens))
+        columns.append(TorchE2E(bundle, br.first_adapter(bundle)[1], threads, args.max_new_tokens))
     tokens = {}
     for run in range(args.warmup + args.runs):
         order = columns[run % len(columns):] + columns[:run % len(columns)]

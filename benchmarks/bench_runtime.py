@@ -52,13 +52,26 @@ def _ms(ns: int) -> float:
 # --- runtime -----------------------------------------------------------------------------------------------
 
 
+def first_adapter(bundle: Path) -> tuple[str | None, Path | None]:
+    """The bundle's first adapter: (its name, its weights file) — what the benchmarks time, whatever the prompt's
+    route — or (None, None) for a bundle of the frozen backbone alone."""
+    from crome_runtime.manifest import read_manifest
+
+    adapters = read_manifest(bundle, verify=False).adapters
+    if not adapters:
+        return None, None
+    weights = adapters[0].file("weights")
+    return adapters[0].name, (Path(bundle) / weights if weights else None)
+
+
 class RuntimeBench:
     def __init__(self, bundle: Path, threads: int, max_new: int):
         from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 
         self.engine = Engine.load(bundle, EngineConfig(threads=threads))
         self.engine.bundle.stop_ids = frozenset()  # every run decodes exactly max_new tokens
-        self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0)
+        self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0,
+                                         adapter=first_adapter(bundle)[0] or "none")
         self.samples: dict[str, list[float]] = {}
 
     def run(self, image: Path, prompt: str, keep: bool) -> list[int]:
@@ -255,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             if importlib.util.find_spec("torch") is None:
                 print("torch is not installed: runtime only", file=sys.stderr)
             else:
-                torch_bench = TorchBench(args.bundle, args.adapter or args.bundle / formats.ADAPTER_WEIGHTS_FILE,
+                torch_bench = TorchBench(args.bundle, args.adapter or first_adapter(args.bundle)[1],
                                          args.threads, args.max_new_tokens)
         benches = [b for b in (runtime, torch_bench) if b is not None]
         outputs = [b.run(image, args.prompt, keep=False) for b in benches]  # warm-up

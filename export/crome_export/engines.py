@@ -4,7 +4,8 @@ For each graph of the bundle: make it TensorRT-ready (`tensorrt_ready_model`: in
 unless a FusedGatedProjection plugin is registered; rewrite ONNX Runtime's 8-bit MatMulNBits into INT8
 per-channel DequantizeLinear -> MatMul, TensorRT's weight-only form), parse it, add one optimisation
 profile per dynamic input (`engine_profiles`, from the manifest's dims), share one timing cache across
-builds (engines/timing.cache), and serialise engines/<graph>.engine plus engines/engines.json.
+builds (engines/timing.cache), and serialise engines/<graph>.engine plus engines/engines.json (every
+adapter's graphs included).
 TensorRT is optional (extra `[trt]`) and imported lazily; without it the command says how to install it.
 """
 from __future__ import annotations
@@ -22,9 +23,6 @@ from onnx import helper, numpy_helper
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 
-GRAPHS = (formats.VISION_ONNX, formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX, formats.DECODER_ONNX)
-
-
 @dataclass
 class EngineLimits:
     max_batch: int = 8
@@ -33,7 +31,8 @@ class EngineLimits:
 
 
 def engine_profiles(manifest, limits: EngineLimits) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
-    """graph file -> input name -> (min, opt, max) shapes for one TensorRT optimisation profile."""
+    """graph file (the vision graph, every adapter's two graphs, the decoder) -> input name -> (min, opt, max) shapes
+    for one TensorRT optimisation profile."""
     b, llm = manifest.backbone, manifest.llm
     batch = (1, max(1, limits.max_batch // 2), limits.max_batch)
     size, d, nq = b.image_size, b.d_model, b.num_query_tokens
@@ -52,12 +51,13 @@ def engine_profiles(manifest, limits: EngineLimits) -> dict[str, dict[str, tuple
     for i in range(llm.num_layers):
         for name in (formats.past_key_name(i), formats.past_value_name(i)):
             decoder[name] = tuple((n, llm.num_kv_heads, p, llm.head_dim) for n, p in zip(batch, (0, prefill, total - 1)))
-    return {
-        formats.VISION_ONNX: vision,
-        formats.ADAPTER_VISUAL_ONNX: {formats.IN_ADAPTER_X: tuple((n, nq, d) for n in batch)},
-        formats.ADAPTER_TEXT_ONNX: {formats.IN_ADAPTER_X: ((1, 1, d), (1, 32, d), (batch[2], limits.max_prompt_tokens, d))},
-        formats.DECODER_ONNX: decoder,
-    }
+    adapter = {"adapter_visual": {formats.IN_ADAPTER_X: tuple((n, nq, d) for n in batch)},
+               "adapter_text": {formats.IN_ADAPTER_X: ((1, 1, d), (1, 32, d), (batch[2], limits.max_prompt_tokens, d))}}
+    profiles = {formats.VISION_ONNX: vision}
+    for entry in manifest.adapters:  # each adapter's two graphs
+        profiles.update({entry.file(role): shapes for role, shapes in adapter.items()})
+    profiles[formats.DECODER_ONNX] = decoder
+    return profiles
 
 
 # --- graph preparation ----------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def build_engines(bundle: Path, precision: str = "fp16", workspace_mb: int = 204
     plugin_names = {c.name for c in trt.get_plugin_registry().plugin_creator_list}
     record = {"tensorrt": trt.__version__, "precision": precision, "workspace_mb": workspace_mb,
               "limits": vars(limits), "engines": {}}
-    for name in GRAPHS:
+    for name in profiles:
         started = time.perf_counter()
         say(f"building {name} -> TensorRT ({precision})")
         model = tensorrt_ready_model(Path(bundle) / name, formats.FUSED_GATED_PROJECTION_OP in plugin_names)

@@ -28,7 +28,7 @@ from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.adapters import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
                                     check_name, file_name, overlaps)
-from crome_runtime.manifest import BundleError, FileEntry, Manifest, read_manifest
+from crome_runtime.manifest import BundleError, FileEntry, Manifest, bundle_report, read_manifest, read_report
 
 
 @dataclass
@@ -112,64 +112,54 @@ def choose_route(name: str, trained: Route, patterns: dict, questions: dict) -> 
     return trained
 
 
-def read_contents(path: Path, v1_route: bool = True) -> Contents:
-    """A bundle's files (every sha256 checked) as backbone files + adapters; a version-1 bundle's one adapter gets the
-    routes of its training data (it answered every question before; in a bundle of several it answers its own)."""
+def read_contents(path: Path, trained_routes: bool = True) -> Contents:
+    """A bundle's files (every sha256 checked) as backbone files + adapters. trained_routes: an adapter that answers
+    every question (a version-1 bundle's) gets the routes of its training data instead (it answered every question
+    alone; in a bundle of several it answers its own)."""
     path = Path(path).expanduser().absolute()
     manifest = read_manifest(path, verify=True)
     report = _report(path, manifest)
-    if manifest.format_version >= 2:
-        entries = list(manifest.adapter_entries)
-        sections = (report or {}).get("adapters", {})
-    else:
-        route = _v1_route(path, manifest) if v1_route else Route()
-        a = manifest.single_adapter
-        entries = [AdapterEntry(name=check_name(a.name), sha256=a.sha256, rank=a.rank, route=route,
-                                max_new_tokens=manifest.generation.max_new_tokens, training=a.training)]
-        sections = {a.name: report}
-    members, owned = [], set()
-    for entry in entries:
-        files = {}
-        for role in ROLES:
-            name = file_name(entry.name, role, manifest.format_version)
-            if name in manifest.files:
-                files[role] = (path / name, manifest.files[name])
-                owned.add(name)
+    sections = (report or {}).get("adapters", {})
+    members = []
+    for entry in manifest.adapters:
+        if trained_routes and entry.route.catch_all:
+            entry = dataclasses.replace(entry, route=_trained_route(path, manifest, entry))
+        files = {role: (path / name, manifest.files[name]) for role in ROLES
+                 if (name := entry.file(role)) is not None and name in manifest.files}
         members.append(Member(entry, files, sections.get(entry.name)))
-    shared = {name: (path / name, e) for name, e in manifest.files.items()
-              if name not in owned and name != formats.REPORT_FILE}
+    owned = manifest.adapter_files() | {formats.REPORT_FILE}
+    shared = {name: (path / name, e) for name, e in manifest.files.items() if name not in owned}
     return Contents(path, manifest, shared, members, report)
 
 
-def _v1_route(path: Path, manifest: Manifest) -> Route:
-    """A version-1 bundle's adapter joining a bundle of several: the questions of its training data, else (the data
-    is gone and cannot be regenerated) the questions of its acceptance set, said on stderr."""
-    if formats.ADAPTER_WEIGHTS_FILE in manifest.files:
+def _trained_route(path: Path, manifest: Manifest, entry: AdapterEntry) -> Route:
+    """An adapter that answered every question joining a bundle of several: the questions of its training data,
+    else (the data is gone and cannot be regenerated) the questions of its acceptance set, said on stderr."""
+    weights, acceptance = entry.file("weights"), entry.file("acceptance")
+    if weights is not None and weights in manifest.files:
         try:
-            return training_route(path / formats.ADAPTER_WEIGHTS_FILE)
+            return training_route(path / weights)
         except CromeError as error:
             why = str(error)
     else:
-        why = f"the bundle has no {formats.ADAPTER_WEIGHTS_FILE}"
+        why = "the bundle has no copy of its weights"
     questions = []
-    if formats.ACCEPTANCE_FILE in manifest.files:
+    if acceptance is not None and acceptance in manifest.files:
         try:
-            document = json.loads((path / formats.ACCEPTANCE_FILE).read_text(encoding="utf-8"))
+            document = json.loads((path / acceptance).read_text(encoding="utf-8"))
             questions = [str(p["question"]) for p in document["prompts"]]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CromeError(f"{formats.ACCEPTANCE_FILE} in {path} cannot be read ({error}); re-export the bundle") from None
-    say(f"note: adapter {manifest.single_adapter.name}'s training questions are not at hand ({why}); it is routed the "
+            raise CromeError(f"{acceptance} in {path} cannot be read ({error}); re-export the bundle") from None
+    say(f"note: adapter {entry.name}'s training questions are not at hand ({why}); it is routed the "
         f"{len(set(questions))} question(s) of its acceptance set (`bundle list` shows them)")
     return Route(questions)
 
 
 def _report(path: Path, manifest: Manifest) -> dict | None:
-    if formats.REPORT_FILE not in manifest.files:
-        return None
     try:
-        return json.loads((path / formats.REPORT_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CromeError(f"{formats.REPORT_FILE} in {path} cannot be read ({error}); re-export the bundle") from None
+        return read_report(path, manifest)
+    except BundleError as error:
+        raise CromeError(str(error)) from None
 
 
 def check_compatible(base: Contents, other: Contents, what: str) -> list[str]:
@@ -220,17 +210,13 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
     from crome_runtime.bundle import load_bundle
 
     _check_members(members)
-    entries = [m.entry for m in members]
+    entries = [m.entry.renamed() for m in members]  # every adapter's files as NAME.<role>
     manifest = dataclasses.replace(
-        base.manifest, adapter=None, adapters=entries, format_version=2, files={},
+        base.manifest, adapters=entries, files={},
         generation=dataclasses.replace(base.manifest.generation,
                                        max_new_tokens=max([e.max_new_tokens for e in entries], default=16)))
     sections: dict = {m.entry.name: m.report for m in members}
-    report = {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
-              "precision": base.manifest.precision, "backbone": {"name": base.manifest.backbone.name,
-                                                                  "fingerprint": base.manifest.backbone.fingerprint},
-              "measured_on": next((m.report.get("measured_on") for m in members if m.report), None),
-              "adapters": sections}
+    report = bundle_report(manifest, sections)
     with BundleWriter(target, force) as writer:
         for name, (path, entry) in base.shared.items():
             writer.link_file(path, name, entry)
@@ -239,7 +225,7 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
             if missing:
                 raise CromeError(f"adapter {member.entry.name} lacks its {', '.join(missing)} file(s); re-export it")
             for role, (path, entry) in member.files.items():
-                writer.link_file(path, member.entry.file(role), entry)
+                writer.link_file(path, file_name(member.entry.name, role), entry)
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
         candidate = writer.candidate(manifest)
         load_bundle(candidate, verify=True)  # the files as they will ship, every sha256
@@ -266,14 +252,14 @@ def _check_on_candidate(candidate: Path, name: str, differ: list[str], threads: 
         section["checked_on_bundle_backbone"] = {"files_that_differed": differ, "gates": result["gates"]}
 
 
-def _export_alone(config, adapter: Path, directory: Path, quiet: bool) -> Contents:
-    """The ordinary single-adapter export of `adapter` into `directory` -> its contents."""
+def _export_alone(config, adapter: Path, route: Route, directory: Path, quiet: bool) -> Contents:
+    """The ordinary single-adapter export of `adapter`, routed `route`, into `directory` -> its contents."""
     from crome_export.pipeline import Progress, export_bundle
 
     out = directory / f"{adapter_name(adapter)}.bundle"
-    export_bundle(dataclasses.replace(config, adapter=adapter, out=out, force=False),
+    export_bundle(dataclasses.replace(config, adapter=adapter, out=out, force=False, route=route),
                   Progress(7, enabled=not quiet))
-    return read_contents(out, v1_route=False)  # its route is chosen by the caller
+    return read_contents(out, trained_routes=False)
 
 
 def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] | None = None,
@@ -301,13 +287,11 @@ def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] |
                for n, a in zip(names, adapters)]  # overlaps refused before any export work
     _check_members([Member(e, {}, None) for e in planned])
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.members-", dir=target.parent) as work:
-        parts = [_export_alone(config, a, Path(work), quiet) for a in adapters]
+        parts = [_export_alone(config, a, e.route, Path(work), quiet) for a, e in zip(adapters, planned)]
         members, check = [], {}
         for contents, entry in zip(parts, planned):
             check[entry.name] = check_compatible(parts[0], contents, f"adapter {entry.name}")
-            member = contents.members[0]
-            member.entry.route = entry.route
-            members.append(member)
+            members.append(contents.members[0])
         return write_bundle(target, parts[0], members, config.force, check, config.threads)
 
 
@@ -331,11 +315,9 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
                          "changed. Give it its own questions with --route REGEX / --route-question TEXT")
     config = dataclasses.replace(config, precision=current.manifest.precision, out=None)
     with tempfile.TemporaryDirectory(prefix=f".{current.path.name}.add-", dir=current.path.parent) as work:
-        alone = _export_alone(config, adapter, Path(work), quiet)  # its fidelity gates: the check of this adapter
+        alone = _export_alone(config, adapter, route, Path(work), quiet)  # its fidelity gates: this adapter's check
         differ = check_compatible(current, alone, f"adapter {name}")
-        member = alone.members[0]
-        member.entry.route = route
-        path = write_bundle(current.path, current, existing + [member], True, {name: differ}, config.threads)
+        path = write_bundle(current.path, current, existing + alone.members, True, {name: differ}, config.threads)
     return path, time.perf_counter() - started
 
 
@@ -352,9 +334,7 @@ def remove_adapter(bundle: Path, name: str) -> Path:
 def describe(bundle: Path) -> list[dict]:
     """The adapters of a bundle and their routes (for `bundle list`)."""
     manifest = read_manifest(Path(bundle).expanduser(), verify=False)
-    if manifest.format_version < 2:
-        return [{"name": manifest.single_adapter.name, "route": "every question (a single-adapter bundle)"}]
-    return [{"name": e.name, "route": e.route.to_dict(), "max_new_tokens": e.max_new_tokens} for e in manifest.adapter_entries]
+    return [{"name": e.name, "route": e.route.to_dict(), "max_new_tokens": e.max_new_tokens} for e in manifest.adapters]
 
 
 def say(message: str) -> None:

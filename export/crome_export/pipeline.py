@@ -46,6 +46,9 @@ class ExportConfig:
     cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
     data: Path | None = None  # the adapter's training data, if it moved (default: the path in its metadata)
+    # the questions the adapter answers in the bundle (crome_runtime.adapters.Route); default: its training questions
+    # (crome_export.multi.training_route), or every question when those are not known
+    route: object | None = None
 
 
 @dataclass
@@ -123,9 +126,14 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     from crome_edge.adapter_file import read_metadata
     from crome_export.bundle import BundleWriter
     from crome_export.frames import parse_calib
+    from crome_runtime.adapters import file_name
+    from crome_runtime.manifest import bundle_report
+
+    from crome_export.multi import adapter_name
 
     adapter_path = Path(config.adapter).expanduser().absolute()
     progress.stage("checking the adapter and the output")
+    name = adapter_name(adapter_path)  # it prefixes the adapter's files in the bundle
     meta = read_metadata(adapter_path)
     if config.data is not None:
         meta = dataclasses.replace(meta, train_data=str(_jsonl_of(Path(config.data))))
@@ -133,6 +141,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     writer = BundleWriter(target, config.force)
     writer.check_target()
     calib = parse_calib(config.calib)
+    route = _route(config, name, adapter_path, progress.note)
 
     progress.stage("loading the backbone and the adapter")
     if config.threads:
@@ -174,13 +183,14 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
 
         model = CromeModel(backbone, adapter).eval()
         max_new_tokens = _generation_budget(model, data, config)
-        manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens)
+        manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens,
+                             name, route)
         from crome_export.blocks import write_bundle_blocks
 
         # the C decode step's weights: the GGUF's exact blocks, or (--decoder-blocks q8_0) a lowered form
         blocks = write_bundle_blocks(backbone, work, progress.note, config.decoder_blocks)
         lowered = config.decoder_blocks == "q8_0" and blocks is not None
-        for file in _bundle_files(adapter_path, parts, work, config):
+        for file in _bundle_files(adapter_path, parts, work, config, name):
             writer.add_file(file.source, file.name, file.precision, file.sha256)
         if blocks is not None:
             writer.add_file(blocks, blocks.name, "int8" if lowered else "data")
@@ -193,7 +203,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
                               config.precision: candidates["fp32"]}
             elif lowered:  # the same files twice: FP32 parity on the ONNX decoder, the Q8_0 blocks' gates on C
                 candidates["int8"] = candidates["fp32"]
-            fidelity = _measure(model, data, candidates, manifest, config, progress, decoders)
+            fidelity = _measure(model, data, candidates, manifest, config, progress, decoders, name)
         report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens)
         if lowered and blocks is not None:
             report["decoder_blocks"] = _gate_blocks(blocks, writer, fidelity, shipped, report)
@@ -204,10 +214,12 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
 
         progress.stage(f"writing {writer.target}")
         progress.note("acceptance set for `crome-edge verify`: PyTorch's references on held-out frames")
-        for name, blob in _acceptance_files(model, data, manifest, config, report).items():
-            writer.add_bytes(name, blob, "data")
+        roles = {formats.ACCEPTANCE_FILE: "acceptance", formats.ACCEPTANCE_ARRAYS: "acceptance_arrays"}
+        for plain, blob in _acceptance_files(model, data, manifest, config, report).items():
+            writer.add_bytes(file_name(name, roles[plain]), blob, "data")
         report["timings_s"] = {**progress.seconds, "backbone_parts": parts.seconds}
-        writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
+        bundle_json = bundle_report(manifest, {name: report})  # report.json: the adapter's report is its section
+        writer.add_bytes(formats.REPORT_FILE, json.dumps(bundle_json, indent=2, sort_keys=True).encode())
         bundle = writer.commit(manifest)
     progress.done()
     _print_table(report)
@@ -238,21 +250,50 @@ def _generation_budget(model, data, config: ExportConfig) -> int:
 
 
 def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress,
-             decoders: dict[str, str] | None = None):
-    """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir);
-    decoders: precision -> the engine's decoder backend (default: the engine's own choice, "auto")."""
+             decoders: dict[str, str] | None, adapter: str):
+    """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir),
+    each pinned to `adapter` (every prompt measured, whatever its route); decoders: precision -> the engine's
+    decoder backend (default: the engine's own choice, "auto")."""
+    from contextlib import ExitStack
+
     from crome_export.fidelity import FidelityConfig, measure
     from crome_runtime.engine import Engine, EngineConfig
 
     engines = {}
-    for precision, directory in candidates.items():
-        decoder = (decoders or {}).get(precision, "auto")
-        engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0, decoder=decoder))
-        engine = engines[precision]
-        progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
-                      f"decoder, {engine.providers.summary()}")
-    return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
-                   progress.note)
+    with ExitStack() as pins:
+        for precision, directory in candidates.items():
+            decoder = (decoders or {}).get(precision, "auto")
+            engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0, decoder=decoder))
+            engine = engines[precision]
+            pins.enter_context(engine.pin(adapter))
+            progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
+                          f"decoder, {engine.providers.summary()}")
+        return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
+                       progress.note)
+
+
+def _route(config: ExportConfig, name: str, adapter_path: Path, note):
+    """The adapter's route in the bundle: config.route, else the questions it was trained for (as for several
+    adapters: other questions go to the frozen backbone), else — no training questions are known — every question,
+    said in a note."""
+    from crome_export.multi import training_route
+    from crome_runtime.adapters import Route
+
+    if config.route is not None:
+        return config.route
+    try:
+        route = training_route(adapter_path, config.data, note)
+    except CromeError as error:
+        why = str(error)
+    else:
+        if not route.empty:
+            note(f"route: adapter {name} answers the {len(route.questions)} question(s) it was trained for; other "
+                 "questions go to the frozen backbone (`crome-edge bundle list` shows them)")
+            return route
+        why = "it records no training data"
+    note(f"route: adapter {name}'s training questions are not known ({why}); it answers every question (export with "
+         f"--route {name}=REGEX to route it)")
+    return Route.everything()
 
 
 def _gate_blocks(blocks: Path, writer, fidelity, pipeline: str, report: dict) -> dict:
@@ -330,16 +371,19 @@ class BundleFile:
     sha256: str | None = None  # known from the export cache: checked while copying
 
 
-def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig) -> list[BundleFile]:
-    """The bundle's files at the exported precision (report, acceptance set and manifest come last)."""
+def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig, name: str) -> list[BundleFile]:
+    """The bundle's files at the exported precision, adapter `name`'s under NAME.<role> (report, acceptance set and
+    manifest come last)."""
+    from crome_runtime.adapters import file_name
+
     fp32_files, final_files = parts.fp32_entry["files"], parts.final_entry["files"]
     decoder_precision = "fp32" if config.precision == "int8" and config.decoder_int8 == "fp32" else config.precision
     files = [
         BundleFile(parts.final_dir / formats.VISION_ONNX, formats.VISION_ONNX, config.precision,
                    final_files[formats.VISION_ONNX]["sha256"]),
-        BundleFile(work / formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_VISUAL_ONNX, "fp32"),
-        BundleFile(work / formats.ADAPTER_TEXT_ONNX, formats.ADAPTER_TEXT_ONNX, "fp32"),
-        BundleFile(adapter_path, formats.ADAPTER_WEIGHTS_FILE, "fp32"),
+        BundleFile(work / formats.ADAPTER_VISUAL_ONNX, file_name(name, "adapter_visual"), "fp32"),
+        BundleFile(work / formats.ADAPTER_TEXT_ONNX, file_name(name, "adapter_text"), "fp32"),
+        BundleFile(adapter_path, file_name(name, "weights"), "fp32"),
         BundleFile(parts.final_dir / formats.DECODER_ONNX, formats.DECODER_ONNX, decoder_precision,
                    final_files[formats.DECODER_ONNX]["sha256"]),
         BundleFile(parts.fp32_dir / formats.EMBEDDINGS_FILE, formats.EMBEDDINGS_FILE, "fp32",
@@ -373,17 +417,19 @@ def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
     return directory
 
 
-def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quantization: dict, max_new_tokens):
+def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quantization: dict, max_new_tokens,
+              name: str, route):
     from crome_export.cache import tool_versions
-    from crome_runtime.manifest import AdapterSpec, GenerationDefaults, LlmSpec, Manifest, sha256_file
+    from crome_runtime.adapters import AdapterEntry
+    from crome_runtime.manifest import GenerationDefaults, LlmSpec, Manifest, sha256_file
 
     dims = parts.fp32_entry["notes"]["decoder_dims"]
     return Manifest(
         backbone=backbone.spec(),
         llm=LlmSpec(dims["num_layers"], dims["num_kv_heads"], dims["head_dim"], dims["vocab_size"],
                     dims["max_position_embeddings"]),
-        adapter=AdapterSpec(name=adapter_path.name.removesuffix(".safetensors"), sha256=sha256_file(adapter_path),
-                            rank=adapter.config.rank, training=meta.training),
+        adapters=[AdapterEntry(name=name, sha256=sha256_file(adapter_path), rank=adapter.config.rank, route=route,
+                               max_new_tokens=max_new_tokens, training=meta.training)],
         prompt=backbone.info.prompt,
         precision=config.precision,
         files={},

@@ -1,16 +1,18 @@
-"""Several adapters on one backbone: the manifest's `adapters` list, their file names and their prompt routes.
+"""The adapters of a bundle: the manifest's `adapters` list, their file names and their prompt routes.
 
-A version-2 bundle (docs/architecture.md §4) holds the backbone parts once and N >= 0 adapters beside them;
-adapter NAME's files are the version-1 names prefixed with `NAME.` (plain names, no subdirectories):
+A bundle (docs/architecture.md §4) holds the backbone parts once and N >= 0 adapters beside them; adapter
+NAME's files are the role's plain name prefixed with `NAME.` (plain names, no subdirectories):
 `NAME.adapter_visual.onnx`, `NAME.adapter_text.onnx`, `NAME.adapter.safetensors`, `NAME.acceptance.json`,
 `NAME.acceptance.npz`. Each adapter carries its routes: the exact questions it was trained for and/or
 regular expressions (full match). A question goes to the one adapter whose route matches it, otherwise to
-the frozen backbone with no adapter (`none`). A version-1 bundle is one adapter under the unprefixed names
-that answers every question (its behaviour before routing existed).
-Torch-free. Not here: running an adapter (engine.py, adapter.py), building a bundle (crome_export.multi).
+the frozen backbone with no adapter (`none`). This is the one adapter model: the manifest reader
+(manifest.py) reads a version-1 manifest (one adapter under the unprefixed names) into it as one entry whose
+files are those names and whose route is the catch-all (it answers every question, as it always did).
+Torch-free. Not here: running adapters (adapter_set.py, adapter.py), building a bundle (crome_export.multi).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from crome_runtime.manifest import BundleError
 
 NONE = "none"  # the frozen backbone, no adapter: the name a caller gives to skip every adapter
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-ROLES = {  # role -> the version-1 file name (a version-2 adapter's file is NAME.<this>)
+ROLES = {  # role -> the role's plain file name (adapter NAME's file is NAME.<this>)
     "adapter_visual": formats.ADAPTER_VISUAL_ONNX,
     "adapter_text": formats.ADAPTER_TEXT_ONNX,
     "weights": formats.ADAPTER_WEIGHTS_FILE,
@@ -27,6 +29,9 @@ ROLES = {  # role -> the version-1 file name (a version-2 adapter's file is NAME
     "acceptance_arrays": formats.ACCEPTANCE_ARRAYS,
 }
 REQUIRED_ROLES = ("adapter_visual", "adapter_text", "weights")
+GRAPH_ROLES = ("adapter_visual", "adapter_text")
+# The route of an adapter that answers every question (a version-1 bundle's adapter, read by manifest.py)
+CATCH_ALL = r"(?s).*"
 # Training records the distinct questions of its data up to this many (its route); a set of more distinct questions
 # (free-form prompts) records none, and export reads them from the data or takes --route.
 MAX_RECORDED_QUESTIONS = 256
@@ -41,9 +46,9 @@ def check_name(name, source: str = "adapter") -> str:
     return name
 
 
-def file_name(adapter: str, role: str, version: int) -> str:
-    """The bundle file of an adapter's role: the plain version-1 name, or NAME.<it> in a version-2 bundle."""
-    return ROLES[role] if version < 2 else f"{adapter}.{ROLES[role]}"
+def file_name(adapter: str, role: str) -> str:
+    """The bundle file of adapter `adapter`'s `role`, as every bundle writer names it: NAME.<the role's plain name>."""
+    return f"{adapter}.{ROLES[role]}"
 
 
 @dataclass
@@ -68,6 +73,19 @@ class Route:
             except re.error as error:
                 raise BundleError(f"route pattern {pattern!r:.80} is not a regular expression ({error})") from None
 
+    @classmethod
+    def everything(cls) -> "Route":
+        """The catch-all route: every question (a version-1 bundle's one adapter)."""
+        return cls([], [CATCH_ALL])
+
+    @property
+    def catch_all(self) -> bool:
+        return self.patterns == [CATCH_ALL] and not self.questions
+
+    @property
+    def empty(self) -> bool:
+        return not self.questions and not self.patterns
+
     def matches(self, question: str) -> bool:
         text = question.strip()
         return text in self._exact or any(p.fullmatch(text) for p in self._compiled)
@@ -78,7 +96,7 @@ class Route:
 
 @dataclass
 class AdapterEntry:
-    """One adapter of a version-2 manifest (`adapters`): identity, routes, generation cap, and its files."""
+    """One adapter of a bundle (the manifest's `adapters`): identity, routes, generation cap, and its files."""
 
     name: str
     sha256: str  # of the adapter .safetensors it was exported from
@@ -86,16 +104,38 @@ class AdapterEntry:
     route: Route
     max_new_tokens: int = 16  # the generation cap its export measured (longest answer + 2)
     training: dict = field(default_factory=dict)
+    # role -> bundle file name; None: file_name()'s NAME.<role> for every role. Only the manifest reader gives
+    # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent)
+    files: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        check_name(self.name)
+        if self.files is None:
+            check_name(self.name)
+            self.files = {role: file_name(self.name, role) for role in ROLES}
+        elif not isinstance(self.name, str) or not self.name.strip():
+            raise BundleError(f"adapter name {self.name!r:.80} is not usable: it must be a non-empty string")
 
-    def file(self, role: str) -> str:
-        return file_name(self.name, role, 2)
+    def file(self, role: str) -> str | None:
+        """The bundle file of `role` (ROLES), or None when this adapter has none (a version-1 bundle without the
+        adapter's weights)."""
+        assert self.files is not None
+        return self.files.get(role)
+
+    @property
+    def canonical(self) -> bool:
+        """Its files have the names every writer gives them (NAME.<role>)."""
+        return self.files == {role: file_name(self.name, role) for role in ROLES}
+
+    def renamed(self) -> "AdapterEntry":
+        """The same adapter under the names a bundle writer gives its files (check_name: the name prefixes them)."""
+        return dataclasses.replace(self, name=check_name(self.name), files=None)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "sha256": self.sha256, "rank": self.rank, "route": self.route.to_dict(),
+        data = {"name": self.name, "sha256": self.sha256, "rank": self.rank, "route": self.route.to_dict(),
                 "max_new_tokens": self.max_new_tokens, "training": self.training}
+        if not self.canonical:  # only a manifest read from version 1 and written back unchanged
+            data["files"] = dict(self.files or {})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "manifest.json") -> "AdapterEntry":
@@ -105,9 +145,14 @@ class AdapterEntry:
             route = data["route"]
             if not isinstance(route, dict) or set(route) - {"questions", "patterns"}:
                 raise ValueError("route must be {\"questions\": [...], \"patterns\": [...]}")
+            files = data.get("files")
+            if files is not None and (not isinstance(files, dict) or set(files) - set(ROLES)
+                                      or not set(GRAPH_ROLES) <= set(files)):
+                raise ValueError(f"files must map roles ({', '.join(ROLES)}) to bundle file names")
             entry = cls(name=data["name"], sha256=data["sha256"], rank=data["rank"],
                         route=Route(list(route.get("questions", [])), list(route.get("patterns", []))),
-                        max_new_tokens=data.get("max_new_tokens", 16), training=data.get("training", {}))
+                        max_new_tokens=data.get("max_new_tokens", 16), training=data.get("training", {}),
+                        files=dict(files) if files is not None else None)
         except KeyError as error:
             raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None
         except (TypeError, ValueError) as error:
@@ -119,14 +164,26 @@ class AdapterEntry:
 
 def overlaps(entries: list[AdapterEntry]) -> list[str]:
     """Routes of different adapters that claim one question, as sentences: an exact question of one adapter that
-    another adapter's route also matches. (Two regular expressions are compared only on the adapters' known
+    another adapter's route also matches; one regular expression given to two adapters; a catch-all route beside
+    any other adapter's route. (Two different regular expressions are compared only on the adapters' known
     questions: whether two arbitrary expressions intersect is not decided here.)"""
     claims: dict[str, list[str]] = {}  # question -> every adapter whose route matches it
     for a in entries:
         for question in a.route.questions:
             claims.setdefault(question, [b.name for b in entries if b.route.matches(question)])
-    return [f"{question!r:.80} is routed to {' and to '.join(names)}"
-            for question, names in sorted(claims.items()) if len(names) > 1]
+    problems = [f"{question!r:.80} is routed to {' and to '.join(names)}"
+                for question, names in sorted(claims.items()) if len(names) > 1]
+    patterns: dict[str, list[str]] = {}  # regular expression -> every adapter whose route has it
+    for a in entries:
+        for pattern in dict.fromkeys(a.route.patterns):
+            patterns.setdefault(pattern, []).append(a.name)
+    problems += [f"the regular expression {pattern!r:.80} is the route of {' and of '.join(names)}"
+                 for pattern, names in sorted(patterns.items()) if len(names) > 1]
+    for a in entries:
+        others = [b.name for b in entries if b is not a and not b.route.empty and not b.route.catch_all]
+        if a.route.catch_all and others:
+            problems.append(f"{a.name} answers every question, so {' and '.join(others)} would never be reached")
+    return problems
 
 
 def check_adapters(entries: list[AdapterEntry], source: str = "manifest.json") -> None:

@@ -8,7 +8,6 @@ Torch-free. Not here: creating sessions (providers.py), running anything (engine
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from crome_runtime import formats
 from crome_runtime.adapter import adapter_dims
-from crome_runtime.manifest import BundleError, Manifest, bundle_file, read_manifest
+from crome_runtime.manifest import BundleError, Manifest, bundle_file, read_manifest, read_report
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
 GRAPHS = ("vision", "adapter_visual", "adapter_text", "decoder")
@@ -32,7 +31,7 @@ class Bundle:
     qformer_tokenizer: object | None  # instruction-aware Q-Formers only
     embeddings: np.ndarray  # (vocab, d) float32, memory-mapped read-only
     stop_ids: frozenset[int]
-    report: dict | None = None
+    report: dict | None = None  # report.json (manifest.read_report's one shape)
     notes: list[str] = field(default_factory=list)
 
     def graph_path(self, graph: str) -> Path:
@@ -43,11 +42,11 @@ class Bundle:
         adapters = "+".join(self.manifest.adapter_names) or "no adapter"
         return f"{self.manifest.backbone.name}/{adapters} ({self.manifest.precision})"
 
-    def adapter_file(self, adapter: str, role: str) -> Path:
-        """The path of adapter `adapter`'s file of `role` (crome_runtime.adapters.ROLES) in this bundle."""
-        from crome_runtime.adapters import file_name
-
-        return self.path / file_name(adapter, role, self.manifest.format_version)
+    def adapter_file(self, adapter: str, role: str) -> Path | None:
+        """The path of adapter `adapter`'s file of `role` (crome_runtime.adapters.ROLES) in this bundle, or None when
+        the adapter has no such file."""
+        name = self.manifest.entry(adapter).file(role)
+        return None if name is None else self.path / name
 
 
 @dataclass(frozen=True)
@@ -92,12 +91,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                      "the tokenizer: answers run to max_new_tokens")
     for adapter in manifest.adapter_names:
         _check_adapter_file(path, manifest, adapter)
-    report = None
-    if formats.REPORT_FILE in manifest.files:
-        try:
-            report = json.loads(bundle_file(path, formats.REPORT_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BundleError(f"{formats.REPORT_FILE} in {path} is not valid JSON ({error}); re-export the bundle") from None
+    report = read_report(path, manifest)
     return Bundle(path, manifest, tokenizer, qformer, embeddings, stop_ids, report, notes)
 
 
@@ -125,19 +119,16 @@ def _embeddings(path: Path, manifest: Manifest) -> np.ndarray:
 
 
 def _adapter_files(manifest: Manifest) -> list[str]:
-    """The files every adapter needs: its two graphs (and, in a version-2 bundle, its weights)."""
-    from crome_runtime.adapters import REQUIRED_ROLES, file_name
+    """The files every adapter needs: its two graphs, and its weights (a version-1 bundle's adapter may lack them)."""
+    from crome_runtime.adapters import REQUIRED_ROLES
 
-    roles = REQUIRED_ROLES if manifest.format_version >= 2 else ("adapter_visual", "adapter_text")
-    return [file_name(name, role, manifest.format_version) for name in manifest.adapter_names for role in roles]
+    return [name for entry in manifest.adapters for role in REQUIRED_ROLES if (name := entry.file(role)) is not None]
 
 
 def _check_adapter_file(path: Path, manifest: Manifest, adapter: str) -> None:
     """An adapter's .safetensors (when the bundle has it): its metadata must name this bundle's backbone."""
-    from crome_runtime.adapters import file_name
-
-    name = file_name(adapter, "weights", manifest.format_version)
-    if name not in manifest.files:
+    name = manifest.entry(adapter).file("weights")
+    if name is None or name not in manifest.files:
         return
     file = bundle_file(path, name)
     try:
@@ -165,9 +156,12 @@ def _check_adapter_file(path: Path, manifest: Manifest, adapter: str) -> None:
 # --- graph dims ---------------------------------------------------------------------------------------
 
 
-def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature]) -> None:
-    """Every graph's static dims against the manifest; BundleError naming the graph, the dim and the fix."""
+def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature], files: dict[str, str] | None = None) -> None:
+    """Every graph's static dims against the manifest; BundleError naming the graph, the dim and the fix.
+    signatures: graph (GRAPHS) -> its signature; files: graph -> its file name where it is not GRAPH_FILES'
+    (an adapter's graphs, crome_runtime.adapters)."""
     m = bundle.manifest
+    names = {**GRAPH_FILES, **(files or {})}
     d, nq, size = m.backbone.d_model, m.backbone.num_query_tokens, m.backbone.image_size
     reexport = "re-export the bundle with `crome-edge export` so that all its parts come from one backbone"
     problems: list[str] = []
@@ -176,15 +170,15 @@ def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature]) -> None:
         sig = signatures[graph]
         table = sig.inputs if kind == "input" else sig.outputs
         if name not in table:
-            problems.append(f"{GRAPH_FILES[graph]} has no {kind} {name!r} (it has {sorted(table)})")
+            problems.append(f"{names[graph]} has no {kind} {name!r} (it has {sorted(table)})")
             return
         got = table[name]
         if len(got) != len(shape):
-            problems.append(f"{GRAPH_FILES[graph]} {kind} {name} has rank {len(got)}, expected {len(shape)}")
+            problems.append(f"{names[graph]} {kind} {name} has rank {len(got)}, expected {len(shape)}")
             return
         for axis, (want, have) in enumerate(zip(shape, got)):
             if want is not None and isinstance(have, int) and have != want:
-                problems.append(f"{GRAPH_FILES[graph]} {kind} {name} has {have} on axis {axis}, expected {want}")
+                problems.append(f"{names[graph]} {kind} {name} has {have} on axis {axis}, expected {want}")
 
     for graph in ("adapter_visual", "adapter_text"):
         if graph not in signatures:  # a bundle without adapters (the frozen backbone alone)
@@ -192,7 +186,7 @@ def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature]) -> None:
         width = _static(signatures[graph].inputs.get(formats.IN_ADAPTER_X), 2)
         if width is not None and width != d:
             raise BundleError(
-                f"{GRAPH_FILES[graph]} works on width d={width} but this bundle's backbone {m.backbone.name} has "
+                f"{names[graph]} works on width d={width} but this bundle's backbone {m.backbone.name} has "
                 f"d_model={d}: the adapter graph was exported for another backbone. Re-export with `crome-edge export "
                 f"--adapter ADAPTER` using an adapter trained on {m.backbone.name}"
             )

@@ -9,7 +9,9 @@
 Pipeline per answer: frame -> vision.onnx -> visual adapter (cached per frame, or per frame and question
 for an instruction-aware Q-Former) ; prompt -> tokenizer -> embedding rows -> text adapter (cached per
 prompt) ; concat -> prefill -> decode with the KV cache (decoder.py: IO binding, buffers
-allocated once) -> sampler (C core) -> streaming detokeniser. Generation stops on the prompt template's
+allocated once) -> sampler (C core) -> streaming detokeniser. Which adapter answers (the bundle's routes, a
+name, or none: the frozen backbone) and everything per adapter (sessions, C kernels, generation cap, caches)
+is the engine's AdapterSet (adapter_set.py), made the same way at load and at a hot-swap (reload_adapters). Generation stops on the prompt template's
 stop tokens, at max_new_tokens, or at the end of the decoder's context. The same steps as
 CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. The adapter runs in the C core's
 fused kernel when the decoder runs on the CPU (adapter.py), else as the bundle's adapter graphs. Every
@@ -20,17 +22,15 @@ serves one thread at a time.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
-from crome_runtime import adapters as adapter_routes
 from crome_runtime import formats, providers
+from crome_runtime.adapter_set import AdapterSet, choose_backend
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
 from crome_runtime.cache import LRUCache
 from crome_runtime.decoder import KVDecoder
@@ -52,8 +52,10 @@ class EngineConfig:
     # "c": decode steps in the C core on the bundle's GGUF blocks (cdecoder.py; ONNX still prefills), "onnx": the
     # decoder graph only; auto: c on CPU when the bundle has decoder blocks whose export gates passed
     decoder: str = "auto"
-    vision_cache: int = 8  # frames (or frame + question) whose adapted visual queries are kept
-    text_cache: int = 64  # prompts whose adapted text embeddings are kept
+    # per adapter (and for the frozen backbone): frames (or frame + question) whose adapted visual queries are kept;
+    # also the number of the vision graph's own outputs kept (shared by every adapter)
+    vision_cache: int = 8
+    text_cache: int = 64  # per adapter: prompts whose adapted text embeddings are kept
 
 
 @dataclass
@@ -163,20 +165,16 @@ class Engine:
         self.manifest = bundle.manifest
         self.profiler = profiler or Profiler()
         self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
-        self._single = self.manifest.format_version < 2  # version 1: one adapter that answers every question
-        graphs = ("vision", "adapter_visual", "adapter_text", "decoder") if self._single else ("vision", "decoder")
-        self.sessions = {graph: self._open(bundle.graph_path(graph)) for graph in graphs}
-        self.adapter_sessions = self._adapter_sessions()  # name -> {modality: session}
-        all_sessions = dict(self.sessions)
-        for name, by_modality in self.adapter_sessions.items():
-            signatures = {graph: GraphSignature.of_session(self.sessions[graph]) for graph in ("vision", "decoder")}
-            signatures.update({f"adapter_{m}": GraphSignature.of_session(s) for m, s in by_modality.items()})
-            check_graphs(bundle, signatures)
-            if not self._single:
-                all_sessions.update({f"{name}.adapter_{m}": s for m, s in by_modality.items()})
-        if not self.adapter_sessions:
-            check_graphs(bundle, {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()})
-        actual = {graph: list(s.get_providers()) for graph, s in all_sessions.items()}
+        self.sessions = {graph: self._open(bundle.graph_path(graph)) for graph in ("vision", "decoder")}
+        self._signatures = {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()}
+        check_graphs(bundle, self._signatures)
+        on_gpu = self.sessions["decoder"].get_providers()[0] in (providers.ORT_NAMES["cuda"],
+                                                                  providers.ORT_NAMES["tensorrt"])
+        # the adapters: sessions, C kernels, routes, pins, generation caps and caches (adapter_set.py)
+        self.adapters = AdapterSet.open(bundle, self._open, self._signatures,
+                                        choose_backend(self.config.adapter, bundle, on_gpu), self._cache_sizes())
+        actual = {graph: list(s.get_providers()) for graph, s in self.sessions.items()}
+        actual.update(self.adapters.session_providers())
         notes = list(self.plan.notes) + list(bundle.notes) + _version_notes(self.manifest.tools)
         for graph, names in actual.items():
             note = providers.check_actual(self.plan, graph, names)  # raises when an explicit request fell back
@@ -184,7 +182,6 @@ class Engine:
                 notes.append(note)
         self.providers = providers.ProviderReport(self.config.provider, self.plan.providers, actual, notes)
         llm, d = self.manifest.llm, self.manifest.backbone.d_model
-        on_gpu = self.providers.primary in (providers.ORT_NAMES["cuda"], providers.ORT_NAMES["tensorrt"])
         self.decoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
         self.decoder_backend = "onnx"
@@ -192,152 +189,63 @@ class Engine:
             from crome_runtime.cdecoder import open_cdecoder
 
             self.decoder, self.decoder_backend = open_cdecoder(bundle, self.decoder, self.config.threads), "c"
-        self.adapter_backend, self._c_adapters = self._adapter_backend(on_gpu)  # name -> {modality: kernel}
-        self._pinned: list[str | None] = []  # pin(): the adapter every stage and answer uses meanwhile
         self.embeddings = bundle.embeddings  # (vocab, d) float32, C-contiguous
         self._row_bytes = d * 4
         self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
-        # Adapted visual queries per (adapter, frame): under the frame's vision key alone for a version-1 bundle's
-        # adapter (as before several adapters existed; the Triton backend primes it so), else (adapter, key).
-        self.vision_cache = LRUCache(self.config.vision_cache * max(1, len(self.adapter_sessions)))
         self.raw_vision_cache = LRUCache(self.config.vision_cache)  # the vision graph's output, shared by every adapter
-        self.text_cache = LRUCache(self.config.text_cache * max(1, len(self.adapter_sessions)))
 
     def _open(self, path):
         return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
 
-    def _adapter_sessions(self) -> dict[str, dict]:
-        if self._single:
-            return {self.manifest.single_adapter.name: {m: self.sessions[f"adapter_{m}"] for m in ("visual", "text")}}
-        return {name: {m: self._open(self.bundle.adapter_file(name, f"adapter_{m}")) for m in ("visual", "text")}
-                for name in self.manifest.adapter_names}
-
-    def _adapter_backend(self, on_gpu: bool) -> tuple[str, dict | None]:
-        from crome_runtime import ccore
-        from crome_runtime.adapter import load_c_adapter
-
-        choice = self.config.adapter
-        if choice not in ("auto", "c", "onnx"):
-            raise EngineError(f"adapter backend {choice!r} is not one of auto, c, onnx")
-        weights = {name: self.bundle.adapter_file(name, "weights") for name in self.adapter_sessions}
-        usable = ccore.available() and all(path.name in self.manifest.files and path.is_file()
-                                           for path in weights.values())
-        if choice == "c" and not usable:
-            raise EngineError("the C adapter kernel needs the bundle's adapter .safetensors and the built C core; "
-                              "use adapter='onnx'")
-        if choice == "onnx" or (choice == "auto" and (on_gpu or not usable)):
-            return "onnx", None
-        return "c", {name: load_c_adapter(path, self.manifest.backbone.d_model) for name, path in weights.items()}
+    def _cache_sizes(self) -> tuple[int, int]:
+        return self.config.vision_cache, self.config.text_cache
 
     # --- adapters: which one answers ----------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
-        return list(self.adapter_sessions)
+        return self.adapters.names
+
+    @property
+    def adapter_backend(self) -> str:
+        """"c" (the C core's fused kernel) or "onnx" (the adapter graphs)."""
+        return self.adapters.backend
 
     def route(self, question: str, adapter: str | None = None) -> str | None:
-        """The adapter that answers `question`: the pinned one (pin()), else `adapter` when given ("none": the frozen
-        backbone alone), else the bundle's routes (a version-1 bundle's adapter answers everything); None means the
-        frozen backbone with no adapter. EngineError for a name the bundle does not have."""
-        choice = self._pinned[-1] if self._pinned else adapter
-        if choice is not None or self._pinned:
-            return self._check_adapter(choice)
-        if self._single:
-            return self.manifest.single_adapter.name
-        return adapter_routes.route(self.manifest.adapter_entries, question)
+        """The adapter that answers `question` (AdapterSet.route): the pinned one, else `adapter` when given ("none":
+        the frozen backbone alone), else the bundle's routes; None means the frozen backbone with no adapter."""
+        return self.adapters.route(question, adapter)
 
-    def _check_adapter(self, name: str | None) -> str | None:
-        if name is None or name.lower() == adapter_routes.NONE:
-            return None
-        if name not in self.adapter_sessions:
-            have = ", ".join(self.adapter_names) or "none"
-            raise EngineError(f"this bundle has no adapter {name!r:.80} (it has: {have}; '{adapter_routes.NONE}' is "
-                              "the frozen backbone alone)")
-        return name
-
-    @contextmanager
     def pin(self, adapter: str | None):
-        """Every answer and stage call inside uses `adapter` (a name, or None/"none": the frozen backbone), whatever
-        the routes say: how export and verify measure one adapter of a bundle."""
-        self._pinned.append(self._check_adapter(adapter))
-        try:
-            yield self
-        finally:
-            self._pinned.pop()
+        """Every answer and stage call inside uses `adapter` (AdapterSet.pin): how export and verify measure one
+        adapter of a bundle."""
+        return self.adapters.pin(adapter)
 
-    def _stage_adapter(self) -> str | None:
-        """The adapter a bare stage call (adapt without a name) uses: the pinned one, else the bundle's only one."""
-        if self._pinned:
-            return self._pinned[-1]
-        if len(self.adapter_sessions) == 1:
-            return self.adapter_names[0]
-        raise EngineError(f"this bundle has {len(self.adapter_sessions)} adapters; name the one to use "
-                          "(Engine.pin(name) or adapt(..., adapter=name))")
+    def generation_defaults(self, adapter: str | None):
+        """The generation defaults an answer by `adapter` starts from: the manifest's, with the adapter's own cap."""
+        return self.adapters.generation_defaults(adapter, self.manifest.generation)
 
     def reload_adapters(self) -> dict:
         """Hot-swap: re-reads the bundle directory (after `crome-edge bundle add/remove` swapped it) and takes its
         adapters, keeping the vision and decoder sessions. Everything is checked before anything changes: the
-        backbone's files must be the ones loaded (same sha256), new or changed adapters' graphs must load and fit;
-        on any error (BundleError/EngineError) the engine serves on with the adapters it had. Call it between
-        answers (an engine serves one thread): an answer in progress finishes on the adapter it started with.
-        -> {"added", "replaced", "removed", "kept"}: adapter names."""
-        from crome_runtime.adapter import load_c_adapter
-
+        backbone's files must be the ones loaded (same sha256), new or changed adapters are opened exactly as at
+        load (AdapterSet.open); on any error (BundleError/EngineError) the engine serves on with the adapters it
+        had. Call it between answers (an engine serves one thread): an answer in progress finishes on the adapter
+        it started with. -> {"added", "replaced", "removed", "kept"}: adapter names."""
         bundle = load_bundle(self.bundle.path, verify=self.config.verify)
         old, new = self.manifest, bundle.manifest
 
         def backbone_files(m) -> dict:
-            owned = {self._file_of(m, name, role) for name in m.adapter_names for role in adapter_routes.ROLES}
-            return {n: e.sha256 for n, e in m.files.items() if n not in owned and n != formats.REPORT_FILE}
+            owned = m.adapter_files() | {formats.REPORT_FILE}
+            return {n: e.sha256 for n, e in m.files.items() if n not in owned}
 
         if new.backbone.fingerprint != old.backbone.fingerprint or backbone_files(new) != backbone_files(old):
             raise EngineError(f"the bundle {bundle.path} now has other backbone files than the ones this engine runs; "
                               "restart the server to load it (only adapters are swapped while serving)")
-        single = new.format_version < 2
-        sessions, kernels, changed = {}, {}, []
-        for name in new.adapter_names:
-            same = name in self.adapter_sessions and all(
-                new.files.get(self._file_of(new, name, r)) == old.files.get(self._file_of(old, name, r))
-                for r in adapter_routes.REQUIRED_ROLES)
-            if same:
-                sessions[name] = self.adapter_sessions[name]
-                if self._c_adapters is not None:
-                    kernels[name] = self._c_adapters[name]
-                continue
-            changed.append(name)
-            sessions[name] = {m: self._open(bundle.adapter_file(name, f"adapter_{m}")) for m in ("visual", "text")}
-            signatures = {g: GraphSignature.of_session(self.sessions[g]) for g in ("vision", "decoder")}
-            signatures.update({f"adapter_{m}": GraphSignature.of_session(s) for m, s in sessions[name].items()})
-            check_graphs(bundle, signatures)
-            if self._c_adapters is not None:
-                weights = bundle.adapter_file(name, "weights")
-                if weights.name not in new.files:
-                    raise EngineError(f"adapter {name} has no {weights.name}, which the C adapter kernel this engine "
-                                      "runs needs; re-export it")
-                kernels[name] = load_c_adapter(weights, new.backbone.d_model)
-        if single and not self._single:  # a version-1 bundle's adapter runs from the plain-named graphs
-            self.sessions.update({f"adapter_{m}": s for m, s in next(iter(sessions.values())).items()})
-        report = {"added": [n for n in changed if n not in self.adapter_sessions],
-                  "replaced": [n for n in changed if n in self.adapter_sessions],
-                  "removed": [n for n in self.adapter_sessions if n not in sessions],
-                  "kept": [n for n in sessions if n not in changed]}
-        self.bundle, self.manifest, self._single = bundle, new, single
-        self.adapter_sessions = sessions
-        self._c_adapters = kernels if self._c_adapters is not None else None
-        self.vision_cache.clear()  # adapted entries; the vision graph's outputs stay valid (same vision.onnx)
-        self.text_cache.clear()
+        adapters = AdapterSet.open(bundle, self._open, self._signatures, self.adapters.backend, self._cache_sizes(),
+                                   previous=self.adapters)
+        report = adapters.changes(self.adapters)
+        self.bundle, self.manifest, self.adapters = bundle, new, adapters
         return report
-
-    @staticmethod
-    def _file_of(manifest, adapter: str, role: str) -> str:
-        return adapter_routes.file_name(adapter, role, manifest.format_version)
-
-    def generation_defaults(self, adapter: str | None):
-        """The generation defaults an answer by `adapter` starts from: the manifest's, with a version-2 adapter's
-        own generation cap."""
-        if self._single or adapter is None:
-            return self.manifest.generation
-        entry = next(e for e in self.manifest.adapter_entries if e.name == adapter)
-        return dataclasses.replace(self.manifest.generation, max_new_tokens=entry.max_new_tokens)
 
     def _use_c_decoder(self, on_gpu: bool) -> bool:
         from crome_runtime import ccore
@@ -401,9 +309,8 @@ class Engine:
         return stream.answer
 
     def clear_caches(self) -> None:
-        self.vision_cache.clear()
+        self.adapters.clear_caches()
         self.raw_vision_cache.clear()
-        self.text_cache.clear()
 
     def _generate(self, stream: AnswerStream, image, prompt: str, max_new: int, params: SamplingParams,
                   seed: int, adapter: str | None = None) -> Iterator[str]:
@@ -477,15 +384,11 @@ class Engine:
         adapter: a name; None = no adapter (x itself: the adapter is the identity when absent); "" (default) = the
         pinned adapter, or the bundle's only one."""
         if adapter == "":
-            adapter = self._stage_adapter()
+            adapter = self.adapters.stage_adapter()
         if adapter is None:
             return x
         t = now()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._c_adapters is not None:
-            y = self._c_adapters[adapter][modality].apply(x)
-        else:
-            y = self.adapter_sessions[adapter][modality].run(None, {formats.IN_ADAPTER_X: x[None]})[0][0]
+        y = self.adapters.apply(adapter, modality, np.ascontiguousarray(x, dtype=np.float32))
         self.profiler.record(f"adapter_{modality}", t)
         return y
 
@@ -515,17 +418,18 @@ class Engine:
         self.profiler.record("decode", t)
         return logits
 
-    def _cache_key(self, adapter: str | None, key):
-        """A version-1 bundle's adapter caches under the plain key (as before several adapters existed)."""
-        return key if self._single and adapter is not None else (adapter, key)
+    def visual_cache(self, adapter: str | None) -> LRUCache:
+        """`adapter`'s adapted visual queries, keyed by vision_key() (None: the frozen backbone's): what the Triton
+        backend's batched vision stage fills (crome_runtime.triton.backend)."""
+        return self.adapters.caches(adapter).vision
 
     def _visual(self, frame: Frame, question: str, adapter: str | None) -> tuple[np.ndarray, bool]:
         """Adapted visual queries (Nq, d) of a frame (and question, for an instruction-aware Q-Former) for `adapter`,
         cached per adapter; the vision graph's output is cached once and shared by every adapter. -> (queries, hit)
         where hit: the vision graph did not run."""
         key = vision_key(frame, question, self.manifest.backbone.instruction_aware)
-        adapted_key = self._cache_key(adapter, key)
-        cached = self.vision_cache.get(adapted_key)
+        cache = self.visual_cache(adapter)
+        cached = cache.get(key)
         if cached is not None:
             return cached, True
         raw = self.raw_vision_cache.get(key)
@@ -534,22 +438,22 @@ class Engine:
             raw = self.vision(frame, question)  # (Nq, d)
             self.raw_vision_cache.put(key, raw)
         adapted = self.adapt(raw, "visual", adapter)  # (Nq, d); raw itself when no adapter answers
-        self.vision_cache.put(adapted_key, adapted)
+        cache.put(key, adapted)
         return adapted, hit
 
     def _text(self, question: str, adapter: str | None) -> tuple[np.ndarray, bool]:
         """Adapted prompt embeddings (Nt, d) for `adapter`: the template around the question, tokenised, embedded,
         adapted (cached per adapter and prompt)."""
         text = self.manifest.prompt.format(question)
-        key = self._cache_key(adapter, text)
-        cached = self.text_cache.get(key)
+        cache = self.adapters.caches(adapter).text
+        cached = cache.get(text)
         if cached is not None:
             return cached, True
         ids = self.prompt_ids(question)
         self._check_context(len(ids))
         embedded = self.embeddings[ids]  # (Nt, d), a copy (fancy indexing)
-        adapted = self.adapt(embedded, "text", adapter) if adapter is not None else embedded
-        self.text_cache.put(key, adapted)
+        adapted = self.adapt(embedded, "text", adapter)  # embedded itself when no adapter answers
+        cache.put(text, adapted)
         return adapted, False
 
     def _check_context(self, prompt_tokens: int) -> None:
@@ -563,14 +467,12 @@ class Engine:
     def describe(self) -> dict:
         m = self.manifest
         return {
-            "bundle": str(self.bundle.path), "backbone": m.backbone.name,
-            "adapter": m.single_adapter.name if self._single else None, "adapters": self.adapter_names,
+            "bundle": str(self.bundle.path), "backbone": m.backbone.name, "adapters": self.adapter_names,
             "precision": m.precision, "providers": self.providers.to_dict(), "threads": self.config.threads,
             "adapter_backend": self.adapter_backend, "decoder_backend": self.decoder_backend,
             "kv_cache": {"device": self.decoder.device, "capacity_tokens": self.decoder.capacity,
                          "bytes": self.decoder.kv_bytes, "allocations": self.decoder.allocations},
-            "caches": {"vision": self.vision_cache.stats(), "raw_vision": self.raw_vision_cache.stats(),
-                       "text": self.text_cache.stats()},
+            "caches": {**self.adapters.cache_stats(), "raw_vision": self.raw_vision_cache.stats()},
         }
 
 

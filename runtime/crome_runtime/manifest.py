@@ -4,6 +4,7 @@ Torch-free. The exporter writes it (crome_export), the runtime reads and verifie
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -11,10 +12,14 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crome_runtime import formats
 from crome_runtime.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
+
+if TYPE_CHECKING:  # adapters.py imports BundleError from here: imported where used
+    from crome_runtime.adapters import AdapterEntry
 
 
 class BundleError(CromeError, ValueError):
@@ -82,14 +87,6 @@ class LlmSpec:
 
 
 @dataclass
-class AdapterSpec:
-    name: str
-    sha256: str  # of the adapter .safetensors the bundle was exported from
-    rank: int
-    training: dict = field(default_factory=dict)
-
-
-@dataclass
 class FileEntry:
     sha256: str
     bytes: int
@@ -124,48 +121,51 @@ def _real(value) -> bool:
 
 @dataclass
 class Manifest:
+    """A bundle's manifest, in the one adapter model: `adapters` lists zero or more adapters
+    (crome_runtime.adapters.AdapterEntry: name, routes, generation cap, files). Whatever version the file has,
+    `from_json` reads it into this model (a version-1 manifest's one adapter becomes one entry with the
+    catch-all route and the unprefixed file names); `to_json` writes the newest version."""
+
     backbone: BackboneSpec
     llm: LlmSpec
-    adapter: AdapterSpec | None  # version 1: the one adapter; None in version 2 (see `adapters`)
     prompt: PromptTemplate
     precision: str
     files: dict[str, FileEntry]
+    adapters: list[AdapterEntry] = field(default_factory=list)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     tools: dict[str, str] = field(default_factory=dict)  # package versions and the ONNX opset
     quantization: dict = field(default_factory=dict)  # per part ("vision", "decoder"): method and settings
     format: str = formats.BUNDLE_FORMAT
-    format_version: int = 1  # 1: one adapter under the plain file names; 2: `adapters` (crome_runtime.adapters)
-    adapters: list | None = None  # version 2: [crome_runtime.adapters.AdapterEntry], zero or more
-
-    @property
-    def adapter_entries(self) -> list:
-        """A version-2 manifest's adapters ([] for version 1: see `adapter`)."""
-        return list(self.adapters or [])
-
-    @property
-    def single_adapter(self) -> AdapterSpec:
-        """A version-1 manifest's adapter."""
-        if self.adapter is None:
-            raise BundleError("this bundle lists several adapters (format version 2), not one")
-        return self.adapter
+    read_version: int = formats.BUNDLE_FORMAT_VERSION  # the version of the file it was read from (shown by info)
 
     @property
     def adapter_names(self) -> list[str]:
-        """The bundle's adapters, in manifest order (a version-1 bundle has its one adapter)."""
-        if self.adapters is None:
-            return [self.adapter.name] if self.adapter is not None else []
+        """The bundle's adapters, in manifest order."""
         return [entry.name for entry in self.adapters]
 
+    def entry(self, name: str) -> "AdapterEntry":
+        """The adapter named `name` (BundleError when the bundle has none)."""
+        for entry in self.adapters:
+            if entry.name == name:
+                return entry
+        raise BundleError(f"this bundle has no adapter {name!r:.80} (it has: {', '.join(self.adapter_names) or 'none'})")
+
+    def adapter_files(self) -> set[str]:
+        """Every bundle file that belongs to an adapter (the rest is the backbone's, and report.json)."""
+        return {name for entry in self.adapters for name in (entry.files or {}).values()}
+
     def to_json(self) -> str:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("adapters", "read_version")}
+        data = json.loads(json.dumps(data, default=_plain))
         data["prompt"] = self.prompt.to_dict()
-        for key in ("adapter", "adapters"):  # version 1 has `adapter`, version 2 `adapters`
-            if data[key] is None:
-                del data[key]
+        data["adapters"] = [entry.to_dict() for entry in self.adapters]
+        data["format_version"] = formats.BUNDLE_FORMAT_VERSION
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest.json") -> "Manifest":
+        from crome_runtime.adapters import AdapterEntry, check_adapters
+
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -189,35 +189,100 @@ class Manifest:
         if precision not in formats.PRECISIONS:
             raise BundleError(f"{source}: precision {precision!r} is not one of {', '.join(formats.PRECISIONS)}; "
                               "re-export the bundle")
-        adapters = None
-        if version >= 2:
-            from crome_runtime.adapters import AdapterEntry, check_adapters
-
+        try:
+            generation = GenerationDefaults(**data.get("generation", {}))
+        except (TypeError, ValueError, AttributeError) as error:
+            raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
+        if version < 2:  # the one place that knows version 1: its adapter, read into the model
+            adapters = [_version1_adapter(data, generation, source)]
+        else:
             if not isinstance(data.get("adapters"), list):
                 raise BundleError(f"{source}: a version-{version} manifest must list its `adapters`; re-export the bundle")
             adapters = [AdapterEntry.from_dict(entry, source) for entry in data["adapters"]]
-            check_adapters(adapters, source)
-        elif not isinstance(data.get("adapter"), dict):
-            raise BundleError(f"{source} is missing or has malformed fields (no 'adapter' section); re-export the bundle")
+        check_adapters(adapters, source)
+        for entry in adapters:
+            for name in (entry.files or {}).values():
+                check_file_name(name, source)
         try:
             return cls(
                 backbone=BackboneSpec(**data["backbone"]),
                 llm=LlmSpec(**data["llm"]),
-                adapter=AdapterSpec(**data["adapter"]) if adapters is None else None,
                 adapters=adapters,
                 prompt=PromptTemplate.from_dict(data["prompt"]),
                 precision=precision,
                 files={name: FileEntry(**entry) for name, entry in files.items()},
-                generation=GenerationDefaults(**data.get("generation", {})),
+                generation=generation,
                 tools=data.get("tools", {}),
                 quantization=data.get("quantization", {}),
                 format=data["format"],
-                format_version=version,
+                read_version=version,
             )
         except KeyError as error:
             raise BundleError(f"{source} is missing or has malformed fields (no {error} section); re-export the bundle") from None
         except (TypeError, ValueError, AttributeError) as error:
             raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
+
+
+def _version1_adapter(data: dict, generation: GenerationDefaults, source: str) -> AdapterEntry:
+    """A version-1 manifest's `adapter` section as the one adapter of the model: its files under the unprefixed
+    names (the weights only when the bundle has them), the catch-all route (it answered every question), the
+    bundle's generation cap."""
+    from crome_runtime.adapters import ROLES, AdapterEntry, Route
+
+    section = data.get("adapter")
+    if not isinstance(section, dict):
+        raise BundleError(f"{source} is missing or has malformed fields (no 'adapter' section); re-export the bundle")
+    listed = data["files"]
+    files = {role: plain for role, plain in ROLES.items() if role != "weights" or plain in listed}
+    try:
+        unknown = set(section) - {"name", "sha256", "rank", "training"}
+        if unknown:
+            raise ValueError(f"unexpected adapter field(s) {', '.join(sorted(unknown))}")
+        entry = AdapterEntry(name=section["name"], sha256=section["sha256"], rank=section["rank"],
+                             route=Route.everything(), max_new_tokens=generation.max_new_tokens,
+                             training=section.get("training", {}), files=files)
+    except KeyError as error:
+        raise BundleError(f"{source} is missing or has malformed fields (no {error} in 'adapter'); re-export the "
+                          "bundle") from None
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
+    if not isinstance(entry.sha256, str) or not isinstance(entry.rank, int) or not isinstance(entry.training, dict):
+        raise BundleError(f"{source}: its adapter section has malformed fields; re-export the bundle")
+    return entry
+
+
+def _plain(value):
+    """json.dumps' fallback for the manifest's dataclasses."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"cannot write {type(value).__name__} into a manifest")
+
+
+def read_report(bundle: Path, manifest: Manifest) -> dict | None:
+    """A bundle's report.json in the one report shape (None when the bundle has none): {"format", "format_version",
+    "precision", "backbone", "measured_on", "adapters": {NAME: that adapter's fidelity report}}. A version-1
+    bundle's report is its one adapter's: it is read into that shape here, beside the manifest it belongs to."""
+    if formats.REPORT_FILE not in manifest.files:
+        return None
+    try:
+        report = json.loads(bundle_file(Path(bundle), formats.REPORT_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{formats.REPORT_FILE} in {bundle} is not valid JSON ({error}); re-export the bundle") from None
+    if not isinstance(report, dict):
+        raise BundleError(f"{formats.REPORT_FILE} in {bundle} is not a report object; re-export the bundle")
+    if manifest.read_version < 2:
+        return bundle_report(manifest, {manifest.adapters[0].name: report})
+    return report
+
+
+def bundle_report(manifest: Manifest, sections: dict[str, dict | None]) -> dict:
+    """report.json of a bundle whose adapters' fidelity reports are `sections` (name -> report)."""
+    measured = next((s.get("measured_on") for s in sections.values() if isinstance(s, dict) and s.get("measured_on")),
+                    None)
+    return {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
+            "precision": manifest.precision, "measured_on": measured,
+            "backbone": {"name": manifest.backbone.name, "fingerprint": manifest.backbone.fingerprint},
+            "adapters": dict(sections)}
 
 
 def check_file_name(name, source: str = "manifest.json") -> None:

@@ -11,36 +11,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crome_runtime import formats
 from crome_runtime.acceptance import read_acceptance, require_acceptance
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.fidelity import MeasureConfig, measure, pipeline_precision, report_dict
-from crome_runtime.manifest import BundleError, read_manifest
+from crome_runtime.manifest import read_manifest
 
 
 def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, progress=None) -> dict:
-    """-> the verify report (report["gates"][name]["ok"] says what passed). config: how the engine runs
-    (provider, threads; the sha256 check stays on). BundleError when the bundle is missing, altered, or has no
-    acceptance set; EngineError/ProviderError when it cannot run as asked. A multi-adapter bundle (version 2) is
-    verified adapter by adapter, each on its own acceptance set: report["adapters"][name] is that adapter's
-    report and report["gates"] holds every adapter's gates as "NAME: gate"."""
+    """-> the verify report: {"command", "bundle", "precision", "adapters": {NAME: that adapter's report, with the
+    schema and the table of export's report.json}, "gates": {"NAME: gate": result}} (gates[...]["ok"] says what
+    passed). Every adapter is verified on its own acceptance set, pinned (whatever the routes say). config: how
+    the engine runs (provider, threads; the sha256 check stays on). BundleError when the bundle is missing,
+    altered, or an adapter has no acceptance set; EngineError/ProviderError when it cannot run as asked."""
     config = config or EngineConfig()
     path = Path(path).expanduser()
     say = progress or (lambda message: None)
     manifest = read_manifest(path, verify=False)
-    if manifest.format_version < 2:
-        require_acceptance(path, manifest)  # refused before hashing and opening the graphs
-        engine = Engine.load(path, config)
-        return _verify_one(engine, path, config, (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS), say)
-    for entry in manifest.adapter_entries:
-        require_acceptance(path, manifest, (entry.file("acceptance"), entry.file("acceptance_arrays")))
+    for entry in manifest.adapters:  # refused before hashing and opening the graphs
+        require_acceptance(path, manifest, _acceptance_names(entry))
     engine = Engine.load(path, config)
     reports = {}
-    for entry in engine.manifest.adapter_entries:
+    for entry in engine.manifest.adapters:
         with engine.pin(entry.name):
             say(f"adapter {entry.name}:")
-            reports[entry.name] = _verify_one(engine, path, config,
-                                              (entry.file("acceptance"), entry.file("acceptance_arrays")), say)
+            reports[entry.name] = _verify_one(engine, path, config, _acceptance_names(entry), say)
     if not reports:
         say(f"bundle {engine.bundle.name}: no adapters, the frozen backbone alone (its files' sha256 checked)")
     return {"command": "crome-edge verify", "bundle": str(path), "precision": engine.manifest.precision,
@@ -50,17 +44,19 @@ def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, p
 
 
 def verify_adapter(path: str | os.PathLike, name: str, config: EngineConfig | None = None, progress=None) -> dict:
-    """One adapter of a version-2 bundle on its own acceptance set (how `bundle add` checks the adapter it adds on
-    the bundle's backbone files before the bundle is swapped) -> that adapter's verify report."""
+    """One adapter of a bundle on its own acceptance set (how `bundle add` checks the adapter it adds on the bundle's
+    backbone files before the bundle is swapped) -> that adapter's verify report."""
     config = config or EngineConfig()
     path = Path(path).expanduser()
     engine = Engine.load(path, config)
-    entry = next((e for e in engine.manifest.adapter_entries if e.name == name), None)
-    if entry is None:
-        raise BundleError(f"bundle {path} has no adapter {name!r}")
+    entry = engine.manifest.entry(name)  # BundleError when there is none
     with engine.pin(name):
-        return _verify_one(engine, path, config, (entry.file("acceptance"), entry.file("acceptance_arrays")),
-                           progress or (lambda message: None))
+        return _verify_one(engine, path, config, _acceptance_names(entry), progress or (lambda message: None))
+
+
+def _acceptance_names(entry) -> tuple[str, str]:
+    """An adapter's acceptance files (.json, .npz)."""
+    return entry.file("acceptance"), entry.file("acceptance_arrays")
 
 
 def _verify_one(engine: Engine, path: Path, config: EngineConfig, names: tuple[str, str], say) -> dict:

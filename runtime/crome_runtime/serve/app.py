@@ -229,7 +229,7 @@ def create_app(server: "Server") -> FastAPI:
         body = json_body(await request.body())
         chat = openai_api.parse_chat_request(body, limits, config.max_new_tokens)
         chat.options.adapter = openai_api.adapter_of(chat.model, server.model_ids, server.adapter_names,
-                                                     server.single_adapter)
+                                                     server.any_model)
         image = None
         if chat.image_url is not None:
             image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)  # ImageRefused: 400
@@ -277,7 +277,7 @@ def create_app(server: "Server") -> FastAPI:
                 disconnected.cancel()
             if event[0] == "error":
                 raise ApiError.of(event[1])
-            return openai_api.completion(request_id, model, event[1])
+            return openai_api.completion(request_id, model, created, event[1])
         disconnected.cancel()  # from here StreamingResponse notices a client that leaves
 
         async def stream() -> AsyncIterator[bytes]:
@@ -290,8 +290,9 @@ def create_app(server: "Server") -> FastAPI:
                         yield sse(openai_api.chunk(request_id, model, created, {"content": value}))
                     elif kind == "done":
                         finish = openai_api.FINISH[value.answer.finish_reason]
+                        # OpenAI: `usage` only in the extra chunk that stream_options.include_usage asks for
                         yield sse(openai_api.chunk(request_id, model, created, {}, finish,
-                                                   usage=openai_api.usage(value), timings=openai_api.timings(value)))
+                                                   timings=openai_api.timings(value)))
                         if chat.include_usage:
                             yield sse(openai_api.usage_chunk(request_id, model, created, value))
                         break

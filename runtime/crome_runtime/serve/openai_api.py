@@ -15,7 +15,6 @@ the rest, so predicted_per_second counts the tokens after the first (the profile
 """
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -80,11 +79,11 @@ class ChatRequest:
     model: str | None = None  # as sent; adapter_of() reads the adapter it names
 
 
-def adapter_of(model: str | None, model_ids: tuple[str, ...], adapters: list[str], single: bool) -> str | None:
+def adapter_of(model: str | None, model_ids: tuple[str, ...], adapters: list[str], any_model: bool) -> str | None:
     """The `model` field -> GenerationOptions.adapter: None (the bundle's routes) for no model or the server's own
     id; "none" for the frozen backbone; an adapter's name for NAME or ID/NAME (ID: the server's model id or the
-    bundle directory's name). Any other name is a 404 — except for a single-adapter bundle, which has always
-    answered whatever model a client names."""
+    bundle directory's name). Any other name is a 404 — except for a bundle of one adapter, which has always
+    answered whatever model a client names (any_model): its routes answer."""
     if model is None or model in model_ids:
         return None
     prefix, slash, name = model.rpartition("/")
@@ -96,7 +95,7 @@ def adapter_of(model: str | None, model_ids: tuple[str, ...], adapters: list[str
         return "none"
     if name in adapters:
         return name
-    if single and not slash:
+    if any_model and not slash:
         return None
     raise ApiError(404, f"this bundle has no adapter {name!r:.80}; its adapters are {', '.join(adapters) or 'none'} "
                    "('none' is the frozen backbone alone; GET /v1/models lists them)", "model", "model_not_found")
@@ -257,9 +256,10 @@ def timings(result: JobResult) -> dict:
     }
 
 
-def completion(request_id: str, model: str, result: JobResult) -> dict:
+def completion(request_id: str, model: str, created: int, result: JobResult) -> dict:
+    """The non-streamed response; `created`: when the request was accepted (stamped once, as for every chunk)."""
     answer = result.answer
-    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+    return {"id": request_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                          "finish_reason": FINISH[answer.finish_reason]}],
             "usage": usage(result), "timings": timings(result)}

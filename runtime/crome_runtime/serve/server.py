@@ -69,11 +69,11 @@ class Server:
         self.config = config
         self.bundle_path = Path(bundle)
         manifest = read_manifest(self.bundle_path, verify=False)  # cheap: BundleError now, not after binding
-        adapters = "+".join(manifest.adapter_names) or "frozen"
-        self.model_id = f"{manifest.backbone.name}-{adapters}-{manifest.precision}"
-        self.adapter_names = manifest.adapter_names  # `model`: ID, ID/NAME, NAME or "none" (openai_api.adapter_of)
-        self.single_adapter = manifest.format_version < 2
-        self.model_ids = (self.model_id, self.bundle_path.name)
+        self.model_id = ""
+        self.model_ids: tuple[str, ...] = ()  # `model`: ID, ID/NAME, NAME or "none" (openai_api.adapter_of)
+        self.adapter_names: list[str] = []
+        self.any_model = False  # a bundle of one adapter answers whatever `model` a client names (openai_api.adapter_of)
+        self._serve_adapters(manifest)
         self.engine_config = engine_config or EngineConfig()
         self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
         self.slot: FrameSlot | None = None
@@ -150,13 +150,21 @@ class Server:
         return {"id": self.model_id, "object": "model", "created": int(self.bundle_path.stat().st_mtime),
                 "owned_by": "crome-edge", "bundle": str(self.bundle_path)}
 
+    def _serve_adapters(self, manifest) -> None:
+        """The model id and the names a request's `model` may use, for the adapters `manifest` lists: at start-up
+        and after every reload. The ids served before stay accepted (a client that read /v1/models keeps working)."""
+        adapters = "+".join(manifest.adapter_names) or "frozen"
+        self.model_id = f"{manifest.backbone.name}-{adapters}-{manifest.precision}"
+        self.model_ids = tuple(dict.fromkeys((self.model_id, self.bundle_path.name, *self.model_ids)))
+        self.adapter_names = manifest.adapter_names
+        self.any_model = len(manifest.adapters) == 1
+
     def reload_adapters(self):
         """Hot-swap (POST /v1/adapters/reload): the engine takes the bundle directory's adapters between two answers
         (Engine.reload_adapters); -> a Future of its report. A refused bundle leaves the old adapters serving."""
         def swap(engine) -> dict:
             report = engine.reload_adapters()  # raises before changing anything
-            self.adapter_names = engine.adapter_names
-            self.single_adapter = engine.manifest.format_version < 2
+            self._serve_adapters(engine.manifest)
             return report
 
         return self.worker.call(swap)
@@ -166,19 +174,14 @@ class Server:
         engine = self.worker.engine
         if engine is None:
             return [{"name": name} for name in self.adapter_names]
-        manifest = engine.manifest
-        if manifest.format_version < 2:
-            return [{"name": name, "route": "every question"} for name in engine.adapter_names]
         return [{"name": e.name, "route": e.route.to_dict(), "rank": e.rank, "sha256": e.sha256}
-                for e in manifest.adapter_entries]
+                for e in engine.manifest.adapters]
 
     def model_cards(self) -> list[dict]:
         """The server's model (questions routed to the adapter trained for them), then ID/NAME for each adapter
         and ID/none for the frozen backbone alone."""
         card = self.model_card()
         cards = [{**card, "adapters": self.adapter_names}]
-        if self.single_adapter:  # one adapter answers everything: one model, as before several adapters existed
-            return cards
         cards += [{**card, "id": f"{self.model_id}/{name}", "adapter": name} for name in self.adapter_names]
         return cards + [{**card, "id": f"{self.model_id}/none", "adapter": None}]
 

@@ -4,9 +4,12 @@ Triton's stub process imports the repository's model.py, which imports `TritonPy
 model instance (instance_group count) is its own process with its own Engine. Per `execute` call (a batch
 the dynamic batcher formed from concurrent requests):
 
-    requests ─▶ parse (IMAGE bytes via the runtime's decoder, or PIXELS; PROMPT; optional options)
+    requests ─▶ parse (IMAGE bytes via the runtime's decoder, or PIXELS; PROMPT; optional options and ADAPTER),
+                route each to its adapter (the bundle's routes, or the ADAPTER it names; none: the frozen backbone)
              ─▶ vision stage for every frame not in the engine's cache, as ONE batch (vision.onnx at batch B,
-                or, in the GPU variant, one BLS request to the native vision + adapter models)
+                or, in the GPU variant, one BLS request to the native vision model), then each adapter's
+                visual branch over its requests' rows (the engine's kernel, or a BLS request to that
+                adapter's native model); the results go into the engine's own per-adapter caches
              ─▶ per request: engine.answer / engine.stream (prefill + KV-cache decode, batch 1; the vision
                 output comes from the cache the batch filled) ─▶ TEXT, TOKEN_IDS, FINISH_REASON, TIMINGS
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
+from crome_runtime.adapters import NONE
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
 from crome_runtime.errors import CromeError
 from crome_runtime.triton import io
@@ -36,7 +40,11 @@ from crome_runtime.vision_inputs import vision_feeds
 class Job:
     frame: Frame
     prompt: str
-    options: GenerationOptions
+    options: GenerationOptions  # options.adapter: the adapter that answers, as routed ("none": the frozen backbone)
+
+    @property
+    def adapter(self) -> str | None:
+        return None if self.options.adapter == NONE else self.options.adapter
 
 
 class RequestError(CromeError, ValueError):
@@ -67,12 +75,17 @@ def parse_job(engine: Engine, arrays: dict[str, np.ndarray]) -> Job:
     options = GenerationOptions()
     for tensor in io.inputs(engine.manifest.backbone.image_size):
         if tensor.option and tensor.name in arrays:
+            if tensor.data_type == "STRING":
+                setattr(options, tensor.option, _one_string(arrays, tensor.name))
+                continue
             value = np.asarray(arrays[tensor.name]).reshape(-1)
             if value.size != 1:
                 raise RequestError(f"{tensor.name} must hold one value, got {value.size}")
             setattr(options, tensor.option, value[0].item())
     try:
-        options.resolve(engine.manifest.generation)
+        adapter = engine.route(prompt, options.adapter)  # once: the vision stage and the answer use this adapter
+        options.adapter = adapter if adapter is not None else NONE
+        options.resolve(engine.generation_defaults(adapter))
     except CromeError as error:
         raise RequestError(str(error)) from None
     return Job(frame, prompt, options)
@@ -99,46 +112,73 @@ def _one_string(arrays: dict, name: str, decode: bool = True):
 
 # --- the batched vision stage ----------------------------------------------------------------------------
 def missing_vision(engine: Engine, jobs: list[Job]) -> dict:
-    """{cache key: job} for the jobs whose adapted visual queries are not cached yet (one per distinct key)."""
+    """{(adapter, vision key): job} for the jobs whose adapted visual queries are not in their adapter's cache yet
+    (one per distinct pair)."""
     aware = engine.manifest.backbone.instruction_aware
     todo: dict = {}
     for job in jobs:
-        key = vision_key(job.frame, job.prompt, aware)
-        if key not in todo and engine.vision_cache.get(key) is None:
+        key = (job.adapter, vision_key(job.frame, job.prompt, aware))
+        if key not in todo and engine.visual_cache(job.adapter).get(key[1]) is None:
             todo[key] = job
     return todo
 
 
-def prime_vision(engine: Engine, jobs: list[Job], run_batch=None) -> tuple[int, float]:
-    """Runs the vision stage once for all uncached frames of `jobs` and puts the adapted queries into the
-    engine's vision cache, so the answers that follow start at prefill. -> (batch size, ms).
+def prime_vision(engine: Engine, jobs: list[Job], run_vision=None, run_adapter=None) -> tuple[int, float]:
+    """Runs the vision stage once for all uncached frames of `jobs`, then each adapter's visual branch over its
+    jobs' rows, and puts the results into the engine's caches (the vision graph's output, and each adapter's
+    adapted queries), so the answers that follow start at prefill. -> (vision batch size, ms).
 
-    run_batch(pixels (B,3,S,S), questions) -> adapted (B, Nq, d): the GPU variant's BLS call; default: the
-    engine's own vision session at batch B, then its visual adapter over all B*Nq rows (row-wise)."""
+    run_vision(pixels (B,3,S,S), questions) -> (B, Nq, d): the GPU variant's BLS call to the native vision model;
+    default: the engine's own vision session at batch B. run_adapter(adapter, (n, Nq, d)) -> (n, Nq, d): the GPU
+    variant's BLS call to that adapter's native model; default: the engine's adapter (C kernel or graph)."""
     todo = missing_vision(engine, jobs)
     if not todo:
         return 0, 0.0
     start = time.perf_counter()
-    pixels = np.stack([job.frame.pixels for job in todo.values()])  # (B, 3, S, S)
-    questions = [job.prompt for job in todo.values()]
     b = engine.manifest.backbone
-    if run_batch is None:
-        feeds = vision_feeds(pixels, questions, b, engine.bundle.qformer_tokenizer)
-        visual = engine.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (B, Nq, d)
-        if visual.shape != (len(todo), b.num_query_tokens, b.d_model):
-            raise RequestError(f"{formats.VISION_ONNX} returned {visual.shape} for a batch of {len(todo)}")
-        adapted = engine.adapt(visual.reshape(-1, b.d_model), "visual").reshape(visual.shape)
-    else:
-        adapted = run_batch(pixels, questions)
-    for key, rows in zip(todo, adapted):
-        engine.vision_cache.put(key, np.ascontiguousarray(rows))
-    return len(todo), (time.perf_counter() - start) * 1e3
+    raw: dict = {}  # vision key -> (Nq, d): this batch's vision outputs and the cached ones it needs
+    needed: dict = {}  # vision key -> job: frames the vision graph has not seen
+    for (_, key), job in todo.items():
+        if key not in raw and key not in needed:
+            cached = engine.raw_vision_cache.get(key)
+            if cached is None:
+                needed[key] = job
+            else:
+                raw[key] = cached
+    if needed:
+        pixels = np.stack([job.frame.pixels for job in needed.values()])  # (B, 3, S, S)
+        questions = [job.prompt for job in needed.values()]
+        if run_vision is None:
+            feeds = vision_feeds(pixels, questions, b, engine.bundle.qformer_tokenizer)
+            visual = engine.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS], feeds)[0]  # (B, Nq, d)
+        else:
+            visual = run_vision(pixels, questions)
+        if visual.shape != (len(needed), b.num_query_tokens, b.d_model):
+            raise RequestError(f"{formats.VISION_ONNX} returned {visual.shape} for a batch of {len(needed)}")
+        for key, rows in zip(needed, visual):
+            raw[key] = np.ascontiguousarray(rows)
+            engine.raw_vision_cache.put(key, raw[key])
+    by_adapter: dict = {}
+    for adapter, key in todo:
+        by_adapter.setdefault(adapter, []).append(key)
+    for adapter, keys in by_adapter.items():
+        rows = np.stack([raw[key] for key in keys])  # (n, Nq, d)
+        if adapter is None:
+            adapted = rows
+        elif run_adapter is not None:
+            adapted = run_adapter(adapter, rows)
+        else:  # row-wise: all n*Nq rows through the adapter at once
+            adapted = engine.adapt(rows.reshape(-1, b.d_model), "visual", adapter).reshape(rows.shape)
+        cache = engine.visual_cache(adapter)
+        for key, value in zip(keys, adapted):
+            cache.put(key, np.ascontiguousarray(value))
+    return len(needed), (time.perf_counter() - start) * 1e3
 
 
 def timings_json(answer, batch: int, batch_ms: float, requests: int) -> str:
     return json.dumps({"stages_ms": {k: round(v, 3) for k, v in answer.timings_ms.items()},
                        "ttft_ms": answer.ttft_ms, "total_ms": answer.total_ms,
-                       "prompt_tokens": answer.prompt_tokens, "cache": answer.cache,
+                       "prompt_tokens": answer.prompt_tokens, "cache": answer.cache, "adapter": answer.adapter,
                        "vision_batch": batch, "vision_batch_ms": round(batch_ms, 3), "requests_in_batch": requests,
                        "pid": os.getpid()})
 
@@ -172,7 +212,8 @@ class TritonPythonModel:
         self.engine = Engine.load(bundle, engine_config(params, int(self.config.get("max_batch_size", 1))))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
         self.vision_model = params.get("vision_model") or None  # GPU variant: native models over BLS
-        self.adapter_model = params.get("adapter_visual_model") or None
+        # adapter name -> its native visual-branch model (repository.py writes one per adapter)
+        self.adapter_models = json.loads(params.get("adapter_visual_models") or "{}")
         self.names = [t.name for t in io.inputs(self.engine.manifest.backbone.image_size)]
 
     def _arrays(self, request) -> dict[str, np.ndarray]:
@@ -195,11 +236,11 @@ class TritonPythonModel:
             t(io.FINISH_REASON, np.array([[finish.encode()]], dtype=object)),
             t(io.TIMINGS, np.array([[timings.encode()]], dtype=object))])
 
-    def _bls_batch(self, pixels: np.ndarray, questions: list[str]) -> np.ndarray:
-        """GPU variant: one request to the native vision model at batch B, one to the visual adapter."""
+    def _bls_vision(self, pixels: np.ndarray, questions: list[str]) -> np.ndarray:
+        """GPU variant: one request to the native vision model at batch B -> (B, Nq, d)."""
         from crome_runtime.prompt import instruction_ids
 
-        pb, b = self.pb, self.engine.manifest.backbone
+        b = self.engine.manifest.backbone
         feeds = {formats.IN_PIXEL_VALUES: pixels.astype(np.float32)}
         if b.instruction_aware:  # padded to the fixed width so every request has one shape (batchable)
             ids = np.zeros((len(questions), b.max_instruction_tokens), np.int64)
@@ -208,8 +249,16 @@ class TritonPythonModel:
                 row = instruction_ids(self.engine.bundle.qformer_tokenizer, q, b.max_instruction_tokens)
                 ids[i, :len(row)], mask[i, :len(row)] = row, 1
             feeds[formats.IN_INSTRUCTION_IDS], feeds[formats.IN_INSTRUCTION_MASK] = ids, mask
-        visual = self._bls(self.vision_model, feeds, formats.OUT_VISUAL_EMBEDS)  # (B, Nq, d)
-        return self._bls(self.adapter_model, {formats.IN_ADAPTER_X: visual}, formats.OUT_ADAPTER_Y)
+        return self._bls(self.vision_model, feeds, formats.OUT_VISUAL_EMBEDS)
+
+    def _bls_adapter(self, adapter: str, rows: np.ndarray) -> np.ndarray:
+        """GPU variant: one request to `adapter`'s native visual-branch model (n, Nq, d) -> (n, Nq, d); an adapter the
+        repository has no native model for (added to the bundle later) runs in this model's engine."""
+        model = self.adapter_models.get(adapter)
+        if model is None:
+            d = rows.shape[-1]
+            return self.engine.adapt(rows.reshape(-1, d), "visual", adapter).reshape(rows.shape)
+        return self._bls(model, {formats.IN_ADAPTER_X: rows}, formats.OUT_ADAPTER_Y)
 
     def _bls(self, model: str, feeds: dict, output: str) -> np.ndarray:
         pb = self.pb
@@ -229,7 +278,9 @@ class TritonPythonModel:
                 jobs.append(str(error))
         valid = [j for j in jobs if isinstance(j, Job)]
         try:
-            batch, batch_ms = prime_vision(self.engine, valid, self._bls_batch if self.vision_model else None)
+            native = self.vision_model is not None
+            batch, batch_ms = prime_vision(self.engine, valid, self._bls_vision if native else None,
+                                           self._bls_adapter if native else None)
         except CromeError as error:
             jobs = [f"the vision stage failed: {error}" if isinstance(j, Job) else j for j in jobs]
             batch, batch_ms = 0, 0.0

@@ -39,6 +39,8 @@ def inputs(image_size: int) -> list[Tensor]:
         Tensor("TOP_P", "FP32", (1,), True, "top_p"),
         Tensor("REPETITION_PENALTY", "FP32", (1,), True, "repetition_penalty"),
         Tensor("SEED", "INT64", (1,), True, "seed"),
+        # which adapter answers: a name, or "none" (the frozen backbone); absent: the bundle's routes
+        Tensor("ADAPTER", "STRING", (1,), True, "adapter"),
     ]
 
 
@@ -46,7 +48,7 @@ OUTPUTS = [
     Tensor(TEXT, "STRING", (1,)),  # the answer (decoupled: each response one text piece, the last one empty)
     Tensor(TOKEN_IDS, "INT64", (-1,)),  # generated ids without the stop token (decoupled: on the last response)
     Tensor(FINISH_REASON, "STRING", (1,)),  # stop | length | context ("" until the last response)
-    Tensor(TIMINGS, "STRING", (1,)),  # JSON: stage -> ms, ttft_ms, total_ms, prompt_tokens, cache, vision_batch
+    Tensor(TIMINGS, "STRING", (1,)),  # JSON: stage -> ms, ttft_ms, total_ms, prompt_tokens, cache, vision_batch, adapter
 ]
 
 # numpy dtypes of the Triton types, for the backend and the client

@@ -6,14 +6,14 @@ variant "python" (runs anywhere tritonserver's python backend runs, e.g. the nvi
     OUT/crome/1/model.py          imports crome_runtime.triton.backend (crome-edge installed in the server's Python)
     OUT/crome/1/bundle/           the bundle's files (hard links where possible; sha256-verified at load)
 
-variant "gpu" (a GPU server with Triton's onnxruntime or tensorrt backend): the vision graph and the visual
-adapter become native models with their own dynamic batching on KIND_GPU instances; the python model keeps
-the prompt side and the KV-cache decode loop (onnxruntime-gpu in its Python) and calls the two native models
-over BLS, one batched request per execute:
+variant "gpu" (a GPU server with Triton's onnxruntime or tensorrt backend): the vision graph and each
+adapter's visual branch become native models with their own dynamic batching on KIND_GPU instances; the
+python model keeps the routing, the prompt side and the KV-cache decode loop (onnxruntime-gpu in its Python)
+and calls the native models over BLS, one batched request per execute (and one per adapter it routed to):
 
-    OUT/crome_vision/            onnxruntime_onnx: 1/model.onnx = vision.onnx | tensorrt_plan: 1/model.plan,
-    OUT/crome_adapter_visual/        built on the target (BUILD_TENSORRT.md has the trtexec command)
-    OUT/crome/                   as above, parameters vision_model / adapter_visual_model, provider cuda
+    OUT/crome_vision/                  onnxruntime_onnx: 1/model.onnx = vision.onnx | tensorrt_plan: 1/model.plan,
+    OUT/crome_adapter_visual_NAME/         built on the target (BUILD_TENSORRT.md has the trtexec command)
+    OUT/crome/                         as above, parameters vision_model / adapter_visual_models, provider cuda
 
 Every config is rendered through Triton's schema and checked again from disk (pbtxt.py). The repository is
 written into a temporary directory beside OUT and renamed into place; OUT must not exist.
@@ -21,6 +21,7 @@ Not here: the model code (backend.py), starting the server (server.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from crome_runtime.errors import CromeError
 from crome_runtime.triton import io, pbtxt
 
 MODEL = "crome"
-VISION_MODEL, ADAPTER_MODEL = "crome_vision", "crome_adapter_visual"
+VISION_MODEL, ADAPTER_MODEL = "crome_vision", "crome_adapter_visual"  # ADAPTER_MODEL_NAME: one per adapter
 VARIANTS = ("python", "gpu")
 GPU_BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -80,7 +81,8 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, config: 
             bundle_param = "bundle"
         native = {}
         if config.variant == "gpu":
-            native = {"vision_model": VISION_MODEL, "adapter_visual_model": ADAPTER_MODEL}
+            adapters = {entry.name: f"{ADAPTER_MODEL}_{entry.name}" for entry in loaded.manifest.adapters}
+            native = {"vision_model": VISION_MODEL, "adapter_visual_models": json.dumps(adapters, sort_keys=True)}
             b = loaded.manifest.backbone
             queries = [b.num_query_tokens, b.d_model]  # what the python model sends and expects (B, Nq, d)
             fixed = {formats.OUT_VISUAL_EMBEDS: queries, formats.IN_ADAPTER_X: queries, formats.OUT_ADAPTER_Y: queries,
@@ -88,7 +90,8 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, config: 
                      formats.IN_INSTRUCTION_IDS: [b.max_instruction_tokens],
                      formats.IN_INSTRUCTION_MASK: [b.max_instruction_tokens]}
             _native_model(work, VISION_MODEL, bundle / formats.VISION_ONNX, config, fixed)
-            _native_model(work, ADAPTER_MODEL, bundle / formats.ADAPTER_VISUAL_ONNX, config, fixed)
+            for entry in loaded.manifest.adapters:
+                _native_model(work, adapters[entry.name], bundle / entry.file("adapter_visual"), config, fixed)
         (work / MODEL / "config.pbtxt").write_text(pbtxt.render(python_config(loaded.manifest, config, bundle_param,
                                                                               native)))
         (work / "README.md").write_text(_readme(config))
@@ -205,7 +208,7 @@ def _readme(config: RepositoryConfig) -> str:
             "    tritonserver --model-repository THIS_DIR\n\n"
             "Ask it: `crome-edge client --triton http://127.0.0.1:8000 --camera demo`.\n")
     if config.variant == "gpu":
-        text += ("\nGPU variant: crome_vision and crome_adapter_visual run on Triton's "
+        text += ("\nGPU variant: crome_vision and each adapter's crome_adapter_visual_NAME run on Triton's "
                  f"{config.gpu_backend} backend (KIND_GPU); crome needs onnxruntime-gpu in the python backend's Python. "
                  "In NVIDIA's container:\n\n"
                  "    docker run --gpus all --rm -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/THIS_DIR:/models \\\n"
