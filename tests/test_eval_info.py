@@ -101,7 +101,8 @@ def test_info_refuses_other_files(tmp_path, capsys):
 
 
 def _write_bundle(path):
-    from crome_runtime.manifest import AdapterSpec, BackboneSpec, LlmSpec, Manifest, file_entry
+    from crome_runtime.adapters import AdapterEntry, Route
+    from crome_runtime.manifest import BackboneSpec, LlmSpec, Manifest, file_entry
     from crome_runtime.prompt import PromptTemplate
 
     path.mkdir()
@@ -112,7 +113,8 @@ def _write_bundle(path):
             instruction_aware=True, image_size=32, image_mean=[0.5] * 3, image_std=[0.25] * 3,
         ),
         llm=LlmSpec(num_layers=2, num_kv_heads=2, head_dim=16, vocab_size=259, max_position_embeddings=256),
-        adapter=AdapterSpec(name="line3", sha256="cd" * 32, rank=8, training={"stage": "finetune"}),
+        adapters=[AdapterEntry(name="line3", sha256="cd" * 32, rank=8, route=Route(["Is it defective?"]),
+                               training={"stage": "finetune"})],
         prompt=PromptTemplate(text="Question: {question} Answer:"),
         precision="fp32",
         files={"adapter.onnx": file_entry(path / "adapter.onnx", "fp32")},
@@ -130,7 +132,8 @@ def test_info_reads_a_bundle_without_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
-    assert info["kind"] == "bundle" and info["adapter"]["rank"] == 8 and info["verified"] is True
+    assert info["kind"] == "bundle" and info["adapters"][0]["rank"] == 8 and info["verified"] is True
+    assert info["adapters"][0]["route"] == {"questions": ["Is it defective?"], "patterns": []}
     assert info["files"] == {"adapter.onnx": {"bytes": 10, "precision": "fp32"}} and info["missing_files"] == []
     (bundle / "adapter.onnx").write_bytes(b"tampered!!")
     done = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=120)

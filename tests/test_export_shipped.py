@@ -30,8 +30,9 @@ def test_export_of_a_copied_shipped_adapter_needs_no_data(tmp_path, monkeypatch,
     assert "training data:" in err and "regenerat" in err  # "regenerating ..." or "reusing the regenerated ..."
     assert sorted(p.name for p in work.iterdir()) == ["line3.bundle", "line3.safetensors"]
     manifest = read_manifest(work / "line3.bundle", verify=True)
-    assert manifest.precision == "int8" and manifest.adapter.name == "line3"
-    report = json.loads((work / "line3.bundle" / formats.REPORT_FILE).read_text())
+    assert manifest.precision == "int8" and manifest.adapter_names == ["line3"]
+    assert manifest.adapters[0].route.questions and not manifest.adapters[0].route.patterns  # its training questions
+    report = json.loads((work / "line3.bundle" / formats.REPORT_FILE).read_text())["adapters"]["line3"]
     assert "regenerated" in report["inputs"]["evaluation"] and "regenerated" in report["inputs"]["calibration"]
     assert report["inputs"]["eval_prompts"] == 50  # the validation split the adapter held out
     assert all(gate["ok"] for gate in report["gates"].values()), report["gates"]

@@ -10,43 +10,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import COLOURS, QUESTION, cache_env, colour_image, copy_bundle, tiny_bundle, torch_threads
+from test_runtime_fixtures import (COLOURS, QUESTION, WARM_QUESTION, as_version1, cache_env, colour_image, copy_bundle,
+                                   multi_bundle, torch_threads)
 from tiny_adapter import train_tiny_adapter
 
 from crome_edge.errors import CromeError
 
-WARM_QUESTION = "Is it a warm colour?"
-WARM = {"red": "yes", "green": "no", "blue": "no"}
 OTHER_QUESTION = "How many parts are there?"  # neither adapter was trained for it: the frozen backbone answers
-
-
-def _warm_dataset(directory: Path, count: int = 60) -> Path:
-    import cv2
-
-    (directory / "images").mkdir(parents=True)
-    lines = []
-    for i in range(count):
-        name = list(COLOURS)[i % 3]
-        cv2.imwrite(str(directory / "images" / f"{i:03d}.png"), colour_image(name, 500 + i))
-        lines.append(json.dumps({"image": f"images/{i:03d}.png", "question": WARM_QUESTION, "answer": WARM[name]}))
-    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return directory / "data.jsonl"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from crome_edge.backbones.tiny import build_tiny
-    from crome_export.multi import export_adapters
-    from crome_export.pipeline import ExportConfig
-
-    paths = tiny_bundle(tmp_path_factory)
-    root = tmp_path_factory.mktemp("multi")
-    with cache_env(paths["root"] / "cache"):  # the colour export's backbone parts
-        with torch_threads(1):
-            warm = train_tiny_adapter(build_tiny(seed=0), _warm_dataset(root / "warm-data"), root / "warm.safetensors")
-            config = ExportConfig(adapter=paths["adapter"], precision="fp32", out=root / "both.bundle", threads=1)
-            bundle = export_adapters(config, [paths["adapter"], warm], quiet=True)
-        yield {**paths, "warm": warm, "both": bundle, "tmp": root}
+    paths = multi_bundle(tmp_path_factory)
+    with cache_env(paths["root"] / "cache"):
+        yield {**paths, "tmp": tmp_path_factory.mktemp("multi")}
 
 
 def _engine(bundle):
@@ -111,6 +88,56 @@ def test_routing_matches_the_single_adapter_bundles_and_the_frozen_backbone(setu
         assert named_none.token_ids == ref_none
 
 
+def test_a_single_adapter_export_is_routed_by_its_training_questions(setup):
+    """`crome-edge export` of one adapter writes the one bundle format (version 2, files under NAME.) and routes the
+    adapter like one of several: its training questions, other questions to the frozen backbone."""
+    manifest = _manifest(setup["bundle"])
+    assert manifest["format_version"] == 2 and "adapter" not in manifest
+    assert [(a["name"], a["route"]) for a in manifest["adapters"]] == [("colour", {"questions": [QUESTION],
+                                                                                   "patterns": []})]
+    assert {"colour.adapter_visual.onnx", "colour.acceptance.json"} <= set(manifest["files"])
+    assert "adapter_visual.onnx" not in manifest["files"]
+    report = json.loads((setup["bundle"] / "report.json").read_text())
+    assert list(report["adapters"]) == ["colour"] and report["adapters"]["colour"]["gates"]["fp32_parity"]["ok"]
+    engine = _engine(setup["bundle"])
+    image = colour_image("red", 5)
+    assert engine.answer(image, QUESTION).adapter == "colour"
+    assert engine.answer(image, OTHER_QUESTION).adapter is None
+
+
+def test_a_version1_bundle_reads_into_one_adapter_that_answers_every_question(setup, tmp_path, capsys):
+    """A bundle written before bundles held several adapters loads as it always did: its one adapter, under the
+    plain file names, answers every question (the catch-all route), token for token as the same adapter pinned
+    in the new format; verify, info and bundle list read it through the same model."""
+    from crome_cli.main import main
+    from crome_runtime.engine import GenerationOptions
+    from crome_runtime.manifest import read_manifest
+    from crome_runtime.verify import verify_bundle
+
+    old = as_version1(setup["bundle"], tmp_path / "old.bundle")
+    assert "adapter" in _manifest(old) and (old / "adapter_visual.onnx").is_file()
+    manifest = read_manifest(old)
+    assert manifest.read_version == 1 and manifest.adapter_names == ["colour"]
+    (entry,) = manifest.adapters
+    assert entry.route.catch_all and entry.file("adapter_text") == "adapter_text.onnx"
+    assert entry.max_new_tokens == manifest.generation.max_new_tokens
+    engine, new = _engine(old), _engine(setup["bundle"])
+    image = colour_image("green", 6)
+    for question in (QUESTION, OTHER_QUESTION, WARM_QUESTION):
+        answer = engine.answer(image, question)
+        assert answer.adapter == "colour"
+        assert answer.token_ids == new.answer(image, question, GenerationOptions(adapter="colour")).token_ids
+    assert engine.answer(image, QUESTION, GenerationOptions(adapter="none")).adapter is None
+    report = verify_bundle(old)
+    assert list(report["adapters"]) == ["colour"] and all(g["ok"] for g in report["gates"].values())
+    assert report["adapters"]["colour"]["exported_on"] is not None  # read from its version-1 report.json
+    assert main(["info", str(old), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format_version"] == 1 and info["adapters"][0]["route"] == {"questions": [], "patterns": ["(?s).*"]}
+    assert main(["bundle", "list", str(old)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "colour"
+
+
 def test_one_vision_run_per_frame_shared_by_every_adapter(setup):
     """The vision graph's output of a frame is computed once and every adapter's visual branch reuses it. (The tiny
     backbone's Q-Former is instruction-aware, so its vision output is per frame and question: the three answers ask
@@ -160,15 +187,18 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
 
     work = setup["tmp"] / "edit"
     work.mkdir()
-    bundle = copy_bundle(setup["bundle"], work / "colour.bundle")  # a version-1 bundle: converted on add
+    bundle = as_version1(setup["bundle"], work / "colour.bundle")  # a version-1 bundle: converted on add
     config = ExportConfig(adapter=setup["warm"], threads=1)
     with cache_env(setup["root"] / "cache"):
         with torch_threads(1):
             path, seconds = add_adapter(bundle, setup["warm"], config, quiet=True)
             assert path == bundle.absolute() and seconds > 0
             manifest = _manifest(bundle)
+            assert manifest["format_version"] == 2 and "adapter" not in manifest
             assert [a["name"] for a in manifest["adapters"]] == ["colour", "warm"]
             assert manifest["adapters"][0]["route"]["questions"] == [QUESTION]  # the v1 adapter's training questions
+            assert "colour.adapter_visual.onnx" in manifest["files"] and "adapter_visual.onnx" not in manifest["files"]
+            assert not (bundle / "adapter_visual.onnx").exists()
             before = (bundle / "manifest.json").read_bytes()
 
             with pytest.raises(CromeError, match="already has an adapter named warm"):
@@ -268,6 +298,11 @@ def test_cli_export_several_then_bundle_add_list_remove(setup, tmp_path, capsys,
         assert engine.answer(colour_image("red", 2), "What color is the part?").adapter == "colour"
         assert engine.answer(colour_image("red", 2), QUESTION).adapter == "colour"
         assert engine.answer(colour_image("red", 2), WARM_QUESTION).adapter is None
+        before = (out / "manifest.json").read_bytes()
+        same = "What (colour|color) is (it|the part)\\?"  # colour's own route: warm could never be reached
+        assert main(["bundle", "add", str(out), "--adapter", str(setup["warm"]), "--threads", "1", "--route", same]) == 2
+        assert "is the route of colour and of warm" in capsys.readouterr().err
+        assert (out / "manifest.json").read_bytes() == before
         assert main(["bundle", "add", str(out), "--adapter", str(setup["warm"]), "--threads", "1"]) == 0
         captured = capsys.readouterr()
         assert re.search(r"added warm to .* in \d+\.\d s", captured.err)
@@ -309,9 +344,16 @@ def test_serve_hot_swaps_adapters_between_answers(setup, tmp_path, monkeypatch):
             add_adapter(bundle, setup["warm"], ExportConfig(adapter=setup["warm"], threads=1), quiet=True)
         assert ask(base, WARM_QUESTION) is None  # not swapped until asked to
         assert httpx.post(f"{base}/v1/adapters/reload", timeout=60).status_code == 401  # admin needs the key
+        vision_size = server.worker.engine.describe()["caches"]["vision"]["size"]
         response = httpx.post(f"{base}/v1/adapters/reload", headers=headers, timeout=60)
         assert response.status_code == 200, response.text
         assert response.json()["added"] == ["warm"] and response.json()["kept"] == ["colour"]
+        # /v1/models names the adapters now served; the id served before still answers
+        models = [m["id"] for m in httpx.get(f"{base}/v1/models", headers=headers, timeout=30).json()["data"]]
+        assert models[0] == server.model_id == "tiny-colour+warm-fp32" and "tiny-colour+warm-fp32/warm" in models
+        # each adapter has its own caches at the configured size: the added one too
+        caches = server.worker.engine.describe()["caches"]
+        assert caches["vision"]["size"] == vision_size // 2 * 3 and caches["text"]["size"] % 3 == 0
         assert ask(base, WARM_QUESTION) == "warm" and ask(base, QUESTION) == "colour"
         listed = httpx.get(f"{base}/v1/adapters", headers=headers, timeout=30).json()["data"]
         assert [a["name"] for a in listed] == ["colour", "warm"]
@@ -408,6 +450,11 @@ def test_reload_under_load_loses_no_request(setup, tmp_path):
     (lambda m: m["adapters"].append(dict(m["adapters"][0])), "two adapters are named 'colour'"),
     (lambda m: m["adapters"][1]["route"].__setitem__("patterns", ["What .*"]), "routes overlap: 'What colour is it\\?' is "
                                                                             "routed to colour and to warm"),
+    # one regular expression routed to two adapters: the second could never be reached (issue 21, row 12)
+    (lambda m: [a["route"].update(questions=[], patterns=["Is (it|the part) red\\?"]) for a in m["adapters"]],
+     "regular expression 'Is \\(it\\|the part\\) red.*' is the route of colour and of warm"),
+    (lambda m: m["adapters"][0]["route"].update(questions=[], patterns=["(?s).*"]),
+     "colour answers every question, so warm would never be reached"),
     (lambda m: m["adapters"][1].__setitem__("name", "../warm"), "name '../warm' is not usable"),
     (lambda m: m["adapters"][1].__setitem__("name", "None"), "not 'none'"),
     (lambda m: m["adapters"][1]["route"].__setitem__("patterns", ["(unclosed"]), "not a regular expression"),
@@ -432,7 +479,7 @@ def test_a_single_adapter_bundle_whose_training_data_is_gone_is_routed_its_accep
                                                                                                    monkeypatch):
     from crome_export.multi import read_contents
 
-    bundle = copy_bundle(setup["bundle"], tmp_path / "moved.bundle")
+    bundle = as_version1(setup["bundle"], tmp_path / "moved.bundle")  # its adapter answers every question
     data = setup["data"]
     moved = data.with_name("data.moved.jsonl")
     data.rename(moved)

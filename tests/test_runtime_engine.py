@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from test_runtime_fixtures import (QUESTION, adapter_path, colour_image, copy_bundle, rewrite_manifest, tiny_bundle,
+                                   torch_threads)
 
 from crome_runtime import formats
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
@@ -59,7 +60,7 @@ def eval_data(paths, tiny_backbone):
 def test_fp32_tokens_equal_pytorch_generate_and_the_report(engine, model, eval_data):
     from crome_edge.model import GenerationConfig
 
-    report = engine.bundle.report
+    report = engine.bundle.report["adapters"]["colour"]  # the adapter's section of report.json
     max_new = report["inputs"]["max_new_tokens"]
     identical = 0
     for sample in eval_data.evaluation:
@@ -253,9 +254,9 @@ def test_missing_or_altered_file_names_the_file(paths, tmp_path):
     with pytest.raises(BundleError, match="missing decoder.onnx"):
         Engine.load(missing)
     altered = copy_bundle(paths["bundle"], tmp_path / "altered.bundle")
-    with open(altered / formats.ADAPTER_TEXT_ONNX, "ab") as f:
+    with open(adapter_path(altered, "adapter_text"), "ab") as f:
         f.write(b"\0")
-    with pytest.raises(BundleError, match="adapter_text.onnx was altered"):
+    with pytest.raises(BundleError, match="colour.adapter_text.onnx was altered"):
         Engine.load(altered)
 
 
@@ -276,11 +277,11 @@ def test_adapter_graph_from_another_backbone_is_refused(paths, tmp_path):
     rng = np.random.default_rng(0)
     graph = build_adapter_graph(rng.standard_normal((32, 16)).astype(np.float32),
                                 rng.standard_normal((8, 32)).astype(np.float32), "visual", formats.DEFAULT_OPSET)
-    onnx.save(graph, str(mixed / formats.ADAPTER_VISUAL_ONNX))
-    path = mixed / formats.ADAPTER_VISUAL_ONNX
-    rewrite_manifest(mixed, lambda m: m["files"][formats.ADAPTER_VISUAL_ONNX].update(
-        sha256=sha256_file(path), bytes=path.stat().st_size))
-    with pytest.raises(BundleError, match=r"adapter_visual.onnx works on width d=32 .* d_model=64.*another backbone"):
+    path = adapter_path(mixed, "adapter_visual")
+    onnx.save(graph, str(path))
+    rewrite_manifest(mixed, lambda m: m["files"][path.name].update(sha256=sha256_file(path), bytes=path.stat().st_size))
+    with pytest.raises(BundleError, match=r"colour.adapter_visual.onnx works on width d=32 .* d_model=64.*another "
+                                          "backbone"):
         Engine.load(mixed)
 
 

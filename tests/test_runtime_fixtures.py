@@ -7,6 +7,7 @@ fidelity report). The export side uses torch; the runtime under test does not.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from contextlib import contextmanager
@@ -86,6 +87,86 @@ def tiny_bundle(tmp_path_factory) -> dict:
             export_bundle(ExportConfig(adapter=paths["adapter"], precision="fp32", out=paths["bundle"], threads=1),
                           Progress(7, enabled=False))
     return paths
+
+
+def multi_bundle(tmp_path_factory) -> dict:
+    """tiny_bundle's paths plus {"warm", "both"}: a second tiny adapter trained on WARM_QUESTION, and the bundle of
+    both adapters (colour routed QUESTION, warm WARM_QUESTION), exported on first use."""
+    paths = tiny_bundle(tmp_path_factory)
+    root = tmp_path_factory.getbasetemp() / "runtime-multi"
+    both = {**paths, "warm": root / "warm.safetensors", "both": root / "both.bundle", "tmp": root}
+    if (both["both"] / "manifest.json").is_file():
+        return both
+    from crome_edge.backbones.tiny import build_tiny
+    from crome_export.multi import export_adapters
+    from crome_export.pipeline import ExportConfig
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    with cache_env(paths["root"] / "cache"):  # the colour export's backbone parts
+        with torch_threads(1):
+            train_tiny_adapter(build_tiny(seed=0), _warm_dataset(root / "warm-data"), both["warm"])
+            config = ExportConfig(adapter=paths["adapter"], precision="fp32", out=both["both"], threads=1)
+            export_adapters(config, [paths["adapter"], both["warm"]], quiet=True)
+    return both
+
+
+WARM_QUESTION = "Is it a warm colour?"
+WARM = {"red": "yes", "green": "no", "blue": "no"}
+
+
+def _warm_dataset(directory: Path, count: int = 60) -> Path:
+    import cv2
+
+    (directory / "images").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        name = list(COLOURS)[i % 3]
+        cv2.imwrite(str(directory / "images" / f"{i:03d}.png"), colour_image(name, 500 + i))
+        lines.append(json.dumps({"image": f"images/{i:03d}.png", "question": WARM_QUESTION, "answer": WARM[name]}))
+    (directory / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return directory / "data.jsonl"
+
+
+def as_version1(bundle: Path, target: Path) -> Path:
+    """A copy of a one-adapter bundle as crome-edge wrote bundles before they held several adapters (manifest format
+    version 1): the adapter's files under their plain names, an `adapter` section instead of `adapters`, the
+    bundle's generation cap its adapter's, and report.json that adapter's own report."""
+    data = json.loads((bundle / "manifest.json").read_text())
+    (entry,) = data.pop("adapters")
+    prefix = entry["name"] + "."
+    target.mkdir()
+    files = {}
+    for name, record in data["files"].items():
+        plain = name.removeprefix(prefix)
+        if name == "report.json":
+            report = json.loads((bundle / name).read_text())["adapters"][entry["name"]]
+            (target / name).write_text(json.dumps(report, indent=2, sort_keys=True))
+            record = {**record, "sha256": hashlib.sha256((target / name).read_bytes()).hexdigest(),
+                      "bytes": (target / name).stat().st_size}
+        else:
+            shutil.copyfile(bundle / name, target / plain)
+        files[plain] = record
+    data.update(format_version=1, files=files,
+                adapter={k: entry[k] for k in ("name", "sha256", "rank", "training")},
+                generation={**data["generation"], "max_new_tokens": entry["max_new_tokens"]})
+    (target / "manifest.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+    return target
+
+
+def adapter_path(bundle: Path, role: str, adapter: int = 0) -> Path:
+    """The path of a bundle's adapter's file of `role` (crome_runtime.adapters.ROLES): NAME.<role's plain name>."""
+    from crome_runtime.manifest import read_manifest
+
+    return Path(bundle) / read_manifest(bundle, verify=False).adapters[adapter].file(role)
+
+
+def adapter_report(bundle: Path, adapter: int = 0) -> dict:
+    """The fidelity report of a bundle's adapter: its section of report.json."""
+    from crome_runtime.manifest import read_manifest
+
+    name = read_manifest(bundle, verify=False).adapters[adapter].name
+    return json.loads((Path(bundle) / "report.json").read_text())["adapters"][name]
 
 
 def copy_bundle(bundle: Path, target: Path) -> Path:

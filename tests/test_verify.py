@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 from test_runtime_cli import BLOCKED, torch_blocked_env
-from test_runtime_fixtures import copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from test_runtime_fixtures import adapter_path, adapter_report, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
 from crome_cli.main import main
 from crome_runtime import acceptance, formats
@@ -41,12 +41,14 @@ def test_verify_passes_on_the_exported_bundle_with_the_export_table(paths, tmp_p
     out = tmp_path / "verify.json"
     assert _verify(paths["bundle"], "--report", str(out)) == 0
     table, err = capsys.readouterr()
-    assert table.startswith("measured on: ") and "exported on: " in table
+    assert table.startswith("adapter colour:\nmeasured on: ") and "exported on: " in table
     for stage in ("vision", "adapter_visual", "adapter_text", "decoder_prefill", "decoder_step"):
         assert any(line.startswith(stage) and line.endswith("ok") for line in table.splitlines()), stage
     assert "gate fp32_parity: ok" in table and "verify: ok" in err
-    report = json.loads(out.read_text())
-    export_report = json.loads((paths["bundle"] / formats.REPORT_FILE).read_text())
+    bundle_report = json.loads(out.read_text())  # one shape: each adapter's report, every gate as "NAME: gate"
+    assert list(bundle_report["adapters"]) == ["colour"] and list(bundle_report["gates"]) == ["colour: fp32_parity"]
+    report = bundle_report["adapters"]["colour"]
+    export_report = adapter_report(paths["bundle"])
     assert set(report["measured_on"]) >= {"model", "arch", "features", "int8_kernels", "onnxruntime"}
     assert report["measured_on"] == export_report["measured_on"]  # the same machine here
     assert "avx2" in report["measured_on"]["features"] or "neon" in report["measured_on"]["features"]
@@ -76,7 +78,7 @@ def test_a_worse_vision_graph_fails_verify_and_the_table_names_vision(paths, tmp
     assert rows["vision"].endswith("FAILED")
     assert all(rows[s].endswith("ok") for s in ("adapter_visual", "adapter_text", "decoder_prefill", "decoder_step"))
     assert "gate fp32_parity: FAILED" in table and "vision cosine" in table
-    assert "verify: FAILED (fp32_parity)" in err
+    assert "verify: FAILED (colour: fp32_parity)" in err
 
 
 VERIFY_SCRIPT = """
@@ -108,27 +110,30 @@ def test_bad_input_exits_2_with_a_clear_message(case, paths, tmp_path, capsys):
     bundle = tmp_path / "missing.bundle"
     if case != "missing_bundle":
         bundle = copy_bundle(paths["bundle"], tmp_path / "b.bundle")
+    names = {"json": "acceptance.json", "npz": "acceptance.npz"}
+    if case != "missing_bundle":
+        names = {"json": adapter_path(bundle, "acceptance").name, "npz": adapter_path(bundle, "acceptance_arrays").name}
     if case == "no_acceptance_set":  # a bundle exported before verify existed
-        for name in (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS):
+        for name in names.values():
             (bundle / name).unlink()
-        rewrite_manifest(bundle, lambda m: [m["files"].pop(n) for n in (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS)])
+        rewrite_manifest(bundle, lambda m: [m["files"].pop(n) for n in names.values()])
     elif case == "garbage_arrays":
-        _replace_file(bundle, formats.ACCEPTANCE_ARRAYS, b"not a zip file at all")
+        _replace_file(bundle, names["npz"], b"not a zip file at all")
     elif case == "wrong_shapes":  # an acceptance set from another backbone: its visual references are too narrow
         import io
 
-        with np.load(bundle / formats.ACCEPTANCE_ARRAYS, allow_pickle=False) as npz:
+        with np.load(bundle / names["npz"], allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         arrays["visual_0"] = arrays["visual_0"][:, :8].copy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        _replace_file(bundle, formats.ACCEPTANCE_ARRAYS, buffer.getvalue())
+        _replace_file(bundle, names["npz"], buffer.getvalue())
     elif case == "newer_format":
-        document = json.loads((bundle / formats.ACCEPTANCE_FILE).read_text())
+        document = json.loads((bundle / names["json"]).read_text())
         document["format_version"] = 99
-        _replace_file(bundle, formats.ACCEPTANCE_FILE, json.dumps(document).encode())
+        _replace_file(bundle, names["json"], json.dumps(document).encode())
     elif case == "altered_without_manifest":
-        (bundle / formats.ACCEPTANCE_FILE).write_text("{}")
+        (bundle / names["json"]).write_text("{}")
     assert _verify(bundle) == 2
     err = capsys.readouterr().err
     expected = {"missing_bundle": "not a crome-edge bundle", "no_acceptance_set": "has no acceptance set",
@@ -144,7 +149,9 @@ def test_acceptance_set_size_follows_from_its_contents(paths):
     """On the tiny bundle the files are their arrays plus small headers; for a smol-size bundle (d=576, Nq=8,
     vocab 49152, 128 px frames, prompts of up to 24 tokens) the plan keeps every frame whole under 2 MB."""
     manifest = read_manifest(paths["bundle"])
-    chosen = acceptance.read_acceptance(paths["bundle"], manifest)
+    json_name, npz_name = adapter_path(paths["bundle"], "acceptance").name, adapter_path(paths["bundle"],
+                                                                                      "acceptance_arrays").name
+    chosen = acceptance.read_acceptance(paths["bundle"], manifest, (json_name, npz_name))
     b, llm = manifest.backbone, manifest.llm
     frame_bytes = sum(f.nbytes for f in chosen.frames)
     assert frame_bytes == len(chosen.frames) * 32 * 32 * 3  # tiny's 32 px frames, stored as they were
@@ -152,10 +159,10 @@ def test_acceptance_set_size_follows_from_its_contents(paths):
     stage_bytes = sum(acceptance.stage_bytes(b.num_query_tokens, b.d_model, len(s.prompt_ids), llm.vocab_size,
                                              s.prefill_logits is not None) for s in staged)
     arrays = frame_bytes + stage_bytes
-    npz = manifest.files[formats.ACCEPTANCE_ARRAYS].bytes
+    npz = manifest.files[npz_name].bytes
     arrays_count = len(chosen.frames) + sum(3 + 2 * (s.prefill_logits is not None) for s in staged)
     assert arrays <= npz <= arrays + 400 * arrays_count  # .npy headers and zip entries only
-    assert npz + manifest.files[formats.ACCEPTANCE_FILE].bytes < acceptance.MAX_BYTES
+    assert npz + manifest.files[json_name].bytes < acceptance.MAX_BYTES
 
     smol_frame = 128 * 128 * 3
     plan = acceptance.plan(acceptance.PROMPTS, 8, 576, 49152, [24] * acceptance.STAGE_PROMPTS)

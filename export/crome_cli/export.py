@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from crome_export.multi import export_adapters, parse_routes
 
     adapters = [resolve_adapter(a) for a in args.adapter]
-    several = len(adapters) > 1 or args.route or args.route_question  # a multi-adapter (version-2) bundle
+    # several adapters, or routes given: each exported alone, then merged (crome_export.multi); one adapter without
+    # routes: the pipeline, which routes it by its training questions
+    several = len(adapters) > 1 or args.route or args.route_question
     adapter = adapters[0]
     out = args.out
     if out is None and is_shipped(adapter):  # not into the installed package

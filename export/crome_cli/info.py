@@ -130,16 +130,14 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
     return {
         "kind": "bundle",
         "path": str(path),
-        "format_version": manifest.format_version,
+        "format_version": manifest.read_version,  # as written in the file (every version reads into one model)
         "backbone": {
             "name": manifest.backbone.name, "fingerprint": manifest.backbone.fingerprint,
             "architecture": manifest.backbone.architecture, "d_model": manifest.backbone.d_model,
             "image_size": manifest.backbone.image_size,
         },
-        "adapter": ({"name": manifest.adapter.name, "rank": manifest.adapter.rank, "sha256": manifest.adapter.sha256}
-                    if manifest.adapter is not None else None),
-        "adapters": ([{"name": e.name, "rank": e.rank, "sha256": e.sha256, "route": e.route.to_dict()}
-                      for e in manifest.adapters] if manifest.adapters is not None else None),
+        "adapters": [{"name": e.name, "rank": e.rank, "sha256": e.sha256, "route": e.route.to_dict(),
+                      "max_new_tokens": e.max_new_tokens} for e in manifest.adapters],
         "precision": manifest.precision,
         "prompt": manifest.prompt.to_dict(),
         "files": {name: {"bytes": e.bytes, "precision": e.precision} for name, e in sorted(manifest.files.items())},

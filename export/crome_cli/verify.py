@@ -36,13 +36,10 @@ def run(args: argparse.Namespace) -> int:
     given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
     config = EngineConfig(**{k: v for k, v in given.items() if v is not None})
     report = verify_bundle(args.bundle, config, progress=lambda message: print(message, file=sys.stderr))
-    if "adapters" in report:  # a multi-adapter bundle: one table per adapter
-        for name, section in report["adapters"].items():
-            print(f"adapter {name}:\n{format_table(section)}")
-        if not report["adapters"]:
-            print("no adapters: the frozen backbone alone (every file's sha256 matches the manifest)")
-    else:
-        print(format_table(report))
+    for name, section in report["adapters"].items():  # one table per adapter
+        print(f"adapter {name}:\n{format_table(section)}")
+    if not report["adapters"]:
+        print("no adapters: the frozen backbone alone (every file's sha256 matches the manifest)")
     if args.report:
         _write_report(args.report, report)
     failed = [name for name, gate in report["gates"].items() if not gate["ok"]]

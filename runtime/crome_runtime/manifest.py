@@ -190,11 +190,21 @@ class Manifest:
             raise BundleError(f"{source}: precision {precision!r} is not one of {', '.join(formats.PRECISIONS)}; "
                               "re-export the bundle")
         try:
-            generation = GenerationDefaults(**data.get("generation", {}))
+            parts = dict(
+                backbone=BackboneSpec(**data["backbone"]),
+                llm=LlmSpec(**data["llm"]),
+                prompt=PromptTemplate.from_dict(data["prompt"]),
+                files={name: FileEntry(**entry) for name, entry in files.items()},
+                generation=GenerationDefaults(**data.get("generation", {})),
+                tools=data.get("tools", {}),
+                quantization=data.get("quantization", {}),
+            )
+        except KeyError as error:
+            raise BundleError(f"{source} is missing or has malformed fields (no {error} section); re-export the bundle") from None
         except (TypeError, ValueError, AttributeError) as error:
             raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
         if version < 2:  # the one place that knows version 1: its adapter, read into the model
-            adapters = [_version1_adapter(data, generation, source)]
+            adapters = [_version1_adapter(data, parts["generation"], source)]
         else:
             if not isinstance(data.get("adapters"), list):
                 raise BundleError(f"{source}: a version-{version} manifest must list its `adapters`; re-export the bundle")
@@ -203,24 +213,7 @@ class Manifest:
         for entry in adapters:
             for name in (entry.files or {}).values():
                 check_file_name(name, source)
-        try:
-            return cls(
-                backbone=BackboneSpec(**data["backbone"]),
-                llm=LlmSpec(**data["llm"]),
-                adapters=adapters,
-                prompt=PromptTemplate.from_dict(data["prompt"]),
-                precision=precision,
-                files={name: FileEntry(**entry) for name, entry in files.items()},
-                generation=generation,
-                tools=data.get("tools", {}),
-                quantization=data.get("quantization", {}),
-                format=data["format"],
-                read_version=version,
-            )
-        except KeyError as error:
-            raise BundleError(f"{source} is missing or has malformed fields (no {error} section); re-export the bundle") from None
-        except (TypeError, ValueError, AttributeError) as error:
-            raise BundleError(f"{source} is missing or has malformed fields: {error}; re-export the bundle") from None
+        return cls(**parts, adapters=adapters, precision=precision, format=data["format"], read_version=version)
 
 
 def _version1_adapter(data: dict, generation: GenerationDefaults, source: str) -> AdapterEntry:
