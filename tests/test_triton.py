@@ -15,7 +15,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from test_runtime_fixtures import COLOURS, QUESTION, colour_image, tiny_bundle
+from test_runtime_fixtures import COLOURS, QUESTION, WARM_QUESTION, colour_image, multi_bundle, tiny_bundle
 
 from crome_cli.main import main
 from crome_runtime.triton import pbtxt
@@ -50,14 +50,20 @@ def server(repository, tmp_path_factory):
         yield srv
 
 
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """The bundle of two tiny adapters (colour, warm), each routed its training question."""
+    return multi_bundle(tmp_path_factory)["both"]
+
+
 def _png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     assert ok
     return data.tobytes()
 
 
-def _run_cli(capsys, bundle, image_path, prompts) -> list[dict]:
-    argv = ["run", "--bundle", str(bundle), "--image", str(image_path), "--json", "--threads", "1"]
+def _run_cli(capsys, bundle, image_path, prompts, *extra) -> list[dict]:
+    argv = ["run", "--bundle", str(bundle), "--image", str(image_path), "--json", "--threads", "1", *extra]
     for prompt in prompts:
         argv += ["--prompt", prompt]
     capsys.readouterr()
@@ -88,6 +94,66 @@ def test_answers_equal_crome_edge_run_for_the_same_frames_and_prompts(server, bu
                 compared += 1
             assert expected[0]["answer"] == name  # the tiny adapter learned the colour question
     assert compared == len(COLOURS) * len(prompts)
+
+
+def test_a_bundle_of_several_adapters_answers_like_crome_edge_run_per_adapter(both, tmp_path_factory, tmp_path,
+                                                                             capsys):
+    """A multi-adapter bundle through the real tritonserver: every request is routed as `crome-edge run` routes it
+    (colour, warm, or the frozen backbone) or to the ADAPTER it names, with run's answer, token for token."""
+    from crome_runtime.engine import GenerationOptions
+
+    out = tmp_path_factory.mktemp("triton-both") / "models"
+    assert main(["triton-repo", str(both), str(out), "--max-batch-size", "8"]) == 0
+    prompts = [QUESTION, WARM_QUESTION, "How many parts are there?"]
+    with triton.TritonServer(triton.locate(), out, triton.ServerConfig(ports=triton.Ports(0, 0, 0)),
+                             log=tmp_path / "tritonserver.log") as srv:
+        srv.wait_ready(WAIT_S)
+        with TritonClient(srv.url) as client:
+            for i, name in enumerate(COLOURS):
+                path = tmp_path / f"{name}.png"
+                path.write_bytes(_png(colour_image(name, 300 + i)))
+                expected = _run_cli(capsys, both, path, prompts)
+                assert [e["adapter"] for e in expected] == ["colour", "warm", None]
+                for want in expected:
+                    got = client.infer(want["prompt"], image=path.read_bytes())
+                    assert (got.text, got.token_ids, got.timings["adapter"]) == (want["answer"], want["tokens"],
+                                                                                want["adapter"])
+                named = _run_cli(capsys, both, path, [QUESTION], "--adapter", "warm")[0]
+                got = client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="warm"))
+                assert (got.token_ids, got.timings["adapter"]) == (named["tokens"], "warm")
+            with pytest.raises(TritonRequestError, match="no adapter 'nope'"):
+                client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="nope"))
+
+
+def test_the_batched_vision_stage_primes_each_adapters_cache(both, bundle):
+    """prime_vision without Triton: one vision batch for the frames, each adapter's visual branch over its own
+    requests, into the engine's own caches, so every answer starts at prefill (its vision stage a cache hit) and
+    equals an unbatched engine's answer; a bundle of one adapter likewise (no second vision run)."""
+    from crome_runtime.engine import Engine, EngineConfig
+    from crome_runtime.triton.backend import parse_job, prime_vision
+
+    other = "How many parts are there?"
+    cases = {both: [(QUESTION, None, "colour"), (WARM_QUESTION, None, "warm"), (other, None, None),
+                    (QUESTION, "warm", "warm"), (QUESTION, "none", None)],
+             bundle: [(QUESTION, None, "colour"), (WARM_QUESTION, None, None)]}
+    for path, requests in cases.items():
+        engine, plain = Engine.load(path, EngineConfig(threads=1)), Engine.load(path, EngineConfig(threads=1))
+        pixels = engine.frame(colour_image("red", 7)).pixels
+        jobs = []
+        for prompt, adapter, _ in requests:
+            arrays = {"PROMPT": np.array([[prompt.encode()]], dtype=object), "PIXELS": pixels[None]}
+            if adapter is not None:
+                arrays["ADAPTER"] = np.array([[adapter.encode()]], dtype=object)
+            jobs.append(parse_job(engine, arrays))
+        assert [job.adapter for job in jobs] == [routed for _, _, routed in requests]
+        batch, _ = prime_vision(engine, jobs)
+        # one vision row per distinct question (the tiny Q-Former reads the question), whatever the adapters
+        assert batch == len({prompt for prompt, _, _ in requests})
+        for job in jobs:
+            answer = engine.answer(job.frame, job.prompt, job.options)
+            assert answer.cache["vision"] and "vision" not in answer.timings_ms, job
+            assert answer.adapter == job.adapter
+            assert answer.token_ids == plain.answer(plain.frame_from_pixels(pixels), job.prompt, job.options).token_ids
 
 
 def test_concurrent_cameras_are_batched_into_one_vision_run(server, bundle):
@@ -194,12 +260,18 @@ def test_python_repository_configs_match_the_schema_and_the_bundle(repository):
 
 
 @pytest.mark.parametrize("gpu_backend", ["onnxruntime", "tensorrt"])
-def test_gpu_variant_is_valid_against_tritons_schema(bundle, tmp_path, gpu_backend):
+def test_gpu_variant_is_valid_against_tritons_schema(both, tmp_path, gpu_backend):
+    """The GPU variant of a bundle of several adapters: the vision graph and each adapter's visual branch as native
+    models (a bundle has no unnamed adapter_visual.onnx)."""
     import onnxruntime as ort
 
+    bundle = both
     out = write_repository(bundle, tmp_path / "models", RepositoryConfig(variant="gpu", gpu_backend=gpu_backend))
     models = pbtxt.check_repository(out, expect_files=gpu_backend == "onnxruntime")
-    assert set(models) == {"crome", "crome_vision", "crome_adapter_visual"}
+    assert set(models) == {"crome", "crome_vision", "crome_adapter_visual_colour", "crome_adapter_visual_warm"}
+    if gpu_backend == "onnxruntime":
+        assert (out / "crome_adapter_visual_warm" / "1" / "model.onnx").read_bytes() == \
+            (bundle / "warm.adapter_visual.onnx").read_bytes()
     vision = models["crome_vision"]
     assert vision.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[gpu_backend]
     kind = vision.instance_group[0].DESCRIPTOR.fields_by_name["kind"].enum_type.values_by_name["KIND_GPU"].number
@@ -208,7 +280,8 @@ def test_gpu_variant_is_valid_against_tritons_schema(bundle, tmp_path, gpu_backe
     assert [i.name for i in vision.input] == [i.name for i in graph.get_inputs()]
     assert [list(i.dims) for i in vision.input][0] == list(graph.get_inputs()[0].shape[1:])
     params = {k: v.string_value for k, v in models["crome"].parameters.items()}
-    assert params["vision_model"] == "crome_vision" and params["adapter_visual_model"] == "crome_adapter_visual"
+    assert params["vision_model"] == "crome_vision" and json.loads(params["adapter_visual_models"]) == {
+        "colour": "crome_adapter_visual_colour", "warm": "crome_adapter_visual_warm"}
     if gpu_backend == "tensorrt":
         assert "trtexec --onnx=" in (out / "crome_vision" / "BUILD_TENSORRT.md").read_text()
 
