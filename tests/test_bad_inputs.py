@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime_fixtures import tiny_bundle
+from test_runtime_fixtures import adapter_path, tiny_bundle
 
 from crome_runtime import formats
 from crome_runtime.manifest import sha256_file
@@ -414,7 +414,8 @@ def _fixtures(root: Path, bundle: dict) -> dict[str, str]:
         return lambda m: m["prompt"].__setitem__(key, value)
 
     def with_adapter_config(value):
-        return lambda d: _replace(d / formats.ADAPTER_WEIGHTS_FILE, _forged_bytes(d / formats.ADAPTER_WEIGHTS_FILE, value))
+        weights = adapter_path(source, "weights").name  # NAME.adapter.safetensors
+        return lambda d: _replace(d / weights, _forged_bytes(d / weights, value))
 
     def symlink_graph(d):
         outside = root / "secret" / formats.VISION_ONNX

@@ -21,6 +21,7 @@ from crome_edge.weights import SHIPPED_ADAPTERS, resolve_adapter, shipped_adapte
 from crome_export.frames import load_export_data
 from crome_runtime import formats
 from test_data import synth_dataset
+from test_runtime_fixtures import adapter_report
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
 
@@ -122,7 +123,7 @@ def test_adapter_records_the_recipe_and_exports_after_its_data_is_deleted(tmp_pa
     assert main(["export", "--adapter", str(adapter), "--precision", "fp32", "--out", str(out), "--threads", "1"]) == 0
     err = capsys.readouterr().err
     assert "reusing the regenerated" in err and (out / formats.MANIFEST_FILE).is_file()
-    report = json.loads((out / formats.REPORT_FILE).read_text())
+    report = adapter_report(out)
     assert "regenerated" in report["inputs"]["evaluation"]
 
 

@@ -17,6 +17,7 @@ import torch
 from crome_cli.main import main
 from crome_runtime import formats
 from crome_runtime.manifest import read_manifest
+from test_runtime_fixtures import adapter_report
 from tiny_adapter import train_tiny_adapter
 
 COLOURS = {"red": (0, 0, 220), "green": (0, 200, 0), "blue": (220, 0, 0)}
@@ -70,7 +71,7 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 def test_int8_export_meets_the_done_criteria(int8_bundle):
-    report = json.loads((int8_bundle / formats.REPORT_FILE).read_text())
+    report = adapter_report(int8_bundle)
     assert report["format"] == formats.REPORT_FORMAT and report["precision"] == "int8"
     from crome_runtime.machine import describe_cpu
 
@@ -96,13 +97,15 @@ def test_int8_export_meets_the_done_criteria(int8_bundle):
 
 def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, workspace):
     manifest = read_manifest(int8_bundle, verify=True)  # every file present with its sha256
-    expected = {formats.VISION_ONNX, formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX, formats.ADAPTER_WEIGHTS_FILE,
-                formats.DECODER_ONNX, formats.EMBEDDINGS_FILE, formats.TOKENIZER_FILE, formats.QFORMER_TOKENIZER_FILE,
-                formats.REPORT_FILE, formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS}
+    adapter = {"line3." + name for name in (formats.ADAPTER_VISUAL_ONNX, formats.ADAPTER_TEXT_ONNX,
+                                            formats.ADAPTER_WEIGHTS_FILE, formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS)}
+    expected = {formats.VISION_ONNX, formats.DECODER_ONNX, formats.EMBEDDINGS_FILE, formats.TOKENIZER_FILE,
+                formats.QFORMER_TOKENIZER_FILE, formats.REPORT_FILE} | adapter
     assert set(manifest.files) == expected
     assert {p.name for p in int8_bundle.iterdir()} == expected | {formats.MANIFEST_FILE}
     assert manifest.precision == "int8" and manifest.files[formats.VISION_ONNX].precision == "int8"
-    assert manifest.files[formats.ADAPTER_VISUAL_ONNX].precision == "fp32"
+    assert manifest.files["line3.adapter_visual.onnx"].precision == "fp32"
+    assert manifest.adapter_names == ["line3"] and manifest.adapters[0].route.questions == [QUESTION]
     assert manifest.backbone.fingerprint == tiny_backbone.fingerprint()
     assert (manifest.llm.num_layers, manifest.llm.num_kv_heads, manifest.llm.head_dim) == (2, 2, 16)
     assert manifest.quantization["vision"]["method"] == "static-qdq"
@@ -125,7 +128,7 @@ def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace
     other = train_tiny_adapter(tiny_backbone, workspace["data"], workspace["root"] / "other.safetensors", seed=5, steps=30)
     out = workspace["root"] / "fp32.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--precision", "fp32", "--out", str(out)]) == 0
-    report = json.loads((out / formats.REPORT_FILE).read_text())
+    report = adapter_report(out)
     assert report["greedy"]["fp32"]["identical"] == report["greedy"]["fp32"]["prompts"] == 15
     assert set(report["greedy"]) == {"fp32"} and read_manifest(out).precision == "fp32"
     err = capsys.readouterr().err
@@ -133,12 +136,12 @@ def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace
     started = time.perf_counter()
     second = workspace["root"] / "other.bundle"
     assert main(["export", "--adapter", str(other), "--precision", "fp32", "--out", str(second)]) == 0
-    report = json.loads((second / formats.REPORT_FILE).read_text())
+    report = adapter_report(second)
     assert report["backbone_parts_cached"] == {"fp32": True}
     assert time.perf_counter() - started < 60
     a, b = read_manifest(out), read_manifest(second)
     assert a.files[formats.DECODER_ONNX].sha256 == b.files[formats.DECODER_ONNX].sha256  # shared backbone part
-    assert a.files[formats.ADAPTER_VISUAL_ONNX].sha256 != b.files[formats.ADAPTER_VISUAL_ONNX].sha256
+    assert a.files["line3.adapter_visual.onnx"].sha256 != b.files["other.adapter_visual.onnx"].sha256
 
 
 def test_broken_fp32_parity_fails_and_writes_nothing(workspace, monkeypatch):
@@ -216,7 +219,7 @@ def test_calibration_directory_and_count(workspace, tmp_path):
         (frames / image.name).write_bytes(image.read_bytes())
     out = tmp_path / "dir.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--calib", str(frames), "--out", str(out)]) == 0
-    report = json.loads((out / formats.REPORT_FILE).read_text())
+    report = adapter_report(out)
     assert report["quantization"]["vision"]["calibration_frames"] == 10 and str(frames) in report["inputs"]["calibration"]
 
 
@@ -265,7 +268,7 @@ def test_static_int8_below_the_cosine_floor_falls_back_to_dynamic_and_says_so(wo
     monkeypatch.setattr(parts, "VISION_STATIC_MIN_COSINE", 1.01)  # the measured condition, unreachable on purpose
     out = tmp_path / "dynamic.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--out", str(out), "--no-cache"]) == 0
-    report = json.loads((out / formats.REPORT_FILE).read_text())
+    report = adapter_report(out)
     vision = report["quantization"]["vision"]
     assert vision["method"] == "dynamic-qint8" and "static INT8 vision cosine" in vision["fallback_reason"]
     assert not report["tensorrt_compatibility"][formats.VISION_ONNX]["ok"]  # and the report says TRT can't take it
@@ -275,7 +278,7 @@ def test_static_int8_below_the_cosine_floor_falls_back_to_dynamic_and_says_so(wo
 def test_fp16_bundle(workspace, tmp_path):
     out = tmp_path / "fp16.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--precision", "fp16", "--out", str(out)]) == 0
-    report = json.loads((out / formats.REPORT_FILE).read_text())
+    report = adapter_report(out)
     assert read_manifest(out).files[formats.DECODER_ONNX].precision == "fp16"
     assert report["greedy"]["fp16"]["identical"] == report["greedy"]["fp16"]["prompts"]
     assert all(s["cosine_min"] > 0.999 for s in report["stages"])

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 import pytest
-from test_runtime_fixtures import cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from test_runtime_fixtures import adapter_report, cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
 from crome_cli.main import main
 from crome_edge.errors import CromeError
@@ -38,7 +38,7 @@ def bundle(tmp_path_factory):
 
 
 def _report(bundle) -> dict:
-    return json.loads((bundle / formats.REPORT_FILE).read_text())
+    return adapter_report(bundle)
 
 
 def test_export_measures_the_q8_0_blocks_on_the_c_path_with_the_int8_gates(bundle):
@@ -67,7 +67,7 @@ def test_verify_passes_and_measures_the_blocks(bundle, tmp_path, capsys):
     assert main(["verify", str(bundle), "--threads", "1", "--report", str(out)]) == 0
     table, _ = capsys.readouterr()
     assert "gate int8_stages: ok" in table and "gate int8_accuracy: ok" in table
-    report = json.loads(out.read_text())
+    (report,) = json.loads(out.read_text())["adapters"].values()  # the bundle's one adapter
     assert report["engine"]["decoder_backend"] == "c"
     decoder = [s for s in report["stages"] if s["stage"].startswith("decoder_")]
     assert {s["decoder"] for s in decoder} == {"c q8_0"} and all(s["min_cosine"] == 0.99 for s in decoder)

@@ -136,6 +136,14 @@ def test_a_version1_bundle_reads_into_one_adapter_that_answers_every_question(se
     assert info["format_version"] == 1 and info["adapters"][0]["route"] == {"questions": [], "patterns": ["(?s).*"]}
     assert main(["bundle", "list", str(old)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "colour"
+    # older still: no adapter.safetensors (before the C kernel existed): the adapter graphs run it
+    from test_runtime_fixtures import rewrite_manifest
+
+    (old / "adapter.safetensors").unlink()
+    rewrite_manifest(old, lambda m: m["files"].pop("adapter.safetensors"))
+    graphs = _engine(old)
+    assert graphs.adapter_backend == "onnx" and graphs.manifest.adapters[0].file("weights") is None
+    assert graphs.answer(image, OTHER_QUESTION).token_ids == engine.answer(image, OTHER_QUESTION).token_ids
 
 
 def test_one_vision_run_per_frame_shared_by_every_adapter(setup):

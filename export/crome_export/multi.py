@@ -105,11 +105,12 @@ def _strings(value) -> list[str] | None:
     return None
 
 
-def choose_route(name: str, trained: Route, patterns: dict, questions: dict) -> Route:
-    """--route / --route-question for `name` replace the training questions."""
+def choose_route(name: str, trained, patterns: dict, questions: dict) -> Route:
+    """--route / --route-question for `name` replace the training questions; trained() reads those only when
+    neither is given (the training data need not be at hand when the route is)."""
     if name in patterns or name in questions:
         return Route(questions.get(name, []), patterns.get(name, []))
-    return trained
+    return trained()
 
 
 def read_contents(path: Path, trained_routes: bool = True) -> Contents:
@@ -283,7 +284,7 @@ def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] |
     target = Path(config.out).expanduser().absolute()
     BundleWriter(target, config.force).check_target()
     planned = [AdapterEntry(name=n, sha256="", rank=1,
-                            route=choose_route(n, training_route(a, config.data), routes, questions))
+                            route=choose_route(n, lambda a=a: training_route(a, config.data), routes, questions))
                for n, a in zip(names, adapters)]  # overlaps refused before any export work
     _check_members([Member(e, {}, None) for e in planned])
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.members-", dir=target.parent) as work:
@@ -307,7 +308,7 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
     if len(existing) < len(current.members) and not replace:
         raise CromeError(f"the bundle already has an adapter named {name}; `bundle remove` it first, pass --replace, "
                          "or rename the new file")
-    route = choose_route(name, training_route(adapter, config.data), {name: patterns} if patterns else {},
+    route = choose_route(name, lambda: training_route(adapter, config.data), {name: patterns} if patterns else {},
                          {name: questions} if questions else {})
     problems = overlaps([m.entry for m in existing] + [AdapterEntry(name=name, sha256="", rank=1, route=route)])
     if problems:

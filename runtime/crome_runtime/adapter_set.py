@@ -69,6 +69,13 @@ def choose_backend(choice: str, bundle: Bundle, on_gpu: bool) -> str:
     return "c"
 
 
+def _graph(entry: AdapterEntry, role: str) -> str:
+    """An adapter's graph file (every adapter has both: the manifest reader refuses an entry without them)."""
+    name = entry.file(role)
+    assert name is not None, f"adapter {entry.name} has no {role} graph"
+    return name
+
+
 def _has_weights(bundle: Bundle, entry: AdapterEntry) -> bool:
     name = entry.file("weights")
     return name is not None and name in bundle.manifest.files and (bundle.path / name).is_file()
@@ -95,22 +102,22 @@ class AdapterSet:
         manifest = bundle.manifest
         adapters: dict[str, LoadedAdapter] = {}
         for entry in manifest.adapters:
-            fingerprint = tuple((role, manifest.files.get(name).sha256 if name in manifest.files else None)
+            fingerprint = tuple((role, manifest.files[name].sha256 if name in manifest.files else None)
                                 for role in REQUIRED_ROLES if (name := entry.file(role)) is not None)
             kept = previous._adapters.get(entry.name) if previous is not None else None
             if kept is not None and kept.fingerprint == fingerprint and (backend == "onnx" or kept.kernels is not None):
                 adapters[entry.name] = dataclasses.replace(kept, entry=entry)
                 continue
-            sessions = {m: open_session(bundle.path / entry.file(f"adapter_{m}")) for m in MODALITIES}
+            sessions = {m: open_session(bundle.path / _graph(entry, f"adapter_{m}")) for m in MODALITIES}
             signatures = dict(backbone)
             signatures.update({f"adapter_{m}": GraphSignature.of_session(s) for m, s in sessions.items()})
-            check_graphs(bundle, signatures, {role: entry.file(role) for role in GRAPH_ROLES})
+            check_graphs(bundle, signatures, {role: _graph(entry, role) for role in GRAPH_ROLES})
             kernels = None
             if backend == "c":
                 if not _has_weights(bundle, entry):
                     raise EngineError(f"adapter {entry.name} has no weights file (.safetensors), which the C adapter "
                                       "kernel this engine runs needs; re-export it")
-                kernels = load_c_adapter(bundle.path / entry.file("weights"), manifest.backbone.d_model)
+                kernels = load_c_adapter(bundle.path / str(entry.file("weights")), manifest.backbone.d_model)
             adapters[entry.name] = LoadedAdapter(entry, sessions, kernels, _caches(cache_sizes), fingerprint)
         frozen = previous._frozen if previous is not None else _caches(cache_sizes)
         new = cls(bundle, adapters, backend, frozen, cache_sizes)

@@ -34,7 +34,9 @@ META_BACKBONE_INFO = "backbone_info"  # JSON: the BackboneInfo the parts were tr
 
 # --- Bundle directory ---------------------------------------------------------------------------
 BUNDLE_FORMAT = "crome-bundle"
-BUNDLE_FORMAT_VERSION = 2  # the newest this runtime reads: 1 = one adapter, 2 = `adapters` (crome_runtime.adapters)
+# what every export writes and the newest this runtime reads: 2 = `adapters` (crome_runtime.adapters); a version-1
+# manifest (one adapter under the plain names) is read into the same model by crome_runtime.manifest, only there
+BUNDLE_FORMAT_VERSION = 2
 
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
@@ -50,6 +52,7 @@ EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the 
 VISION_ONNX = "vision.onnx"
 # The adapter is one graph per modality, so the runtime can run the text branch once per prompt (and
 # cache it) and the visual branch once per frame. Both are fp32 at every bundle precision (5·d·r params).
+# These are the roles' plain names: adapter NAME's files in a bundle are NAME.<plain name> (crome_runtime.adapters).
 ADAPTER_VISUAL_ONNX = "adapter_visual.onnx"
 ADAPTER_TEXT_ONNX = "adapter_text.onnx"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"  # the adapter's five tensors, for a native fused kernel
