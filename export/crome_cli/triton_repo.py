@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="the model repository to write (must not exist)")
     parser.add_argument("--variant", choices=("python", "gpu"),
                         help="python (default): one python-backend model running the bundle through the engine; "
-                             "gpu: vision and visual adapter as native onnxruntime/tensorrt models on GPU instances, "
-                             "the decode loop in python calling them over BLS")
+                             "gpu: vision and each adapter's visual branch as native onnxruntime/tensorrt models on GPU "
+                             "instances, the decode loop in python calling them over BLS")
     parser.add_argument("--gpu-backend", choices=("onnxruntime", "tensorrt"),
                         help="--variant gpu: the native models' backend (default onnxruntime; tensorrt: build the "
                              "plans on the server, see BUILD_TENSORRT.md)")
