@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.limits import MAX_TEXT_CHARS
-from crome_runtime.manifest import (AdapterSpec, BackboneSpec, BundleError, FileEntry, LlmSpec, Manifest,
-                                    check_file_name)
+from crome_runtime.adapters import GRAPH_ROLES, AdapterEntry, Route
+from crome_runtime.manifest import BackboneSpec, BundleError, FileEntry, LlmSpec, Manifest, check_file_name
 from crome_runtime.preprocess import ImageError, decode_image
 from crome_runtime.prompt import PromptTemplate
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header
@@ -44,18 +44,25 @@ JSON = st.recursive(
 )
 
 
-def _manifest() -> dict:
+def _manifest(version: int = 2) -> dict:
+    """A manifest document as crome-edge writes it (version 2), or as it wrote it before bundles held several
+    adapters (version 1: one `adapter` section), which the reader reads into the same model."""
     manifest = Manifest(
         backbone=BackboneSpec(name="tiny", architecture="instructblip", d_model=64, num_query_tokens=4, image_size=32,
                               instruction_aware=True, image_mean=(0.48, 0.45, 0.40), image_std=(0.26, 0.26, 0.27),
                               fingerprint="ab" * 32),
         llm=LlmSpec(num_layers=2, num_kv_heads=2, head_dim=16, vocab_size=259, max_position_embeddings=256),
-        adapter=AdapterSpec(name="line3", sha256="0" * 64, rank=16, training={"steps": 2}),
+        adapters=[AdapterEntry(name="line3", sha256="0" * 64, rank=16, route=Route(["Is it defective?"], ["Why .*"]),
+                               training={"steps": 2})],
         prompt=PromptTemplate("Question: {question} Answer:", "</s>", ("</s>",)),
         precision="fp32",
         files={formats.VISION_ONNX: FileEntry("1" * 64, 10, "fp32"), formats.TOKENIZER_FILE: FileEntry("2" * 64, 5, "data")},
     )
-    return json.loads(manifest.to_json())
+    document = json.loads(manifest.to_json())
+    if version == 1:
+        (entry,) = document.pop("adapters")
+        document.update(format_version=1, adapter={k: entry[k] for k in ("name", "sha256", "rank", "training")})
+    return document
 
 
 def _paths(value, prefix=()):
@@ -91,6 +98,11 @@ def _check_manifest(manifest: Manifest) -> None:
     assert manifest.generation.max_new_tokens >= 0
     for name in manifest.files:
         check_file_name(name)  # plain names only
+    assert len(set(manifest.adapter_names)) == len(manifest.adapters)  # one model, whatever the version read
+    for entry in manifest.adapters:
+        assert isinstance(entry.route, Route) and isinstance(entry.max_new_tokens, int)
+        for role in GRAPH_ROLES:
+            check_file_name(entry.file(role))
 
 
 @given(JSON)
@@ -110,9 +122,9 @@ def test_manifest_from_any_text(text):
         return  # refused with its own error type: the property holds
 
 
-@given(st.data(), JSON, st.booleans())
-def test_manifest_with_one_field_replaced_or_removed(data, replacement, delete):
-    document = _manifest()
+@given(st.data(), JSON, st.booleans(), st.sampled_from([1, 2]))
+def test_manifest_with_one_field_replaced_or_removed(data, replacement, delete, version):
+    document = _manifest(version)
     paths = [p for p in _paths(document) if p]
     path = data.draw(st.sampled_from(paths))
     document = _mutate(document, path, replacement, delete)
