@@ -211,7 +211,7 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
 
             with pytest.raises(CromeError, match="already has an adapter named warm"):
                 add_adapter(bundle, setup["warm"], config, quiet=True)
-            clash = work / "clash.safetensors"
+            clash = setup["warm"].with_name("clash.safetensors")  # beside it: its data path is relative to itself
             shutil.copyfile(setup["warm"], clash)
             with pytest.raises(CromeError, match=re.escape(f"{QUESTION!r} is routed to colour and to clash")):
                 add_adapter(bundle, clash, config, questions=[QUESTION], quiet=True)
@@ -223,8 +223,9 @@ def test_add_and_remove_are_atomic_and_refusals_leave_the_bundle_unchanged(setup
             with pytest.raises(CromeError, match="trained for backbone tiny .*fingerprint"):
                 add_adapter(bundle, foreign, config, quiet=True)
             assert (bundle / "manifest.json").read_bytes() == before
-            assert sorted(p.name for p in work.iterdir()) == ["clash.safetensors", "colour.bundle", "cut.safetensors",
+            assert sorted(p.name for p in work.iterdir()) == ["colour.bundle", "cut.safetensors",
                                                               "foreign.safetensors"]  # nothing left behind
+            clash.unlink()
     remove_adapter(bundle, "colour")
     assert [a["name"] for a in _manifest(bundle)["adapters"]] == ["warm"]
     assert not (bundle / "colour.adapter_visual.onnx").exists()

@@ -66,9 +66,12 @@ def fold_pads_into_convs(path: Path) -> int:
 
     options = ort.SessionOptions()  # basic level: constant folding only, nothing tied to this machine's CPU
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3  # its notes on the initializers it drops are not for the user
     options.optimized_model_filepath = str(path)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
+    ort.set_default_logger_severity(3)  # its notes on the initializers it drops are not for the user
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
     model = onnx.load(str(path))
     graph = model.graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
