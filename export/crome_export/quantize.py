@@ -37,7 +37,7 @@ import onnx
 STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
 # The INT8 vision recipe (part of the export cache key): change the name when what it builds changes.
 VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
-VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7"  # graphs with a convolutional tower (_quantize_conv_tower)
+VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7-mm"  # graphs with a convolutional tower (_quantize_conv_tower)
 CONV_TOWER_MIN_CONVS = 8  # a ViT has one (patch) conv; smol's eye 33
 TOWER_OP_TYPES = ("Clip", "Relu", "Add")
 VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (parts.py)
@@ -141,30 +141,35 @@ def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dic
     """The conv recipe: the tower's Conv, ReLU6 (Clip) and residual Add nodes fully in QDQ (inputs *and* outputs), so
     ONNX Runtime runs them as QLinearConv/QLinearAdd end to end; uint8 activations (asymmetric: ReLU6 maps are
     non-negative, and u8 x s8 is the fast int8 product on x86 and ARM) and the same per-channel 7-bit symmetric
-    weights as the MatMul recipe (reduce_range: no int16 saturation on CPUs without VNNI). The Q-Former after the
-    tower stays float: quantising its MatMuls too measured slower. Measured on smol's eye, one thread, AVX-512 VNNI:
-    inputs-only QDQ (the MatMul recipe) ran 2.7x *slower* than FP32 (float convs between Q/DQ pairs); symmetric int8
-    activations 1.3x slower (ORT's s8s8 QLinearConv on x86); this recipe 1.8x faster (benchmarks/RESULTS.md)."""
+    weights as the MatMul recipe (reduce_range: no int16 saturation on CPUs without VNNI). The Q-Former's MatMuls
+    after the tower get Q/DQ on their inputs only (ONNX Runtime fuses them to MatMulIntegerToFloat; with outputs
+    quantised too they measured slower). Measured on smol's vision graph, one thread, AVX-512 VNNI: inputs-only QDQ
+    on convs (the MatMul recipe) ran 2.7x *slower* than FP32 (float convs between Q/DQ pairs); symmetric int8
+    activations 1.3x slower (ORT's s8s8 QLinearConv on x86); the tower alone in u8 2.1x faster, with the MatMul
+    inputs too 2.3x (benchmarks/RESULTS.md)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with _scratch_dir() as tmp:
         prepared = tmp / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared)).graph
         tower = conv_tower_nodes(onnx.load(str(prepared)))
+        matmuls = [node.name for node in graph.node if node.op_type == "MatMul"]
         quantize_static(
             str(prepared), str(target), _FeedsReader(calibration_feeds),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", *TOWER_OP_TYPES], nodes_to_quantize=tower,
-            per_channel=True, reduce_range=True,
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", *TOWER_OP_TYPES, "MatMul"],
+            nodes_to_quantize=tower + matmuls, per_channel=True, reduce_range=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True, "QuantizeBias": False},
+            extra_options={"WeightSymmetric": True, "QuantizeBias": False,
+                           "OpTypesToExcludeOutputQuantization": ["MatMul"]},  # the Q-Former's MatMuls: inputs only
         )
     return {
         "method": "static-qdq",
-        "op_types": ["Conv", *TOWER_OP_TYPES],
-        "nodes": len(tower),
-        "activations": "uint8 asymmetric per-tensor (MinMax), convolutional tower only",
+        "op_types": ["Conv", *TOWER_OP_TYPES, "MatMul"],
+        "nodes": len(tower) + len(matmuls),
+        "activations": "uint8 asymmetric per-tensor (MinMax): the convolutional tower end to end, MatMul inputs",
         "weights": "int8 symmetric per-channel, 7-bit range [-64, 64] (reduce_range)",
         "recipe": VISION_INT8_CONV_RECIPE,
         "calibration_batches": len(calibration_feeds),
