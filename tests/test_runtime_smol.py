@@ -47,7 +47,7 @@ def test_smol_line3_fp32_equals_pytorch_and_the_report(smol):
     from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 
     engine = Engine.load(smol["bundle"], EngineConfig(threads=1))
-    report = engine.bundle.report
+    report = engine.bundle.report["adapters"]["line3"]  # every export writes the several-adapters layout
     backbone = load_backbone(smol["meta"].backbone_name)
     adapter, _ = load_adapter(smol["adapter"], backbone)
     model = CromeModel(backbone, adapter.eval()).eval()
@@ -78,11 +78,12 @@ def test_smol_run_cli_streams_an_answer(smol, capsys):
 
 def test_smol_acceptance_set_ships_under_2_mb_and_verify_passes(smol, capsys):
     from crome_cli.main import main
-    from crome_runtime import formats
+    from crome_runtime.adapters import file_name
     from crome_runtime.manifest import read_manifest
 
     files = read_manifest(smol["bundle"], verify=False).files
-    assert files[formats.ACCEPTANCE_FILE].bytes + files[formats.ACCEPTANCE_ARRAYS].bytes < 2_000_000
+    json_name, arrays_name = file_name("line3", "acceptance"), file_name("line3", "acceptance_arrays")
+    assert files[json_name].bytes + files[arrays_name].bytes < 2_000_000
     assert main(["verify", str(smol["bundle"]), "--threads", "1"]) == 0
     table = capsys.readouterr().out
     assert "gate fp32_parity: ok" in table and "measured on: " in table
