@@ -88,13 +88,19 @@ def write_folders(wheel: Path, items: list[tuple[str, str]], out: Path) -> Path:
     return out
 
 
-def elpv_sets(work: Path, sizes: list[int], n_test: int, seed: int) -> tuple[dict[int, Path], Path, Counter]:
+def elpv_wheel(work: Path) -> Path:
+    """The pinned ELPV wheel in `work/wheel/`, downloaded once (pip download --no-deps) and checked every time."""
     wheel_dir = work / "wheel"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheel = wheel_dir / ELPV.wheel_name
     if not wheel.is_file():
         ELPV.download(wheel_dir)
     ELPV.check(wheel)
+    return wheel
+
+
+def elpv_sets(work: Path, sizes: list[int], n_test: int, seed: int) -> tuple[dict[int, Path], Path, Counter]:
+    wheel = elpv_wheel(work)
     items = elpv_labels(wheel)
     rng = np.random.default_rng(seed)
     order = [items[i] for i in rng.permutation(len(items))]

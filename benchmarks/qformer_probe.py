@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import crome_runtime.preprocess  # noqa: E402,F401  (before cv2: its decoders then enforce the pixel limit)
-from data_efficiency import ELPV, elpv_labels  # noqa: E402
+from data_efficiency import elpv_labels, elpv_wheel  # noqa: E402
 
 
 def features(items: list[tuple[str, str]], wheel: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -74,12 +74,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    wheel_dir = args.work / "wheel"
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    wheel = wheel_dir / ELPV.wheel_name
-    if not wheel.is_file():
-        ELPV.download(wheel_dir)
-    ELPV.check(wheel)
+    wheel = elpv_wheel(args.work)
     items = elpv_labels(wheel)
     order = np.random.default_rng(args.seed).permutation(len(items))[: args.train + args.test]
     chosen = [items[i] for i in order]
