@@ -180,11 +180,12 @@ def markdown(result: dict) -> str:
     lines = [HEADING, "", f"`{result['command']}` on {result['machine']} ({result['date']}); adapter r=64, "
              f"{result['steps']} steps of batch 16, lr 2e-3, everything else frozen; exact-match accuracy on held-out "
              "images, through `crome-edge train` / `crome-edge eval`.", ""]
-    sizes = [p["n"] for p in next(iter(result["tasks"].values()))["points"]]
+    sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
     lines.append("| task | held out | majority class | frozen backbone | " + " | ".join(f"N={n}" for n in sizes) + " |")
     lines.append("|---|---|---|---|" + "---|" * len(sizes))
     for name, task in result["tasks"].items():
-        cells = " | ".join(f"{p['accuracy'] * 100:.1f}%" for p in task["points"])
+        got = {p["n"]: p["accuracy"] for p in task["points"]}
+        cells = " | ".join(f"{got[n] * 100:.1f}%" if n in got else "not run" for n in sizes)
         lines.append(f"| {name} (\"{task['question']}\") | {task['test_n']} | {task['chance'] * 100:.1f}% | "
                      f"{task['frozen'] * 100:.1f}% | {cells} |")
     lines += ["", "![data efficiency](data_efficiency.png)", ""]
@@ -201,6 +202,9 @@ def plot(result: dict, path: Path) -> None:
         line, = ax.plot([p["n"] for p in points], [100 * p["accuracy"] for p in points], marker="o", label=name)
         ax.axhline(100 * task["chance"], color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training examples (adapter only)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
