@@ -104,7 +104,9 @@ class CromeModel(nn.Module):
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions
         ).last_hidden_state  # (B, L, d)
         # Logits only where an answer token is predicted: the position before each answer token.
-        batch_index, source_index, targets = [], [], []
+        batch_index: list[int] = []
+        source_index: list[int] = []
+        targets: list[torch.Tensor] = []
         for b, (p, a) in enumerate(zip(prefixes, answer_ids)):
             start = p.shape[0] - 1
             batch_index += [b] * len(a)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer
@@ -16,6 +17,9 @@ from torch import nn
 
 from crome_runtime.manifest import BackboneSchema, BackboneSpec
 from crome_runtime.prompt import PromptTemplate, instruction_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -148,7 +152,7 @@ class CromeBackbone(nn.Module):
         return f"{self.info.name} (d={self.info.d_model}, fingerprint {self.fingerprint()[:12]}…)"
 
 
-def llm_context_length(llm: nn.Module) -> int:
+def llm_context_length(llm: PreTrainedModel) -> int:
     """A decoder LLM's context in positions, from its HF config (2048 where the config does not say); the exported
     decoder's manifest records the same number (crome_export.decoder.DecoderDims)."""
     return int(getattr(llm.config, "max_position_embeddings", 2048))
@@ -160,7 +164,7 @@ class BackboneParts:
     query_tokens: nn.Parameter  # (1, Nq, Dq)
     qformer: nn.Module
     projection: nn.Module
-    llm: nn.Module  # a Hugging Face decoder-only CausalLM
+    llm: PreTrainedModel  # a Hugging Face decoder-only CausalLM
 
 
 def tensor_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer
@@ -11,6 +12,9 @@ from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, CromeBackbone
 from crome_edge.backbones.tiny import from_instructblip_model
 from crome_edge.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 SUPPORTED_ARCHITECTURES = ("blip-2", "instructblip")
 DECODER_ONLY_LLMS = ("llama", "opt", "mistral", "qwen2")
@@ -44,10 +48,10 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
     qformer_tokenizer = None
     if model_type == "instructblip":
         qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
-    if model_type == "instructblip":
-        from transformers import InstructBlipForConditionalGeneration as Model
-    else:
-        from transformers import Blip2ForConditionalGeneration as Model
+    from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration, PreTrainedModel
+
+    Model: type[PreTrainedModel] = (InstructBlipForConditionalGeneration if model_type == "instructblip"
+                                    else Blip2ForConditionalGeneration)
     try:
         model = Model.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:  # unreadable, truncated or mis-shaped weight files
@@ -134,8 +138,17 @@ def _rebuild_config(backbone: CromeBackbone):
 
     Config = InstructBlipConfig if backbone.info.instruction_aware else Blip2Config
     return Config(
-        vision_config=backbone.vision.config.to_dict(),
-        qformer_config=backbone.qformer.config.to_dict(),
+        vision_config=_hf_config(backbone.vision).to_dict(),
+        qformer_config=_hf_config(backbone.qformer).to_dict(),
         text_config=backbone.llm.config.to_dict(),
         num_query_tokens=backbone.info.num_query_tokens,
     )
+
+
+def _hf_config(module: torch.nn.Module) -> PretrainedConfig:
+    """The Hugging Face config a part of a BLIP-2/InstructBLIP backbone carries."""
+    from transformers import PretrainedConfig
+
+    config = module.config
+    assert isinstance(config, PretrainedConfig), f"{type(module).__name__} is not a Hugging Face model part"
+    return config

@@ -36,7 +36,7 @@ def trained_parts(backbone: CromeBackbone) -> tuple[str, ...]:
 
 
 def parts_state(backbone: CromeBackbone) -> dict[str, torch.Tensor]:
-    state = {"query_tokens": backbone.query_tokens}
+    state: dict[str, torch.Tensor] = {"query_tokens": backbone.query_tokens}
     for part in trained_parts(backbone):
         for name, tensor in getattr(backbone, part).state_dict().items():
             state[f"{part}.{name}"] = tensor

@@ -58,6 +58,7 @@ class LiteEye(nn.Module):
     from the model store (`stored_weights`: backbone-parts files do not carry them)."""
 
     stored_weights = True
+    positions: torch.Tensor  # (T, 6) buffer
 
     def __init__(self, encoder: EfficientNetLite0, image_size: int = IMAGE_SIZE):
         super().__init__()

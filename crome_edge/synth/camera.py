@@ -209,12 +209,13 @@ def write_video(
     camera = SyntheticCamera(fps=fps, size=size, seed=seed, realtime=False)
     scenes: list[SceneInfo | None] = []
     with atomic_path(path, suffix=path.suffix) as tmp:  # OpenCV picks the container by the suffix
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (camera.width, camera.height))
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*codec), float(fps), (camera.width, camera.height))
         try:
             if not writer.isOpened():
                 raise CromeError(f"OpenCV cannot write {codec} video to {path}")
             for _ in range(frames):
                 _, frame = camera.read()
+                assert frame is not None  # no max_frames: a synthetic camera always has the next frame
                 writer.write(frame)
                 scenes.append(camera.current_scene())
         finally:

@@ -96,12 +96,14 @@ def _write_into(tmp: Path, out: Path, config: SynthConfig, seeds: range) -> Synt
     with open(tmp / DATA_FILE, "w", encoding="utf-8") as data, open(tmp / SCENES_FILE, "w", encoding="utf-8") as scenes:
         last_seed = None
         for sample in iter_samples(config.task, seeds, config.size, config.questions):
-            name = f"{IMAGES_DIR}/{sample.scene.seed - seeds.start:06d}.png"  # frame i of the dataset
-            if sample.scene.seed != last_seed:  # first sample of a new frame
+            seed = sample.scene.seed
+            assert seed is not None  # every sample is rendered from its seed
+            name = f"{IMAGES_DIR}/{seed - seeds.start:06d}.png"  # frame i of the dataset
+            if seed != last_seed:  # first sample of a new frame
                 if not cv2.imwrite(str(tmp / name), sample.image):
                     raise CromeError(f"OpenCV could not write {tmp / name} (is the disk full?); nothing was written")
                 scenes.write(json.dumps({"image": name, **sample.scene.to_dict()}) + "\n")
-                last_seed = sample.scene.seed
+                last_seed = seed
             data.write(json.dumps({"image": name, "question": sample.question, "answer": sample.answer}) + "\n")
             samples += 1
             if sample.question != Q_CAPTION:  # closed-vocabulary answers only

@@ -81,7 +81,8 @@ def _colour(rng: np.random.Generator, exclude: str | None = None) -> tuple[str, 
     names = [n for n in GENERAL_COLOURS if n != exclude]
     name = names[int(rng.integers(len(names)))]
     jitter = rng.integers(-15, 16, 3)
-    return name, tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(GENERAL_COLOURS[name], jitter))
+    b, g, r = (int(np.clip(c + j, 0, 255)) for c, j in zip(GENERAL_COLOURS[name], jitter))
+    return name, (b, g, r)
 
 
 def _background(rng: np.random.Generator, size: int, muted: bool) -> tuple[np.ndarray, str]:
@@ -205,13 +206,13 @@ def _render_text(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
     (w, h), base = cv2.getTextSize(text, font, scale, thickness)
     x = int(rng.uniform(2, max(3, size - w - 2)))
     y = int(rng.uniform(h + 2, max(h + 3, size - base - 2)))
-    layer = np.zeros(frame.shape, np.uint8)
+    canvas = np.zeros(frame.shape, np.uint8)
     ink = np.zeros(frame.shape[:2], np.uint8)
     _, colour = _colour(rng)
-    cv2.putText(layer, text, (x, y), font, scale, tuple(float(c) for c in colour), thickness, cv2.LINE_AA)
+    cv2.putText(canvas, text, (x, y), font, scale, tuple(float(c) for c in colour), thickness, cv2.LINE_AA)
     cv2.putText(ink, text, (x, y), font, scale, 255, thickness, cv2.LINE_AA)
     tilt = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-12, 12), 1.0)
-    layer = cv2.warpAffine(layer, tilt, (size, size)).astype(np.float32)
+    layer = cv2.warpAffine(canvas, tilt, (size, size)).astype(np.float32)
     alpha = cv2.warpAffine(ink, tilt, (size, size)).astype(np.float32)[..., None] / 255
     # ink must stand out from the background: push it away from the local background brightness
     if np.abs(layer.mean(-1) - frame.mean(-1))[alpha[..., 0] > 0.5].mean() < 60:

@@ -61,8 +61,8 @@ def iter_samples(
     if task == "general":
         for seed in seeds:
             image, general = render_general(seed, size)
-            asked = general.qa if questions == "all" else (general.qa[seed // 3 % len(general.qa)],)
-            for question, reply in asked:
+            pairs = general.qa if questions == "all" else (general.qa[seed // 3 % len(general.qa)],)
+            for question, reply in pairs:
                 yield Sample(image, question, reply, general)
         return
     for seed in seeds:

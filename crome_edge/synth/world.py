@@ -163,17 +163,22 @@ def sample_labels(rng: np.random.Generator) -> tuple[str, str, str]:
     return kind, colour, defect
 
 
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
 def sample_look(rng: np.random.Generator, scale: float) -> Look:
     """Belt, light and sensor for one scene; `scale` is frame side / 128 (sizes grow with it)."""
     return Look(
         belt_grey=float(rng.uniform(95, 145)),
-        belt_tint=tuple(float(v) for v in rng.uniform(-6, 6, 3)),
+        belt_tint=_triple(rng.uniform(-6, 6, 3)),
         stripe_period=float(rng.uniform(8, 16) * scale),
         stripe_width=float(rng.uniform(0.25, 0.5)),
         stripe_phase=float(rng.uniform(0, 1)),
         stripe_delta=float(rng.uniform(-28, -12)),
         gain=float(rng.uniform(0.78, 1.18)),
-        tint=tuple(float(v) for v in rng.uniform(0.93, 1.07, 3)),
+        tint=_triple(rng.uniform(0.93, 1.07, 3)),
         light_angle=float(rng.uniform(0, 2 * math.pi)),
         light_slope=float(rng.uniform(0.0, 0.25)),
         shadow_px=float(rng.uniform(1.5, 3.5) * scale),

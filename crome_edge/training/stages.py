@@ -128,12 +128,12 @@ class PretrainStage:
     def param_groups(self) -> list[dict]:
         lr, encoder_lr = self.config.learning_rate, self.config.encoder_learning_rate
         groups = [
-            {"name": "query_tokens", "params": [self.trainable.query_tokens], "lr": encoder_lr},
-            {"name": "qformer", "params": list(self.trainable.qformer.parameters()), "lr": encoder_lr},
-            {"name": "projection", "params": list(self.trainable.projection.parameters()), "lr": lr},
-        ]
+            {"name": "query_tokens", "params": [self.backbone.query_tokens], "lr": encoder_lr},
+            {"name": "qformer", "params": list(self.backbone.qformer.parameters()), "lr": encoder_lr},
+            {"name": "projection", "params": list(self.backbone.projection.parameters()), "lr": lr},
+        ]  # the very modules `trainable` holds
         if self.config.train_vision:
-            groups.append({"name": "vision", "params": list(self.trainable.vision.parameters()), "lr": encoder_lr})
+            groups.append({"name": "vision", "params": list(self.backbone.vision.parameters()), "lr": encoder_lr})
         return groups
 
     @torch.no_grad()
@@ -183,4 +183,5 @@ class PretrainStage:
         save_backbone_parts(path, self.backbone, self.config.save_dtype, training=training)
 
 
-STAGE_CLASSES = {"finetune": FinetuneStage, "pretrain": PretrainStage}
+Stage = FinetuneStage | PretrainStage
+STAGE_CLASSES: dict[str, type[Stage]] = {"finetune": FinetuneStage, "pretrain": PretrainStage}

@@ -33,7 +33,7 @@ from crome_edge.training.checkpoint import (
 )
 from crome_edge.training.config import AUGMENTS, STAGES, TrainConfig
 from crome_edge.training.distributed import DistContext, init_distributed, pick_device, shutdown_distributed
-from crome_edge.training.stages import STAGE_CLASSES
+from crome_edge.training.stages import STAGE_CLASSES, Stage
 
 LOSS_WINDOW = 20  # steps averaged for the progress bar and the curve's first/last values
 
@@ -63,7 +63,7 @@ class TrainResult:
 class _Objective(nn.Module):
     """What DDP wraps: exactly the trained modules; forward runs the stage's loss around them."""
 
-    def __init__(self, stage):
+    def __init__(self, stage: Stage):
         super().__init__()
         self.trainable = stage.trainable
         self.stage = stage  # not an nn.Module: not registered, so DDP sees only the trained parameters
@@ -81,8 +81,12 @@ class Trainer:
         on_step: Callable[[int, float], None] | None = None,
     ):
         self.config = config
-        self.backbone = backbone
-        self.dataset = dataset
+        self.backbone: CromeBackbone  # given, or loaded by setup()
+        self.dataset: Dataset  # given, or read by setup()
+        if backbone is not None:
+            self.backbone = backbone
+        if dataset is not None:
+            self.dataset = dataset
         self.on_step = on_step  # called after every optimizer step with (step, loss)
         self.ready = False
 
@@ -129,7 +133,7 @@ class Trainer:
         return decide_bf16(True, self.device.type, features(), cpu_model=f"this CPU ({describe_cpu()['model']})")
 
     def _load_data(self) -> None:
-        if self.dataset is None:
+        if not hasattr(self, "dataset"):
             self.dataset = load_dataset(self.config.data, question=self.config.question)
         self.train_samples, self.val_samples = split_dataset(
             self.dataset.samples, self.config.val_fraction, self.config.seed
@@ -146,7 +150,7 @@ class Trainer:
 
     def _load_backbone(self) -> None:
         """Loads the backbone unless one was given (a given one is moved to the run's device)."""
-        if self.backbone is None:
+        if not hasattr(self, "backbone"):
             from crome_edge.backbones.registry import load_backbone
 
             self.backbone = load_backbone(self.config.backbone)
@@ -194,7 +198,7 @@ class Trainer:
     def _build_stage(self) -> None:
         """The stage (what is trained), its caches, the DDP wrapper and the optimizer (a group per module)."""
         pixels = PixelStore.for_backbone(self.backbone.info)
-        self.stage = STAGE_CLASSES[self.config.stage](self.backbone, self.config, pixels, self.device)
+        self.stage: Stage = STAGE_CLASSES[self.config.stage](self.backbone, self.config, pixels, self.device)
         self.stage.prepare(self.train_samples + self.val_samples)  # checks every image, caches what it can
         self.objective = _Objective(self.stage)
         self.model_for_step: nn.Module = self.objective
@@ -238,11 +242,11 @@ class Trainer:
         for flag, value in (("--lr", config.learning_rate), ("--encoder-lr", config.encoder_learning_rate)):
             if not (math.isfinite(value) and value > 0):
                 raise CromeError(f"{flag} must be a finite number > 0, got {value}")
-        for flag, value, minimum in (("--warmup-steps", config.warmup_steps, 0), ("--threads", config.threads, 1),
+        for flag, count, minimum in (("--warmup-steps", config.warmup_steps, 0), ("--threads", config.threads, 1),
                                      ("--max-new-tokens", config.max_new_tokens, 1),
                                      ("--checkpoint-every", config.checkpoint_every, 0)):
-            if value is not None and value < minimum:
-                raise CromeError(f"{flag} must be a whole number >= {minimum}, got {value}")
+            if count is not None and count < minimum:
+                raise CromeError(f"{flag} must be a whole number >= {minimum}, got {count}")
         if config.resume and not config.checkpoint_path.is_file():
             raise CromeError(
                 f"--resume: no checkpoint at {config.checkpoint_path} (pass --checkpoint PATH, or drop --resume to start over)"
@@ -337,8 +341,8 @@ class Trainer:
             + (f"; resuming at step {self.step}" if self.step else "")
         )
         if self.history["initial"] is None and self.val_samples:
-            self.history["initial"] = self.validate()
-            self._log(f"before training: {_describe(self.history['initial'])}")
+            initial = self.history["initial"] = self.validate()
+            self._log(f"before training: {_describe(initial)}")
         bar = self._progress_bar()
         run_samples, run_started = 0, time.perf_counter()
         self.stage.train()

@@ -95,7 +95,8 @@ def from_gguf(gguf_path: Path, llm, gguf_sha256: str | None = None) -> DecoderBl
     dims = dims_of(llm)
     reader = gguf.GGUFReader(str(gguf_path))
     found = {t.name: t for t in reader.tensors}
-    tensors, qtypes = {}, {}
+    tensors: dict[str, np.ndarray] = {}
+    qtypes: dict[str, str] = {}
 
     def take(gguf_name: str, name: str, heads: int | None = None) -> None:
         t = found.get(gguf_name)

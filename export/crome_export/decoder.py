@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from torch import nn
 from crome_edge.backbones.base import llm_context_length
 from crome_export.torch_export import eager_attention, export_onnx
 from crome_runtime import formats
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class DecoderDims:
     max_position_embeddings: int
 
     @classmethod
-    def of(cls, llm: nn.Module) -> "DecoderDims":
+    def of(cls, llm: PreTrainedModel) -> "DecoderDims":
         config = llm.config
         heads = config.num_attention_heads
         return cls(
@@ -76,7 +80,7 @@ def additive_attention_mask(attention_mask: torch.Tensor, position_ids: torch.Te
 
 
 class _DecoderStep(nn.Module):
-    def __init__(self, llm: nn.Module, num_layers: int):
+    def __init__(self, llm: PreTrainedModel, num_layers: int):
         super().__init__()
         self.llm = llm
         self.num_layers = num_layers
@@ -103,7 +107,7 @@ class _DecoderStep(nn.Module):
         return (logits, *present)
 
 
-def export_decoder(llm: nn.Module, path: Path, opset: int) -> DecoderDims:
+def export_decoder(llm: PreTrainedModel, path: Path, opset: int) -> DecoderDims:
     dims = DecoderDims.of(llm)
     batch, past, step = 2, 3, 4  # S > 1 so that no decode-only (S == 1) branch is traced in
     generator = torch.Generator().manual_seed(0)
@@ -129,7 +133,7 @@ def export_decoder(llm: nn.Module, path: Path, opset: int) -> DecoderDims:
     return dims
 
 
-def save_embeddings(llm: nn.Module, path: Path) -> None:
+def save_embeddings(llm: PreTrainedModel, path: Path) -> None:
     """The frozen LLM's input-embedding table, (vocab, d) float32 .npy (the runtime gathers rows)."""
-    table = llm.get_input_embeddings().weight.detach().to(torch.float32).cpu().numpy()
+    table = llm.get_input_embeddings().get_parameter("weight").detach().to(torch.float32).cpu().numpy()
     np.save(path, np.ascontiguousarray(table))

@@ -30,20 +30,23 @@ class EngineLimits:
     max_total_tokens: int = 512  # prefix + generated tokens (decoder KV length)
 
 
-def engine_profiles(manifest, limits: EngineLimits) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
+Shapes = tuple[tuple[int, ...], ...]  # one input's (min, opt, max) shapes
+
+
+def engine_profiles(manifest, limits: EngineLimits) -> dict[str, dict[str, Shapes]]:
     """graph file (the vision graph, every adapter's two graphs, the decoder) -> input name -> (min, opt, max) shapes
     for one TensorRT optimisation profile."""
     b, llm = manifest.backbone, manifest.llm
     batch = (1, max(1, limits.max_batch // 2), limits.max_batch)
     size, d, nq = b.image_size, b.d_model, b.num_query_tokens
-    vision = {formats.IN_PIXEL_VALUES: tuple((n, 3, size, size) for n in batch)}
+    vision: dict[str, Shapes] = {formats.IN_PIXEL_VALUES: tuple((n, 3, size, size) for n in batch)}
     if b.instruction_aware:
         lengths = (1, max(1, b.max_instruction_tokens // 2), b.max_instruction_tokens)
         for name in (formats.IN_INSTRUCTION_IDS, formats.IN_INSTRUCTION_MASK):
             vision[name] = tuple((n, length) for n, length in zip(batch, lengths))
     prefill = nq + limits.max_prompt_tokens
     total = limits.max_total_tokens
-    decoder = {
+    decoder: dict[str, Shapes] = {
         formats.IN_INPUTS_EMBEDS: ((1, 1, d), (batch[1], 1, d), (batch[2], prefill, d)),
         formats.IN_ATTENTION_MASK: ((1, 1), (batch[1], prefill), (batch[2], total)),
         formats.IN_POSITION_IDS: ((1, 1), (batch[1], 1), (batch[2], prefill)),
@@ -51,7 +54,7 @@ def engine_profiles(manifest, limits: EngineLimits) -> dict[str, dict[str, tuple
     for i in range(llm.num_layers):
         for name in (formats.past_key_name(i), formats.past_value_name(i)):
             decoder[name] = tuple((n, llm.num_kv_heads, p, llm.head_dim) for n, p in zip(batch, (0, prefill, total - 1)))
-    adapter = {"adapter_visual": {formats.IN_ADAPTER_X: tuple((n, nq, d) for n in batch)},
+    adapter: dict[str, dict[str, Shapes]] = {"adapter_visual": {formats.IN_ADAPTER_X: tuple((n, nq, d) for n in batch)},
                "adapter_text": {formats.IN_ADAPTER_X: ((1, 1, d), (1, 32, d), (batch[2], limits.max_prompt_tokens, d))}}
     profiles = {formats.VISION_ONNX: vision}
     for entry in manifest.adapters:  # each adapter's two graphs

@@ -105,7 +105,8 @@ def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bo
     else:
         evaluation, has_answers = [], False
         evaluation_source = f"{SYNTHETIC_EVAL_FRAMES} synthetic conveyor frames x {len(DEFAULT_QUESTIONS)} default questions (no labels)"
-    pixels, rendered = _preprocess(calibration + evaluation, info), {}
+    pixels = _preprocess(calibration + evaluation, info)
+    rendered: dict[Path, np.ndarray] = {}
     if not evaluation:
         evaluation, synthetic, rendered = _synthetic_samples(info)
         pixels.update(synthetic)

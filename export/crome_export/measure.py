@@ -39,8 +39,8 @@ def decoder_int8(backbone_spec: str, threads: int, repeats: int) -> dict:
 
     backbone = load_backbone(backbone_spec)
     out: dict = {"backbone": backbone.info.name, "threads": threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         t = time.perf_counter()
         dims = export_decoder(backbone.llm, tmp / "fp32.onnx", 18)
         out["fp32_export_s"] = round(time.perf_counter() - t, 2)
@@ -67,7 +67,7 @@ def decoder_int8(backbone_spec: str, threads: int, repeats: int) -> dict:
                     attribute.i = 0
         onnx.save(model, str(tmp / "matmulnbits8_acc0.onnx"))
         variants["matmulnbits8_acc0"] = tmp / "matmulnbits8_acc0.onnx"
-        embeddings = backbone.llm.get_input_embeddings().weight.detach().numpy()
+        embeddings = backbone.llm.get_input_embeddings().get_parameter("weight").detach().numpy()
         rng = np.random.default_rng(0)
         names = decoder_input_names(dims.num_layers)
         prompts = [rng.integers(100, dims.vocab_size - 100, 40) for _ in range(4)]
@@ -88,7 +88,7 @@ def decoder_int8(backbone_spec: str, threads: int, repeats: int) -> dict:
             timing_feeds[name] = (prefill, feeds(embeddings[[7]][None], np.ones((1, 41), np.int64), past))
             out[name] = {"bytes": path.stat().st_size}
         # Interleaved rounds (every variant once per round), so load from other processes hits all alike.
-        samples = {name: {"prefill": [], "decode": []} for name in variants}
+        samples: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "decode": []} for name in variants}
         for _ in range(repeats):
             for name, session in sessions.items():
                 prefill, step = timing_feeds[name]
@@ -133,8 +133,8 @@ def export_times(backbone_spec: str, precision: str) -> dict:
 
     backbone = load_backbone(backbone_spec)
     out: dict = {"backbone": backbone_spec, "precision": precision}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         frames = tmp / "frames"
         frames.mkdir()
         import cv2

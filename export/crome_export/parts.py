@@ -86,7 +86,7 @@ def _cached(cache: PartsCache, fields: dict, builder, say) -> tuple[Path, dict, 
 
 
 def _build_fp32(backbone, directory: Path, opset: int, say) -> dict:
-    notes = {}
+    notes: dict[str, object] = {}
     t = time.perf_counter()
     say("vision encoder + Q-Former + projection -> ONNX (FP32)")
     export_vision(backbone, directory / formats.VISION_ONNX, opset)
@@ -115,20 +115,21 @@ def _build_int8(fp32_dir: Path, directory: Path, feeds, decoder_method: str, say
                 fallback: StaticInt8BelowThreshold | None) -> dict:
     """fallback: None builds the static recipe (raising StaticInt8BelowThreshold when it measures too low),
     else the dynamic one, recording why."""
-    notes = {}
+    notes: dict[str, object] = {}
     t = time.perf_counter()
     source, target = fp32_dir / formats.VISION_ONNX, directory / formats.VISION_ONNX
     if fallback is None:
         say(f"vision INT8: static QDQ calibrated on {sum(len(f[formats.IN_PIXEL_VALUES]) for f in feeds)} frames")
-        notes["vision"] = quantize.quantize_vision_static(source, target, feeds)
+        vision = quantize.quantize_vision_static(source, target, feeds)
         cosine = _ort_cosine(source, target, feeds)
         if cosine < VISION_STATIC_MIN_COSINE:
             raise StaticInt8BelowThreshold(cosine)
     else:
-        notes["vision"] = quantize.quantize_vision_dynamic(source, target)
-        notes["vision"].update(fallback_reason=str(fallback), static_cosine_min=round(fallback.cosine, 6))
+        vision = quantize.quantize_vision_dynamic(source, target)
+        vision.update(fallback_reason=str(fallback), static_cosine_min=round(fallback.cosine, 6))
         cosine = _ort_cosine(source, target, feeds)
-    notes["vision"]["calibration_cosine_min"] = round(cosine, 6)
+    vision["calibration_cosine_min"] = round(cosine, 6)
+    notes["vision"] = vision
     notes["vision_quantize_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     say(f"decoder INT8 ({decoder_method})")

@@ -19,7 +19,8 @@ from torch import nn
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Switches every Hugging Face config under `model` to eager attention, restoring it afterwards."""
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    configs = {id(config): config for m in model.modules()  # config: a Hugging Face PretrainedConfig, duck-typed
+               if (config := getattr(m, "config", None)) is not None and hasattr(config, "_attn_implementation")}
     saved = {key: config._attn_implementation for key, config in configs.items()}
     try:
         for config in configs.values():

@@ -80,10 +80,10 @@ class _SamplerParams(ctypes.Structure):
 
 
 class LlmParams(ctypes.Structure):  # crome_llm_params
-    _fields_ = [(name, ctypes.c_int32) for name in
-                ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab")] + [
-        ("rms_eps", ctypes.c_float), ("rope_theta", ctypes.c_float), ("n_threads", ctypes.c_int32),
-        ("isa", ctypes.c_int32)]
+    _fields_ = [*[(name, ctypes.c_int32) for name in
+                  ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab")],
+                ("rms_eps", ctypes.c_float), ("rope_theta", ctypes.c_float), ("n_threads", ctypes.c_int32),
+                ("isa", ctypes.c_int32)]
 
 
 class QTensor(ctypes.Structure):  # crome_qtensor
@@ -329,6 +329,7 @@ def gated_projection_reference(
     h = x . W1 (..., 2r); z = SiLU(h[..., r:]) * h[..., :r]; y = x + z . Wu. int8 weights are dequantised
     as q * scale per output column."""
     if w1_scale is not None:
+        assert wu_scale is not None, "int8 weights come with both scales"
         w1 = w1.astype(np.float32) * w1_scale
         wu = wu.astype(np.float32) * wu_scale
     r = w1.shape[1] // 2

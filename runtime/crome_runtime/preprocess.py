@@ -245,8 +245,8 @@ def preprocess_image(
     rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)  # (size, size, 3) uint8
     x = rgb.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, size, size)
+    normalized = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (size, size, 3) float32
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))  # (3, size, size)
 
 
 def yuyv_to_bgr(frame: np.ndarray) -> np.ndarray:

@@ -56,7 +56,8 @@ class Run:
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        if self.tokens < 2 or self.last_token_ns is None or self.last_token_ns <= self.first_token_ns:
+        if (self.tokens < 2 or self.first_token_ns is None or self.last_token_ns is None
+                or self.last_token_ns <= self.first_token_ns):
             return None
         return (self.tokens - 1) / ((self.last_token_ns - self.first_token_ns) / 1e9)
 
@@ -118,7 +119,9 @@ class Profiler:
         return run
 
     def reset(self) -> None:
-        self.__init__(self.events.maxlen, self.runs.maxlen)
+        max_events, max_runs = self.events.maxlen, self.runs.maxlen
+        assert max_events is not None and max_runs is not None  # __init__ bounds both
+        Profiler.__init__(self, max_events, max_runs)
 
     # --- results ------------------------------------------------------------------------------------
     def stage_samples_ms(self) -> dict[str, list[float]]:
@@ -134,13 +137,13 @@ class Profiler:
         stages = {name: _stats(values) for name, values in self.stage_samples_ms().items()}
         ordered = {name: stages[name] for name in STAGES if name in stages}
         ordered.update({name: value for name, value in stages.items() if name not in ordered})
-        run_ns = sum(r.end_ns - r.start_ns for r in runs)
+        run_ns = sum(r.end_ns - r.start_ns for r in runs if r.end_ns is not None)
         return {
             "runs": len(runs),
             "tokens": sum(r.tokens for r in runs),
             "stages_ms": ordered,
             "ttft_ms": _stats([r.ttft_ms for r in runs if r.ttft_ms is not None]),
-            "total_ms": _stats([r.total_ms for r in runs]),
+            "total_ms": _stats([ms for r in runs if (ms := r.total_ms) is not None]),
             "decode_tokens_per_s": _stats([r.decode_tokens_per_s for r in runs if r.decode_tokens_per_s]),
             "tokens_per_s": _stats([r.tokens_per_s for r in runs if r.tokens_per_s]),
             "profiler": {"records": self.records, "self_ms": self.self_ns / 1e6,
