@@ -67,6 +67,7 @@ def fold_pads_into_convs(path: Path) -> int:
     options = ort.SessionOptions()  # basic level: constant folding only, nothing tied to this machine's CPU
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
     ort.set_default_logger_severity(3)  # its notes on the initializers it drops are not for the user
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
