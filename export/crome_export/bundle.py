@@ -169,16 +169,18 @@ class BundleWriter:
 
     def commit(self, manifest: Manifest) -> Path:
         """Writes manifest.json and moves the bundle into place; returns the bundle path."""
+        staging = self.staging
+        assert staging is not None, "use BundleWriter as a context manager"
         manifest.files = dict(sorted(self.files.items()))
         try:
-            _write_chunks(self.staging / formats.MANIFEST_FILE, [manifest.to_json().encode()])
+            _write_chunks(staging / formats.MANIFEST_FILE, [manifest.to_json().encode()])
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp made it 0700; a bundle is read by the server's user
+            os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700; a bundle is read by the server's user
             if not self.target.exists():
-                os.rename(self.staging, self.target)
+                os.rename(staging, self.target)
                 self.staging = None
-            elif exchange(self.staging, self.target):
+            elif exchange(staging, self.target):
                 pass  # self.staging now holds the old bundle; __exit__ removes it
             else:
                 self._replace_with_rollback()
@@ -188,10 +190,12 @@ class BundleWriter:
 
     def _replace_with_rollback(self) -> None:
         """Two renames where an atomic exchange is unavailable; the old bundle is put back if the second fails."""
+        staging = self.staging
+        assert staging is not None, "use BundleWriter as a context manager"
         old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
         try:
             os.rename(self.target, old / "bundle")
-            os.rename(self.staging, self.target)
+            os.rename(staging, self.target)
             self.staging = None
         except BaseException:  # a signal may land between the renames: decide from the disk, not from flags
             if not self.target.exists() and (old / "bundle").exists():

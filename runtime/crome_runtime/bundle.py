@@ -8,6 +8,7 @@ Torch-free. Not here: creating sessions (providers.py), running anything (engine
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class GraphSignature:
                    {o.name: tuple(o.shape) for o in session.get_outputs()})
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     """Reads and checks a bundle directory; raises BundleError naming the file and the fix."""
     path = Path(path).expanduser()
     if not path.is_dir():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Generator, Iterator
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from crome_runtime.limits import TextError, check_text, context_problem
 from crome_runtime.profiler import Profiler, Run, now
 from crome_runtime.sampling import SamplingParams, sample_next_token
 from crome_runtime.vision_inputs import vision_feeds
+
+if TYPE_CHECKING:
+    from crome_runtime.cdecoder import CDecoder
 
 
 @dataclass
@@ -182,7 +185,7 @@ class Engine:
                 notes.append(note)
         self.providers = providers.ProviderReport(self.config.provider, self.plan.providers, actual, notes)
         llm, d = self.manifest.llm, self.manifest.backbone.d_model
-        self.decoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
+        self.decoder: KVDecoder | CDecoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
         self.decoder_backend = "onnx"
         if self._use_c_decoder(on_gpu):
@@ -306,6 +309,7 @@ class Engine:
         stream = self.stream(image, prompt, options)
         for _ in stream:
             pass
+        assert stream.answer is not None  # an exhausted stream holds its answer
         return stream.answer
 
     def clear_caches(self) -> None:
@@ -313,7 +317,7 @@ class Engine:
         self.raw_vision_cache.clear()
 
     def _generate(self, stream: AnswerStream, image, prompt: str, max_new: int, params: SamplingParams,
-                  seed: int, adapter: str | None = None) -> Iterator[str]:
+                  seed: int, adapter: str | None = None) -> Generator[str, None, None]:
         prof = self.profiler
         prof.begin_run("answer")
         state = _State(adapter=adapter)
@@ -329,7 +333,9 @@ class Engine:
             logits = self.prefill(prefix, budget)  # (vocab,)
             yield from self._decode(logits, max_new, budget, params, np.random.default_rng(seed), state)
         finally:
-            self._finish(stream, prof.end_run({"prompt": prompt}), state)
+            run = prof.end_run({"prompt": prompt})
+            assert run is not None  # the run begun above
+            self._finish(stream, run, state)
 
     def _decode(self, logits, max_new: int, budget: int, params: SamplingParams, rng, state: _State) -> Iterator[str]:
         prof, stop_ids, recent, tokens = self.profiler, self.bundle.stop_ids, self._recent, state.tokens

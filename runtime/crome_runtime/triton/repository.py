@@ -91,7 +91,11 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, config: 
                      formats.IN_INSTRUCTION_MASK: [b.max_instruction_tokens]}
             _native_model(work, VISION_MODEL, bundle / formats.VISION_ONNX, config, fixed)
             for entry in loaded.manifest.adapters:
-                _native_model(work, adapters[entry.name], bundle / entry.file("adapter_visual"), config, fixed)
+                visual = entry.file("adapter_visual")
+                if visual is None:  # a version-1 bundle that lists no adapter weights
+                    raise RepositoryError(f"adapter {entry.name!r} of {bundle} has no adapter_visual graph, which the "
+                                          "gpu variant runs natively; re-export the bundle or use --variant python")
+                _native_model(work, adapters[entry.name], bundle / visual, config, fixed)
         (work / MODEL / "config.pbtxt").write_text(pbtxt.render(python_config(loaded.manifest, config, bundle_param,
                                                                               native)))
         (work / "README.md").write_text(_readme(config))
