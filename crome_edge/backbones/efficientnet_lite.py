@@ -97,7 +97,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """The ImageNet classifier; `features` gives the maps the Q-Former reads."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.stem = ConvBN(3, STEM_CHANNELS, 3, 2)
         blocks: list[nn.Module] = []
@@ -114,6 +114,7 @@ class EfficientNetLite0(nn.Module):
         """Every layer's padding for square inputs of `size` (then only that size is valid): what export needs."""
         size = self.stem.fix_input_size(size)
         for block in self.blocks:
+            assert isinstance(block, MBConv)
             if isinstance(block.expand, ConvBN):
                 block.expand.fix_input_size(size)
             size = block.depthwise.fix_input_size(size)
