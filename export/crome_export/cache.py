@@ -3,7 +3,9 @@
 An entry is `<cache>/export-parts/<key>/`: the part files plus `entry.json` (what the key was made of,
 every file's sha256 and size, and the builder's notes). Keys are sha256 over the backbone fingerprint, the
 precision, the calibration set, the opset, the decoder INT8 method and the exporting tools' versions.
-Entries are built in a temporary directory inside the cache and renamed into place: complete or absent.
+Entries are written by crome_runtime.cache_entry, as the model store's are: built in a temporary directory
+inside the cache and renamed into place (complete or absent; a concurrent export of the same key succeeds too;
+build directories of killed exports are removed after a day).
 With the cache disabled (`export --no-cache`) parts are built into temporary directories that the cache owns
 and removes on close() (use it as a context manager; a failed build removes its directory at once).
 `<cache>` is crome_runtime.cache_dir.cache_root(), as for the model store.
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import weakref
@@ -21,10 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crome_runtime.cache_dir import cache_root
+from crome_runtime.cache_entry import ENTRY_FILE, write_entry, write_json_atomic
 from crome_runtime.manifest import sha256_file
 
 CACHE_FORMAT_VERSION = 4  # bumped whenever what a key builds changes
-ENTRY_FILE = "entry.json"
+_OLD_STAGING = ".*.partial-*"  # the build directories of earlier versions, removed once stale like the new ones
 
 
 def _remove_all(directories: list[Path]) -> None:
@@ -87,31 +89,31 @@ class PartsCache:
             directory = Path(tempfile.mkdtemp(prefix="crome-export-parts-"))
             self._temporary.append(directory)
             try:
-                return directory, self._finish(directory, fields, builder(directory))
+                entry = self._record(directory, fields, builder(directory))
+                write_json_atomic(directory / ENTRY_FILE, entry)
+                return directory, entry
             except BaseException:
                 self._temporary.remove(directory)
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=self.root))
-        try:
-            entry = self._finish(staging, fields, builder(staging))
-            target = self.root / key
-            if target.exists():  # a stale or broken entry, or another process finished first
-                shutil.rmtree(target, ignore_errors=True)
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target, entry
+        target = self.root / key
+        entries: list[dict] = []
+
+        def record(staging: Path) -> dict:
+            entries.append(self._record(staging, fields, builder(staging)))
+            return entries[0]
+
+        if not write_entry(target, record, what="export cache", stale_patterns=(_OLD_STAGING,)):
+            found = self.lookup(key)  # a concurrent export of the same key installed its entry first
+            if found is not None:
+                return found
+        return target, entries[0]
 
     def invalidate(self, key: str) -> None:
         shutil.rmtree(self.root / key, ignore_errors=True)
 
     @staticmethod
-    def _finish(directory: Path, fields: dict, notes: dict) -> dict:
+    def _record(directory: Path, fields: dict, notes: dict) -> dict:
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(directory.iterdir()) if p.is_file() and p.name != ENTRY_FILE}
-        entry = {"key": fields, "files": files, "notes": notes, "tools": tool_versions()}
-        (directory / ENTRY_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True))
-        return entry
+        return {"key": fields, "files": files, "notes": notes, "tools": tool_versions()}
