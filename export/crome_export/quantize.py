@@ -153,9 +153,9 @@ def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dic
     with _scratch_dir() as tmp:
         prepared = tmp / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared)).graph
-        tower = conv_tower_nodes(onnx.load(str(prepared)))
-        matmuls = [node.name for node in graph.node if node.op_type == "MatMul"]
+        model = onnx.load(str(prepared))
+        tower = conv_tower_nodes(model)
+        matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
         quantize_static(
             str(prepared), str(target), _FeedsReader(calibration_feeds),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", *TOWER_OP_TYPES, "MatMul"],

@@ -67,21 +67,11 @@ def fold_pads_into_convs(path: Path) -> int:
     options = ort.SessionOptions()  # basic level: constant folding only, nothing tied to this machine's CPU
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(path)
-    options.log_severity_level = 3
-    ort.set_default_logger_severity(3)  # its notes on the initializers it drops are not for the user
-    try:
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
-    finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default: warnings
+    options.log_severity_level = 3  # errors only
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the folded graph
     model = onnx.load(str(path))
     graph = model.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    for node in graph.node:  # Cast(Constant): how torch writes F.pad's pads
-        if node.op_type == "Cast" and node.input[0] in constants:
-            constants[node.output[0]] = constants[node.input[0]].astype(np.int64)
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}  # folded: pads are initializers now
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
