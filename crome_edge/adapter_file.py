@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_runtime.atomic import atomic_path
 from crome_edge.errors import CromeError
 from crome_runtime import formats, safetensors_header

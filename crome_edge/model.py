@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crome_edge.adapter import CromeAdapter
+from crome_edge.gated_adapter import CromeAdapter
 from crome_edge.backbones.base import CromeBackbone
 from crome_runtime.manifest import GenerationDefaults
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 
 
 def test_parameter_count_matches_paper():

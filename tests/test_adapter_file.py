@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.adapter_file import (
     AdapterFileError, AdapterMetadata, adapter_tensors, load_adapter, read_metadata, save_adapter,
 )

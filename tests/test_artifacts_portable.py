@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.adapter_file import AdapterMetadata, read_metadata, save_adapter
 from crome_runtime.prompt import PromptTemplate
 from crome_runtime.safetensors_header import read_metadata as read_header

@@ -218,7 +218,7 @@ LOADER_CASES: list[tuple[str, str, str, str, str]] = [
     ("read_adapter_metadata", "truncated", "crome_edge.adapter_file:read_metadata {root}/trunc.safetensors", "AdapterFileError", r"truncated"),
     ("read_safetensors_header", "random bytes", "crome_runtime.safetensors_header:read_header {root}/random.bin", "SafetensorsHeaderError", r"not a safetensors file|truncated"),
     ("read_safetensors_header", "header length past the end", "crome_runtime.safetensors_header:read_header {root}/huge_header.safetensors", "SafetensorsHeaderError", r"header length field"),
-    ("read_parts_metadata", "format_version 'one'", "crome_edge.backbones.parts:read_parts_metadata {root}/parts_fv.safetensors", "CromeError", r"'one' is not a number"),
+    ("read_parts_metadata", "format_version 'one'", "crome_edge.backbones.parts_file:read_parts_metadata {root}/parts_fv.safetensors", "CromeError", r"'one' is not a number"),
     ("load_checkpoint", "pickle that runs code", "crome_edge.training.checkpoint:load_checkpoint {root}/evil.ckpt", "CromeError", r"cannot be read"),
     ("load_image", "truncated JPEG", "crome_runtime.preprocess:load_image {root}/trunc.jpg", "ImageError", r"truncated|could not decode"),
     ("load_image", "BMP claiming 30000x30000", "crome_runtime.preprocess:load_image {root}/bomb.bmp", "ImageError", r"over the 40,000,000-pixel limit"),

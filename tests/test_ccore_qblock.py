@@ -5,7 +5,7 @@ against the gguf package's, bit for bit; bad calls raise CoreError."""
 import numpy as np
 import pytest
 
-from crome_runtime import ccore, qblocks
+from crome_runtime import ccore, gguf_blocks
 
 gguf = pytest.importorskip("gguf")
 from gguf.quants import quantize  # noqa: E402
@@ -24,7 +24,7 @@ def _blocks(qtype, rows, cols, seed=0):
 @pytest.mark.parametrize("rows,cols", SHAPES)
 def test_dequantize_is_gguf_bit_for_bit(qtype, rows, cols):
     blocks = _blocks(qtype, rows, cols)
-    ours, theirs = qblocks.dequantize(blocks, qtype), gguf.quants.dequantize(blocks, GGML[qtype])
+    ours, theirs = gguf_blocks.dequantize(blocks, qtype), gguf.quants.dequantize(blocks, GGML[qtype])
     assert ours.dtype == np.float32 and ours.shape == (rows, cols)
     assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
 
@@ -38,7 +38,7 @@ def test_qmatvec_matches_dequantised_matmul(isa, qtype, threads):
     pool = ccore.Pool(threads)
     for i, (rows, cols) in enumerate(SHAPES):
         blocks = _blocks(qtype, rows, cols, seed=i)
-        w = qblocks.dequantize(blocks, qtype).astype(np.float64)
+        w = gguf_blocks.dequantize(blocks, qtype).astype(np.float64)
         x = np.random.default_rng(100 + i).standard_normal(cols).astype(np.float32)
         exact = w @ x.astype(np.float64)
         y = ccore.qmatvec(blocks, qtype, x, isa, pool)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from crome_runtime import ccore
-from crome_runtime import blocks_file
+from crome_runtime import decoder_blocks_file
 from crome_runtime.manifest import BundleError
 
 pytest.importorskip("gguf")
@@ -141,18 +141,18 @@ def test_q8_0_drift_from_fp32_is_small_and_measured(llm):
 def test_blocks_file_round_trip_and_refusals(tmp_path, llm):
     blocks = export_blocks.from_float(llm, "q8_0")
     path = tmp_path / "decoder_blocks.safetensors"
-    blocks_file.save(blocks, path)
-    back = blocks_file.load(path)
+    decoder_blocks_file.save(blocks, path)
+    back = decoder_blocks_file.load(path)
     assert back.dims == blocks.dims and back.qtypes == blocks.qtypes and back.source == blocks.source
     assert all(np.array_equal(back.tensors[k], v) for k, v in blocks.tensors.items())
     broken = copy.copy(blocks)
     broken.tensors = dict(blocks.tensors)
     broken.tensors["layers.0.q"] = broken.tensors["layers.0.q"][:-1]
     with pytest.raises(BundleError, match="layers.0.q must be uint8"):
-        blocks_file.check(broken)
+        decoder_blocks_file.check(broken)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(BundleError, match="cannot be read as decoder blocks"):
-        blocks_file.load(path)
+        decoder_blocks_file.load(path)
 
 
 def test_identity_check_refuses_other_weights(llm):

@@ -16,7 +16,7 @@ from crome_runtime.prompt import PromptTemplate, instruction_ids
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header, read_metadata, tensor_shapes
 
 CONTRACT = ("crome_runtime.formats", "crome_runtime.manifest", "crome_runtime.prompt", "crome_runtime.sampling",
-            "crome_runtime.safetensors_header", "crome_runtime.cache_dir")
+            "crome_runtime.safetensors_header", "crome_runtime.user_cache_dir")
 
 
 def test_contract_modules_import_without_torch_or_cv2():

@@ -16,7 +16,8 @@ from crome_edge.adapter_file import AdapterFileError, read_metadata, save_adapte
 from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth.recipe import GENERATOR_VERSION, SynthRecipe, content_sha256, regenerate, training_record
-from crome_edge.train import TrainConfig, Trainer
+from crome_edge.training.config import TrainConfig
+from crome_edge.training.trainer import Trainer
 from crome_edge.weights import SHIPPED_ADAPTERS, resolve_adapter, shipped_adapter
 from crome_export.frames import load_export_data
 from crome_runtime import formats
@@ -140,7 +141,7 @@ def test_a_users_own_data_that_moved_keeps_the_clear_error(tmp_path, tiny_backbo
 
 
 def test_adapters_without_a_recipe_still_load_and_a_malformed_one_is_refused(tmp_path, tiny_backbone):
-    from crome_edge.adapter import AdapterConfig, CromeAdapter
+    from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
     from crome_edge.adapter_file import AdapterMetadata, adapter_tensors
     from safetensors.torch import save_file
 

@@ -8,7 +8,8 @@ import pytest
 
 from crome_cli.main import main
 from crome_edge.evaluate import exact_match, score
-from crome_edge.train import TrainConfig, Trainer
+from crome_edge.training.config import TrainConfig
+from crome_edge.training.trainer import Trainer
 from test_data import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
@@ -101,7 +102,7 @@ def test_info_refuses_other_files(tmp_path, capsys):
 
 
 def _write_bundle(path):
-    from crome_runtime.adapters import AdapterEntry, Route
+    from crome_runtime.adapter_entries import AdapterEntry, Route
     from crome_runtime.manifest import BackboneSpec, LlmSpec, Manifest, file_entry
     from crome_runtime.prompt import PromptTemplate
 

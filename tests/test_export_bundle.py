@@ -263,7 +263,7 @@ def test_build_engines_without_tensorrt_says_how_to_get_it(int8_bundle, capsys, 
 
 
 def test_static_int8_below_the_cosine_floor_falls_back_to_dynamic_and_says_so(workspace, tmp_path, monkeypatch):
-    import crome_export.parts as parts
+    import crome_export.backbone_parts as parts
 
     monkeypatch.setattr(parts, "VISION_STATIC_MIN_COSINE", 1.01)  # the measured condition, unreachable on purpose
     out = tmp_path / "dynamic.bundle"

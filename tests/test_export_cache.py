@@ -1,4 +1,4 @@
-"""The export parts cache (crome_export.cache.PartsCache) writes its entries atomically: a concurrent export of
+"""The export parts cache (crome_export.parts_cache.PartsCache) writes its entries atomically: a concurrent export of
 the same key succeeds, a killed export's build directory is removed after a day, a failed build leaves
 nothing, a full disk says what to do. The model store's side of the same writer is in test_store.py."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crome_export.cache import PartsCache
+from crome_export.parts_cache import PartsCache
 from crome_runtime.errors import CromeError
 
 FIELDS = {"fingerprint": "f" * 16, "precision": "fp32"}

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_runtime import formats
 
 

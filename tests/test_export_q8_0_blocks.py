@@ -16,7 +16,7 @@ from test_runtime_fixtures import adapter_report, cache_env, copy_bundle, rewrit
 
 from crome_cli.main import main
 from crome_edge.errors import CromeError
-from crome_runtime import blocks_file, formats
+from crome_runtime import decoder_blocks_file, formats
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.fidelity import MIN_COSINE
 from crome_runtime.manifest import sha256_file
@@ -56,7 +56,7 @@ def test_export_measures_the_q8_0_blocks_on_the_c_path_with_the_int8_gates(bundl
     assert report["decoder_blocks"]["gate"] == "passed" and report["decoder_blocks"]["why"] == []
     manifest = json.loads((bundle / formats.MANIFEST_FILE).read_text())
     assert manifest["precision"] == "fp32" and manifest["files"][formats.DECODER_BLOCKS_FILE]["precision"] == "int8"
-    blocks = blocks_file.load(bundle / formats.DECODER_BLOCKS_FILE)
+    blocks = decoder_blocks_file.load(bundle / formats.DECODER_BLOCKS_FILE)
     assert blocks.source == {"kind": "weight-only", "qtype": "q8_0", "gate": "passed"}
     assert set(blocks.qtypes.values()) == {"q8_0"}
     assert Engine.load(bundle, EngineConfig(threads=1)).decoder_backend == "c"  # auto takes gated blocks
@@ -105,7 +105,7 @@ def test_blocks_marked_failed_are_not_decoded_on(bundle, tmp_path):
     mark_gate(path, False)
     digest, size = sha256_file(path), path.stat().st_size
     rewrite_manifest(copy, lambda m: m["files"][formats.DECODER_BLOCKS_FILE].update(sha256=digest, bytes=size))
-    assert blocks_file.load(path).source["gate"] == "failed"
+    assert decoder_blocks_file.load(path).source["gate"] == "failed"
     assert Engine.load(copy, EngineConfig(threads=1)).decoder_backend == "onnx"
     shutil.rmtree(copy)
 
@@ -124,16 +124,16 @@ def test_failed_gates_mark_the_blocks_failed_and_warn(tmp_path, tiny_backbone):
     from crome_runtime.fidelity import Fidelity, StageResult
 
     path = write_bundle_blocks(tiny_backbone, tmp_path, lambda message: None, "q8_0")
-    assert blocks_file.load(path).source["gate"] == "passed"  # provisional, before the measurement
+    assert decoder_blocks_file.load(path).source["gate"] == "passed"  # provisional, before the measurement
     fidelity = Fidelity(stages=[StageResult("decoder_step", "int8", 2.0, 0.95, 0.97, 4, 0.99, "c q8_0")],
                         gates={"int8_accuracy": {"ok": True}})
     report = {"warnings": []}
     with BundleWriter(tmp_path / "out.bundle") as writer:
         section = _gate_blocks(path, writer, fidelity, "int8", report)
         assert writer.files[formats.DECODER_BLOCKS_FILE].precision == "int8"
-        staged = blocks_file.load(writer.staging / formats.DECODER_BLOCKS_FILE)
+        staged = decoder_blocks_file.load(writer.staging / formats.DECODER_BLOCKS_FILE)
     assert section["gate"] == "failed" and section["why"] == ["decoder_step cosine 0.950000 < 0.99"]
-    assert staged.source["gate"] == "failed" and blocks_file.load(path).source["gate"] == "failed"
+    assert staged.source["gate"] == "failed" and decoder_blocks_file.load(path).source["gate"] == "failed"
     assert "decoder blocks (weight-only Q8_0) failed their gates" in report["warnings"][0]
 
 

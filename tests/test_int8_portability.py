@@ -116,8 +116,8 @@ def test_int8_vision_gives_the_same_outputs_on_an_avx2_cpu_without_vnni(int8_vis
 
 
 def test_a_static_graph_below_the_floor_falls_back_to_dynamic_under_its_own_key(tmp_path, tiny_backbone, monkeypatch):
-    from crome_export import parts, quantize
-    from crome_export.cache import PartsCache
+    from crome_export import backbone_parts, quantize
+    from crome_export.parts_cache import PartsCache
 
     feeds = _calibration(tiny_backbone)
     cache = PartsCache(tmp_path / "cache")
@@ -137,8 +137,8 @@ def test_a_static_graph_below_the_floor_falls_back_to_dynamic_under_its_own_key(
 
 
 def test_an_error_in_static_quantisation_raises_instead_of_falling_back(tmp_path, tiny_backbone, monkeypatch):
-    from crome_export import parts, quantize
-    from crome_export.cache import PartsCache
+    from crome_export import backbone_parts, quantize
+    from crome_export.parts_cache import PartsCache
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the static path")
@@ -159,7 +159,7 @@ def _calibration(backbone) -> list[dict]:
 
 
 def _prepare(backbone, feeds, cache, say):
-    from crome_export.parts import prepare_parts
+    from crome_export.backbone_parts import prepare_parts
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -91,7 +91,7 @@ def test_sigterm_during_data_synth_leaves_no_debris(tmp_path):
 def test_a_disabled_export_cache_removes_its_temporary_parts(tmp_path, monkeypatch):
     import tempfile
 
-    from crome_export.cache import PartsCache
+    from crome_export.parts_cache import PartsCache
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     cache = PartsCache(tmp_path / "cache", enabled=False)

@@ -2,7 +2,7 @@
 the adapter changes the LLM input only through the prompt, and removing it restores the backbone."""
 import torch
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.model import CromeModel, GenerationConfig
 
 QUESTIONS = ["what part is this?", "colour?", "is the part defective, and how?"]

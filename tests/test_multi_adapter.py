@@ -1,4 +1,4 @@
-"""Several adapters on one backbone (crome_export.multi, crome_runtime.adapters, the engine's routing): the tiny
+"""Several adapters on one backbone (crome_export.multi, crome_runtime.adapter_entries, the engine's routing): the tiny
 backbone with two tiny adapters trained on different questions (colour; warm or not), exported into one bundle,
 routed, verified adapter by adapter, added and removed atomically, and the refusals (same name, overlapping
 routes, another backbone, a truncated file) that leave the bundle unchanged."""

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.limits import MAX_TEXT_CHARS
-from crome_runtime.adapters import GRAPH_ROLES, AdapterEntry, Route
+from crome_runtime.adapter_entries import GRAPH_ROLES, AdapterEntry, Route
 from crome_runtime.manifest import BackboneSpec, BundleError, FileEntry, LlmSpec, Manifest, check_file_name
 from crome_runtime.preprocess import ImageError, decode_image
 from crome_runtime.prompt import PromptTemplate

@@ -9,7 +9,8 @@ from crome_edge.adapter_file import read_metadata
 from crome_cli.main import main
 from crome_edge.errors import CromeError
 from crome_edge.synth.qa import PRETRAIN_QUESTIONS
-from crome_edge.train import TrainConfig, Trainer
+from crome_edge.training.config import TrainConfig
+from crome_edge.training.trainer import Trainer
 from crome_edge.training.replay import replay_samples
 from test_data import synth_dataset
 

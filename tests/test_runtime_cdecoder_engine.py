@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
-from crome_runtime import blocks_file, formats
+from crome_runtime import decoder_blocks_file, formats
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.errors import EngineError
 from crome_runtime.manifest import sha256_file
@@ -24,7 +24,7 @@ def _with_blocks(source: dict, tiny_backbone, target):
     blocks = from_float(tiny_backbone.llm, "q8_0")
     blocks.source.update(source)
     path = target / formats.DECODER_BLOCKS_FILE
-    blocks_file.save(blocks, path)
+    decoder_blocks_file.save(blocks, path)
     entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": "data"}
     rewrite_manifest(target, lambda m: m["files"].__setitem__(formats.DECODER_BLOCKS_FILE, entry))
     return target

@@ -138,7 +138,7 @@ try:
     raise SystemExit("the blocker did not load")
 except ImportError as error:
     assert "blocked" in str(error), error
-from crome_runtime import adapter, bundle, cache, ccore, decoder, detokenize, engine, errors, formats, manifest, preprocess
+from crome_runtime import adapter_kernel, bundle, lru_cache, ccore, decoder, detokenize, engine, errors, formats, manifest, preprocess
 from crome_runtime import profiler, prompt, providers, sampling
 from crome_runtime.engine import Engine, EngineConfig
 

@@ -155,7 +155,7 @@ def as_version1(bundle: Path, target: Path) -> Path:
 
 
 def adapter_path(bundle: Path, role: str, adapter: int = 0) -> Path:
-    """The path of a bundle's adapter's file of `role` (crome_runtime.adapters.ROLES): NAME.<role's plain name>."""
+    """The path of a bundle's adapter's file of `role` (crome_runtime.adapter_entries.ROLES): NAME.<role's plain name>."""
     from crome_runtime.manifest import read_manifest
 
     return Path(bundle) / read_manifest(bundle, verify=False).adapters[adapter].file(role)

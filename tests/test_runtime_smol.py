@@ -78,7 +78,7 @@ def test_smol_run_cli_streams_an_answer(smol, capsys):
 
 def test_smol_acceptance_set_ships_under_2_mb_and_verify_passes(smol, capsys):
     from crome_cli.main import main
-    from crome_runtime.adapters import file_name
+    from crome_runtime.adapter_entries import file_name
     from crome_runtime.manifest import read_manifest
 
     files = read_manifest(smol["bundle"], verify=False).files

@@ -11,7 +11,7 @@ import pytest
 
 from crome_cli.main import main
 from crome_edge.errors import CromeError
-from crome_edge.store import cache, registry, smollm2
+from crome_edge.store import entries, registry, smollm2
 from crome_edge.store.registry import ModelSpec, ensure_model, pull
 
 

@@ -12,9 +12,12 @@ from crome_edge.backbones.base import tensor_fingerprint
 from crome_edge.backbones.tiny import build_tiny
 from crome_cli.main import main
 from crome_edge.errors import CromeError
-from crome_edge.train import TrainConfig, Trainer, TrainingInterrupted, load_backbone_parts
+from crome_edge.training.config import TrainConfig
+from crome_edge.training.trainer import Trainer
+from crome_edge.training.checkpoint import TrainingInterrupted
+from crome_edge.backbones.parts_file import load_backbone_parts
 from crome_edge.training.checkpoint import load_checkpoint
-from crome_edge.backbones.parts import llm_fingerprint
+from crome_edge.backbones.parts_file import llm_fingerprint
 from test_data import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, device="cpu")

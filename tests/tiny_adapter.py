@@ -5,7 +5,7 @@ import torch
 
 
 def train_tiny_adapter(backbone, data: Path, out: Path, seed: int = 0, steps: int = 125) -> Path:
-    from crome_edge.adapter import AdapterConfig, CromeAdapter
+    from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
     from crome_edge.adapter_file import AdapterMetadata, save_adapter
     from crome_edge.data import load_dataset, split_dataset
     from crome_edge.data.pixels import PixelStore

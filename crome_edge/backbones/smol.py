@@ -150,7 +150,7 @@ def load_smol(vision_weights: Path | None = None, require_trained: bool = True) 
                 "install; reinstall crome-edge or reproduce them with crome_edge/recipes/README.md"
             )
         return backbone
-    from crome_edge.backbones.parts import load_backbone_parts
+    from crome_edge.backbones.parts_file import load_backbone_parts
 
     load_backbone_parts(weights, backbone)
     return backbone

@@ -6,7 +6,7 @@
 
 Torch-free; the GGUF conversion imports `gguf` only when it runs.
 """
-from crome_edge.store.cache import cache_root, entry_dir
+from crome_edge.store.entries import cache_root, entry_dir
 from crome_edge.store.registry import MODELS, ModelSpec, describe, ensure_model, pull, resolve
 from crome_edge.store.smollm2 import ensure_smollm2, pull_smollm2
 

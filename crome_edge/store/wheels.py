@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_edge.store.cache import say, sha256_file
+from crome_edge.store.entries import say, sha256_file
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ def _intact(directory: Path) -> bool:
 
 def _cached_dir(recipe: SynthRecipe, cache_root: Path | None) -> Path:
     if cache_root is None:
-        from crome_edge.store.cache import cache_root as user_cache
+        from crome_edge.store.entries import cache_root as user_cache
 
         cache_root = user_cache()
     return Path(cache_root) / DATASETS_DIR / f"{recipe.task}-{recipe.split}-{recipe.n}-{recipe.key()[:16]}"

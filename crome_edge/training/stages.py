@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from crome_edge.adapter import AdapterConfig, CromeAdapter
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.backbones.base import CromeBackbone
 from crome_edge.data.dataset import Sample
 from crome_edge.data.pixels import PixelStore
@@ -177,7 +177,7 @@ class PretrainStage:
         self.trainable.eval()  # the container's own flag, read by loss()
 
     def save(self, path: Path, summary: dict, train_data: str, train_data_recipe: dict | None = None) -> None:
-        from crome_edge.backbones.parts import save_backbone_parts
+        from crome_edge.backbones.parts_file import save_backbone_parts
 
         training = {**summary, "train_data": train_data, "train_data_recipe": train_data_recipe}
         save_backbone_parts(path, self.backbone, self.config.save_dtype, training=training)

@@ -155,7 +155,7 @@ class Trainer:
 
             self.backbone = load_backbone(self.config.backbone)
         if self.config.backbone_parts:
-            from crome_edge.backbones.parts import load_backbone_parts
+            from crome_edge.backbones.parts_file import load_backbone_parts
 
             load_backbone_parts(self.config.backbone_parts, self.backbone)
         self.backbone.to(self.device)
@@ -519,8 +519,8 @@ class Trainer:
 
     def _trained_questions(self) -> list[str] | None:
         """The task data's distinct questions (train + validation), the adapter's route at export; None when there
-        are more than crome_runtime.adapters.MAX_RECORDED_QUESTIONS (export then reads the data)."""
-        from crome_runtime.adapters import MAX_RECORDED_QUESTIONS
+        are more than crome_runtime.adapter_entries.MAX_RECORDED_QUESTIONS (export then reads the data)."""
+        from crome_runtime.adapter_entries import MAX_RECORDED_QUESTIONS
 
         questions = sorted({s.question for s in self.dataset.samples})
         return questions if self.config.stage == "finetune" and len(questions) <= MAX_RECORDED_QUESTIONS else None
@@ -542,6 +542,11 @@ class Trainer:
             bar.write(message, file=sys.stderr)
         else:
             print(message, file=sys.stderr, flush=True)
+
+
+def train(config: TrainConfig, **kwargs) -> TrainResult:
+    """Runs one training run; kwargs go to `Trainer` (backbone=, dataset=, on_step=)."""
+    return Trainer(config, **kwargs).run()
 
 
 def _mean(values: list[float]) -> float | None:

@@ -30,7 +30,7 @@ def default_bundle_path() -> Path:
 
     import crome_edge
     from crome_edge.weights import shipped_adapter, weights_dir
-    from crome_runtime.cache_dir import cache_root
+    from crome_runtime.user_cache_dir import cache_root
 
     contract = Path(str(resources.files("crome_runtime"))) / "formats.py"
     digest = hashlib.sha256(f"crome-edge {crome_edge.__version__} {PRECISION} {EVAL_LIMIT}".encode())

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     backbone = load_backbone(args.backbone)
     if args.backbone_parts:
-        from crome_edge.backbones.parts import load_backbone_parts
+        from crome_edge.backbones.parts_file import load_backbone_parts
 
         load_backbone_parts(args.backbone_parts, backbone)
     model = CromeModel(backbone)

@@ -80,7 +80,7 @@ def _describe_adapter(path: Path) -> dict:
 def _describe_parts(path: Path, header: dict) -> dict:
     from math import prod
 
-    from crome_edge.backbones.parts import read_parts_metadata
+    from crome_edge.backbones.parts_file import read_parts_metadata
 
     meta = read_parts_metadata(path)
     counts: dict[str, int] = {}

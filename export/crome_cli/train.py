@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crome_edge.train import train
+    from crome_edge.training.trainer import train
 
     config = config_from_args(args)
     result = train(config)

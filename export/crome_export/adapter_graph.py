@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from crome_runtime import formats
+from crome_runtime.formats import ADAPTER_MODALITIES
 
 FUNCTION_OPSET = 18  # Split with num_outputs
 
@@ -79,7 +80,7 @@ def export_adapter_graphs(adapter, directory: Path, opset: int) -> dict[str, Pat
     """Writes adapter_visual.onnx and adapter_text.onnx for a CromeAdapter; returns modality -> path."""
     paths = {}
     w_up = adapter.up.detach().cpu().numpy()
-    for modality in ("visual", "text"):
+    for modality in ADAPTER_MODALITIES:
         w_down_gate = adapter.fused_weight(modality).detach().cpu().numpy()
         path = directory / formats.adapter_onnx(modality)
         onnx.save(build_adapter_graph(w_down_gate, w_up, modality, opset), str(path))

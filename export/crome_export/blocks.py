@@ -1,4 +1,4 @@
-"""The decoder's weights as GGUF blocks for the runtime's C decode step (crome_runtime.blocks_file).
+"""The decoder's weights as GGUF blocks for the runtime's C decode step (crome_runtime.decoder_blocks_file).
 
 Two sources, one check:
   - `from_gguf`: a backbone converted from a GGUF (smol) ships the GGUF's own Q4_1 / Q8_0 blocks byte for byte
@@ -8,7 +8,7 @@ Two sources, one check:
     Q8_0 form (the gguf package's bit-exact ggml quantiser). That changes the weights, so its drift is gated
     like any INT8 stage (the fidelity report); `reference_state` gives the PyTorch weights it decodes like.
 LLaMA-family decoders only (RMSNorm, rotate-half RoPE, GQA, SwiGLU, no biases). Not here: the C kernels,
-the file format (blocks_file.py), the export gates (pipeline / fidelity).
+the file format (decoder_blocks_file.py), the export gates (pipeline / fidelity).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crome_runtime import qblocks
-from crome_runtime.blocks_file import MATRICES, DecoderBlocks, LlmDims, layer_name
+from crome_runtime import gguf_blocks
+from crome_runtime.decoder_blocks_file import MATRICES, DecoderBlocks, LlmDims, layer_name
 from crome_edge.errors import CromeError
 
 # blocks_file name (after "layers.{i}.") -> HF LlamaDecoderLayer parameter, and GGUF tensor (after "blk.{i}.")
@@ -106,9 +106,9 @@ def from_gguf(gguf_path: Path, llm, gguf_sha256: str | None = None) -> DecoderBl
         if kind == "f32":
             tensors[name] = np.array(t.data, dtype=np.float32)
             return
-        if kind not in qblocks.BLOCK_BYTES:
+        if kind not in gguf_blocks.BLOCK_BYTES:
             raise CromeError(f"{gguf_path.name}: {gguf_name} is {t.tensor_type.name}; the C decode step reads "
-                             f"{sorted(qblocks.BLOCK_BYTES)} blocks (export without it: --decoder onnx)")
+                             f"{sorted(gguf_blocks.BLOCK_BYTES)} blocks (export without it: --decoder onnx)")
         data = np.array(t.data, dtype=np.uint8)  # (rows, row_bytes), copied out of the memory map
         tensors[name], qtypes[name] = (_unpermute(data, heads) if heads else data), kind
 
@@ -175,8 +175,8 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> P
     (a weight-only Q8_0 form changes the weights). form "q8_0": a float backbone's weight-only Q8_0 blocks, their
     source marked `"gate": "passed"` provisionally so the export can measure them on the C path; the export
     rewrites the mark (mark_gate) when its gates fail. CromeError when the form does not fit the backbone."""
-    from crome_edge.store.cache import sha256_file
-    from crome_runtime import blocks_file, formats
+    from crome_edge.store.entries import sha256_file
+    from crome_runtime import decoder_blocks_file, formats
 
     if form not in DECODER_BLOCKS:
         raise CromeError(f"--decoder-blocks {form!r} is not one of {', '.join(DECODER_BLOCKS)}")
@@ -189,7 +189,7 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> P
         dims_of(backbone.llm)  # CromeError naming what the C step cannot run
         blocks = from_float(backbone.llm, "q8_0")
         blocks.source["gate"] = "passed"  # provisional: measured next, rewritten by mark_gate if it fails
-        blocks_file.save(blocks, path)
+        decoder_blocks_file.save(blocks, path)
         say(f"decoder blocks: weight-only Q8_0 of the float weights, {blocks.nbytes / 1e6:.1f} MB "
             "(drift gated like an INT8 stage)")
         return path
@@ -201,7 +201,7 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> P
         say(f"decoder blocks: none ({error})")
         return None
     blocks = from_gguf(gguf_path, backbone.llm, sha256_file(gguf_path))
-    blocks_file.save(blocks, path)
+    decoder_blocks_file.save(blocks, path)
     say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(sorted(set(blocks.qtypes.values())))} blocks, "
         f"{blocks.nbytes / 1e6:.0f} MB, bit-identical to the PyTorch weights dequantised")
     return path
@@ -209,15 +209,15 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> P
 
 def is_lowered(path: Path) -> bool:
     """A blocks file whose weights differ from the PyTorch ones (weight-only Q8_0), not a GGUF's own."""
-    from crome_runtime import blocks_file
+    from crome_runtime import decoder_blocks_file
 
-    return blocks_file.load(path).source.get("kind") != "gguf"
+    return decoder_blocks_file.load(path).source.get("kind") != "gguf"
 
 
 def mark_gate(path: Path, passed: bool) -> None:
     """Rewrites a lowered blocks file's source mark: "passed" (engine `auto` decodes on it) or "failed"."""
-    from crome_runtime import blocks_file
+    from crome_runtime import decoder_blocks_file
 
-    blocks = blocks_file.load(path)
+    blocks = decoder_blocks_file.load(path)
     blocks.source["gate"] = "passed" if passed else "failed"
-    blocks_file.save(blocks, path)
+    decoder_blocks_file.save(blocks, path)

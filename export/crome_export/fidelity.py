@@ -20,6 +20,7 @@ from crome_edge.model import CromeModel, GenerationConfig
 from crome_export.frames import ExportData
 from crome_runtime import acceptance, fidelity
 from crome_runtime.fidelity import Fidelity, MeasureConfig, Reference, StageReference
+from crome_runtime.formats import DEFAULT_MAX_NEW_TOKENS
 
 STAGE_SAMPLES = 16  # eval prompts the per-stage comparisons run on
 BATCH = 16
@@ -27,7 +28,7 @@ BATCH = 16
 
 @dataclass
 class FidelityConfig:
-    max_new_tokens: int = 16
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     int8_threshold_points: float = 1.0
 
 

@@ -125,7 +125,7 @@ def decoder_int8(backbone_spec: str, threads: int, repeats: int) -> dict:
 def export_times(backbone_spec: str, precision: str) -> dict:
     import torch
 
-    from crome_edge.adapter import AdapterConfig, CromeAdapter
+    from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
     from crome_edge.adapter_file import AdapterMetadata, save_adapter
     from crome_edge.backbones import load_backbone
     from crome_edge.training.config import TrainConfig

@@ -3,7 +3,7 @@
 Each adapter is exported alone by the ordinary pipeline (pipeline.export_bundle: its graphs, its fidelity
 report measured on the runtime, its acceptance set) into a temporary single-adapter bundle; the backbone
 parts come from the export cache, so an adapter for a backbone already exported takes seconds. The bundles
-are then merged file by file (docs/architecture.md §4, crome_runtime.adapters): the backbone's files once
+are then merged file by file (docs/architecture.md §4, crome_runtime.adapter_entries): the backbone's files once
 (the first member's), each adapter's files under `NAME.`, its routes
 and its report section, into a version-2 bundle written by BundleWriter (hard links, one atomic exchange),
 so an interrupted or refused change leaves the bundle as it was. An adapter whose own export came out with other
@@ -26,9 +26,10 @@ from pathlib import Path
 
 from crome_edge.errors import CromeError
 from crome_runtime import formats
-from crome_runtime.adapters import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
+from crome_runtime.adapter_entries import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
                                     check_name, file_name, overlaps)
 from crome_runtime.manifest import BundleError, FileEntry, Manifest, bundle_report, read_manifest, read_report
+from crome_runtime.formats import DEFAULT_MAX_NEW_TOKENS
 
 
 @dataclass
@@ -215,7 +216,7 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
     manifest = dataclasses.replace(
         base.manifest, adapters=entries, files={},
         generation=dataclasses.replace(base.manifest.generation,
-                                       max_new_tokens=max([e.max_new_tokens for e in entries], default=16)))
+                                       max_new_tokens=max([e.max_new_tokens for e in entries], default=DEFAULT_MAX_NEW_TOKENS)))
     sections: dict = {m.entry.name: m.report for m in members}
     report = bundle_report(manifest, sections)
     with BundleWriter(target, force) as writer:

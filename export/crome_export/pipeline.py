@@ -39,14 +39,14 @@ class ExportConfig:
     force: bool = False
     int8_threshold: float = 1.0  # accuracy points
     eval_limit: int = 200
-    max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else 16
+    max_new_tokens: int | None = None  # default: longest answer + 2 (crome_edge.evaluate), else formats.DEFAULT_MAX_NEW_TOKENS
     decoder_int8: str = "fp32"  # int8 bundles: the decoder's form (crome_export.quantize.DEFAULT_DECODER_INT8)
     decoder_blocks: str = "auto"  # the C decode step's weights (crome_export.blocks.DECODER_BLOCKS)
     use_cache: bool = True
-    cache_dir: Path | None = None  # default: crome_export.cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
+    cache_dir: Path | None = None  # default: crome_export.parts_cache.cache_root() ($CROME_EDGE_CACHE or the user cache)
     threads: int | None = None  # torch + onnxruntime intra-op threads (default: theirs)
     data: Path | None = None  # the adapter's training data, if it moved (default: the path in its metadata)
-    # the questions the adapter answers in the bundle (crome_runtime.adapters.Route); default: its training questions
+    # the questions the adapter answers in the bundle (crome_runtime.adapter_entries.Route); default: its training questions
     # (crome_export.multi.training_route), or every question when those are not known
     route: object | None = None
 
@@ -126,7 +126,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     from crome_edge.adapter_file import read_metadata
     from crome_export.bundle import BundleWriter
     from crome_export.frames import parse_calib
-    from crome_runtime.adapters import file_name
+    from crome_runtime.adapter_entries import file_name
     from crome_runtime.manifest import bundle_report
 
     from crome_export.multi import adapter_name
@@ -159,8 +159,8 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
     progress.note(f"fidelity: {data.evaluation_source}")
 
     progress.stage(f"backbone parts ({config.precision})")
-    from crome_export.cache import PartsCache
-    from crome_export.parts import prepare_parts
+    from crome_export.parts_cache import PartsCache
+    from crome_export.backbone_parts import prepare_parts
 
     feeds = calibration_feeds(data, backbone) if config.precision == "int8" else []
     parts_cache = PartsCache(config.cache_dir, enabled=config.use_cache)  # --no-cache: owns the temporary parts
@@ -246,7 +246,7 @@ def _generation_budget(model, data, config: ExportConfig) -> int:
 
     if config.max_new_tokens:
         return config.max_new_tokens
-    return generation_budget(model, data.evaluation, cap=32) if data.has_answers else 16
+    return generation_budget(model, data.evaluation, cap=32) if data.has_answers else formats.DEFAULT_MAX_NEW_TOKENS
 
 
 def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress,
@@ -277,7 +277,7 @@ def _route(config: ExportConfig, name: str, adapter_path: Path, note):
     adapters: other questions go to the frozen backbone), else — no training questions are known — every question,
     said in a note."""
     from crome_export.multi import training_route
-    from crome_runtime.adapters import Route
+    from crome_runtime.adapter_entries import Route
 
     if config.route is not None:
         return config.route
@@ -374,7 +374,7 @@ class BundleFile:
 def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig, name: str) -> list[BundleFile]:
     """The bundle's files at the exported precision, adapter `name`'s under NAME.<role> (report, acceptance set and
     manifest come last)."""
-    from crome_runtime.adapters import file_name
+    from crome_runtime.adapter_entries import file_name
 
     fp32_files, final_files = parts.fp32_entry["files"], parts.final_entry["files"]
     decoder_precision = "fp32" if config.precision == "int8" and config.decoder_int8 == "fp32" else config.precision
@@ -419,8 +419,8 @@ def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
 
 def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quantization: dict, max_new_tokens,
               name: str, route):
-    from crome_export.cache import tool_versions
-    from crome_runtime.adapters import AdapterEntry
+    from crome_export.parts_cache import tool_versions
+    from crome_runtime.adapter_entries import AdapterEntry
     from crome_runtime.manifest import GenerationDefaults, LlmSpec, Manifest, sha256_file
 
     dims = parts.fp32_entry["notes"]["decoder_dims"]

@@ -40,7 +40,7 @@ VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
 VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7-mm"  # graphs with a convolutional tower (_quantize_conv_tower)
 CONV_TOWER_MIN_CONVS = 8  # a ViT has one (patch) conv; smol's eye 33
 TOWER_OP_TYPES = ("Clip", "Relu", "Add")
-VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (parts.py)
+VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (backbone_parts.py)
 DECODER_INT8_METHODS = ("fp32", "matmulnbits8", "dynamic-qint8")
 # Measured on smol + line3, 2 CPU threads (benchmarks/RESULTS.md, export section): no INT8 form of SmolLM2's
 # decoder is both accurate and fast on ONNX Runtime's CPU kernels. dynamic-qint8: 68 tok/s but logit cosine

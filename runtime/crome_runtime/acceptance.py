@@ -120,7 +120,7 @@ class AcceptanceSet:
 def require_acceptance(bundle_path: Path, manifest: Manifest,
                        names: tuple[str, str] = (formats.ACCEPTANCE_FILE, formats.ACCEPTANCE_ARRAYS)) -> None:
     """BundleError saying to re-export unless the manifest lists both acceptance files (`names`: the .json and the
-    .npz; a multi-adapter bundle has one pair per adapter, crome_runtime.adapters)."""
+    .npz; a multi-adapter bundle has one pair per adapter, crome_runtime.adapter_entries)."""
     json_name, arrays_name = names
     if json_name not in manifest.files or arrays_name not in manifest.files:
         raise BundleError(f"bundle {bundle_path} has no acceptance set ({json_name} + "

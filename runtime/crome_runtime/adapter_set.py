@@ -12,7 +12,7 @@ graphs, and given its C kernel when the set runs on the C core; anything wrong r
 swaps anything in. Caches are per adapter (each adapter's adapted visual queries and text embeddings, at the
 engine's configured sizes), so an adapter added at reload gets its own and an unchanged one keeps its
 entries. `None` is the frozen backbone (no adapter): its "adapted" outputs are the raw ones, cached the same
-way. Torch-free. Not here: the manifest entries and routes (adapters.py), the C kernel (adapter.py), the
+way. Torch-free. Not here: the manifest entries and routes (adapter_entries.py), the C kernel (adapter_kernel.py), the
 answer path (engine.py).
 """
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Callable
 import numpy as np
 
 from crome_runtime import formats
-from crome_runtime.adapters import GRAPH_ROLES, NONE, REQUIRED_ROLES, AdapterEntry
-from crome_runtime.adapters import route as route_question
+from crome_runtime.adapter_entries import GRAPH_ROLES, NONE, REQUIRED_ROLES, AdapterEntry
+from crome_runtime.adapter_entries import route as route_question
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs
-from crome_runtime.cache import LRUCache
+from crome_runtime.lru_cache import LRUCache
 from crome_runtime.errors import EngineError
 
 BACKENDS = ("c", "onnx")
-MODALITIES = ("visual", "text")
+MODALITIES = formats.ADAPTER_MODALITIES
 
 
 @dataclass
@@ -97,7 +97,7 @@ class AdapterSet:
         (choose_backend); cache_sizes: (vision, text) entries per adapter. previous: the set this one replaces
         (reload): its adapters whose files are unchanged are taken over with their sessions, kernels and caches,
         and the pins carry over. BundleError/EngineError before anything is returned."""
-        from crome_runtime.adapter import load_c_adapter
+        from crome_runtime.adapter_kernel import load_c_adapter
 
         manifest = bundle.manifest
         adapters: dict[str, LoadedAdapter] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
-from crome_runtime.adapter import adapter_dims
+from crome_runtime.adapter_kernel import adapter_dims
 from crome_runtime.manifest import BundleError, Manifest, bundle_file, read_manifest, read_report
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
@@ -44,7 +44,7 @@ class Bundle:
         return f"{self.manifest.backbone.name}/{adapters} ({self.manifest.precision})"
 
     def adapter_file(self, adapter: str, role: str) -> Path | None:
-        """The path of adapter `adapter`'s file of `role` (crome_runtime.adapters.ROLES) in this bundle, or None when
+        """The path of adapter `adapter`'s file of `role` (crome_runtime.adapter_entries.ROLES) in this bundle, or None when
         the adapter has no such file."""
         name = self.manifest.entry(adapter).file(role)
         return None if name is None else self.path / name
@@ -121,7 +121,7 @@ def _embeddings(path: Path, manifest: Manifest) -> np.ndarray:
 
 def _adapter_files(manifest: Manifest) -> list[str]:
     """The files every adapter needs: its two graphs, and its weights (a version-1 bundle's adapter may lack them)."""
-    from crome_runtime.adapters import REQUIRED_ROLES
+    from crome_runtime.adapter_entries import REQUIRED_ROLES
 
     return [name for entry in manifest.adapters for role in REQUIRED_ROLES if (name := entry.file(role)) is not None]
 
@@ -160,7 +160,7 @@ def _check_adapter_file(path: Path, manifest: Manifest, adapter: str) -> None:
 def check_graphs(bundle: Bundle, signatures: dict[str, GraphSignature], files: dict[str, str] | None = None) -> None:
     """Every graph's static dims against the manifest; BundleError naming the graph, the dim and the fix.
     signatures: graph (GRAPHS) -> its signature; files: graph -> its file name where it is not GRAPH_FILES'
-    (an adapter's graphs, crome_runtime.adapters)."""
+    (an adapter's graphs, crome_runtime.adapter_entries)."""
     m = bundle.manifest
     names = {**GRAPH_FILES, **(files or {})}
     d, nq, size = m.backbone.d_model, m.backbone.num_query_tokens, m.backbone.image_size

@@ -6,7 +6,7 @@ reads the Q4_1 / Q8_0 blocks (smol: 96 MB a token instead of the fp32 graph's 53
 activations and keeps its own KV cache. Prefill runs the bundle's ONNX decoder (KVDecoder: batched GEMMs
 beat stepping the prefix through the blocks) and its present keys/values are copied into the C cache;
 without an ONNX decoder the prefix is stepped through in C. Batch 1, CPU only. Torch-free.
-Not here: the block file (blocks_file.py), the kernels (runtime/csrc/llm.c, qblock.c), sampling (engine.py).
+Not here: the block file (decoder_blocks_file.py), the kernels (runtime/csrc/llm.c, qblock.c), sampling (engine.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 
 from crome_runtime import ccore
-from crome_runtime.blocks_file import MATRICES, DecoderBlocks, layer_name
+from crome_runtime.decoder_blocks_file import MATRICES, DecoderBlocks, layer_name
 from crome_runtime.decoder import check_prefix
 
 
@@ -149,11 +149,11 @@ def open_cdecoder(bundle, prefill_decoder, threads: int = 0) -> CDecoder:
     """The bundle's C decoder (prefill through `prefill_decoder`, its KVDecoder); threads 0 = one per core."""
     import os
 
-    from crome_runtime import blocks_file, formats
+    from crome_runtime import decoder_blocks_file, formats
 
     if threads <= 0:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    blocks = blocks_file.load(bundle.path / formats.DECODER_BLOCKS_FILE)
+    blocks = decoder_blocks_file.load(bundle.path / formats.DECODER_BLOCKS_FILE)
     llm = bundle.manifest.llm
     dims = blocks.dims
     if (dims.n_layers, dims.n_kv_heads, dims.head_dim, dims.vocab) != (llm.num_layers, llm.num_kv_heads, llm.head_dim,

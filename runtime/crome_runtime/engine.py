@@ -14,7 +14,7 @@ name, or none: the frozen backbone) and everything per adapter (sessions, C kern
 is the engine's AdapterSet (adapter_set.py), made the same way at load and at a hot-swap (reload_adapters). Generation stops on the prompt template's
 stop tokens, at max_new_tokens, or at the end of the decoder's context. The same steps as
 CromeModel.generate (batch 1), so an FP32 bundle gives PyTorch's tokens. The adapter runs in the C core's
-fused kernel when the decoder runs on the CPU (adapter.py), else as the bundle's adapter graphs. Every
+fused kernel when the decoder runs on the CPU (adapter_kernel.py), else as the bundle's adapter graphs. Every
 stage is timed by the engine's profiler (profiler.py). The stages are public methods (vision, adapt,
 prompt_ids, prefill, step): the answer path is built from them, and the fidelity check (fidelity.py, for
 `crome-edge export` and `crome-edge verify`) measures each one against PyTorch through them. One engine
@@ -32,7 +32,7 @@ import numpy as np
 from crome_runtime import formats, providers
 from crome_runtime.adapter_set import AdapterSet, choose_backend
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
-from crome_runtime.cache import LRUCache
+from crome_runtime.lru_cache import LRUCache
 from crome_runtime.decoder import KVDecoder
 from crome_runtime.detokenize import StreamDetokenizer
 from crome_runtime.errors import EngineError, PromptTooLong
@@ -71,7 +71,7 @@ class GenerationOptions:
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int = 0
-    # which adapter answers: None = the bundle's routes (crome_runtime.adapters), "none" = the frozen backbone
+    # which adapter answers: None = the bundle's routes (crome_runtime.adapter_entries), "none" = the frozen backbone
     # alone, or an adapter's name
     adapter: str | None = None
 

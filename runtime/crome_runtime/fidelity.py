@@ -284,7 +284,7 @@ def apply_gates(result: Fidelity, threshold_points: float) -> None:
 # --- all of it -------------------------------------------------------------------------------------------
 @dataclass
 class MeasureConfig:
-    max_new_tokens: int = 16
+    max_new_tokens: int = formats.DEFAULT_MAX_NEW_TOKENS
     threshold_points: float = 1.0  # accuracy points a lowered precision may lose
     source: str = ""  # where the prompts come from (for the report)
     unlabelled_reason: str = "the prompts have no labels"

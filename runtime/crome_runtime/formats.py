@@ -9,6 +9,9 @@ ADAPTER_FORMAT = "crome-adapter"
 ADAPTER_FORMAT_VERSION = 1
 
 # The five tensors of docs/architecture.md §2: per-modality down (Wd) and gate (Wg) projections, shared up (Wu).
+ADAPTER_MODALITIES = ("visual", "text")  # the two inputs a CROME adapter adapts, in this order
+# generation cap when nothing measured one (an export measures the longest answer + 2)
+DEFAULT_MAX_NEW_TOKENS = 16
 ADAPTER_TENSORS = ("visual.down", "visual.gate", "text.down", "text.gate", "up")
 
 # String metadata keys (safetensors metadata is str -> str; structured values are JSON strings).
@@ -34,7 +37,7 @@ META_BACKBONE_INFO = "backbone_info"  # JSON: the BackboneInfo the parts were tr
 
 # --- Bundle directory ---------------------------------------------------------------------------
 BUNDLE_FORMAT = "crome-bundle"
-# what every export writes and the newest this runtime reads: 2 = `adapters` (crome_runtime.adapters); a version-1
+# what every export writes and the newest this runtime reads: 2 = `adapters` (crome_runtime.adapter_entries); a version-1
 # manifest (one adapter under the plain names) is read into the same model by crome_runtime.manifest, only there
 BUNDLE_FORMAT_VERSION = 2
 
@@ -52,12 +55,12 @@ EMBEDDINGS_FILE = "embed_tokens.npy"  # (vocab, d) token-embedding table of the 
 VISION_ONNX = "vision.onnx"
 # The adapter is one graph per modality, so the runtime can run the text branch once per prompt (and
 # cache it) and the visual branch once per frame. Both are fp32 at every bundle precision (5·d·r params).
-# These are the roles' plain names: adapter NAME's files in a bundle are NAME.<plain name> (crome_runtime.adapters).
+# These are the roles' plain names: adapter NAME's files in a bundle are NAME.<plain name> (crome_runtime.adapter_entries).
 ADAPTER_VISUAL_ONNX = "adapter_visual.onnx"
 ADAPTER_TEXT_ONNX = "adapter_text.onnx"
 ADAPTER_WEIGHTS_FILE = "adapter.safetensors"  # the adapter's five tensors, for a native fused kernel
 DECODER_ONNX = "decoder.onnx"
-# The decoder's weights as GGUF Q4_1/Q8_0 blocks + float32 norms, for the C decode step on CPU (blocks_file.py)
+# The decoder's weights as GGUF Q4_1/Q8_0 blocks + float32 norms, for the C decode step on CPU (decoder_blocks_file.py)
 DECODER_BLOCKS_FILE = "decoder_blocks.safetensors"
 ENGINES_DIR = "engines"  # TensorRT engines, built on the target by `crome-edge build-engines`
 ENGINES_MANIFEST = "engines.json"  # inside ENGINES_DIR: TensorRT version, device, profiles, engine files

@@ -18,8 +18,8 @@ from crome_runtime import formats
 from crome_runtime.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
 
-if TYPE_CHECKING:  # adapters.py imports BundleError from here: imported where used
-    from crome_runtime.adapters import AdapterEntry
+if TYPE_CHECKING:  # adapter_entries.py imports BundleError from here: imported where used
+    from crome_runtime.adapter_entries import AdapterEntry
 
 
 class BundleError(CromeError, ValueError):
@@ -95,7 +95,7 @@ class FileEntry:
 
 @dataclass
 class GenerationDefaults:
-    max_new_tokens: int = 16
+    max_new_tokens: int = formats.DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -122,7 +122,7 @@ def _real(value) -> bool:
 @dataclass
 class Manifest:
     """A bundle's manifest, in the one adapter model: `adapters` lists zero or more adapters
-    (crome_runtime.adapters.AdapterEntry: name, routes, generation cap, files). Whatever version the file has,
+    (crome_runtime.adapter_entries.AdapterEntry: name, routes, generation cap, files). Whatever version the file has,
     `from_json` reads it into this model (a version-1 manifest's one adapter becomes one entry with the
     catch-all route and the unprefixed file names); `to_json` writes the newest version."""
 
@@ -164,7 +164,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest.json") -> "Manifest":
-        from crome_runtime.adapters import AdapterEntry, check_adapters
+        from crome_runtime.adapter_entries import AdapterEntry, check_adapters
 
         try:
             data = json.loads(text)
@@ -220,7 +220,7 @@ def _version1_adapter(data: dict, generation: GenerationDefaults, source: str) -
     """A version-1 manifest's `adapter` section as the one adapter of the model: its files under the unprefixed
     names (the weights only when the bundle has them), the catch-all route (it answered every question), the
     bundle's generation cap."""
-    from crome_runtime.adapters import ROLES, AdapterEntry, Route
+    from crome_runtime.adapter_entries import ROLES, AdapterEntry, Route
 
     section = data.get("adapter")
     if not isinstance(section, dict):

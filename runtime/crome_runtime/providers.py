@@ -8,7 +8,7 @@ choice that fell back is reported as such.
 
 TensorRT runs through ONNX Runtime's TensorRT execution provider, which builds engines from the bundle's
 graphs on first use and caches them in `<bundle>/engines/ort-trt-cache` (or under crome-edge's cache directory,
-cache_dir.py, when the bundle is read-only). Engines that `crome-edge build-engines` serialised into `<bundle>/engines` are
+user_cache_dir.py, when the bundle is read-only). Engines that `crome-edge build-engines` serialised into `<bundle>/engines` are
 reported but not executed: loading them needs a native TensorRT runner, which this runtime does not have
 yet (no TensorRT was available to test one). Torch-free; onnxruntime is imported when a plan is made.
 """
@@ -108,7 +108,7 @@ def _trt_cache_dir(bundle_dir: Path) -> Path:
     engines = bundle_dir / formats.ENGINES_DIR
     if os.access(bundle_dir, os.W_OK) and (not engines.exists() or os.access(engines, os.W_OK)):
         return engines / "ort-trt-cache"
-    from crome_runtime.cache_dir import cache_root
+    from crome_runtime.user_cache_dir import cache_root
 
     return cache_root() / "ort-trt-cache" / bundle_dir.absolute().name
 

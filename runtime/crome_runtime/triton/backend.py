@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
-from crome_runtime.adapters import NONE
+from crome_runtime.adapter_entries import NONE
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
 from crome_runtime.errors import CromeError
 from crome_runtime.triton import io

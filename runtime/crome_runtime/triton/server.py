@@ -37,7 +37,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crome_runtime.cache_dir import cache_root
+from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.errors import CromeError
 
 PACKAGE = "nvidia-pytriton"

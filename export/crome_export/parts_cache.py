@@ -8,8 +8,8 @@ inside the cache and renamed into place (complete or absent; a concurrent export
 build directories of killed exports are removed after a day).
 With the cache disabled (`export --no-cache`) parts are built into temporary directories that the cache owns
 and removes on close() (use it as a context manager; a failed build removes its directory at once).
-`<cache>` is crome_runtime.cache_dir.cache_root(), as for the model store.
-Not here: what goes into an entry (parts.py).
+`<cache>` is crome_runtime.user_cache_dir.cache_root(), as for the model store.
+Not here: what goes into an entry (backbone_parts.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from crome_runtime.cache_dir import cache_root
+from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.cache_entry import ENTRY_FILE, write_entry, write_json_atomic
 from crome_runtime.manifest import sha256_file
 

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from crome_runtime.formats import ADAPTER_MODALITIES
 
-MODALITIES = ("visual", "text")
+MODALITIES = ADAPTER_MODALITIES
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class AdapterConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "AdapterConfig":
-        """ValueError naming the problem for anything but {"d_model": d, "rank": r} (crome_runtime.adapter's rule)."""
-        from crome_runtime.adapter import adapter_dims
+        """ValueError naming the problem for anything but {"d_model": d, "rank": r} (crome_runtime.adapter_kernel's rule)."""
+        from crome_runtime.adapter_kernel import adapter_dims
 
         d_model, rank = adapter_dims(text)
         return cls(d_model, rank)

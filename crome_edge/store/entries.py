@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crome_runtime import cache_entry
-from crome_runtime.cache_dir import cache_root
+from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.cache_entry import ENTRY_FILE, write_json_atomic
 from crome_runtime.manifest import sha256_file
 

@@ -2,7 +2,7 @@
 step (cdecoder.py): read, checked, written.
 
 A safetensors file: per layer i, `layers.{i}.{q,k,v,o,gate,up,down}` uint8 (rows, row_bytes) block matrices
-(qblocks.py; HF orientation y = W x, q/k rows in HF's rotate-half order) and `layers.{i}.attn_norm` /
+(gguf_blocks.py; HF orientation y = W x, q/k rows in HF's rotate-half order) and `layers.{i}.attn_norm` /
 `.ffn_norm` float32 (d,); `final_norm` float32 (d,); `head` uint8 (vocab, row_bytes). String metadata: format
 name and version, `dims` (LlmDims as JSON), `qtypes` ({tensor: "q4_1" | "q8_0"}) and `source` (where the blocks
 came from: a GGUF's own blocks, or a weight-only Q8_0 form of float weights). Torch-free (safetensors.numpy).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crome_runtime import qblocks
+from crome_runtime import gguf_blocks
 from crome_runtime.manifest import BundleError
 
 FORMAT = "crome-decoder-blocks"
@@ -57,7 +57,7 @@ class DecoderBlocks:
 
     def matrix(self, name: str) -> np.ndarray:
         """The float32 (rows, cols) matrix a block tensor dequantises to."""
-        return qblocks.dequantize(self.tensors[name], self.qtypes[name])
+        return gguf_blocks.dequantize(self.tensors[name], self.qtypes[name])
 
     @property
     def nbytes(self) -> int:
@@ -71,10 +71,10 @@ def check(blocks: DecoderBlocks, where: str = "decoder blocks") -> None:
     for name, (rows, cols) in [("head", shapes["head"])] + [
             (layer_name(i, m), shapes[m]) for i in range(dims.n_layers) for m in MATRICES]:
         qtype = blocks.qtypes.get(name)
-        if qtype not in qblocks.BLOCK_BYTES or cols % qblocks.QK:
+        if qtype not in gguf_blocks.BLOCK_BYTES or cols % gguf_blocks.QK:
             raise BundleError(f"{where}: {name} has block format {qtype!r} for {cols} columns; need q4_1 or q8_0 "
-                              f"and a multiple of {qblocks.QK}: re-export the bundle")
-        expected[name] = (np.uint8, (rows, cols // qblocks.QK * qblocks.BLOCK_BYTES[qtype]))
+                              f"and a multiple of {gguf_blocks.QK}: re-export the bundle")
+        expected[name] = (np.uint8, (rows, cols // gguf_blocks.QK * gguf_blocks.BLOCK_BYTES[qtype]))
     for i in range(dims.n_layers):
         for n in NORMS:
             expected[layer_name(i, n)] = (np.float32, (dims.d_model,))

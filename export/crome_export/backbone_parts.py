@@ -1,5 +1,5 @@
 """The backbone parts of a bundle — vision graph, decoder graph, embedding table, tokenizers — built once
-per backbone, precision and calibration set, and kept in the export cache (cache.py).
+per backbone, precision and calibration set, and kept in the export cache (parts_cache.py).
 
 FP32 parts are always built (they are the parity reference of every export); INT8/FP16 parts are derived
 from them. INT8 vision: static QDQ (quantize.VISION_INT8_RECIPE); only when its cosine against FP32 on the
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_export import quantize
-from crome_export.cache import PartsCache, parts_key
+from crome_export.parts_cache import PartsCache, parts_key
 from crome_export.decoder import export_decoder, save_embeddings
 from crome_export.vision import export_vision
 from crome_runtime import formats

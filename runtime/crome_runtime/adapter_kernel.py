@@ -4,7 +4,7 @@ docs/architecture.md §5 keeps the C kernel because it beats the ONNX Runtime ad
 (benchmarks/RESULTS.md, "Runtime C core"); the engine uses it when the decoder runs on the CPU and the
 adapter graphs (adapter_visual.onnx / adapter_text.onnx, same weights, checked against the backbone's
 width at load) everywhere else. Per modality W1 = [Wd | Wg] (d, 2r), shared Wu (r, d), as
-crome_edge.adapter.CromeAdapter.fused_weight lays them out. Torch-free (safetensors' numpy reader).
+crome_edge.gated_adapter.CromeAdapter.fused_weight lays them out. Torch-free (safetensors' numpy reader).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from crome_runtime import formats
 from crome_runtime.manifest import BundleError
 
-MODALITIES = ("visual", "text")
+MODALITIES = formats.ADAPTER_MODALITIES
 
 
 def adapter_dims(config_json: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ regular expressions (full match). A question goes to the one adapter whose route
 the frozen backbone with no adapter (`none`). This is the one adapter model: the manifest reader
 (manifest.py) reads a version-1 manifest (one adapter under the unprefixed names) into it as one entry whose
 files are those names and whose route is the catch-all (it answers every question, as it always did).
-Torch-free. Not here: running adapters (adapter_set.py, adapter.py), building a bundle (crome_export.multi).
+Torch-free. Not here: running adapters (adapter_set.py, adapter_kernel.py), building a bundle (crome_export.multi).
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class AdapterEntry:
     sha256: str  # of the adapter .safetensors it was exported from
     rank: int
     route: Route
-    max_new_tokens: int = 16  # the generation cap its export measured (longest answer + 2)
+    max_new_tokens: int = formats.DEFAULT_MAX_NEW_TOKENS  # the generation cap its export measured (longest answer + 2)
     training: dict = field(default_factory=dict)
     # role -> bundle file name; None: file_name()'s NAME.<role> for every role. Only the manifest reader gives
     # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent)
@@ -151,7 +151,7 @@ class AdapterEntry:
                 raise ValueError(f"files must map roles ({', '.join(ROLES)}) to bundle file names")
             entry = cls(name=data["name"], sha256=data["sha256"], rank=data["rank"],
                         route=Route(list(route.get("questions", [])), list(route.get("patterns", []))),
-                        max_new_tokens=data.get("max_new_tokens", 16), training=data.get("training", {}),
+                        max_new_tokens=data.get("max_new_tokens", formats.DEFAULT_MAX_NEW_TOKENS), training=data.get("training", {}),
                         files=dict(files) if files is not None else None)
         except KeyError as error:
             raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None

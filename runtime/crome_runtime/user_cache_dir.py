@@ -1,5 +1,5 @@
 """Where crome-edge keeps what it computes once per machine: the model store (crome_edge.store), the export
-cache of backbone parts (crome_export.cache) and ONNX Runtime's TensorRT engines for read-only bundles.
+cache of backbone parts (crome_export.parts_cache) and ONNX Runtime's TensorRT engines for read-only bundles.
 
 `$CROME_EDGE_CACHE` when set, else the platform's user cache directory (e.g. ~/.cache/crome-edge). Torch-free.
 Not here: what goes inside (each user makes its own subdirectory).
