@@ -65,12 +65,7 @@ def write_dataset(config: SynthConfig) -> SynthSummary:
     """Render config.n frames of a task's split into config.out (atomically). CromeError on bad input."""
     out = Path(config.out).expanduser().absolute()
     _check_target(out, config.force)
-    if not MIN_SIZE <= config.size <= MAX_SIZE:
-        raise CromeError(f"--size must be {MIN_SIZE}..{MAX_SIZE} pixels, got {config.size}")
-    if config.n < 1:
-        raise CromeError(f"--n must be at least 1, got {config.n}")
-    seeds = split_seeds(config.task, config.split, config.n, config.seed)
-
+    seeds = _seeds(config)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as error:
@@ -86,6 +81,21 @@ def write_dataset(config: SynthConfig) -> SynthSummary:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def render_into(directory: Path, config: SynthConfig) -> SynthSummary:
+    """Render config's frames into the empty `directory`, in place (not atomic, config.out and config.force unused):
+    the build directory of a cache entry (crome_edge.synth.recipe writes the user-cache copies through
+    crome_runtime.cache_entry). CromeError on bad input."""
+    return _write_into(directory, directory, config, _seeds(config))
+
+
+def _seeds(config: SynthConfig) -> range:
+    if not MIN_SIZE <= config.size <= MAX_SIZE:
+        raise CromeError(f"--size must be {MIN_SIZE}..{MAX_SIZE} pixels, got {config.size}")
+    if config.n < 1:
+        raise CromeError(f"--n must be at least 1, got {config.n}")
+    return split_seeds(config.task, config.split, config.n, config.seed)
 
 
 def _write_into(tmp: Path, out: Path, config: SynthConfig, seeds: range) -> SynthSummary:

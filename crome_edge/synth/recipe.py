@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_edge.errors import CromeError
+from crome_runtime.cache_entry import write_entry
 
 GENERATOR = "crome-edge data synth"
 # Bump whenever render_scene, the Q&A, the line-3 rule, the seed ranges or the file layout change what a
@@ -194,8 +195,17 @@ def _cached_dir(recipe: SynthRecipe, cache_root: Path | None) -> Path:
 
 
 def _render(recipe: SynthRecipe, target: Path) -> None:
-    from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
+    """Renders `recipe` into the cache entry `target` (crome_runtime.cache_entry: complete or absent; a concurrent
+    render of the same recipe succeeds too; a killed render's build directory is removed a day later)."""
+    from crome_edge.synth.dataset_writer import SynthConfig, render_into
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_dataset(SynthConfig(out=str(target), task=recipe.task, split=recipe.split, n=recipe.n, seed=recipe.seed,
-                              size=recipe.size, questions=recipe.questions, force=True))
+    config = SynthConfig(out=str(target), task=recipe.task, split=recipe.split, n=recipe.n, seed=recipe.seed,
+                         size=recipe.size, questions=recipe.questions)
+
+    def build(directory: Path) -> dict:
+        render_into(directory, config)
+        info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+        return {"recipe": recipe.to_dict(), "sha256": info["sha256"]}
+
+    # `.NAME.tmp-*`: the build directories of the dataset writer that wrote these entries before
+    write_entry(target, build, what="dataset cache", stale_patterns=(".*.tmp-*",))

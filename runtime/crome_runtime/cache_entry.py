@@ -1,5 +1,6 @@
-"""One on-disk cache entry, written atomically: the model store (crome_edge.store) and the export cache of
-backbone parts (crome_export.parts_cache) both write their entries here.
+"""One on-disk cache entry, written atomically: the model store (crome_edge.store), the export cache of backbone
+parts (crome_export.parts_cache), the regenerated synthetic datasets (crome_edge.synth.recipe) and the unpacked
+tritonserver with its stub environment (crome_runtime.triton.server) all write their entries here.
 
 An entry is a directory `<parent>/<name>/` holding files and `entry.json` (the record its owner defines). It is
 built in a temporary directory `<parent>/.tmp-<name>-*` and renamed into place, so a reader sees the entry

@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crome_runtime.cache_entry import ENTRY_FILE, write_entry
 from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.errors import CromeError
 
@@ -112,40 +112,46 @@ def wheel_home() -> Path:
 
 def fetch_wheel(wheel: Path | None = None, say=None) -> Path:
     """Unpack the server part of the nvidia-pytriton wheel into the cache (`wheel`: one already downloaded;
-    None: `pip download --no-deps`). Atomic: a half-unpacked server is never left in the cache."""
+    None: `pip download --no-deps`). A cache entry (crome_runtime.cache_entry): a half-unpacked server is never
+    left in the cache, two fetches at once both succeed, a killed fetch's build directory is removed later."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     target = cache_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as work:
-        work_path = Path(work)
-        if wheel is None:
-            say(f"downloading {PACKAGE}=={VERSION} (55 MB, tritonserver 2.51) with pip --no-deps")
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{PACKAGE}=={VERSION}",
-                       "-d", str(work_path)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            wheel = work_path / WHEEL_NAME
-            if done.returncode != 0 or not wheel.is_file():
-                said = [line for line in (done.stderr or "").splitlines() if line.strip()]
-                raise TritonError(f"could not download {PACKAGE}=={VERSION}: "
-                                  f"{said[-1] if said else 'pip found no such wheel'}. On a machine with access "
-                                  f"run `pip download --no-deps {PACKAGE}=={VERSION}` and pass the wheel with "
-                                  "`crome-edge tritonserver --fetch --wheel FILE`")
-        digest = _sha256(Path(wheel))
+
+    def build(directory: Path) -> dict:
+        download = directory / ".download"  # inside the build dir: removed with it, whatever happens
+        source = Path(wheel) if wheel is not None else _download(download, say)
+        digest = _sha256(source)
         if digest != WHEEL_SHA256:
-            raise TritonError(f"{wheel} is not the {PACKAGE} {VERSION} wheel (sha256 {digest[:12]}…, expected "
+            raise TritonError(f"{source} is not the {PACKAGE} {VERSION} wheel (sha256 {digest[:12]}…, expected "
                               f"{WHEEL_SHA256[:12]}…)")
-        unpacked = work_path / "unpacked"
-        with zipfile.ZipFile(wheel) as archive:
+        with zipfile.ZipFile(source) as archive:
             for member in archive.infolist():
                 if member.filename.startswith(SERVER_MEMBERS) and not member.is_dir():
-                    path = archive.extract(member, unpacked)
+                    path = archive.extract(member, directory)
                     if member.filename.endswith(("tritonserver", "triton_python_backend_stub")):
                         os.chmod(path, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(unpacked, target)
+        shutil.rmtree(download, ignore_errors=True)
+        return {"package": PACKAGE, "version": VERSION, "wheel_sha256": digest}
+
+    # `.fetch-*`: the download directories of the fetch that wrote this entry before
+    write_entry(target, build, what="tritonserver cache", stale_patterns=(".fetch-*",))
     say(f"tritonserver unpacked into {target}")
     return target
+
+
+def _download(directory: Path, say) -> Path:
+    """`pip download --no-deps` of the wheel into `directory`; TritonError saying what to do when it fails."""
+    say(f"downloading {PACKAGE}=={VERSION} (55 MB, tritonserver 2.51) with pip --no-deps")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{PACKAGE}=={VERSION}", "-d", str(directory)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheel = directory / WHEEL_NAME
+    if done.returncode != 0 or not wheel.is_file():
+        said = [line for line in (done.stderr or "").splitlines() if line.strip()]
+        raise TritonError(f"could not download {PACKAGE}=={VERSION}: "
+                          f"{said[-1] if said else 'pip found no such wheel'}. On a machine with access "
+                          f"run `pip download --no-deps {PACKAGE}=={VERSION}` and pass the wheel with "
+                          "`crome-edge tritonserver --fetch --wheel FILE`")
+    return wheel
 
 
 def _sha256(path: Path) -> str:
@@ -199,27 +205,24 @@ def stub_env(say=None) -> Path | None:
     key = hashlib.sha256("\n".join([sys.executable, *parents, STUB_NUMPY]).encode()).hexdigest()[:12]
     tag = f"py{sys.version_info.major}.{sys.version_info.minor}"
     env = cache_root() / "tritonserver" / f"stub-env-{tag}-{key}"
-    if (env / "bin" / "python3").exists() and (env / ".complete").is_file():
+    # `.complete`: the marker of the writer before, also written last before an atomic rename
+    if (env / "bin" / "python3").exists() and any((env / name).is_file() for name in (ENTRY_FILE, ".complete")):
         return env
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     say(f"preparing tritonserver's python-backend environment {env} ({STUB_NUMPY}: the 2.51 stub's pybind11 "
         "cannot read numpy 2 arrays)")
-    env.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=env.parent, prefix=".stub-env-"))
-    try:
+
+    def build(work: Path) -> dict:  # a venv may be renamed: its scripts' paths are unused, its python a symlink
         _run([sys.executable, "-m", "venv", "--without-pip", str(work)], "create the stub's venv")
         site = Path(sysconfig.get_path("purelib", vars={"base": str(work), "platbase": str(work)}))
         _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), STUB_NUMPY],
              f"install {STUB_NUMPY} for the python-backend stub")
         lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parents)
         (site / "zz_crome_parent_env.pth").write_text(lines)
-        (work / ".complete").write_text(STUB_NUMPY + "\n")
-        if env.exists():
-            shutil.rmtree(env)
-        os.replace(work, env)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        return {"numpy": STUB_NUMPY, "python": sys.executable, "site_packages": parents}
+
+    # `.stub-env-*`: the build directories of the writer before
+    write_entry(env, build, what="tritonserver cache", stale_patterns=(".stub-env-*",))
     return env
 
 
