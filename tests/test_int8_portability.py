@@ -121,7 +121,7 @@ def test_a_static_graph_below_the_floor_falls_back_to_dynamic_under_its_own_key(
 
     feeds = _calibration(tiny_backbone)
     cache = PartsCache(tmp_path / "cache")
-    monkeypatch.setattr(parts, "VISION_STATIC_MIN_COSINE", 1.01)  # no graph reaches it: the measured condition
+    monkeypatch.setattr(backbone_parts, "VISION_STATIC_MIN_COSINE", 1.01)  # no graph reaches it: the measured condition
     said: list[str] = []
     result = _prepare(tiny_backbone, feeds, cache, said.append)
     vision = result.final_entry["notes"]["vision"]
@@ -131,7 +131,7 @@ def test_a_static_graph_below_the_floor_falls_back_to_dynamic_under_its_own_key(
     assert any("falling back to dynamic INT8" in line for line in said)
     entries = [json.loads(p.read_text())["key"] for p in cache.root.glob("*/entry.json")]
     assert all(e.get("vision_int8") != quantize.VISION_INT8_RECIPE for e in entries)  # nothing static-keyed
-    monkeypatch.setattr(parts, "VISION_STATIC_MIN_COSINE", 0.5)  # the next export tries static again
+    monkeypatch.setattr(backbone_parts, "VISION_STATIC_MIN_COSINE", 0.5)  # the next export tries static again
     again = _prepare(tiny_backbone, feeds, cache, said.append)
     assert again.final_entry["notes"]["vision"]["method"] == "static-qdq" and not again.cached["int8"]
 
@@ -147,7 +147,7 @@ def test_an_error_in_static_quantisation_raises_instead_of_falling_back(tmp_path
     with pytest.raises(RuntimeError, match="a bug in the static path"):
         _prepare(tiny_backbone, _calibration(tiny_backbone), PartsCache(tmp_path / "cache"), lambda m: None)
     assert not list((tmp_path / "cache" / "export-parts").glob("*int8*"))
-    del parts  # imported for the monkeypatch target's module to be loaded
+    del backbone_parts  # imported for the monkeypatch target's module to be loaded
 
 
 def _calibration(backbone) -> list[dict]:

@@ -19,7 +19,7 @@ from crome_edge.store.registry import ModelSpec, ensure_model, pull
 def empty_cache(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("CROME_EDGE_CACHE", str(root))
-    monkeypatch.setattr(cache, "_verified_this_process", set())  # each test is a fresh process
+    monkeypatch.setattr(entries, "_verified_this_process", set())  # each test is a fresh process
     return root
 
 
@@ -47,19 +47,19 @@ def fake(monkeypatch):
 
 
 def _new_process():
-    cache._verified_this_process.clear()
+    entries._verified_this_process.clear()
 
 
 def test_cache_root_follows_env(empty_cache):
-    assert cache.cache_root() == empty_cache
-    assert cache.entry_dir("smollm2-135m-instruct") == empty_cache / "models" / "smollm2-135m-instruct"
+    assert entries.cache_root() == empty_cache
+    assert entries.entry_dir("smollm2-135m-instruct") == empty_cache / "models" / "smollm2-135m-instruct"
 
 
 def test_fetch_writes_entry_with_hashes_once(fake):
     path = ensure_model("fake")
     record = json.loads((path / "entry.json").read_text())
     assert record["source"] == {"revision": "", "origin": "fake"}
-    assert record["files"]["weights.bin"]["sha256"] == cache.sha256_file(path / "weights.bin")
+    assert record["files"]["weights.bin"]["sha256"] == entries.sha256_file(path / "weights.bin")
     _new_process()
     assert ensure_model("fake") == path
     assert fake.fetches == 1
@@ -101,7 +101,7 @@ def test_failed_refetch_keeps_nothing_half_written(fake, empty_cache):
     with pytest.raises(RuntimeError):
         pull("fake", force=True)
     assert [p.name for p in (empty_cache / "models").iterdir()] == ["fake"]  # the old, complete entry
-    assert cache.entry_problems(path, full=True) == []
+    assert entries.entry_problems(path, full=True) == []
 
 
 def test_damaged_file_is_detected_and_refetched(fake, capsys):
@@ -111,7 +111,7 @@ def test_damaged_file_is_detected_and_refetched(fake, capsys):
     assert ensure_model("fake") == path
     assert fake.fetches == 2
     assert "damaged (weights.bin: size" in capsys.readouterr().err
-    assert cache.entry_problems(path, full=True) == []
+    assert entries.entry_problems(path, full=True) == []
 
 
 def test_same_size_corruption_needs_full_verify(fake, capsys):
@@ -135,7 +135,7 @@ def test_copied_entry_with_new_mtimes_is_rehashed_not_refetched(fake):
     _new_process()
     ensure_model("fake")
     assert fake.fetches == 1
-    assert cache.entry_problems(path, full=False) == []  # new mtimes recorded
+    assert entries.entry_problems(path, full=False) == []  # new mtimes recorded
 
 
 def test_missing_or_garbled_entry_json_means_absent(fake):
@@ -209,7 +209,7 @@ def test_cli_list_info_and_errors(fake, capsys, tmp_path):
     assert main(["models", "pull", "fake"]) == 0
     assert main(["models", "info", "fake", "--verify"]) == 0
     assert "verified: the sha256 of every file matches" in capsys.readouterr().out
-    path = cache.entry_dir("fake")
+    path = entries.entry_dir("fake")
     (path / "weights.bin").write_bytes(b"x")
     assert main(["models", "info", "fake", "--verify"]) == 1
     assert "DAMAGED" in capsys.readouterr().out
