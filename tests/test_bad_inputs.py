@@ -4,7 +4,7 @@ distinct bad input (the server's endpoints have their own suite).
 Every row asserts what a user must get: exit status 2 (a loader: its own error class), exactly one
 `crome-edge CMD: error: ...` line that says what is wrong (the row's pattern), no traceback, nothing written
 under the fixtures or left in the temp directory, no file opened under `secret/` (which hostile bundles and
-datasets point at), and bounded memory: all rows run in one subprocess (tests/bad_input_runner.py) under an
+datasets point at), and bounded memory: all rows run in one subprocess (tests/support/bad_input_runner.py) under an
 address-space limit, so an input that makes a command allocate gigabytes fails its row with MemoryError
 instead. The fixtures are made once per module: the tiny FP32 bundle of the runtime tests, and forged copies of
 its files (hard links where only the manifest changes).
@@ -19,14 +19,14 @@ import shutil
 import struct
 import subprocess
 import sys
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from test_runtime_fixtures import adapter_path, tiny_bundle
+from tests.support.bundles import adapter_path, tiny_bundle
+from tests.support.images import png_header
 
 from crome_runtime import formats
 from crome_runtime.manifest import sha256_file
@@ -34,7 +34,7 @@ from crome_runtime.manifest import sha256_file
 # The runner's whole address space: torch, transformers, onnxruntime and OpenCV loaded, plus one case. The inputs
 # this suite guards against asked for 4.8 to 13 GB (and one for 4 TB).
 ADDRESS_SPACE_LIMIT = 2 << 30
-RUNNER = Path(__file__).with_name("bad_input_runner.py")
+RUNNER = Path(__file__).parent / "support" / "bad_input_runner.py"
 T1 = "--threads 1"
 
 # (entry point, what is wrong, command line or loader call, pattern the error line must match)
@@ -297,14 +297,6 @@ def _vision_10k(path: Path, static: bool) -> None:
     onnx.save(model, str(path))
 
 
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def unwritable_dir(tmp: Path) -> Path:
     """A directory this process cannot create files in: a read-only one, or for root (who may write anywhere
     chmod allows nothing) a sysfs directory."""
@@ -347,7 +339,7 @@ def _fixtures(root: Path, bundle: dict) -> dict[str, str]:
     jpg = cv2.imencode(".jpg", image)[1].tobytes()
     (root / "trunc.jpg").write_bytes(jpg[: len(jpg) // 3])
     cv2.imwrite(str(root / "wide.png"), np.full((1, 60000, 3), 90, np.uint8))
-    (root / "bomb.png").write_bytes(_png_header(30000, 30000))
+    (root / "bomb.png").write_bytes(png_header(30000, 30000))
     (root / "bomb.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHH", 40, 30000, 30000, 1, 24)
                                     + b"\0" * 24)
     (root / "text.png").write_text("not an image at all\n")

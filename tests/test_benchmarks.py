@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runtime_cdecoder_engine import _with_blocks
-from test_runtime_fixtures import copy_bundle, tiny_bundle, torch_threads
+from tests.support.bundles import with_q8_blocks
+from tests.support.bundles import copy_bundle, tiny_bundle, torch_threads
 
 pytest.importorskip("gguf")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,7 +28,7 @@ def bundle(tmp_path_factory, tiny_backbone):
     with torch_threads(1):
         paths = tiny_bundle(tmp_path_factory)
     target = copy_bundle(paths["bundle"], tmp_path_factory.mktemp("bench") / "gated")
-    return _with_blocks({"gate": "passed"}, tiny_backbone, target)
+    return with_q8_blocks({"gate": "passed"}, tiny_backbone, target)
 
 
 def _outputs(tmp_path, name):

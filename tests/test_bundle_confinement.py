@@ -10,7 +10,7 @@ from crome_cli.main import main
 from crome_runtime import formats
 from crome_runtime.bundle import load_bundle
 from crome_runtime.manifest import BundleError, read_manifest
-from test_runtime_fixtures import copy_bundle, rewrite_manifest, tiny_bundle
+from tests.support.bundles import copy_bundle, rewrite_manifest, tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tests.support.datasets import synth_dataset
 
 from crome_edge.data import check_images, load_dataset, split_dataset
 from crome_edge.errors import CromeError
@@ -27,14 +28,6 @@ def write_colour_dataset(root: Path, n: int = 24, seed: int = 0, size: int = 32)
         cv2.imwrite(str(root / "images" / f"{i:03d}.png"), image)
         lines.append(json.dumps({"image": f"images/{i:03d}.png", "question": "what colour is the part?", "answer": name}))
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "data.jsonl"
-
-
-def synth_dataset(root: Path, n: int = 24, task: str = "line3", seed: int = 0) -> Path:
-    """`crome-edge data synth` at 32 px (the tiny backbone's image size); returns the data.jsonl."""
-    from crome_cli.main import main
-
-    assert main(["data", "synth", "--out", str(root), "--n", str(n), "--seed", str(seed), "--task", task, "--size", "32"]) == 0
     return root / "data.jsonl"
 
 

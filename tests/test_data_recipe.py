@@ -21,8 +21,8 @@ from crome_edge.training.trainer import Trainer
 from crome_edge.weights import SHIPPED_ADAPTERS, resolve_adapter, shipped_adapter
 from crome_export.frames import load_export_data
 from crome_runtime import formats
-from test_data import synth_dataset
-from test_runtime_fixtures import adapter_report
+from tests.support.bundles import adapter_report
+from tests.support.datasets import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
 

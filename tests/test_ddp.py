@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from test_data import synth_dataset
+from tests.support.datasets import synth_dataset
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -10,7 +10,7 @@ from crome_cli.main import main
 from crome_edge.evaluate import exact_match, score
 from crome_edge.training.config import TrainConfig
 from crome_edge.training.trainer import Trainer
-from test_data import synth_dataset
+from tests.support.datasets import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, backbone="tiny", device="cpu")
 

@@ -17,8 +17,8 @@ import torch
 from crome_cli.main import main
 from crome_runtime import formats
 from crome_runtime.manifest import read_manifest
-from test_runtime_fixtures import adapter_report
-from tiny_adapter import train_tiny_adapter
+from tests.support.adapters import train_tiny_adapter
+from tests.support.bundles import adapter_report
 
 COLOURS = {"red": (0, 0, 220), "green": (0, 200, 0), "blue": (220, 0, 0)}
 QUESTION = "What colour is it?"

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 import pytest
-from test_runtime_fixtures import adapter_report, cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from tests.support.bundles import adapter_report, cache_env, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
 
 from crome_cli.main import main
 from crome_edge.errors import CromeError

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import tiny_bundle
+from tests.support.bundles import tiny_bundle
 
 from crome_edge.errors import CromeError
 

@@ -80,3 +80,30 @@ def test_the_libraries_hold_no_commands():
     stray = [str(path.relative_to(ROOT)) for package in LAYERS[:-1] for path in PACKAGES[package].rglob("*.py")
              if path.stem in ("cli", "cli_types") or path.stem.endswith("_cli")]
     assert not stray, stray
+
+
+def test_test_modules_share_helpers_through_tests_support_only():
+    """A test module imports no other test module (tests/test_*.py): what several need lives in tests/support/,
+    fixtures in tests/conftest.py. Helper modules stay inside tests/support/ (tests/ holds test_*.py, conftest.py
+    and the fuzz harness)."""
+    tests = ROOT / "tests"
+    local = {path.stem for path in tests.glob("*.py")} | {"support"}
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                bare = parts[0] in local  # `from test_x import` / `from serve_support import`: sys.path-dependent
+                other_test = parts[0] == "tests" and len(parts) > 1 and parts[1].startswith("test_")
+                if bare or other_test or any(part.startswith("test_") for part in parts[1:]):
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not wrong, "import shared helpers from tests.support:\n" + "\n".join(wrong)
+    helpers = sorted(path.name for path in tests.glob("*.py")
+                     if not path.stem.startswith("test_") and path.name not in ("__init__.py", "conftest.py", "fuzz_headers.py"))
+    assert not helpers, f"helper modules belong in tests/support/: {helpers}"

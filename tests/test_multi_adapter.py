@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import (COLOURS, QUESTION, WARM_QUESTION, as_version1, cache_env, colour_image, copy_bundle,
+from tests.support.adapters import train_tiny_adapter
+from tests.support.bundles import (COLOURS, QUESTION, WARM_QUESTION, as_version1, cache_env, colour_image, copy_bundle,
                                    multi_bundle, torch_threads)
-from tiny_adapter import train_tiny_adapter
 
 from crome_edge.errors import CromeError
 
@@ -137,7 +137,7 @@ def test_a_version1_bundle_reads_into_one_adapter_that_answers_every_question(se
     assert main(["bundle", "list", str(old)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "colour"
     # older still: no adapter.safetensors (before the C kernel existed): the adapter graphs run it
-    from test_runtime_fixtures import rewrite_manifest
+    from tests.support.bundles import rewrite_manifest
 
     (old / "adapter.safetensors").unlink()
     rewrite_manifest(old, lambda m: m["files"].pop("adapter.safetensors"))
@@ -259,7 +259,7 @@ def test_cli_run_names_the_adapter(setup, capsys, tmp_path):
 
 def test_serve_routes_by_model_field_and_lists_the_adapters(setup):
     import httpx
-    from serve_support import png_data_uri, serving
+    from tests.support.serve import png_data_uri, serving
 
     def ask(base, model, question=QUESTION):
         body = {"messages": [{"role": "user", "content": [
@@ -329,7 +329,7 @@ def test_serve_hot_swaps_adapters_between_answers(setup, tmp_path, monkeypatch):
     """bundle add/remove on the served bundle, then POST /v1/adapters/reload: the new adapters answer, a rejected
     bundle (another backbone's files) leaves the old adapters serving, nothing is lost while a watch prompt runs."""
     import httpx
-    from serve_support import colour_source, png_data_uri, serving, wait_for
+    from tests.support.serve import colour_source, png_data_uri, serving, wait_for
 
     from crome_export.multi import add_adapter, remove_adapter
     from crome_export.pipeline import ExportConfig
@@ -430,7 +430,7 @@ def test_reload_under_load_loses_no_request(setup, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    from serve_support import png_data_uri, serving
+    from tests.support.serve import png_data_uri, serving
 
     bundle = copy_bundle(setup["both"], tmp_path / "load.bundle")
     headers = {"Authorization": "Bearer k3y-for-the-admin"}
@@ -473,7 +473,7 @@ def test_reload_under_load_loses_no_request(setup, tmp_path):
     (lambda m: m["files"].pop("warm.adapter_text.onnx"), "lists no warm.adapter_text.onnx"),
 ])
 def test_malformed_adapter_lists_are_refused(setup, tmp_path, edit, message):
-    from test_runtime_fixtures import rewrite_manifest
+    from tests.support.bundles import rewrite_manifest
 
     from crome_runtime.bundle import load_bundle
     from crome_runtime.manifest import BundleError

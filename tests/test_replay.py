@@ -12,7 +12,7 @@ from crome_edge.synth.qa import PRETRAIN_QUESTIONS
 from crome_edge.training.config import TrainConfig
 from crome_edge.training.trainer import Trainer
 from crome_edge.training.replay import replay_samples
-from test_data import synth_dataset
+from tests.support.datasets import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, device="cpu")
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_data import synth_dataset
+from tests.support.datasets import synth_dataset
 
 from crome_cli.main import main
 

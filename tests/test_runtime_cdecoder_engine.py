@@ -8,26 +8,12 @@ decoder's (Q8_0 weights: cosine >= 0.999 on tiny).
 """
 import numpy as np
 import pytest
-from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from tests.support.bundles import QUESTION, colour_image, copy_bundle, tiny_bundle, torch_threads, with_q8_blocks
 
-from crome_runtime import decoder_blocks_file, formats
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.errors import EngineError
-from crome_runtime.manifest import sha256_file
 
 pytest.importorskip("gguf")
-
-
-def _with_blocks(source: dict, tiny_backbone, target):
-    from crome_export.blocks import from_float
-
-    blocks = from_float(tiny_backbone.llm, "q8_0")
-    blocks.source.update(source)
-    path = target / formats.DECODER_BLOCKS_FILE
-    decoder_blocks_file.save(blocks, path)
-    entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": "data"}
-    rewrite_manifest(target, lambda m: m["files"].__setitem__(formats.DECODER_BLOCKS_FILE, entry))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +23,8 @@ def bundles(tmp_path_factory, tiny_backbone):
     root = tmp_path_factory.mktemp("cdecoder")
     return {
         "plain": paths["bundle"],
-        "gated": _with_blocks({"gate": "passed"}, tiny_backbone, copy_bundle(paths["bundle"], root / "gated")),
-        "ungated": _with_blocks({}, tiny_backbone, copy_bundle(paths["bundle"], root / "ungated")),
+        "gated": with_q8_blocks({"gate": "passed"}, tiny_backbone, copy_bundle(paths["bundle"], root / "gated")),
+        "ungated": with_q8_blocks({}, tiny_backbone, copy_bundle(paths["bundle"], root / "ungated")),
     }
 
 

@@ -8,12 +8,12 @@ from importlib.metadata import requires
 
 import cv2
 import pytest
-from test_runtime_fixtures import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle
+from tests.support.bundles import QUESTION, colour_image, copy_bundle, rewrite_manifest, tiny_bundle
+from tests.support.images import png_header
+from tests.support.torch_blocked import BLOCKED, torch_blocked_env
 
 from crome_cli.main import main
 from crome_runtime import formats
-
-BLOCKED = ("torch", "transformers", "onnx", "onnxscript", "gguf", "crome_export")
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,6 @@ def test_json_output(paths, red_png, capsys):
     assert answer["answer"] == "re" and answer["finish_reason"] == "length" and len(answer["tokens"]) == 2
 
 
-def _png_header(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-
-
 @pytest.mark.parametrize("case", ["missing_file", "altered_file", "newer_format", "not_a_bundle", "unreadable_image",
                                   "empty_image", "huge_image", "prompt_too_long", "cuda_unavailable", "bad_temperature",
                                   "bad_repeat"])
@@ -90,8 +82,8 @@ def test_bad_input_is_a_clear_error(case, paths, red_png, tmp_path, capsys):
         bundle = tmp_path
     elif case in ("unreadable_image", "empty_image", "huge_image"):
         image = tmp_path / "image.png"
-        image.write_bytes({"unreadable_image": b"hello", "empty_image": _png_header(0, 0),
-                           "huge_image": _png_header(20000, 20000)}[case])
+        image.write_bytes({"unreadable_image": b"hello", "empty_image": png_header(0, 0),
+                           "huge_image": png_header(20000, 20000)}[case])
     elif case == "prompt_too_long":
         extra = ["--prompt", "why " * 80]
     elif case == "cuda_unavailable":
@@ -115,22 +107,6 @@ def test_bad_input_is_a_clear_error(case, paths, red_png, tmp_path, capsys):
 
 # --- torch-free -----------------------------------------------------------------------------------------
 
-BLOCKER = """
-import sys
-
-BLOCKED = {blocked!r}
-
-
-class _Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked: the runtime must work without it")
-        return None
-
-
-sys.meta_path.insert(0, _Blocked())
-"""
-
 ENGINE_SCRIPT = """
 import sys
 try:
@@ -147,16 +123,6 @@ answer = e.answer(sys.argv[2], sys.argv[3])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
 print(answer.text, answer.finish_reason, e.adapter_backend, leaked)
 """
-
-
-def torch_blocked_env(tmp_path) -> dict:
-    """The environment of a process in which importing torch, transformers, onnx or crome_export fails: a
-    sitecustomize ahead of the caller's PYTHONPATH (kept, so the child imports the same checkout as the test)."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
-    path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def test_runtime_runs_with_torch_and_transformers_blocked(paths, red_png, tmp_path):

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_runtime_fixtures import (QUESTION, adapter_path, colour_image, copy_bundle, rewrite_manifest, tiny_bundle,
+from tests.support.bundles import (QUESTION, adapter_path, colour_image, copy_bundle, rewrite_manifest, tiny_bundle,
                                    torch_threads)
+from tests.support.images import png_header
 
 from crome_runtime import formats
 from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions, vision_key
@@ -227,19 +228,10 @@ def test_bad_options_and_images(engine, tmp_path):
         engine.answer(tmp_path / "missing.png", QUESTION)
 
 
-def _png_header(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-
-
 @pytest.mark.parametrize("size, message", [((0, 0), "zero size"), ((20000, 20000), "pixel limit")])
 def test_empty_and_huge_images_are_refused_before_decoding(engine, tmp_path, size, message):
     path = tmp_path / "image.png"
-    path.write_bytes(_png_header(*size) + b"\x00" * 64)
+    path.write_bytes(png_header(*size) + b"\x00" * 64)
     tracemalloc.start()
     with pytest.raises(ImageError, match=message):
         engine.frame(path)

@@ -6,7 +6,7 @@ report's agreement, plus a streamed answer through `crome-edge run`.
 """
 import pytest
 import torch
-from test_runtime_fixtures import torch_threads
+from tests.support.bundles import torch_threads
 
 pytestmark = pytest.mark.slow
 

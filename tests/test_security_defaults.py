@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnxruntime
 import pytest
-from test_runtime_fixtures import tiny_bundle
+from tests.support.bundles import tiny_bundle
 
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.manifest import BundleError

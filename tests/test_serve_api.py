@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from serve_support import QUESTION, colour_source, get, health, png_data_uri, serving, wait_for
-from test_runtime_fixtures import colour_image, tiny_bundle
+from tests.support.bundles import colour_image, tiny_bundle
+from tests.support.serve import QUESTION, colour_source, get, health, png_data_uri, serving, wait_for
 
 from crome_runtime.serve.config import Limits
 

@@ -10,9 +10,9 @@ import sys
 
 import httpx
 import pytest
-from serve_support import QUESTION, MjpegCamera, get, health, png_data_uri, served_base, serving, wait_for
-from test_runtime_cli import torch_blocked_env
-from test_runtime_fixtures import colour_image, tiny_bundle
+from tests.support.bundles import colour_image, tiny_bundle
+from tests.support.serve import QUESTION, MjpegCamera, get, health, png_data_uri, served_base, serving, wait_for
+from tests.support.torch_blocked import torch_blocked_env
 
 from crome_cli.main import main
 from crome_edge.synth.camera import write_video

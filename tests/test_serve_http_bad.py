@@ -9,8 +9,8 @@ import socket
 
 import httpx
 import pytest
-from serve_support import QUESTION, colour_source, health, png_data_uri, serving
-from test_runtime_fixtures import colour_image, tiny_bundle
+from tests.support.bundles import colour_image, tiny_bundle
+from tests.support.serve import QUESTION, colour_source, health, png_data_uri, serving
 
 from crome_runtime.serve.config import Limits
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_support import QUESTION, get, health, served_base, wait_for
-from test_runtime_fixtures import tiny_bundle
+from tests.support.bundles import tiny_bundle
+from tests.support.serve import QUESTION, get, health, served_base, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from soak_serve import SoakConfig, soak  # noqa: E402

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_support import QUESTION, colour_source, serving, wait_for
-from test_runtime_fixtures import tiny_bundle
+from tests.support.bundles import tiny_bundle
+from tests.support.serve import QUESTION, colour_source, serving, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,8 +9,8 @@ import textwrap
 
 import cv2
 import pytest
-from test_runtime_cli import BLOCKED, torch_blocked_env
-from test_runtime_fixtures import QUESTION, colour_image, tiny_bundle
+from tests.support.bundles import QUESTION, colour_image, tiny_bundle
+from tests.support.torch_blocked import BLOCKED, torch_blocked_env
 
 SCRIPT = """
 import json, sys

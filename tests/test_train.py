@@ -18,7 +18,7 @@ from crome_edge.training.checkpoint import TrainingInterrupted
 from crome_edge.backbones.parts_file import load_backbone_parts
 from crome_edge.training.checkpoint import load_checkpoint
 from crome_edge.backbones.parts_file import llm_fingerprint
-from test_data import synth_dataset
+from tests.support.datasets import synth_dataset
 
 FAST = dict(batch_size=6, rank=8, lr=0.02, val_fraction=0.25, threads=1, progress=False, device="cpu")
 

@@ -15,7 +15,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from test_runtime_fixtures import COLOURS, QUESTION, WARM_QUESTION, colour_image, multi_bundle, tiny_bundle
+from tests.support.bundles import COLOURS, QUESTION, WARM_QUESTION, colour_image, multi_bundle, tiny_bundle
 
 from crome_cli.main import main
 from crome_runtime.triton import pbtxt

@@ -11,8 +11,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_runtime_cli import BLOCKED, torch_blocked_env
-from test_runtime_fixtures import adapter_path, adapter_report, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from tests.support.bundles import adapter_path, adapter_report, copy_bundle, rewrite_manifest, tiny_bundle, torch_threads
+from tests.support.torch_blocked import BLOCKED, torch_blocked_env
 
 from crome_cli.main import main
 from crome_runtime import acceptance, formats

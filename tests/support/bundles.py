@@ -1,4 +1,4 @@
-"""Bundles for the runtime tests (helpers only, no tests): a tiny adapter that learned a colour question,
+"""Bundles for the tests: a tiny adapter that learned a colour question,
 exported to an FP32 bundle with the exporter's own Python API (`crome_export.pipeline.export_bundle`).
 
 Exported once per pytest session into the session's base temp directory and shared by every
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tiny_adapter import train_tiny_adapter
+from tests.support.adapters import train_tiny_adapter
 
 COLOURS = {"red": (0, 0, 220), "green": (0, 200, 0), "blue": (220, 0, 0)}  # BGR
 QUESTION = "What colour is it?"
@@ -180,3 +180,19 @@ def rewrite_manifest(bundle: Path, edit) -> None:
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data, indent=2))
+
+
+def with_q8_blocks(source: dict, tiny_backbone, target: Path) -> Path:
+    """The bundle `target` with a weight-only Q8_0 decoder-blocks file of `tiny_backbone` listed in its manifest;
+    `source` goes into the blocks' source record (e.g. {"gate": "passed"})."""
+    from crome_export.blocks import from_float
+    from crome_runtime import decoder_blocks_file, formats
+    from crome_runtime.manifest import sha256_file
+
+    blocks = from_float(tiny_backbone.llm, "q8_0")
+    blocks.source.update(source)
+    path = target / formats.DECODER_BLOCKS_FILE
+    decoder_blocks_file.save(blocks, path)
+    entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "precision": "data"}
+    rewrite_manifest(target, lambda m: m["files"].__setitem__(formats.DECODER_BLOCKS_FILE, entry))
+    return target

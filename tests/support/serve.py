@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-from test_runtime_fixtures import COLOURS, colour_image
+from tests.support.bundles import COLOURS, colour_image
 
 import crome_runtime  # noqa: F401  (before cv2: OpenCV's decoder pixel limit)
 import cv2
