@@ -15,7 +15,8 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from tests.support.bundles import COLOURS, QUESTION, WARM_QUESTION, colour_image, multi_bundle, tiny_bundle
+from tests.support.bundles import (COLOURS, QUESTION, WARM_QUESTION, colour_image, copy_bundle, multi_bundle,
+                                   rewrite_manifest, tiny_bundle)
 
 from crome_cli.main import main
 from crome_runtime.triton import pbtxt
@@ -154,6 +155,38 @@ def test_the_batched_vision_stage_primes_each_adapters_cache(both, bundle):
             assert answer.cache["vision"] and "vision" not in answer.timings_ms, job
             assert answer.adapter == job.adapter
             assert answer.token_ids == plain.answer(plain.frame_from_pixels(pixels), job.prompt, job.options).token_ids
+
+
+def test_a_requests_options_start_from_the_routed_adapters_defaults(both, tmp_path):
+    """The model's answer stops at the routed adapter's own generation cap, as `crome-edge run`'s does (the issue-20
+    defect: options resolved against the bundle-wide defaults); the frozen backbone keeps the bundle's; a value the
+    request sends wins."""
+    from crome_runtime.engine import Engine, EngineConfig
+    from crome_runtime.triton.backend import parse_job
+
+    bundle = copy_bundle(both, tmp_path / "caps")
+
+    def caps(manifest: dict) -> None:
+        for entry in manifest["adapters"]:
+            entry["max_new_tokens"] = 0  # the bundle-wide cap stays 7: an answer of no tokens shows whose cap ran
+        manifest["generation"]["max_new_tokens"] = 7
+
+    rewrite_manifest(bundle, caps)
+    engine = Engine.load(bundle, EngineConfig(threads=1))
+    pixels = engine.frame(colour_image("red", 7)).pixels
+
+    def answer(prompt: str, **extra: np.ndarray):
+        job = parse_job(engine, {"PROMPT": np.array([[prompt.encode()]], dtype=object), "PIXELS": pixels[None],
+                                 **extra})
+        return engine.answer(job.frame, job.prompt, job.options)
+
+    for prompt, adapter in ((QUESTION, "colour"), (WARM_QUESTION, "warm")):
+        got = answer(prompt)
+        assert (got.adapter, got.token_ids, got.finish_reason) == (adapter, [], "length")
+    frozen = answer("How many parts are there?")
+    assert frozen.adapter is None and (frozen.finish_reason == "stop" or len(frozen.token_ids) == 7)
+    asked = answer(QUESTION, MAX_NEW_TOKENS=np.array([[2]], np.int32))
+    assert asked.adapter == "colour" and 0 < len(asked.token_ids) <= 2
 
 
 def test_concurrent_cameras_are_batched_into_one_vision_run(server, bundle):
