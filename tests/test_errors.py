@@ -12,7 +12,7 @@ import pytest
 from crome_cli import main as cli
 from crome_runtime.errors import CromeError, PromptTooLong
 from crome_runtime.manifest import BundleError
-from crome_runtime.serve.openai_api import ApiError
+from crome_runtime.serve.protocol import ApiError
 from crome_runtime.serve.worker import NoFrame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from tests.support.bundles import tiny_bundle
 
 from crome_runtime.engine import Engine, EngineConfig
 from crome_runtime.manifest import BundleError
-from crome_runtime.serve import app as serve_app
+from crome_runtime.serve import guard as serve_guard
 from crome_runtime.serve.config import LOOPBACK_HOSTS, Limits, ServeConfig
 from crome_runtime.serve.server import bind
 
@@ -122,10 +122,10 @@ def test_serve_binds_to_loopback_by_default():
 
 
 def test_the_api_key_is_compared_in_constant_time_only():
-    tree = ast.parse(Path(serve_app.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(serve_guard.__file__).read_text(encoding="utf-8"))
     calls = {_dotted(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     assert "hmac.compare_digest" in calls
-    serve_dir = Path(serve_app.__file__).parent
+    serve_dir = Path(serve_guard.__file__).parent
     for path in sorted(serve_dir.glob("*.py")) + [ROOT / "export" / "crome_cli" / "serve.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):

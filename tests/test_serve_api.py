@@ -81,12 +81,15 @@ def test_a_completion_is_stamped_once():
     """`created` is the request's one stamp (the chunks of a stream share it), not a second clock read."""
     from types import SimpleNamespace
 
-    from crome_runtime.serve import openai_api
+    from crome_runtime.serve import protocol
 
     answer = SimpleNamespace(text="red", token_ids=[1, 2, 3], finish_reason="stop", prompt_tokens=9, ttft_ms=1.0,
                              total_ms=2.0, timings_ms={}, cache={}, adapter=None)
     result = SimpleNamespace(answer=answer, frame=None, queue_ms=0.0, latency_ms=2.0, stages_ms=lambda: {})
-    assert openai_api.completion("chatcmpl-x", "m", 1234, result)["created"] == 1234
+    reply = protocol.Reply("m")
+    stamps = {reply.completion(result)["created"], reply.chunk({"content": "r"})["created"],
+              reply.usage_chunk(result)["created"]}
+    assert stamps == {reply.created}
 
 
 def test_camera_frames_answer_with_their_id_and_age(client, served):

@@ -164,7 +164,7 @@ def _raw(base: str, head: str) -> bytes:
 def test_a_content_length_over_the_limit_is_413_before_any_body_is_read(servers):
     base = servers["keyed"]
     for method, path in KEYED_ENDPOINTS.values():
-        reply = _raw(base, f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        reply = _raw(base, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
                            f"Content-Length: 99999999\r\nConnection: close\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.split()[1] == b"413", (path, reply[:300])

@@ -4,7 +4,7 @@
     crome-edge serve --bundle line3.bundle --camera 0 --api-key-file key.txt --host 0.0.0.0 --events events.jsonl
 
 Thin: parses arguments into crome_runtime.serve's ServeConfig (defaults live there), opens the camera once
-to fail fast, binds the port, then runs crome_runtime.serve.server.Server until SIGTERM / SIGINT (exit 0).
+to fail fast, binds the port, then runs crome_runtime.serve.server.Server under crome_runtime.serve.host until SIGTERM / SIGINT (exit 0).
 `--camera demo` is crome_edge's synthetic conveyor camera (numpy + OpenCV, no torch). With no --bundle the
 embedded default bundle is exported once into the cache (crome_cli.default_bundle; needs the [train] extra).
 """
@@ -110,6 +110,7 @@ def demo_camera(fps: float | None):
 
 def _serve(args: argparse.Namespace, config) -> int:
     from crome_runtime.engine import EngineConfig
+    from crome_runtime.serve.host import serve
     from crome_runtime.serve.server import Server, bind
     from crome_runtime.serve.sources import parse_source
 
@@ -141,7 +142,7 @@ def _serve(args: argparse.Namespace, config) -> int:
     say(f"model {server.model_id}; camera {source.spec if source else 'none'}; "
         f"watching {len(config.watch)} prompt(s); loading the engine")
     say(f"web view {url}/  ·  OpenAI API {url}/v1  ·  health {url}/health  ·  metrics {url}/metrics")
-    server.serve(sock, log_level="warning")
+    serve(server, sock, log_level="warning")
     if server.fatal_error is not None:
         raise CromeError(f"the engine failed to load: {server.fatal_error}")
     say("stopped")

@@ -21,6 +21,7 @@ import crome_runtime  # noqa: F401  (before cv2: OpenCV's decoder pixel limit)
 import cv2
 from crome_runtime.engine import EngineConfig
 from crome_runtime.serve.config import CameraConfig, Limits, ServeConfig
+from crome_runtime.serve.host import start_background
 from crome_runtime.serve.server import Server, bind
 from crome_runtime.serve.sources import CameraSource
 
@@ -115,7 +116,7 @@ def serving(bundle, camera: CameraSource | None = None, watch=(), limits: Limits
     server = server_class(config, bundle, EngineConfig(threads=1, spin=False), camera)
     sock = bind(config.host, 0)
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = server.start_background(sock)
+    thread = start_background(server, sock)
     try:
         if ready:
             wait_for(lambda: health(base)[0] == 200, f"GET {base}/health -> 200")

@@ -1,11 +1,13 @@
 """`crome-edge serve`: a camera, an engine and an HTTP API in one process, torch-free.
 
     camera (sources.py) ─▶ reader thread (reader.py) ─▶ newest-frame slot ─┐
-    HTTP (app.py, openai_api.py, images.py) ─▶ fair bounded queue (fairqueue.py) ─▶ engine worker (worker.py)
-    watch loop (watch.py) ─────────────────────┘                                        │
+    HTTP (host.py ─▶ guard.py ─▶ app.py: protocol.py, images.py) ─┐
+    watch loop (watch.py) ───────────────────────────────────────────┴─▶ jobs.py ─▶ fair bounded queue
+        (fairqueue.py) ─▶ engine worker (worker.py)                                                │
     answers ─▶ HTTP response / SSE fan-out + JSONL log (events.py) / Prometheus (metrics.py)
 
-server.py assembles the parts and runs uvicorn on a socket it has bound itself; config.py holds every
+server.py assembles the parts and their lifecycle; host.py runs the app (app.py) under uvicorn on a socket
+the caller bound, app.py never reaching the engine but through a job's stream (jobs.py); config.py holds every
 default once. The web page (static/) is plain HTML/JS shipped as package data. Importing this package
-imports nothing heavy; fastapi and uvicorn are imported by app.py and server.py.
+imports nothing heavy; fastapi and uvicorn are imported by app.py, guard.py and host.py.
 """

@@ -1,4 +1,4 @@
-"""The HTTP side (FastAPI): OpenAI chat completions, watch prompts and their SSE stream, frames, health,
+"""The HTTP routes (FastAPI): OpenAI chat completions, watch prompts and their SSE stream, frames, health,
 metrics, and the web page.
 
     GET  /                      the web page (static/, package data)
@@ -12,21 +12,18 @@ metrics, and the web page.
     GET  /v1/watch              SSE: every watch answer as it is made (recent ones first)
     GET|POST /v1/watch/prompts, DELETE /v1/watch/prompts/{id}
 
-Handlers never touch the engine: they queue Jobs for the worker and read the job's events from an asyncio
-queue the worker fills. Every error is OpenAI's JSON shape; no traceback reaches a client (bugs are logged
-here with theirs). The Guard middleware enforces the body limit and the API key (constant-time compare;
-everything but /health and the page's static files) and counts responses.
+A handler parses (protocol.py), calls, and returns: it never touches the engine, but submits a Job and reads
+its stream (jobs.py), which also handles a client that leaves. Every error is OpenAI's JSON shape, from the
+status the error carries; no traceback reaches a client (bugs are logged with theirs).
 
-Not here: validation and response shapes (openai_api.py), the parts' lifecycle (server.py).
+Not here: the request and response shapes (protocol.py), the checks before a route (guard.py), running it
+(host.py), the parts' lifecycle (server.py).
 """
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
-import time
 from importlib import resources
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -36,88 +33,26 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from crome_runtime.errors import CromeError
-from crome_runtime.limits import TextError, check_text
-from crome_runtime.serve import openai_api
-from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
+from crome_runtime.serve import jobs, protocol
+from crome_runtime.serve.guard import Guard, error_response
 from crome_runtime.serve.images import decode_data_uri
-from crome_runtime.serve.openai_api import ApiError, bad
+from crome_runtime.serve.protocol import ApiError, bad
 from crome_runtime.serve.watch import WatchError
-from crome_runtime.serve.worker import EngineUnavailable, Job
+from crome_runtime.serve.worker import AnswerFailed, Job
 
 if TYPE_CHECKING:
     from crome_runtime.serve.server import Server
 
 log = logging.getLogger("crome_runtime.serve")
 
-PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # and /static/*: the page's files hold no data
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def static_dir() -> str:
     return str(resources.files("crome_runtime.serve") / "static")
-
-
-# --- middleware -------------------------------------------------------------------------------------
-class Guard:
-    """Pure ASGI middleware: API key, body limit, response counting (around every HTTP request)."""
-
-    def __init__(self, app, server: "Server"):
-        self.app, self.server = app, server
-        key = server.config.api_key
-        self._key_digest = hashlib.sha256(key.encode()).digest() if key else None
-
-    def authorized(self, headers: dict[bytes, bytes]) -> bool:
-        value = headers.get(b"authorization", b"")
-        token = value[7:].strip() if value[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
-        # equal-length digests: the comparison takes the same time whatever the key and the guess are
-        return self._key_digest is not None and hmac.compare_digest(hashlib.sha256(token).digest(), self._key_digest)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, status = scope["path"], [500]
-
-        async def counted_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            headers = dict(scope["headers"])
-            public = path in PUBLIC_PATHS or path.startswith("/static/")
-            if self._key_digest is not None and not public and not self.authorized(headers):
-                missing = b"authorization" not in headers and b"x-api-key" not in headers
-                error = ApiError(401, "missing API key: send Authorization: Bearer <key>" if missing
-                                 else "wrong API key", code="invalid_api_key")
-                return await error_response(error)(scope, receive, counted_send)
-            limit = self.server.config.limits.max_body_bytes
-            length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                return await error_response(too_large(limit))(scope, receive, counted_send)
-            received = [0]
-
-            async def limited_receive():
-                message = await receive()
-                if message["type"] == "http.request":
-                    received[0] += len(message.get("body", b""))
-                    if received[0] > limit:
-                        raise too_large(limit)
-                return message
-
-            await self.app(scope, limited_receive, counted_send)
-        finally:
-            self.server.metrics.request(path, status[0])
-
-
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body is over this server's {limit:,}-byte limit; send a smaller image",
-                    code="request_too_large")
-
-
-def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.http_status, headers=error.headers)
 
 
 def json_body(raw: bytes):
@@ -128,25 +63,6 @@ def json_body(raw: bytes):
         raise bad("the request body is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise bad(f"the request body is not valid JSON ({error})") from None
-
-
-class Channel:
-    """A job's events, from the worker thread into the handler's asyncio queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
-
-    def sink(self, kind: str, value) -> None:  # worker thread
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
-
-
-async def _until_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 def sse(payload: dict | str) -> bytes:
@@ -161,9 +77,13 @@ def create_app(server: "Server") -> FastAPI:
 
     @app.exception_handler(CromeError)  # ApiError included: every error says its own status (ApiError.of)
     async def _crome_error(request: Request, error: CromeError):
-        if error.http_status == 500 and not isinstance(error, ApiError):
+        if error.http_status == 500 and not isinstance(error, (ApiError, AnswerFailed)):  # AnswerFailed: logged
             log.error("%s %s failed: %s", request.method, request.url.path, error, exc_info=error)
         return error_response(ApiError.of(error))
+
+    @app.exception_handler(ClientDisconnect)  # left while sending its body: nobody to answer, nothing to log
+    async def _gone(request: Request, error: ClientDisconnect):
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
@@ -226,86 +146,44 @@ def create_app(server: "Server") -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = json_body(await request.body())
-        chat = openai_api.parse_chat_request(body, limits, config.max_new_tokens)
-        chat.options.adapter = openai_api.adapter_of(chat.model, server.model_ids, server.adapter_names,
-                                                     server.any_model)
+        chat = protocol.parse_chat(json_body(await request.body()), limits, config.max_new_tokens)
+        chat.options.adapter = protocol.adapter_of(chat.model, server.model_ids, server.adapter_names,
+                                                   server.any_model)
         image = None
         if chat.image_url is not None:
             image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)  # ImageRefused: 400
-        elif server.reader is None:
-            raise bad("this server has no camera: send the image as an image_url data URI", "messages")
         else:
-            camera = server.reader.health()
-            if not camera["delivering"]:  # never answer about a stale frame as if it were the current one
-                age = camera["last_frame_age_s"]
-                raise ApiError(503, f"the camera is not delivering frames (state {camera['state']}"
-                               + (f"; its last frame is {age:.1f} s old" if age is not None else "; no frame yet")
-                               + "): retry when /health is ok, or send the image as an image_url data URI",
-                               code="camera_unavailable", headers={"Retry-After": "1"})
-        channel = Channel(asyncio.get_running_loop())
-        job = Job(chat.question, chat.options, "api", channel.sink, image)
+            camera_ready(server)
+        stream = jobs.submit(server.worker, Job(chat.question, chat.options, "api", image=image),
+                             until=request.is_disconnected)
+        reply = protocol.Reply(server.model_id)
         try:
-            server.worker.submit(job)
-        except QueueFull:
-            raise ApiError(429, f"the engine has {limits.queue_size} requests waiting; retry shortly",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
-        except (EngineUnavailable, QueueClosed) as error:
-            raise ApiError(503, str(error), code="unavailable", headers={"Retry-After": "2"}) from None
-        request_id, model, created = openai_api.new_id(), server.model_id, int(time.time())
-        disconnected = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            first = await _next_event(channel, disconnected, job, server)
-        except BaseException:  # the handler was cancelled (server stopping): the job has nobody to answer
-            disconnected.cancel()
-            job.cancel()
-            raise
-        if first is None:  # the client left while waiting: nobody to answer
+            await stream.started()  # an error before the first token is the response's status, streamed or not
+        except jobs.ClientGone:
             return Response(status_code=499)
-        if first[0] == "error":
-            disconnected.cancel()
-            raise ApiError.of(first[1])
         if not chat.stream:
             try:
-                pieces, event = [], first
-                while event[0] == "piece":
-                    pieces.append(event[1])
-                    event = await _next_event(channel, disconnected, job, server)
-                    if event is None:
-                        return Response(status_code=499)
-            finally:
-                disconnected.cancel()
-            if event[0] == "error":
-                raise ApiError.of(event[1])
-            return openai_api.completion(request_id, model, created, event[1])
-        disconnected.cancel()  # from here StreamingResponse notices a client that leaves
+                return reply.completion(await stream.collect())
+            except jobs.ClientGone:
+                return Response(status_code=499)
 
-        async def stream() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield sse(reply.chunk({"role": "assistant", "content": ""}))
             try:
-                yield sse(openai_api.chunk(request_id, model, created, {"role": "assistant", "content": ""}))
-                event = first
-                while True:
-                    kind, value = event
-                    if kind == "piece":
-                        yield sse(openai_api.chunk(request_id, model, created, {"content": value}))
-                    elif kind == "done":
-                        finish = openai_api.FINISH[value.answer.finish_reason]
-                        # OpenAI: `usage` only in the extra chunk that stream_options.include_usage asks for
-                        yield sse(openai_api.chunk(request_id, model, created, {}, finish,
-                                                   timings=openai_api.timings(value)))
-                        if chat.include_usage:
-                            yield sse(openai_api.usage_chunk(request_id, model, created, value))
-                        break
-                    else:
-                        yield sse(ApiError.of(value).body())
-                        break
-                    event = await channel.queue.get()
-                yield sse("[DONE]")
-            finally:  # the client left (the task is cancelled) or the stream ended: stop the job either way
-                job.cancel()
-                server.queue.remove(job)
+                async for piece in stream:
+                    yield sse(reply.chunk({"content": piece}))
+            except CromeError as error:
+                yield sse(ApiError.of(error).body())
+            finally:  # a response closed while it waited to send a chunk: the job stops here too
+                stream.close()
+            result = stream.result
+            if result is not None:
+                yield sse(reply.chunk({}, protocol.FINISH[result.answer.finish_reason], result))
+                if chat.include_usage:  # OpenAI: `usage` only in the extra chunk include_usage asks for
+                    yield sse(reply.usage_chunk(result))
+            yield sse("[DONE]")
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     # --- watch ------------------------------------------------------------------------------------
     @app.get("/v1/watch")
@@ -337,23 +215,9 @@ def create_app(server: "Server") -> FastAPI:
     async def watch_add(request: Request):
         if server.watch is None:
             raise bad("this server has no camera, so it has nothing to watch")
-        body = json_body(await request.body())
-        if not isinstance(body, dict) or set(body) - {"prompt", "max_tokens"}:
-            raise bad("the body must be {\"prompt\": \"...\"} with an optional max_tokens")
-        prompt, max_tokens = body.get("prompt"), body.get("max_tokens")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise bad("prompt must be a non-empty string", "prompt")
-        if len(prompt) > limits.max_prompt_chars:
-            raise bad(f"the prompt is over {limits.max_prompt_chars:,} characters", "prompt", "context_length_exceeded")
+        watch = protocol.parse_watch_prompt(json_body(await request.body()), limits)
         try:
-            check_text(prompt, "the prompt")
-        except TextError as error:
-            raise bad(str(error), "prompt") from None
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or not 1 <= max_tokens <= limits.max_tokens):
-            raise bad(f"max_tokens must be an integer from 1 to {limits.max_tokens}", "max_tokens")
-        try:
-            return server.watch.add(prompt.strip(), max_tokens).describe()
+            return server.watch.add(watch.prompt, watch.max_tokens).describe()
         except WatchError as error:
             raise ApiError(429, str(error), code="too_many_watch_prompts") from None
 
@@ -371,16 +235,14 @@ def create_app(server: "Server") -> FastAPI:
     return app
 
 
-async def _next_event(channel: Channel, disconnected: asyncio.Future, job: Job, server: "Server"):
-    """The job's next event, or None when the client disconnected first (the job is then cancelled)."""
-    getter = asyncio.ensure_future(channel.queue.get())
-    try:
-        done, _ = await asyncio.wait({getter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-    if getter in done:
-        return getter.result()
-    job.cancel()
-    server.queue.remove(job)
-    return None
+def camera_ready(server: "Server") -> None:
+    """A question about the camera's newest frame needs a camera that delivers (never a stale frame as if current)."""
+    if server.reader is None:
+        raise bad("this server has no camera: send the image as an image_url data URI", "messages")
+    camera = server.reader.health()
+    if not camera["delivering"]:
+        age = camera["last_frame_age_s"]
+        raise ApiError(503, f"the camera is not delivering frames (state {camera['state']}"
+                       + (f"; its last frame is {age:.1f} s old" if age is not None else "; no frame yet")
+                       + "): retry when /health is ok, or send the image as an image_url data URI",
+                       code="camera_unavailable", headers={"Retry-After": "1"})

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crome_runtime.limits import MAX_TEXT_CHARS
+from crome_runtime.limits import (KEEP_ALIVE_TIMEOUT_S, MAX_CAMERA_FRAME_PIXELS, MAX_CONNECTIONS, MAX_TEXT_CHARS,
+                                  REQUEST_READ_TIMEOUT_S)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -23,6 +24,7 @@ class Limits:
     queue_size: int = 16  # API requests waiting for the engine; one more gets 429
     max_watch_prompts: int = 16
     max_subscribers: int = 64  # open /v1/watch streams
+    max_connections: int = MAX_CONNECTIONS  # open HTTP connections (the oldest idle one makes room for a new one)
 
 
 @dataclass
@@ -35,12 +37,14 @@ class CameraConfig:
     read_timeout_ms: int = 5000  # network streams (FFmpeg): a read that waits this long fails
     loop: bool = False  # video files: start again at the end
     file_fps: float = 15.0  # video files whose container does not say their frame rate
+    max_frame_pixels: int = MAX_CAMERA_FRAME_PIXELS  # larger frames are resized to fit (said once: log, /health)
 
 
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and `host` ("*": any)
     api_key: str | None = None  # checked on every endpoint but /health and the page's static files
     watch: list[str] = field(default_factory=list)  # standing prompts asked of every new frame
     max_new_tokens: int | None = None  # answers' default length (None: the bundle's)
@@ -51,6 +55,8 @@ class ServeConfig:
     recent_events: int = 32  # watch answers a new /v1/watch subscriber gets first
     keepalive_s: float = 15.0  # SSE comment lines keep idle streams open and notice closed tabs
     shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight streams get this long before they are cut
+    read_timeout_s: float = REQUEST_READ_TIMEOUT_S  # a request's head, and its body, must arrive within this
+    keep_alive_s: int = KEEP_ALIVE_TIMEOUT_S  # an idle keep-alive connection is closed after this
 
     @property
     def loopback(self) -> bool:

@@ -3,8 +3,8 @@
 Events: watch answers and watch errors (watch.py), camera state changes (server.py: connecting, live,
 reconnecting, ended, stopped), each a JSON object with a "type".
 
-`publish` is called from the watch thread; subscribers live on the server's asyncio loop, so each event is
-handed to them with `call_soon_threadsafe`. A subscriber that does not keep up loses its oldest events
+`publish` is called from the watch task and the camera thread; subscribers live on the server's asyncio loop, so
+each event is handed to them with `call_soon_threadsafe`. A subscriber that does not keep up loses its oldest events
 (counted in its `lost`), never the server's memory. New subscribers first get the most recent events.
 
 Not here: producing events (watch.py) or writing SSE (app.py).

@@ -6,7 +6,7 @@ has no business downloading). The base64 is decoded strictly; the image goes thr
 the pixel limit, so a decompression bomb is refused unallocated.
 Every refusal is an ImageRefused whose message says what was wrong. Runs on a thread-pool thread.
 
-Not here: the camera (`"camera"` or no image at all means its newest frame: openai_api.py).
+Not here: the camera (`"camera"` or no image at all means its newest frame: protocol.py).
 """
 from __future__ import annotations
 

@@ -1,26 +1,28 @@
-"""The server: camera reader, engine worker, watch loop, event hub, metrics and the ASGI app, with one
-lifecycle.
+"""The server's parts: camera reader, engine worker, watch loop, event hub and metrics, with one lifecycle.
 
     server = Server(ServeConfig(...), bundle_path, EngineConfig(threads=2), camera=parse_source("0"))
     sock = bind(config.host, config.port)       # fails at once, clearly, when the port is taken
-    server.serve(sock)                          # blocks; SIGTERM / SIGINT stop it (exit status 0)
+    host.serve(server, sock)                    # blocks; SIGTERM / SIGINT stop it (exit status 0)
 
-Start: the HTTP server accepts at once; the worker loads the engine meanwhile (/health: 503 "loading").
-A bundle that fails to load stops the server (`fatal_error` says why). Stop (a signal, or `stop()`): stop
-accepting, end the watch streams, cancel waiting and running answers, release the camera, write the
-profile. `start_background()` runs the same on a thread (embedding, tests).
+Start (`lifespan`, on the HTTP server's event loop): the HTTP server accepts at once; the worker loads the
+engine meanwhile (/health: 503 "loading"). A bundle that fails to load stops the server (`fatal_error` says
+why). Stop (a signal, or `stop()`): `begin_shutdown` refuses new work, ends the watch streams and the watch
+task, and has the worker cancel every job (EngineWorker.close, the one place jobs end); then the parts stop,
+the camera is released and the profile written.
 
-Not here: HTTP routes (app.py), what each part does (reader.py, worker.py, watch.py, events.py).
+Not here: HTTP (app.py: routes, guard.py: the checks before them, host.py: uvicorn), what each part does
+(reader.py, worker.py, watch.py, events.py).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.errors import CromeError
@@ -70,9 +72,9 @@ class Server:
         self.bundle_path = Path(bundle)
         manifest = read_manifest(self.bundle_path, verify=False)  # cheap: BundleError now, not after binding
         self.model_id = ""
-        self.model_ids: tuple[str, ...] = ()  # `model`: ID, ID/NAME, NAME or "none" (openai_api.adapter_of)
+        self.model_ids: tuple[str, ...] = ()  # `model`: ID, ID/NAME, NAME or "none" (protocol.adapter_of)
         self.adapter_names: list[str] = []
-        self.any_model = False  # a bundle of one adapter answers whatever `model` a client names (openai_api.adapter_of)
+        self.any_model = False  # a bundle of one adapter answers whatever `model` a client names (protocol.adapter_of)
         self._serve_adapters(manifest)
         self.engine_config = engine_config or EngineConfig()
         self.options = GenerationOptions(max_new_tokens=config.max_new_tokens)
@@ -95,12 +97,11 @@ class Server:
             raise ValueError("--watch needs a camera (--camera)")
         self.stopping = False
         self.fatal_error: str | None = None
+        self.on_stop: list[Callable[[], None]] = []  # called by begin_shutdown (host.py: stop the HTTP server)
         self._jpeg: tuple[int, bytes] | None = None
-        self._uvicorn: Any = None  # uvicorn.Server, once serving
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch_task: asyncio.Task | None = None
         self._stopped = threading.Event()
-        from crome_runtime.serve.app import create_app
-
-        self.app = create_app(self)
 
     # --- parts --------------------------------------------------------------------------------------
     def _load(self) -> Engine:
@@ -114,8 +115,6 @@ class Server:
         self.begin_shutdown()
 
     def _camera_event(self, state: str, detail: str) -> None:
-        import time
-
         self.hub.publish({"type": "camera", "state": state, "detail": detail, "time": time.time()})
 
     def _live(self) -> dict:
@@ -200,40 +199,37 @@ class Server:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def lifespan(self, app):
-        import asyncio
-
-        self.hub.attach(asyncio.get_running_loop())
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Runs the parts for as long as the HTTP server serves (FastAPI's lifespan)."""
+        self._loop = asyncio.get_running_loop()
+        self.hub.attach(self._loop)
         if self.reader is not None:
             self.reader.start()
         self.worker.start()
         if self.watch is not None:
-            self.watch.start()
+            self._watch_task = asyncio.create_task(self.watch.run(), name="crome-watch")
         try:
             yield
         finally:
             self.begin_shutdown()
+            if self._watch_task is not None:
+                await asyncio.gather(self._watch_task, return_exceptions=True)
             await asyncio.get_running_loop().run_in_executor(None, self._stop_parts)
 
     def begin_shutdown(self) -> None:
-        """Non-blocking (safe in a signal handler): refuse new work, end streams, cancel answers."""
+        """Non-blocking (safe in a signal handler, from any thread): refuse new work, end streams, cancel answers."""
         if self.stopping:
             return
         self.stopping = True
         log.info("stopping: cancelling answers in flight, closing streams")
         self.hub.close()
-        for job in self.queue.close():
-            job.cancel()
-            job.sink("error", _shutting_down())
-        current = self.worker.current
-        if current is not None:
-            current.cancel()
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+        self.worker.close()
+        if self._watch_task is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._watch_task.cancel)
+        for stop in self.on_stop:
+            stop()
 
     def _stop_parts(self) -> None:
-        if self.watch is not None:
-            self.watch.stop()
         self.worker.stop()
         if self.reader is not None:
             self.reader.stop()
@@ -252,54 +248,8 @@ class Server:
             return
         log.info("profile: %s (Chrome trace: %s)", summary, trace)
 
-    def uvicorn_server(self, log_level: str = "warning"):
-        import uvicorn
-
-        outer = self
-
-        class _Uvicorn(uvicorn.Server):
-            def handle_exit(self, sig, frame):  # SIGTERM / SIGINT: uvicorn's own first, then our parts
-                # in this order: begin_shutdown sets should_exit, which uvicorn takes for an earlier signal and
-                # makes a first SIGINT a forced exit (lifespan cancelled, a traceback); a second one still forces
-                super().handle_exit(sig, frame)
-                outer.begin_shutdown()
-
-            @contextlib.contextmanager
-            def capture_signals(self):
-                """uvicorn's, without re-raising the signal at the end: a clean stop exits with status 0."""
-                if threading.current_thread() is not threading.main_thread():
-                    yield
-                    return
-                originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    yield
-                finally:
-                    for sig, handler in originals.items():
-                        signal.signal(sig, handler)
-
-        config = uvicorn.Config(self.app, log_level=log_level, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=max(1, round(self.config.shutdown_timeout_s)),
-                                timeout_keep_alive=5)
-        self._uvicorn = _Uvicorn(config)
-        return self._uvicorn
-
-    def serve(self, sock: socket.socket, log_level: str = "warning") -> None:
-        """Blocks until stopped (a signal when on the main thread, or stop())."""
-        self.uvicorn_server(log_level).run(sockets=[sock])
-
-    def start_background(self, sock: socket.socket, log_level: str = "warning") -> threading.Thread:
-        server = self.uvicorn_server(log_level)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="crome-http", daemon=True)
-        thread.start()
-        return thread
-
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stops a background server; True when every part stopped within `timeout` s."""
+        """Stops a server running on another thread (host.start_background); True when every part stopped within
+        `timeout` s."""
         self.begin_shutdown()
         return self._stopped.wait(timeout)
-
-
-def _shutting_down():
-    from crome_runtime.serve.worker import Cancelled
-
-    return Cancelled("the server is shutting down")

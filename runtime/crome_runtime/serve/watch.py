@@ -1,36 +1,40 @@
 """Standing "watch" prompts: asked in turn of every new camera frame; each answer becomes an event.
 
-The loop takes the prompts round-robin; a prompt waits for a frame newer than the one it last answered
-(no point answering the same frame twice), queues one job on the worker's watch lane and waits for it, so
-at most one watch job is ever waiting and API requests (the other lane) are served in between. Events go
-to the EventHub (SSE subscribers and the JSONL log):
+The loop is a task on the server's event loop. It takes the prompts round-robin; a prompt waits for a frame
+newer than the one it last answered (no point answering the same frame twice), then runs one job on the
+worker's watch lane through jobs.py (the stream chat completions use) and waits for it, so at most one watch
+job is ever waiting and API requests (the other lane) are served in between. Events go to the EventHub (SSE
+subscribers and the JSONL log):
 
     {"type": "watch", "watch_id", "prompt", "answer", "finish_reason", "frame_id", "frame_captured_at",
      "frame_age_ms" (capture -> answered), "latency_ms" (queued -> answered), "queue_ms", "engine_ms"
      (preprocess + the engine's answer: latency minus it is what serving added), "ttft_ms", "tokens",
      "timings_ms" {stage: ms}, "time"}
 
-Errors (no frame yet, a prompt over the context) become {"type": "watch_error", ...} events. Not here: the
+Errors (no frame yet, a prompt over the context) become {"type": "watch_error", ...} events. Cancelling the
+task stops it (the job in flight is cancelled by its stream). Not here: checking a prompt (protocol.py), the
 engine (worker.py), delivery (events.py).
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
 from crome_runtime.engine import GenerationOptions
 from crome_runtime.errors import CromeError
+from crome_runtime.serve import jobs
 from crome_runtime.serve.events import EventHub
-from crome_runtime.serve.fairqueue import QueueClosed, QueueFull
+from crome_runtime.serve.fairqueue import QueueClosed
 from crome_runtime.serve.reader import FrameSlot
-from crome_runtime.serve.worker import Cancelled, EngineUnavailable, EngineWorker, Job, JobResult
+from crome_runtime.serve.worker import Cancelled, EngineWorker, Job, JobResult
 
 log = logging.getLogger("crome_runtime.serve")
 
-POLL_S = 0.25  # how often waits look at the stop flag
+POLL_S = 0.25  # how long one wait for a prompt, the engine or a new frame lasts before looking again
 ERROR_PAUSE_S = 1.0
 
 
@@ -58,106 +62,63 @@ class WatchLoop:
         self._prompts: dict[str, WatchPrompt] = {}
         self._ids = itertools.count(1)
         self._turn = 0
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="crome-watch", daemon=True)
 
-    # --- prompts (any thread) -------------------------------------------------------------------------
+    # --- prompts (the loop's thread, or before it runs) -------------------------------------------------
     def add(self, prompt: str, max_tokens: int | None = None) -> WatchPrompt:
-        with self._cond:
-            if len(self._prompts) >= self.max_prompts:
-                raise WatchError(f"{self.max_prompts} watch prompts are running; remove one first")
-            watch = WatchPrompt(f"w{next(self._ids)}", prompt, max_tokens)
-            self._prompts[watch.id] = watch
-            self._cond.notify_all()
-            return watch
+        if len(self._prompts) >= self.max_prompts:
+            raise WatchError(f"{self.max_prompts} watch prompts are running; remove one first")
+        watch = WatchPrompt(f"w{next(self._ids)}", prompt, max_tokens)
+        self._prompts[watch.id] = watch
+        return watch
 
     def remove(self, watch_id: str) -> WatchPrompt:
-        with self._cond:
-            watch = self._prompts.pop(watch_id, None)
+        watch = self._prompts.pop(watch_id, None)
         if watch is None:
             raise WatchError(f"no watch prompt {watch_id!r}; GET /v1/watch/prompts lists them")
         return watch
 
     def prompts(self) -> list[dict]:
-        with self._cond:
-            return [w.describe() for w in self._prompts.values()]
+        return [w.describe() for w in self._prompts.values()]
 
-    # --- the thread -----------------------------------------------------------------------------------
-    def start(self) -> "WatchLoop":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(timeout)
-
-    def _next_prompt(self) -> WatchPrompt | None:
-        with self._cond:
-            if not self._prompts:
-                self._cond.wait(POLL_S)
-                return None
+    # --- the task -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled, or the worker's queue closes."""
+        while True:
             prompts = list(self._prompts.values())
+            if not prompts or self.worker.state != "ready":
+                await asyncio.sleep(POLL_S)
+                continue
             self._turn = (self._turn + 1) % len(prompts)
-            return prompts[self._turn]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            watch = self._next_prompt()
-            if watch is None or self.worker.state != "ready":
-                if watch is not None:
-                    self._stop.wait(POLL_S)
+            watch = prompts[self._turn]
+            if await asyncio.to_thread(self.slot.wait_newer, watch.last_frame_id, POLL_S) is None:
                 continue
-            if self.slot.wait_newer(watch.last_frame_id, POLL_S) is None:
-                continue
-            self._ask(watch)
-
-    def _ask(self, watch: WatchPrompt) -> None:
-        done = threading.Event()
-        outcome: dict = {}
-
-        def sink(kind: str, value) -> None:
-            if kind in ("done", "error"):
-                outcome[kind] = value
-                done.set()
-
-        options = self.options if watch.max_tokens is None else GenerationOptions(
-            **{**self.options.__dict__, "max_new_tokens": watch.max_tokens})
-        job = Job(watch.prompt, options, "watch", sink)
-        while not self._stop.is_set():
-            try:
-                self.worker.submit(job, block=True, timeout=POLL_S)
-                break
-            except QueueFull:
-                continue
-            except QueueClosed:  # the server is stopping
-                self._stop.set()
+            if not await self._ask(watch):
                 return
-            except EngineUnavailable:
-                self._stop.wait(POLL_S)
-                return
-        while not done.wait(POLL_S):
-            if self._stop.is_set():
-                job.cancel()
-                return
-        if "error" in outcome:
-            error = outcome["error"]
-            if not isinstance(error, Cancelled):
-                self._error(watch, error)
-            return
-        result: JobResult = outcome["done"]
+
+    async def _ask(self, watch: WatchPrompt) -> bool:
+        """One answer to `watch`, published; False once the server is stopping."""
+        options = self.options if watch.max_tokens is None else dataclasses.replace(
+            self.options, max_new_tokens=watch.max_tokens)
+        try:
+            result = await jobs.submit(self.worker, Job(watch.prompt, options, "watch")).collect()
+        except (QueueClosed, Cancelled):
+            return False
+        except CromeError as error:  # no frame yet, a prompt over the context, a full lane: said, then on
+            self._error(watch, error)
+            await asyncio.sleep(ERROR_PAUSE_S)  # a prompt that keeps failing: one event a second, not a flood
+            return True
+        if result.answer.finish_reason == "cancelled":  # the server is stopping
+            return False
         if result.frame is not None:
             watch.last_frame_id = result.frame["id"]
         watch.answers += 1
         self.hub.publish(watch_event(watch, result))
+        return True
 
     def _error(self, watch: WatchPrompt, error: Exception) -> None:
         log.warning("watch %s (%r): %s", watch.id, watch.prompt, error)
         self.hub.publish({"type": "watch_error", "watch_id": watch.id, "prompt": watch.prompt,
                           "error": str(error) or type(error).__name__, "time": time.time()})
-        self._stop.wait(ERROR_PAUSE_S)  # a prompt that keeps failing: one event a second, not a flood
 
 
 def watch_event(watch: WatchPrompt, result: JobResult) -> dict:

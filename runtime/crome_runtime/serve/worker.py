@@ -45,6 +45,10 @@ class Cancelled(CromeError):
     http_code = "shutting_down"
 
 
+class AnswerFailed(CromeError):
+    """A bug while answering: logged whole by the worker; the client is told only that the log has it."""
+
+
 class EngineUnavailable(CromeError):
     """The engine is not loaded (still loading, failed, or stopped)."""
 
@@ -58,7 +62,7 @@ class Job:
     prompt: str
     options: GenerationOptions
     source: str  # "api" | "watch": the queue lane and the metrics label
-    sink: Callable[[str, object], None]  # called on the worker thread
+    sink: Callable[[str, object], None] = lambda kind, value: None  # called on the worker thread (jobs.py sets it)
     image: np.ndarray | None = None  # (H, W, 3) uint8 BGR upload; None: the camera's newest frame
     submitted_ns: int = field(default_factory=time.monotonic_ns)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -111,8 +115,9 @@ class EngineWorker:
             raise EngineUnavailable(self._unavailable())
         self.queue.put(job.source, job, block=block, timeout=timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Refuses new jobs, cancels waiting and running ones, and waits for the thread to finish."""
+    def close(self) -> None:
+        """Refuses new jobs and cancels waiting and running ones; returns at once (safe in a signal handler).
+        The one way jobs end when the server stops: each waiting job's stream gets Cancelled."""
         self._stop.set()
         for job in self.queue.close():
             job.cancel()
@@ -120,6 +125,10 @@ class EngineWorker:
         current = self.current
         if current is not None:
             current.cancel()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """close(), then waits for the thread to finish."""
+        self.close()
         self._thread.join(timeout)
         with self._calls_lock:
             calls, self._calls = self._calls, []
@@ -206,7 +215,7 @@ class EngineWorker:
             return
         except Exception as error:  # a bug must not take the server down: log it whole, tell the client little
             log.exception("answering %r failed", job.prompt)
-            job.sink("error", error)
+            job.sink("error", AnswerFailed(f"answering failed: {type(error).__name__}: {error}"))
             return
         done = time.monotonic_ns()
         answer = stream.answer
