@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the web page and --events")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=whole(0), help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+                        help="also answer requests whose Host header is NAME (repeatable; * for any): loopback names, "
+                             "IP addresses and the --host value always are; any other name is refused (DNS rebinding)")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY", help="require this key (Authorization: Bearer KEY) on every "
                                                       "endpoint but /health and the page's files")
@@ -73,6 +76,9 @@ def _config(args: argparse.Namespace):
         if value is not None:
             setattr(config, name, value)
     config.watch = [w for w in (args.watch or [])]
+    config.allowed_hosts = [name.strip() for name in (args.allowed_host or [])]
+    if any(not name or any(c in name for c in "/@: ") for name in config.allowed_hosts):
+        raise CromeError("--allowed-host takes a host name (camera-box.local) or *, without a scheme, port or path")
     config.camera.loop = bool(args.loop)
     if args.queue_size is not None:
         config.limits.queue_size = args.queue_size

@@ -7,7 +7,8 @@ Connections cost a file descriptor each, whatever they send, so each is bounded 
 with a deadline of our own; uvicorn alone waits forever for a request that never finishes):
 - a request's head (and, once answered, the next request) must arrive within `read_timeout_s`, else the
   connection is closed; the body's own deadline is the guard's (a 408 in OpenAI's shape);
-- at most `limits.max_connections` are open: a new one closes the oldest connection that has no request in
+- at most `limits.max_connections` are open (fewer when `ulimit -n` leaves less room: FD_RESERVE stays free
+  for the accept batch and the process's files): a new one closes the oldest connection that has no request in
   progress (idle keep-alive or half-sent), so a flood of half-open connections cannot lock out /health; with
   every connection busy the new one is closed. uvicorn's `limit_concurrency` bounds requests in flight too;
 - request heads are bounded by h11's incomplete-event size (MAX_HEADER_BYTES); idle keep-alive connections
@@ -31,7 +32,7 @@ from collections import OrderedDict
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from crome_runtime.limits import MAX_HEADER_BYTES
+from crome_runtime.limits import ACCEPT_BACKLOG, FD_RESERVE, MAX_HEADER_BYTES
 from crome_runtime.serve.app import create_app
 from crome_runtime.serve.server import Server
 
@@ -53,7 +54,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
             if len(live) >= max_connections:
                 oldest = next(iter(idle.values()), None)
                 if oldest is None:  # every connection has a request in progress: this one waits its turn elsewhere
-                    transport.abort()
+                    transport.close()
                     return
                 oldest._close()
             live.add(self)
@@ -90,9 +91,19 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
             self._request_arrived()
             live.discard(self)
             if not self.transport.is_closing():
-                self.transport.abort()
+                self.transport.close()
 
     return BoundedH11
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, or less when this process may not open that many files besides FD_RESERVE (at least 16)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits to read
+        return wanted
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - FD_RESERVE))
 
 
 def uvicorn_server(server: Server, log_level: str = "warning") -> uvicorn.Server:
@@ -137,7 +148,8 @@ def uvicorn_server(server: Server, log_level: str = "warning") -> uvicorn.Server
 
     limits = config.limits
     uv_config = uvicorn.Config(create_app(server), log_level=log_level, access_log=False, lifespan="on",
-                               http=bounded_protocol(limits.max_connections, config.read_timeout_s),
+                               http=bounded_protocol(connection_cap(limits.max_connections), config.read_timeout_s),
+                               backlog=ACCEPT_BACKLOG,
                                # requests in flight; twice the connections, as closed ones count until they are gone
                                limit_concurrency=2 * limits.max_connections, timeout_keep_alive=config.keep_alive_s,
                                h11_max_incomplete_event_size=MAX_HEADER_BYTES,

@@ -5,6 +5,10 @@ hand out ever older frames; reading continuously on a thread of our own and keep
 fix for every source. Each frame gets an id (counting up across reconnects) and its capture time, which
 travel with every answer about it. A frame that is replaced before anything answered it counts as dropped.
 
+Frames are bounded: one over `max_frame_pixels` (a 16000x14000 stream) is resized to fit before it is kept
+(INTER_AREA), said once in the log and in /health (`frames_resized`); a camera that declares frames over
+MAX_CAMERA_DECLARED_PIXELS when opened is refused before its first frame is decoded.
+
 Not here: what a source is (sources.py), answering (worker.py).
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from crome_runtime.limits import MAX_CAMERA_DECLARED_PIXELS
 from crome_runtime.serve.config import CameraConfig
 from crome_runtime.serve.sources import Capture, CameraError, CameraSource
 
@@ -91,6 +96,7 @@ class CameraReader:
         self.reconnects = 0  # successful reopenings after a loss
         self.failures = 0  # losses (reads that stopped) and failed opens
         self.last_error = ""
+        self.resized: dict | None = None  # {"from": [w, h], "to": [w, h]} once a frame was over max_frame_pixels
         self._first = first
         self._on_state = on_state
         self._stop = threading.Event()
@@ -116,7 +122,8 @@ class CameraReader:
                 "last_frame_id": None if frame is None else frame.id,
                 "last_frame_age_s": None if age is None else round(age, 3),
                 "frames_captured": self.slot.captured, "frames_dropped": self.slot.dropped,
-                "reconnects": self.reconnects, "last_error": self.last_error or None}
+                "reconnects": self.reconnects, "last_error": self.last_error or None,
+                "frames_resized": self.resized}
 
     # --- the thread ---------------------------------------------------------------------------------
     def _set_state(self, state: str, detail: str = "") -> None:
@@ -172,6 +179,12 @@ class CameraReader:
         many frames it delivered."""
         import cv2
 
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0) * int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if declared > MAX_CAMERA_DECLARED_PIXELS:
+            self.last_error = (f"the camera's frames are {int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))}x"
+                               f"{int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))}, over the "
+                               f"{MAX_CAMERA_DECLARED_PIXELS:,}-pixel limit: lower its resolution")
+            return "lost", 0
         failures, delivered = 0, 0
         interval = 0.0
         if self.source.paced:
@@ -201,9 +214,25 @@ class CameraReader:
                     self._stop.wait(delay)
                 else:
                     next_due = time.monotonic()  # behind: do not try to catch up
-            self.slot.put(image)
+            self.slot.put(self._fit(image))
             delivered += 1
             if delivered == 1:
                 self.last_error = ""
                 self._set_state("live")
         return "stop", delivered
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """`image` itself, or resized to max_frame_pixels (the first time said in the log and /health)."""
+        import cv2
+
+        height, width = image.shape[:2]
+        limit = self.config.max_frame_pixels
+        if height * width <= limit:
+            return image
+        scale = (limit / (height * width)) ** 0.5
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        if self.resized is None or self.resized["from"] != [width, height]:
+            self.resized = {"from": [width, height], "to": list(size)}
+            log.warning("camera %s: frames of %dx%d are over the %s-pixel limit; resized to %dx%d",
+                        self.source.spec, width, height, f"{limit:,}", *size)
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Callable
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.errors import CromeError
+from crome_runtime.limits import ACCEPT_BACKLOG
 from crome_runtime.manifest import read_manifest
 from crome_runtime.profiler import Profiler
 from crome_runtime.serve.config import ServeConfig
@@ -60,7 +61,7 @@ def bind(host: str, port: int) -> socket.socket:
             raise PortInUse(f"port {port} on {host} is already in use: stop the other server or pass --port N "
                             "(--port 0 picks a free one)") from None
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    sock.listen(128)
+    sock.listen(ACCEPT_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
