@@ -66,12 +66,13 @@ def context_problem(prompt_tokens: int, template_tokens: int, num_queries: int, 
 # --- serve: requests, connections and camera frames (crome_runtime.serve) ---------------------------
 MAX_SEED = (1 << 64) - 1  # a request's sampling seed: 0 .. 2^64-1 (a negative seed is a 400, not a traceback)
 MAX_CONNECTIONS = 1024  # open HTTP connections; at the cap a new one evicts the oldest idle or half-sent one
-ACCEPT_BACKLOG = 128  # connections the kernel queues for accept, and asyncio accepts in one loop turn
-FD_RESERVE = 256  # file descriptors kept free of connections (the accept batch + the process's own files)
+ACCEPT_BACKLOG = 64  # connections asyncio accepts in one loop turn (each an open file before it is capped)
+LISTEN_BACKLOG = 4096  # connections the kernel queues for accept (no file of ours; Linux caps it at somaxconn)
+FD_RESERVE = 256  # file descriptors kept free of connections (two accept batches + the process's own files)
 REQUEST_READ_TIMEOUT_S = 10.0  # a request's head and body must arrive within this, else 408 / the connection closes
 KEEP_ALIVE_TIMEOUT_S = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
 MAX_HEADER_BYTES = 16 << 10  # a request's head (request line + headers); more is refused (h11's incomplete-event cap)
 MAX_CAMERA_FRAME_PIXELS = 3840 * 2160  # a camera frame over this (4K UHD) is resized to fit, said once
 MAX_CAMERA_DECLARED_PIXELS = MAX_IMAGE_PIXELS  # a camera that declares larger frames is refused when opened
-__all__ += ["ACCEPT_BACKLOG", "FD_RESERVE", "KEEP_ALIVE_TIMEOUT_S", "MAX_CAMERA_DECLARED_PIXELS", "MAX_CAMERA_FRAME_PIXELS", "MAX_CONNECTIONS",
+__all__ += ["ACCEPT_BACKLOG", "FD_RESERVE", "KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "MAX_CAMERA_DECLARED_PIXELS", "MAX_CAMERA_FRAME_PIXELS", "MAX_CONNECTIONS",
             "MAX_HEADER_BYTES", "MAX_SEED", "REQUEST_READ_TIMEOUT_S"]

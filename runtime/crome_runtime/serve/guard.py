@@ -124,7 +124,8 @@ class Guard:
             self.server.metrics.request(scope["path"], status[0])
 
     def _bounded(self, receive):
-        """`receive`, refusing a body over the limit (413) or slower than read_timeout_s in all (408)."""
+        """`receive`, refusing a body over the limit (413), slower than read_timeout_s in all (408), or still
+        arriving when the server stops (503)."""
         limit, timeout = self.server.config.limits.max_body_bytes, self.server.config.read_timeout_s
         deadline = time.monotonic() + timeout
         received, complete = 0, False
@@ -133,11 +134,7 @@ class Guard:
             nonlocal received, complete
             if complete:  # the body is in: what is left is waiting for a disconnect, however long
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
-                raise ApiError(408, f"the request body did not arrive within {timeout:g} s; send it whole",
-                               code="request_timeout") from None
+            message = await self._body_part(receive(), deadline - time.monotonic(), timeout)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -148,6 +145,23 @@ class Guard:
             return message
 
         return bounded_receive
+
+    async def _body_part(self, receiving, left_s: float, timeout: float) -> dict:
+        waits = {asyncio.ensure_future(receiving)}
+        stopped = self.server.stopped
+        if stopped is not None:
+            waits.add(asyncio.ensure_future(stopped.wait()))
+        done, pending = await asyncio.wait(waits, timeout=max(left_s, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        for finished in done:
+            result = finished.result()
+            if isinstance(result, dict):
+                return result
+        if done:
+            raise ApiError(503, "the server is shutting down", code="shutting_down")
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s; send it whole",
+                       code="request_timeout")
 
 
 def too_large(limit: int) -> ApiError:

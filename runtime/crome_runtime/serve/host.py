@@ -7,9 +7,11 @@ Connections cost a file descriptor each, whatever they send, so each is bounded 
 with a deadline of our own; uvicorn alone waits forever for a request that never finishes):
 - a request's head (and, once answered, the next request) must arrive within `read_timeout_s`, else the
   connection is closed; the body's own deadline is the guard's (a 408 in OpenAI's shape);
+- the kernel queues up to LISTEN_BACKLOG connections (a flood does not drop a /health SYN, which would cost a
+  client a 1 s retransmit) while asyncio accepts ACCEPT_BACKLOG per loop turn;
 - at most `limits.max_connections` are open (fewer when `ulimit -n` leaves less room: FD_RESERVE stays free
-  for the accept batch and the process's files): a new one closes the oldest connection that has no request in
-  progress (idle keep-alive or half-sent), so a flood of half-open connections cannot lock out /health; with
+  for the accept batch and the process's files): a new one closes the oldest connection that is waiting for a
+  request (idle keep-alive or a head half-sent), else the oldest whose body is still arriving, so a flood of half-open connections cannot lock out /health; with
   every connection busy the new one is closed. uvicorn's `limit_concurrency` bounds requests in flight too;
 - request heads are bounded by h11's incomplete-event size (MAX_HEADER_BYTES); idle keep-alive connections
   close after `keep_alive_s`;
@@ -29,10 +31,11 @@ import socket
 import threading
 from collections import OrderedDict
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from crome_runtime.limits import ACCEPT_BACKLOG, FD_RESERVE, MAX_HEADER_BYTES
+from crome_runtime.limits import ACCEPT_BACKLOG, FD_RESERVE, LISTEN_BACKLOG, MAX_HEADER_BYTES
 from crome_runtime.serve.app import create_app
 from crome_runtime.serve.server import Server
 
@@ -43,8 +46,9 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a read deadline per request and a cap on open connections."""
-    live: set["BoundedH11"] = set()  # open and not being closed
-    idle: OrderedDict[int, "BoundedH11"] = OrderedDict()  # of those, the ones with no request in progress, oldest first
+    live: set["BoundedH11"] = set()  # open and not being closed; of those, oldest first:
+    idle: OrderedDict[int, "BoundedH11"] = OrderedDict()  # waiting for a request (or the rest of its head)
+    sending: OrderedDict[int, "BoundedH11"] = OrderedDict()  # a request whose body is still arriving
 
     class BoundedH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -52,8 +56,8 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(live) >= max_connections:
-                oldest = next(iter(idle.values()), None)
-                if oldest is None:  # every connection has a request in progress: this one waits its turn elsewhere
+                oldest = next(iter(idle.values()), None) or next(iter(sending.values()), None)
+                if oldest is None:  # every connection has a request being answered: this one is refused
                     transport.close()
                     return
                 oldest._close()
@@ -62,6 +66,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._request_arrived()
+            sending.pop(id(self), None)
             live.discard(self)
             super().connection_lost(exc)
 
@@ -69,6 +74,10 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
             super().handle_events()
             if self.cycle is not None and not self.cycle.response_complete:
                 self._request_arrived()  # its body and its answer have deadlines of their own (guard.py)
+                if self.conn.their_state is h11.SEND_BODY:
+                    sending.setdefault(id(self), self)
+                else:
+                    sending.pop(id(self), None)
 
         def on_response_complete(self) -> None:
             # the next request (or the rest of a body answered early, by an error) has its deadline from now;
@@ -78,6 +87,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
 
         def _wait_for_request(self) -> None:
             self._request_arrived()
+            sending.pop(id(self), None)
             idle[id(self)] = self
             self._deadline = self.loop.call_later(read_timeout_s, self._close)
 
@@ -89,6 +99,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
 
         def _close(self) -> None:
             self._request_arrived()
+            sending.pop(id(self), None)
             live.discard(self)
             if not self.transport.is_closing():
                 self.transport.close()
@@ -115,6 +126,11 @@ def uvicorn_server(server: Server, log_level: str = "warning") -> uvicorn.Server
         async def serve(self, sockets=None) -> None:
             asyncio.get_running_loop().set_exception_handler(self.loop_error)
             await super().serve(sockets)
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)  # asyncio listens with its accept batch, ACCEPT_BACKLOG: queue more
+            for sock in sockets or []:
+                sock.listen(LISTEN_BACKLOG)
 
         def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
             error = context.get("exception")

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Callable
 
 from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 from crome_runtime.errors import CromeError
-from crome_runtime.limits import ACCEPT_BACKLOG
+from crome_runtime.limits import LISTEN_BACKLOG
 from crome_runtime.manifest import read_manifest
 from crome_runtime.profiler import Profiler
 from crome_runtime.serve.config import ServeConfig
@@ -61,7 +61,7 @@ def bind(host: str, port: int) -> socket.socket:
             raise PortInUse(f"port {port} on {host} is already in use: stop the other server or pass --port N "
                             "(--port 0 picks a free one)") from None
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    sock.listen(ACCEPT_BACKLOG)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -101,6 +101,7 @@ class Server:
         self.on_stop: list[Callable[[], None]] = []  # called by begin_shutdown (host.py: stop the HTTP server)
         self._jpeg: tuple[int, bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopped: asyncio.Event | None = None  # set by begin_shutdown: waits for request bodies end (guard.py)
         self._watch_task: asyncio.Task | None = None
         self._stopped = threading.Event()
 
@@ -203,6 +204,7 @@ class Server:
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """Runs the parts for as long as the HTTP server serves (FastAPI's lifespan)."""
         self._loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
         self.hub.attach(self._loop)
         if self.reader is not None:
             self.reader.start()
@@ -225,8 +227,11 @@ class Server:
         log.info("stopping: cancelling answers in flight, closing streams")
         self.hub.close()
         self.worker.close()
-        if self._watch_task is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._watch_task.cancel)
+        if self._loop is not None and not self._loop.is_closed():
+            if self.stopped is not None:
+                self._loop.call_soon_threadsafe(self.stopped.set)
+            if self._watch_task is not None:
+                self._loop.call_soon_threadsafe(self._watch_task.cancel)
         for stop in self.on_stop:
             stop()
 
