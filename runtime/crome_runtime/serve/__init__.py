@@ -1,10 +1,9 @@
 """`crome-edge serve`: a camera, an engine and an HTTP API in one process, torch-free.
 
-    camera (sources.py) ─▶ reader thread (reader.py) ─▶ newest-frame slot ─┐
-    HTTP (host.py ─▶ guard.py ─▶ app.py: protocol.py, images.py) ─┐
-    watch loop (watch.py) ───────────────────────────────────────────┴─▶ jobs.py ─▶ fair bounded queue
-        (fairqueue.py) ─▶ engine worker (worker.py)                                                │
-    answers ─▶ HTTP response / SSE fan-out + JSONL log (events.py) / Prometheus (metrics.py)
+    camera (sources.py) ─▶ reader thread (reader.py) ─▶ newest-frame slot ──────────────────────┐
+    HTTP: host.py ─▶ guard.py ─▶ app.py (protocol.py, images.py) ─┬─▶ job streams (jobs.py) ─▶ fair bounded
+    watch loop (watch.py) ────────────────────────────────────────┘   queue (fairqueue.py) ─▶ engine worker
+    answers ─▶ HTTP response / SSE fan-out + JSONL log (events.py) / Prometheus (metrics.py)   (worker.py)
 
 server.py assembles the parts and their lifecycle; host.py runs the app (app.py) under uvicorn on a socket
 the caller bound, app.py never reaching the engine but through a job's stream (jobs.py); config.py holds every

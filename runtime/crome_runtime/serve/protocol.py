@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -75,22 +76,23 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> ApiE
 
 
 # --- requests ---------------------------------------------------------------------------------------
-Strict = ConfigDict(extra="forbid", strict=True)
+Strict = ConfigDict(extra="forbid", strict=True)  # types as JSON has them: no "4" for 4, no true for 1
+Open = ConfigDict(extra="allow", strict=True)  # fields OpenAI defines that this server does not read
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = Open
     type: Literal["text"]
     text: str
 
 
 class ImageUrl(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = Open  # "detail"
     url: str
 
 
 class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = Open
     type: Literal["image_url"]
     image_url: ImageUrl | str
 
@@ -105,7 +107,7 @@ Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 class Message(BaseModel):
     """Any message of the conversation; only the last one's content is read (its parts: PARTS)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = Open  # name, tool_calls, ...
     role: Literal[ROLES]  # type: ignore[valid-type]
     content: Any = None
 
@@ -123,7 +125,7 @@ Penalty = Annotated[float, Field(gt=0, le=10)]
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)  # extras: NEUTRAL fields, checked in `check_extras`
+    model_config = Open  # the NEUTRAL fields, and unknown ones: parse_chat refuses those by name
     messages: Annotated[list[Message], Field(min_length=1)]
     model: str | None = None
     stream: bool = False
@@ -196,20 +198,20 @@ def _parts(content: object, param: str) -> list[TextPart | ImagePart]:
     except ValidationError as error:
         loc = error.errors()[0]["loc"]  # (index, the part's type tag, ...)
         tag = loc[1] if len(loc) > 1 else None
-        raise bad(RULES.get(str(tag), RULES["part"]) if tag in ("text", "image_url") else RULES["part"],
-                  f"{param}[{loc[0]}]") from None
+        raise bad(RULES[tag] if tag in ("text", "image_url") else RULES["part"], f"{param}[{loc[0]}]") from None
 
 
-def parse(model: type[BaseModel], body: object, what: str = "the request body") -> Any:
+def parse(model: type[BaseModel], body: object) -> Any:
     if not isinstance(body, dict):
-        raise bad(f"{what} must be a JSON object")
+        raise bad("the request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as error:
         raise refusal(error) from None
 
 
-class Chat(BaseModel):
+@dataclass
+class Chat:
     """A chat completion request, checked and read: what the engine is asked, and how to answer."""
 
     question: str
@@ -218,7 +220,6 @@ class Chat(BaseModel):
     stream: bool
     include_usage: bool
     model: str | None = None  # as sent; adapter_of() reads the adapter it names
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
 
 def parse_chat(body: object, limits: Limits, default_max_tokens: int | None) -> Chat:
@@ -243,8 +244,7 @@ def parse_chat(body: object, limits: Limits, default_max_tokens: int | None) -> 
                                 temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
                                 repetition_penalty=penalty, seed=request.seed or 0)
     include_usage = request.stream_options is not None and request.stream_options.include_usage
-    return Chat(question=question, image_url=image_url, options=options, stream=request.stream,
-                include_usage=include_usage, model=request.model)
+    return Chat(question, image_url, options, request.stream, include_usage, request.model)
 
 
 def _is_neutral(value, neutral: tuple) -> bool:
