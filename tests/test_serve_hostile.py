@@ -122,7 +122,8 @@ def test_a_negative_seed_is_a_400_naming_it_with_nothing_in_the_log(served, capl
             assert response.status_code == 400, (seed, response.text)
             error = response.json()["error"]
             assert error["param"] == "seed" and "seed must be a whole number from 0" in error["message"], error
-        answered = httpx.post(f"{base}/v1/chat/completions", json={"messages": messages, "seed": 2 ** 64 - 1}, timeout=60)
+        answered = httpx.post(f"{base}/v1/chat/completions", json={"messages": messages, "seed": 2 ** 64 - 1},
+                              timeout=60)
         assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"] == "red"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "Traceback" not in caplog.text
@@ -190,7 +191,8 @@ class BigFrameCamera:
         return True, image
 
     def get(self, prop: int) -> float:
-        return float({cv2.CAP_PROP_FRAME_WIDTH: self.declared[0], cv2.CAP_PROP_FRAME_HEIGHT: self.declared[1]}.get(prop, 0))
+        declared = {cv2.CAP_PROP_FRAME_WIDTH: self.declared[0], cv2.CAP_PROP_FRAME_HEIGHT: self.declared[1]}
+        return float(declared.get(prop, 0))
 
     def release(self) -> None:
         self.open = False

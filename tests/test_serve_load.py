@@ -185,3 +185,28 @@ def test_an_engine_that_fails_to_load_stops_the_server_saying_why(bundle):
         wait_for(lambda: server.fatal_error, "the load failure to be recorded")
         assert "decoder does not load" in server.fatal_error and server.worker.state == "failed"
         wait_for(lambda: server._stopped.is_set(), "the server to stop by itself")
+
+
+def test_the_request_path_points_one_way_and_every_job_runs_through_one_stream():
+    """The parts (server, worker, watch loop, job streams, ...) import nothing of HTTP: the routes (app.py), their
+    checks (guard.py) and uvicorn (host.py) sit on top. Chat completions and the watch loop both run their jobs
+    through jobs.submit; nothing else hands a job to the worker."""
+    import ast
+    from pathlib import Path
+
+    from crome_runtime.serve import app
+
+    serve = Path(app.__file__).parent
+    http = {"crome_runtime.serve.app", "crome_runtime.serve.guard", "crome_runtime.serve.host", "fastapi", "starlette",
+            "uvicorn"}
+    submits = {}
+    for path in sorted(serve.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        if path.stem in ("server", "worker", "watch", "jobs", "events", "reader", "fairqueue", "metrics", "config"):
+            assert not {m for m in imported if m.split(".")[0] in http or m in http}, (path.name, imported & http)
+        calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+        submits[path.stem] = [ast.unparse(f) for f in calls if f.attr == "submit"]
+    assert submits["app"] == ["jobs.submit"] and submits["watch"] == ["jobs.submit"], submits
+    assert [stem for stem, calls in submits.items() if any(c.endswith("worker.submit") for c in calls)] == ["jobs"]

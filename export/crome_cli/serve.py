@@ -4,7 +4,8 @@
     crome-edge serve --bundle line3.bundle --camera 0 --api-key-file key.txt --host 0.0.0.0 --events events.jsonl
 
 Thin: parses arguments into crome_runtime.serve's ServeConfig (defaults live there), opens the camera once
-to fail fast, binds the port, then runs crome_runtime.serve.server.Server under crome_runtime.serve.host until SIGTERM / SIGINT (exit 0).
+to fail fast, binds the port, then runs crome_runtime.serve.server.Server under crome_runtime.serve.host until
+SIGTERM / SIGINT (exit 0).
 `--camera demo` is crome_edge's synthetic conveyor camera (numpy + OpenCV, no torch). With no --bundle the
 embedded default bundle is exported once into the cache (crome_cli.default_bundle; needs the [train] extra).
 """

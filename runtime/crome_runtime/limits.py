@@ -71,8 +71,8 @@ LISTEN_BACKLOG = 4096  # connections the kernel queues for accept (no file of ou
 FD_RESERVE = 256  # file descriptors kept free of connections (two accept batches + the process's own files)
 REQUEST_READ_TIMEOUT_S = 10.0  # a request's head and body must arrive within this, else 408 / the connection closes
 KEEP_ALIVE_TIMEOUT_S = 5  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
-MAX_HEADER_BYTES = 16 << 10  # a request's head (request line + headers); more is refused (h11's incomplete-event cap)
+MAX_HEADER_BYTES = 16 << 10  # a request's head (request line + headers); more is refused (h11's incomplete event)
 MAX_CAMERA_FRAME_PIXELS = 3840 * 2160  # a camera frame over this (4K UHD) is resized to fit, said once
 MAX_CAMERA_DECLARED_PIXELS = MAX_IMAGE_PIXELS  # a camera that declares larger frames is refused when opened
-__all__ += ["ACCEPT_BACKLOG", "FD_RESERVE", "KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "MAX_CAMERA_DECLARED_PIXELS", "MAX_CAMERA_FRAME_PIXELS", "MAX_CONNECTIONS",
-            "MAX_HEADER_BYTES", "MAX_SEED", "REQUEST_READ_TIMEOUT_S"]
+__all__ += ["ACCEPT_BACKLOG", "FD_RESERVE", "KEEP_ALIVE_TIMEOUT_S", "LISTEN_BACKLOG", "MAX_CAMERA_DECLARED_PIXELS",
+            "MAX_CAMERA_FRAME_PIXELS", "MAX_CONNECTIONS", "MAX_HEADER_BYTES", "MAX_SEED", "REQUEST_READ_TIMEOUT_S"]

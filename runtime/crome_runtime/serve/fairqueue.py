@@ -53,7 +53,7 @@ class FairQueue(Generic[T]):
             if self._closed:
                 raise QueueClosed("the server is shutting down")
             if len(queue) >= self.capacities[lane]:
-                raise QueueFull(f"the {lane} queue is full ({self.capacities[lane]} waiting)")
+                raise QueueFull(f"the engine has {self.capacities[lane]} {lane} requests waiting; retry shortly")
             queue.append(item)
             self._cond.notify_all()
 

@@ -93,8 +93,9 @@ class Guard:
         origin = headers.get(b"origin")
         if method in STATE_CHANGING and origin is not None and origin.decode("latin-1") not in (
                 f"http://{host}", f"https://{host}"):
-            return ApiError(403, f"{method} {path} from the page of another site (Origin {origin.decode('latin-1')[:80]!r}) "
-                            "is refused: only this server's own page may change its state", code="origin_not_allowed")
+            return ApiError(403, f"{method} {path} from the page of another site (Origin "
+                            f"{origin.decode('latin-1')[:80]!r}) is refused: only this server's own page may change "
+                            "its state", code="origin_not_allowed")
         limit = self.server.config.limits.max_body_bytes
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):

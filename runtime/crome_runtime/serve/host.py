@@ -10,9 +10,10 @@ with a deadline of our own; uvicorn alone waits forever for a request that never
 - the kernel queues up to LISTEN_BACKLOG connections (a flood does not drop a /health SYN, which would cost a
   client a 1 s retransmit) while asyncio accepts ACCEPT_BACKLOG per loop turn;
 - at most `limits.max_connections` are open (fewer when `ulimit -n` leaves less room: FD_RESERVE stays free
-  for the accept batch and the process's files): a new one closes the oldest connection that is waiting for a
-  request (idle keep-alive or a head half-sent), else the oldest whose body is still arriving, so a flood of half-open connections cannot lock out /health; with
-  every connection busy the new one is closed. uvicorn's `limit_concurrency` bounds requests in flight too;
+  for the accept batches and the process's files): a new one closes the oldest connection that is waiting for
+  a request (idle keep-alive or a head half-sent), else the oldest whose body is still arriving, so a flood of
+  half-open connections cannot lock out /health; with every connection busy being answered, the new one is
+  closed. uvicorn's `limit_concurrency` bounds requests in flight too;
 - request heads are bounded by h11's incomplete-event size (MAX_HEADER_BYTES); idle keep-alive connections
   close after `keep_alive_s`;
 - running out of file descriptors anyway (other processes, a low `ulimit -n`) is said once in the log, not
@@ -65,8 +66,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
             self._wait_for_request()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._request_arrived()
-            sending.pop(id(self), None)
+            self._untrack()
             live.discard(self)
             super().connection_lost(exc)
 
@@ -86,8 +86,7 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
             super().on_response_complete()
 
         def _wait_for_request(self) -> None:
-            self._request_arrived()
-            sending.pop(id(self), None)
+            self._untrack()
             idle[id(self)] = self
             self._deadline = self.loop.call_later(read_timeout_s, self._close)
 
@@ -97,9 +96,12 @@ def bounded_protocol(max_connections: int, read_timeout_s: float) -> type[H11Pro
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _close(self) -> None:
+        def _untrack(self) -> None:
             self._request_arrived()
             sending.pop(id(self), None)
+
+        def _close(self) -> None:
+            self._untrack()
             live.discard(self)
             if not self.transport.is_closing():
                 self.transport.close()

@@ -2,9 +2,10 @@
 
 An engine serves one thread at a time (it owns its sessions, KV buffers, caches and profiler), so nothing
 else touches it: HTTP handlers and the watch loop submit Jobs through jobs.py, which reads the events the
-worker hands to the job's `sink` on this thread: ("piece", str) as text is decoded, then ("done", JobResult) or
-("error", CromeError) — a bug is logged here whole and handed on as AnswerFailed. A job asks about an uploaded image or, with `image=None`, the camera's newest frame,
-taken when the job starts (not when it was queued) so the answer is about the freshest frame there is.
+worker hands to the job's `sink` on this thread: ("piece", str) as text is decoded, then ("done", JobResult)
+or ("error", CromeError) — a bug is logged here whole and handed on as AnswerFailed. A job asks about an
+uploaded image or, with `image=None`, the camera's newest frame, taken when the job starts (not when it was
+queued) so the answer is about the freshest frame there is.
 `cancel()` stops a job between two tokens (a client that went away), or before it starts; `close()` ends every
 job when the server stops.
 
