@@ -219,3 +219,11 @@ def test_a_camera_declaring_16000x14000_frames_is_refused_before_a_frame_is_deco
                           "the refusal in /health")[1]
         assert "16000x14000" in report["camera"]["last_error"] and "pixel limit" in report["camera"]["last_error"]
         assert report["status"] != "ok" and camera.reads == 0 and server.slot.captured == 0
+
+
+def test_an_empty_state_change_needs_no_content_type(bundle):
+    """Content-Type is checked on bodies only: `curl -X POST .../v1/adapters/reload` (form-encoded, empty) is no 415."""
+    with serving(bundle, None, api_key="k") as (server, base):
+        response = httpx.post(f"{base}/v1/adapters/reload", timeout=60, headers={
+            "Authorization": "Bearer k", "Content-Type": "application/x-www-form-urlencoded"})
+        assert response.status_code == 200 and response.json()["kept"] == ["colour"], response.text

@@ -9,8 +9,9 @@ In this order, each refusal in OpenAI's error shape:
 - Origin, on state-changing methods (POST, PUT, PATCH, DELETE): when a browser sends one, it must be this
   server's own (http(s)://HOST) — a cross-site form or fetch gets 403 origin_not_allowed;
 - the body: Content-Length over the limit is 413 before anything is read; a body declared as anything but
-  JSON is 415 (a cross-site `text/plain` "simple request" never reaches a JSON parser); a body larger than
-  declared is 413 as it arrives, and one that does not arrive within `read_timeout_s` is 408.
+  JSON is 415 (a cross-site `text/plain` "simple request" never reaches a JSON parser; a body without a
+  Content-Type, as non-browser clients send, is read as JSON); a body larger than declared is 413 as it
+  arrives, and one that does not arrive within `read_timeout_s` is 408 (503 when the server stops meanwhile).
 
 Not here: the routes (app.py), connection limits (host.py).
 """
@@ -101,7 +102,8 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > limit):
             return too_large(limit)
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if method in STATE_CHANGING and media and media != b"application/json":
+        has_body = (length is not None and int(length) > 0) or b"transfer-encoding" in headers
+        if has_body and media and media != b"application/json":
             return ApiError(415, f"the body is {media.decode('latin-1')[:80]!r}; this server reads JSON: send "
                             "Content-Type: application/json", code="unsupported_media_type")
         return None
@@ -149,7 +151,7 @@ class Guard:
 
     async def _body_part(self, receiving, left_s: float, timeout: float) -> dict:
         waits = {asyncio.ensure_future(receiving)}
-        stopped = self.server.stopped
+        stopped = self.server.shutdown
         if stopped is not None:
             waits.add(asyncio.ensure_future(stopped.wait()))
         done, pending = await asyncio.wait(waits, timeout=max(left_s, 0.0), return_when=asyncio.FIRST_COMPLETED)

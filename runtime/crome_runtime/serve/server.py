@@ -101,7 +101,7 @@ class Server:
         self.on_stop: list[Callable[[], None]] = []  # called by begin_shutdown (host.py: stop the HTTP server)
         self._jpeg: tuple[int, bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stopped: asyncio.Event | None = None  # set by begin_shutdown: waits for request bodies end (guard.py)
+        self.shutdown: asyncio.Event | None = None  # set by begin_shutdown: waits on clients (a body) end, guard.py
         self._watch_task: asyncio.Task | None = None
         self._stopped = threading.Event()
 
@@ -204,7 +204,7 @@ class Server:
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """Runs the parts for as long as the HTTP server serves (FastAPI's lifespan)."""
         self._loop = asyncio.get_running_loop()
-        self.stopped = asyncio.Event()
+        self.shutdown = asyncio.Event()
         self.hub.attach(self._loop)
         if self.reader is not None:
             self.reader.start()
@@ -228,8 +228,8 @@ class Server:
         self.hub.close()
         self.worker.close()
         if self._loop is not None and not self._loop.is_closed():
-            if self.stopped is not None:
-                self._loop.call_soon_threadsafe(self.stopped.set)
+            if self.shutdown is not None:
+                self._loop.call_soon_threadsafe(self.shutdown.set)
             if self._watch_task is not None:
                 self._loop.call_soon_threadsafe(self._watch_task.cancel)
         for stop in self.on_stop:
