@@ -44,6 +44,7 @@ class FrameSlot:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
+        self.on_put: Callable[[], None] | None = None  # called on the reader's thread after each new frame
         self._frame: CapturedFrame | None = None
         self._taken = True
         self._next_id = 0
@@ -60,7 +61,9 @@ class FrameSlot:
             self._frame, self._taken = frame, False
             self.captured += 1
             self._cond.notify_all()
-            return frame
+        if self.on_put is not None:
+            self.on_put()
+        return frame
 
     def latest(self) -> CapturedFrame | None:
         """The newest frame, for looking at (does not count as answered)."""
@@ -75,12 +78,17 @@ class FrameSlot:
                 self.answered += 1
             return self._frame
 
+    def newer(self, after_id: int | None) -> CapturedFrame | None:
+        """The newest frame if its id is above `after_id` (None: any frame), else None."""
+        with self._cond:
+            frame = self._frame
+            return frame if frame is not None and (after_id is None or frame.id > after_id) else None
+
     def wait_newer(self, after_id: int | None, timeout: float) -> CapturedFrame | None:
         """The newest frame once its id is above `after_id` (None: any frame), or None after `timeout` s."""
         with self._cond:
-            ready = lambda: self._frame is not None and (after_id is None or self._frame.id > after_id)  # noqa: E731
-            self._cond.wait_for(ready, timeout)
-            return self._frame if ready() else None
+            self._cond.wait_for(lambda: self.newer(after_id) is not None, timeout)
+            return self.newer(after_id)
 
 
 class CameraReader:

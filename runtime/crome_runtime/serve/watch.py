@@ -1,9 +1,10 @@
 """Standing "watch" prompts: asked in turn of every new camera frame; each answer becomes an event.
 
-The loop is a task on the server's event loop. It takes the prompts round-robin; a prompt waits for a frame
-newer than the one it last answered (no point answering the same frame twice), then runs one job on the
-worker's watch lane through jobs.py (the stream chat completions use) and waits for it, so at most one watch
-job is ever waiting and API requests (the other lane) are served in between. Events go to the EventHub (SSE
+The loop is a task on the server's event loop (no thread of its own: the camera's reader wakes it through
+FrameSlot.on_put). It takes the prompts round-robin; a prompt waits for a frame newer than the one it last
+answered (no point answering the same frame twice), then runs one job on the worker's watch lane through
+jobs.py (the stream chat completions use) and waits for it, so at most one watch job is ever waiting and API
+requests (the other lane) are served in between. Events go to the EventHub (SSE
 subscribers and the JSONL log):
 
     {"type": "watch", "watch_id", "prompt", "answer", "finish_reason", "frame_id", "frame_captured_at",
@@ -18,6 +19,7 @@ engine (worker.py), delivery (events.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -83,17 +85,31 @@ class WatchLoop:
     # --- the task -------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Until cancelled, or the worker's queue closes."""
-        while True:
-            prompts = list(self._prompts.values())
-            if not prompts or self.worker.state != "ready":
-                await asyncio.sleep(POLL_S)
-                continue
-            self._turn = (self._turn + 1) % len(prompts)
-            watch = prompts[self._turn]
-            if await asyncio.to_thread(self.slot.wait_newer, watch.last_frame_id, POLL_S) is None:
-                continue
-            if not await self._ask(watch):
-                return
+        loop, arrived = asyncio.get_running_loop(), asyncio.Event()
+
+        def frame_put() -> None:  # the camera's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(arrived.set)
+
+        self.slot.on_put = frame_put
+        try:
+            while True:
+                prompts = list(self._prompts.values())
+                if not prompts or self.worker.state != "ready":
+                    await asyncio.sleep(POLL_S)
+                    continue
+                self._turn = (self._turn + 1) % len(prompts)
+                watch = prompts[self._turn]
+                arrived.clear()  # before looking: a frame put after the look sets it again
+                if self.slot.newer(watch.last_frame_id) is None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), POLL_S)
+                    if self.slot.newer(watch.last_frame_id) is None:
+                        continue
+                if not await self._ask(watch):
+                    return
+        finally:
+            self.slot.on_put = None
 
     async def _ask(self, watch: WatchPrompt) -> bool:
         """One answer to `watch`, published; False once the server is stopping."""
