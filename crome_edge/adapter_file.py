@@ -16,9 +16,11 @@ from safetensors.torch import save_file
 
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_runtime.atomic import atomic_path
+from crome_runtime.limits import listed
 from crome_edge.errors import CromeError
 from crome_runtime import formats, safetensors_header
 from crome_runtime.prompt import PromptTemplate
+from crome_runtime import input_files
 
 
 class AdapterFileError(CromeError):
@@ -111,10 +113,10 @@ def read_metadata(path: Path) -> AdapterMetadata:
             f"{formats.ADAPTER_FORMAT_VERSION}. Upgrade crome-edge."
         )
     try:
-        recipe = json.loads(raw[formats.META_TRAIN_DATA_RECIPE]) if formats.META_TRAIN_DATA_RECIPE in raw else None
+        recipe = input_files.loads(raw[formats.META_TRAIN_DATA_RECIPE], formats.META_TRAIN_DATA_RECIPE) if formats.META_TRAIN_DATA_RECIPE in raw else None
         if recipe is not None and not isinstance(recipe, dict):
             raise ValueError(f"{formats.META_TRAIN_DATA_RECIPE} is not a JSON object")
-        training = json.loads(raw.get(formats.META_TRAINING, "{}"))
+        training = input_files.loads(raw.get(formats.META_TRAINING, "{}"), formats.META_TRAINING)
         if not isinstance(training, dict):
             raise ValueError(f"{formats.META_TRAINING} is not a JSON object")
         return AdapterMetadata(
@@ -147,9 +149,12 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
             if names != set(expected):
-                raise AdapterFileError(
-                    f"{path}: tensors {sorted(names)} do not match the CROME adapter's {sorted(expected)}"
-                )
+                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+                found = "; ".join(part for part in (
+                    f"missing {listed(missing, ', ')}" if missing else "",
+                    f"{len(extra):,} unexpected: {listed([repr(n)[:60] for n in extra], ', ')}" if extra else "") if part)
+                raise AdapterFileError(f"{path}: its tensors do not match the CROME adapter's {sorted(expected)} "
+                                       f"({found}); this is not a crome-edge adapter file")
             tensors = {name: f.get_tensor(name) for name in expected}
     except (SafetensorError, OSError) as error:
         raise AdapterFileError(f"{path}: cannot read tensors ({error}); the file may be truncated") from None

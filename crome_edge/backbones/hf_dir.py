@@ -12,6 +12,7 @@ from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, CromeBackbone
 from crome_edge.backbones.tiny import from_instructblip_model
 from crome_edge.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
+from crome_runtime import input_files
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -80,7 +81,7 @@ def _load_tokenizer(path: Path) -> Tokenizer:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = input_files.read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CromeError(f"{path} is not readable JSON ({error})") from None
     if not isinstance(data, dict):

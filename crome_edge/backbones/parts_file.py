@@ -19,6 +19,7 @@ from crome_edge.backbones.base import CromeBackbone, tensor_fingerprint
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
+from crome_runtime import input_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -98,8 +99,8 @@ def read_parts_metadata(path: str | Path) -> dict:
             "format_version": version,
             "backbone_name": raw[formats.META_BACKBONE_NAME],
             "llm_fingerprint": raw[formats.META_LLM_FINGERPRINT],
-            "backbone_info": json.loads(raw.get(formats.META_BACKBONE_INFO, "{}")),
-            "training": json.loads(raw.get(formats.META_TRAINING, "{}")),
+            "backbone_info": input_files.loads(raw.get(formats.META_BACKBONE_INFO, "{}"), "its backbone_info"),
+            "training": input_files.loads(raw.get(formats.META_TRAINING, "{}"), "its training metadata"),
         }
     except (KeyError, ValueError) as error:
         raise CromeError(f"{path}: backbone-parts metadata is incomplete or malformed ({error!r})") from None

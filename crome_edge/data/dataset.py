@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crome_edge.errors import CromeError
+from crome_runtime import input_files
 
 JSONL_NAME = "data.jsonl"  # the file looked for inside a dataset directory
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -80,7 +81,7 @@ def _read_jsonl(path: Path, default_question: str | None) -> Dataset:
             continue
         where = f"{path.name} line {number}"
         try:
-            record = json.loads(line)
+            record = input_files.loads(line, "the line")
         except json.JSONDecodeError as error:
             raise CromeError(f"{path} line {number} is not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):

@@ -17,6 +17,7 @@ from crome_runtime import cache_entry
 from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.cache_entry import ENTRY_FILE, write_json_atomic
 from crome_runtime.manifest import sha256_file
+from crome_runtime import input_files
 
 ENTRY_FORMAT_VERSION = 1
 
@@ -43,7 +44,7 @@ def _file_records(directory: Path) -> dict[str, dict]:
 def read_entry(directory: Path) -> dict | None:
     """The entry record of a cache directory, or None if there is no complete entry there."""
     try:
-        return json.loads((directory / ENTRY_FILE).read_text())
+        return input_files.read_json(directory / ENTRY_FILE)
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # absent, or damaged beyond use
         return None
 

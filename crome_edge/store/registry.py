@@ -6,7 +6,6 @@ This module decides *whether* to fetch; `entries.py` does the atomic writing and
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -15,6 +14,7 @@ from pathlib import Path
 from crome_edge.errors import CromeError
 from crome_edge.store import efficientnet, smollm2
 from crome_edge.store.entries import check_entry, entry_dir, entry_size, read_entry, say, write_entry
+from crome_runtime import input_files
 
 Fetch = Callable[[Path, "Path | None"], dict]  # (empty dir to fill, optional local wheel) -> source record
 
@@ -209,6 +209,6 @@ def describe(name: str, *, verify: bool = False) -> dict:
         info["verified"] = verify and not info["problems"]
     elif spec.local_dir and info["present"]:
         assert path is not None
-        config = json.loads((path / "config.json").read_text())
+        config = input_files.read_json(path / "config.json")
         info["config"] = {key: config.get(key) for key in ("model_type", "architectures")}
     return info

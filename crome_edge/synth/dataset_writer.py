@@ -34,6 +34,7 @@ from crome_edge.synth.recipe import DATA_FILE, INFO_FILE, SynthRecipe, content_s
 from crome_edge.synth.samples import iter_samples
 from crome_edge.synth.splits import split_seeds
 from crome_edge.synth.world import DEFAULT_SIZE
+from crome_runtime import input_files
 
 SCENES_FILE = "scenes.jsonl"
 IMAGES_DIR = "images"
@@ -149,7 +150,7 @@ def _not_a_dataset(directory: Path) -> str | None:
     if info.is_symlink() or not info.is_file():
         return f"it has no {INFO_FILE}"
     try:
-        made = json.loads(info.read_text(encoding="utf-8"))
+        made = input_files.read_json(info)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"its {INFO_FILE} is not readable JSON"
     if not (isinstance(made, dict) and "task" in made and "frames" in made):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_edge.errors import CromeError
+from crome_runtime import input_files
 from crome_runtime.cache_entry import write_entry
 
 GENERATOR = "crome-edge data synth"
@@ -103,7 +104,7 @@ def content_sha256(directory: Path) -> dict[str, str]:
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
         if line.strip():
             try:
-                images.setdefault(json.loads(line)["image"], None)
+                images.setdefault(input_files.loads(line, "the line")["image"], None)
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise CromeError(f"{data} line {number} is not a synthetic-dataset line") from None
     frames = FrameHasher()
@@ -125,7 +126,7 @@ def training_record(jsonl: Path) -> tuple[dict | None, str | None]:
     if jsonl.name != DATA_FILE or not info_path.is_file():
         return None, None
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = input_files.read_json(info_path)
         recipe, recorded = SynthRecipe.from_dict(info["recipe"]), dict(info["sha256"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, CromeError) as error:
         return None, f"{info_path} has no usable regeneration recipe ({error}); export will need this data or --calib"
@@ -180,7 +181,7 @@ def materialize(recipe: SynthRecipe, note: Callable[[str], None] = lambda messag
 def _intact(directory: Path) -> bool:
     """True when a synthetic set's files hash to what its writer recorded in dataset.json."""
     try:
-        recorded = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))["sha256"]
+        recorded = input_files.read_json(directory / INFO_FILE)["sha256"]
         return content_sha256(directory) == recorded
     except (OSError, json.JSONDecodeError, KeyError, TypeError, CromeError):
         return False  # absent or damaged: the caller renders it (again)

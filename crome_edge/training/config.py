@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from crome_runtime import input_files
+
 STAGES = ("finetune", "pretrain")
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 AUGMENTS = ("none", "flips")
@@ -62,6 +64,6 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
+        data = input_files.loads(text, "the training config")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

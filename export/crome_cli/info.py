@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 from pathlib import Path
 
+from crome_runtime import formats, input_files
 from crome_runtime.errors import CromeError
-from crome_runtime import formats
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header, tensor_shapes
 
 
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 def describe(path: Path, verify: bool = False) -> dict:
     if path.is_dir():
         return _describe_bundle(path, verify)
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # reading a FIFO would wait for a writer forever; a device never ends
+        raise CromeError(f"{path} is {input_files.file_kind(mode)}, not a crome-edge file; give an adapter or "
+                         "backbone-parts .safetensors, a training checkpoint or a bundle directory")
     if _is_zip(path):
         return _describe_checkpoint(path)
     try:
@@ -105,7 +110,7 @@ def _describe_checkpoint(path: Path) -> dict:
         state = load_checkpoint(path)
     except CromeError:
         raise CromeError(f"{path} is not a crome-edge file (a zip archive, but not a training checkpoint)") from None
-    config = json.loads(state.get("config", "{}"))
+    config = input_files.loads(state.get("config", "{}"), "its training config")
     return {
         "kind": "training checkpoint",
         "path": str(path),

@@ -14,7 +14,6 @@ Runtime really runs for it after its graph optimisations (`ort_kernels`), for th
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -25,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from crome_runtime import formats
 from crome_runtime.formats import ADAPTER_MODALITIES
+from crome_runtime import input_files
 
 FUNCTION_OPSET = 18  # Split with num_outputs
 
@@ -109,7 +109,7 @@ def ort_kernels(path: Path) -> dict:
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         session.run(None, feed)
-        profile = json.loads(Path(session.end_profiling()).read_text())
+        profile = input_files.read_json(Path(session.end_profiling()))
     executed = Counter(
         f"{event['args']['op_name']}@{event['args'].get('provider', '?')}"
         for event in profile

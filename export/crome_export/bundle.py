@@ -25,6 +25,7 @@ from pathlib import Path
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.manifest import FileEntry, Manifest
+from crome_runtime import input_files
 
 CHUNK = 1 << 20
 
@@ -53,7 +54,7 @@ def not_a_bundle(path: Path) -> str | None:
     if path.is_symlink() or not path.is_dir():
         return "not a directory" if not path.is_symlink() else "a symbolic link"
     try:
-        manifest = json.loads((path / formats.MANIFEST_FILE).read_text())
+        manifest = input_files.read_json(path / formats.MANIFEST_FILE)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"no readable {formats.MANIFEST_FILE}"
     if not isinstance(manifest, dict) or manifest.get("format") != formats.BUNDLE_FORMAT:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import tempfile
 import time
@@ -25,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crome_edge.errors import CromeError
-from crome_runtime import formats
+from crome_runtime import formats, input_files
 from crome_runtime.adapter_entries import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
                                     check_name, file_name, overlaps)
-from crome_runtime.manifest import BundleError, FileEntry, Manifest, bundle_report, read_manifest, read_report
 from crome_runtime.formats import DEFAULT_MAX_NEW_TOKENS
+from crome_runtime.limits import listed
+from crome_runtime.manifest import BundleError, FileEntry, Manifest, bundle_report, read_manifest, read_report
+from crome_runtime.route_patterns import RouteError, compile_pattern
 
 
 @dataclass
@@ -54,7 +55,12 @@ class Contents:
 
 
 def adapter_name(adapter: Path) -> str:
-    """The name an adapter file gets in a bundle: its file name without .safetensors."""
+    """The name an adapter file gets in a bundle: its file name without .safetensors (a directory, FIFO or device
+    given as the adapter is refused as what it is, not for its name)."""
+    if Path(adapter).exists() and not Path(adapter).is_file():
+        kind = input_files.file_kind(Path(adapter).stat().st_mode)
+        raise CromeError(f"adapter {adapter} is {kind}; give the adapter's .safetensors file (what `crome-edge train "
+                         "--out` wrote)")
     return check_name(Path(adapter).name.removesuffix(".safetensors"), f"adapter {Path(adapter).name}")
 
 
@@ -71,9 +77,9 @@ def parse_routes(values: list[str] | None, option: str = "--route") -> dict[str,
         if option == "--route":
             for pattern in patterns:
                 try:
-                    re.compile(pattern)
-                except re.error as error:
-                    raise CromeError(f"{option} {name}={pattern!r:.80} is not a regular expression ({error})") from None
+                    compile_pattern(pattern)  # RE2 takes it, in bounded size: checked before any export work
+                except RouteError as error:
+                    raise CromeError(f"{option} {name}=...: {error}") from None
     return routes
 
 
@@ -148,7 +154,7 @@ def _trained_route(path: Path, manifest: Manifest, entry: AdapterEntry) -> Route
     questions = []
     if acceptance is not None and acceptance in manifest.files:
         try:
-            document = json.loads((path / acceptance).read_text(encoding="utf-8"))
+            document = input_files.read_json(path / acceptance)
             questions = [str(p["question"]) for p in document["prompts"]]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise CromeError(f"{acceptance} in {path} cannot be read ({error}); re-export the bundle") from None
@@ -313,7 +319,7 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
                          {name: questions} if questions else {})
     problems = overlaps([m.entry for m in existing] + [AdapterEntry(name=name, sha256="", rank=1, route=route)])
     if problems:
-        raise CromeError(f"adapter {name}'s routes overlap the bundle's: {'; '.join(problems[:5])}; nothing was "
+        raise CromeError(f"adapter {name}'s routes overlap the bundle's: {listed(problems)}; nothing was "
                          "changed. Give it its own questions with --route REGEX / --route-question TEXT")
     config = dataclasses.replace(config, precision=current.manifest.precision, out=None)
     with tempfile.TemporaryDirectory(prefix=f".{current.path.name}.add-", dir=current.path.parent) as work:

@@ -24,6 +24,7 @@ from pathlib import Path
 from crome_runtime.user_cache_dir import cache_root
 from crome_runtime.cache_entry import ENTRY_FILE, write_entry, write_json_atomic
 from crome_runtime.manifest import sha256_file
+from crome_runtime import input_files
 
 CACHE_FORMAT_VERSION = 4  # bumped whenever what a key builds changes
 _OLD_STAGING = ".*.partial-*"  # the build directories of earlier versions, removed once stale like the new ones
@@ -74,7 +75,7 @@ class PartsCache:
             return None
         directory = self.root / key
         try:
-            entry = json.loads((directory / ENTRY_FILE).read_text())
+            entry = input_files.read_json(directory / ENTRY_FILE)
             for name, record in entry["files"].items():
                 if (directory / name).stat().st_size != record["bytes"]:
                     return None

@@ -25,6 +25,7 @@ import numpy as np
 from crome_runtime import formats
 from crome_runtime.fidelity import Reference, StageReference
 from crome_runtime.manifest import BundleError, Manifest, bundle_file
+from crome_runtime import input_files
 
 MAX_BYTES = 2_000_000  # both files together
 JSON_RESERVE = 32_000  # bytes kept for acceptance.json and the .npz's per-array headers (~10 KB used)
@@ -135,7 +136,7 @@ def read_acceptance(bundle_path: Path, manifest: Manifest,
     json_name, arrays_name = names
     require_acceptance(bundle_path, manifest, names)
     try:
-        document = json.loads(bundle_file(bundle_path, json_name).read_text(encoding="utf-8"))
+        document = input_files.read_json(bundle_file(bundle_path, json_name), json_name)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{json_name} in {bundle_path} cannot be read ({error}); {REEXPORT}") from None
     if not isinstance(document, dict) or document.get("format") != formats.ACCEPTANCE_FORMAT:

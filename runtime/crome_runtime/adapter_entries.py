@@ -16,7 +16,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from crome_runtime import formats
+from crome_runtime import formats, route_patterns
+from crome_runtime.limits import MAX_ADAPTER_NEW_TOKENS, MAX_TEXT_CHARS, listed
 from crome_runtime.manifest import BundleError
 
 NONE = "none"  # the frozen backbone, no adapter: the name a caller gives to skip every adapter
@@ -69,9 +70,9 @@ class Route:
         self._compiled = []
         for pattern in self.patterns:
             try:
-                self._compiled.append(re.compile(pattern))
-            except re.error as error:
-                raise BundleError(f"route pattern {pattern!r:.80} is not a regular expression ({error})") from None
+                self._compiled.append(route_patterns.compile_pattern(pattern))  # RE2: linear-time matching
+            except route_patterns.RouteError as error:
+                raise BundleError(str(error)) from None
 
     @classmethod
     def everything(cls) -> "Route":
@@ -88,7 +89,10 @@ class Route:
 
     def matches(self, question: str) -> bool:
         text = question.strip()
-        return text in self._exact or any(p.fullmatch(text) for p in self._compiled)
+        if text in self._exact:
+            return True
+        # a question over the text limit was refused before it got here; the cap keeps matching bounded regardless
+        return len(text) <= MAX_TEXT_CHARS and any(p.fullmatch(text) is not None for p in self._compiled)
 
     def to_dict(self) -> dict:
         return {"questions": list(self.questions), "patterns": list(self.patterns)}
@@ -112,8 +116,9 @@ class AdapterEntry:
         if self.files is None:
             check_name(self.name)
             self.files = {role: file_name(self.name, role) for role in ROLES}
-        elif not isinstance(self.name, str) or not self.name.strip():
-            raise BundleError(f"adapter name {self.name!r:.80} is not usable: it must be a non-empty string")
+        elif not isinstance(self.name, str) or not self.name.strip() or not self.name.isprintable():
+            raise BundleError(f"adapter name {self.name!r:.80} is not usable: it must be a non-empty string of "
+                              "printable characters (no line breaks or control characters)")
 
     def file(self, role: str) -> str | None:
         """The bundle file of `role` (ROLES), or None when this adapter has none (a version-1 bundle without the
@@ -157,16 +162,26 @@ class AdapterEntry:
             raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None
         except (TypeError, ValueError) as error:
             raise BundleError(f"{source}: adapter entry {data.get('name')!r:.40}: {error}; re-export the bundle") from None
-        if not isinstance(entry.sha256, str) or not isinstance(entry.rank, int) or not isinstance(entry.max_new_tokens, int):
-            raise BundleError(f"{source}: adapter entry {entry.name!r} has malformed fields; re-export the bundle")
+        if not isinstance(entry.sha256, str) or not _whole(entry.rank) or not isinstance(entry.training, dict):
+            raise BundleError(f"{source}: adapter entry {entry.name!r} has malformed fields (sha256, rank or training); "
+                              "re-export the bundle")
+        if not _whole(entry.max_new_tokens) or not 1 <= entry.max_new_tokens <= MAX_ADAPTER_NEW_TOKENS:
+            raise BundleError(f"{source}: adapter {entry.name!r}: max_new_tokens is {entry.max_new_tokens!r:.40}, it must "
+                              f"be a whole number from 1 to {MAX_ADAPTER_NEW_TOKENS}; fix the manifest or re-export the bundle")
         return entry
+
+
+def _whole(value) -> bool:
+    """An int that is not a bool (JSON `true` reads as True, an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def overlaps(entries: list[AdapterEntry]) -> list[str]:
     """Routes of different adapters that claim one question, as sentences: an exact question of one adapter that
-    another adapter's route also matches; one regular expression given to two adapters; a catch-all route beside
-    any other adapter's route. (Two different regular expressions are compared only on the adapters' known
-    questions: whether two arbitrary expressions intersect is not decided here.)"""
+    another adapter's route also matches; one regular expression given to two adapters, or two that match the same
+    questions, or one that covers another (route_patterns.covers, bounded); a catch-all route beside any other
+    adapter's route. (Two expressions that merely intersect, each also matching questions of its own, are allowed:
+    a question both match goes to the first adapter.)"""
     claims: dict[str, list[str]] = {}  # question -> every adapter whose route matches it
     for a in entries:
         for question in a.route.questions:
@@ -179,10 +194,37 @@ def overlaps(entries: list[AdapterEntry]) -> list[str]:
             patterns.setdefault(pattern, []).append(a.name)
     problems += [f"the regular expression {pattern!r:.80} is the route of {' and of '.join(names)}"
                  for pattern, names in sorted(patterns.items()) if len(names) > 1]
+    problems += _covered(entries)
     for a in entries:
         others = [b.name for b in entries if b is not a and not b.route.empty and not b.route.catch_all]
         if a.route.catch_all and others:
             problems.append(f"{a.name} answers every question, so {' and '.join(others)} would never be reached")
+    return problems
+
+
+def _covered(entries: list[AdapterEntry]) -> list[str]:
+    """Different regular expressions of two adapters where one matches every question the other does (equivalent
+    ones included): the covered adapter would never be reached for them. Decided on automata in bounded time
+    (route_patterns.covers); a pair it cannot decide within its limit is reported too, to be simplified."""
+    problems = []
+    ordinary = [e for e in entries if not e.route.catch_all]  # a catch-all route has its own sentence
+    for i, a in enumerate(ordinary):
+        for b in ordinary[i + 1:]:
+            for pa in dict.fromkeys(a.route.patterns):
+                for pb in dict.fromkeys(b.route.patterns):
+                    if pa == pb:
+                        continue  # said above: one regular expression given to two adapters
+                    forward, backward = route_patterns.covers(pa, pb), route_patterns.covers(pb, pa)
+                    if forward and backward:
+                        problems.append(f"the regular expressions {pa!r:.60} of {a.name} and {pb!r:.60} of {b.name} "
+                                        "match the same questions")
+                    elif forward or backward:
+                        (small, x), (big, y) = ((pa, a.name), (pb, b.name)) if forward else ((pb, b.name), (pa, a.name))
+                        problems.append(f"every question {small!r:.60} ({x}) matches is also matched by {big!r:.60} "
+                                        f"({y})")
+                    elif forward is None or backward is None:
+                        problems.append(f"whether {pa!r:.60} ({a.name}) and {pb!r:.60} ({b.name}) claim the same "
+                                        "questions cannot be decided within the overlap check's limit; simplify one")
     return problems
 
 
@@ -196,9 +238,8 @@ def check_adapters(entries: list[AdapterEntry], source: str = "manifest.json") -
         seen.add(entry.name)
     problems = overlaps(entries)
     if problems:
-        raise BundleError(f"{source}: adapter routes overlap: {'; '.join(problems[:5])}"
-                          + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-                          + ". Give each adapter its own questions (`--route NAME=REGEX` at export)")
+        raise BundleError(f"{source}: adapter routes overlap: {listed(problems)}. Give each adapter its own "
+                          "questions (`--route NAME=REGEX` at export)")
 
 
 def route(entries: list[AdapterEntry], question: str) -> str | None:

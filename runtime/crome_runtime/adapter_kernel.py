@@ -14,6 +14,7 @@ import numpy as np
 
 from crome_runtime import formats
 from crome_runtime.manifest import BundleError
+from crome_runtime import input_files
 
 MODALITIES = formats.ADAPTER_MODALITIES
 
@@ -22,10 +23,8 @@ def adapter_dims(config_json: str) -> tuple[int, int]:
     """(d_model, rank) from an adapter file's `adapter_config` metadata, the JSON {"d_model": d, "rank": r} with
     whole numbers >= 1 and nothing else; ValueError saying what is wrong. The one parser: crome_edge's
     AdapterConfig.from_json and the bundle loader both read the field through it."""
-    import json
-
     try:
-        data = json.loads(config_json)
+        data = input_files.loads(config_json, "adapter_config")
     except (TypeError, ValueError):
         raise ValueError(f"adapter_config {config_json!r:.60} is not JSON") from None
     if not isinstance(data, dict) or set(data) != {"d_model", "rank"}:

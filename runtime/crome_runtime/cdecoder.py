@@ -18,6 +18,7 @@ import numpy as np
 from crome_runtime import ccore
 from crome_runtime.decoder_blocks_file import MATRICES, DecoderBlocks, layer_name
 from crome_runtime.decoder import check_prefix
+from crome_runtime import input_files
 
 
 class CDecoder:
@@ -138,11 +139,9 @@ def bundle_blocks_usable(bundle) -> str | None:
 
 
 def _read_source(path) -> dict:
-    import json
-
     from crome_runtime.safetensors_header import read_header
 
-    return json.loads(read_header(path).get("__metadata__", {}).get("source", "{}"))
+    return input_files.loads(read_header(path).get("__metadata__", {}).get("source", "{}"), "its source")
 
 
 def open_cdecoder(bundle, prefill_decoder, threads: int = 0) -> CDecoder:

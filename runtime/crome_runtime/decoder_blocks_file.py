@@ -18,6 +18,7 @@ import numpy as np
 
 from crome_runtime import gguf_blocks
 from crome_runtime.manifest import BundleError
+from crome_runtime import input_files
 
 FORMAT = "crome-decoder-blocks"
 FORMAT_VERSION = 1
@@ -107,12 +108,12 @@ def load(path: Path) -> DecoderBlocks:
             if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
                 raise BundleError(f"{path.name} is not a {FORMAT} v{FORMAT_VERSION} file (format "
                                   f"{meta.get('format')!r} v{meta.get('format_version')!r}); re-export the bundle")
-            raw = json.loads(meta["dims"])
+            raw = input_files.loads(meta["dims"], "its dims")
             names = {f.name for f in fields(LlmDims)}
             if set(raw) != names:
                 raise BundleError(f"{path.name}: dims must have {sorted(names)}, got {sorted(raw)}")
             dims = LlmDims(**raw)
-            qtypes, source = json.loads(meta["qtypes"]), json.loads(meta["source"])
+            qtypes, source = input_files.loads(meta["qtypes"], "its qtypes"), input_files.loads(meta["source"], "its source")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:
         raise BundleError(f"{path.name} cannot be read as decoder blocks ({error}); re-export the bundle") from None

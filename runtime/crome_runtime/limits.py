@@ -16,8 +16,23 @@ MAX_IMAGE_SIDE = 32768  # pixels on either side: runtime/csrc/preprocess.c's MAX
 MAX_TEXT_CHARS = 4000  # a question (CLI, dataset line, request) or a training answer
 MAX_LINE_BYTES = 1 << 20  # one line of a JSONL dataset
 
+# --- Files, routes and bundles a user hands over (issue 21, reliability round 2). A block of its own: the server's
+# request limits live in serve/config.py and their own block. docs/security.md's table is generated from this file.
+MAX_JSON_BYTES = 64 << 20  # one JSON file (manifest, report, acceptance set, dataset info, config): a manifest is KBs
+MAX_JSON_DEPTH = 64  # nesting of objects/arrays in any JSON the project reads (ours nest < 10; Python's parser recurses)
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20  # a .safetensors header (an adapter's is a few KB; larger is another format)
+MAX_KEY_FILE_BYTES = 4096  # `serve --api-key-file`: an API key is one short line
+MAX_ROUTE_PATTERN_CHARS = 1000  # one route regular expression (export --route, bundle add --route, a manifest)
+MAX_ROUTE_PROGRAM = 2000  # RE2's program size for one route pattern: bigger means huge counted repeats ({1000}{1000})
+MAX_OVERLAP_STATES = 20000  # automaton states the route-overlap check explores for two patterns before refusing
+MAX_ADAPTER_NEW_TOKENS = 4096  # an adapter entry's generation cap in a manifest (decoders here hold 2048-8192 positions)
+MAX_LISTED_PROBLEMS = 5  # an error lists this many problems, then "... and N more" (one readable line)
+BUNDLE_LOCK_WAIT_S = 10.0  # a second writer of one bundle waits this long for the first, then is refused
+
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_LINE_BYTES", "MAX_TEXT_CHARS", "TextError", "check_text",
-           "context_problem"]
+           "context_problem", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_SAFETENSORS_HEADER_BYTES", "MAX_KEY_FILE_BYTES",
+           "MAX_ROUTE_PATTERN_CHARS", "MAX_ROUTE_PROGRAM", "MAX_OVERLAP_STATES", "MAX_ADAPTER_NEW_TOKENS",
+           "MAX_LISTED_PROBLEMS", "BUNDLE_LOCK_WAIT_S", "listed"]
 
 
 class TextError(CromeError, ValueError):
@@ -61,6 +76,14 @@ def context_problem(prompt_tokens: int, template_tokens: int, num_queries: int, 
     return (f"the question is {question_tokens} tokens; the decoder's context of {context} positions, less the "
             f"{num_queries} visual queries, the prompt template's {template_tokens} tokens and {needs}, leaves room "
             f"for {room}. Shorten the question to at most {room} tokens")
+
+
+def listed(problems: list[str], separator: str = "; ") -> str:
+    """At most MAX_LISTED_PROBLEMS of `problems` joined, then "... and N more": an error stays one readable line
+    whatever a file holds (a 10,000-tensor adapter is not a 90 KB message)."""
+    shown = separator.join(problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    return f"{shown} … and {more} more" if more > 0 else shown
 
 
 # --- serve: requests, connections and camera frames (crome_runtime.serve) ---------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from crome_runtime import formats
 from crome_runtime.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
+from crome_runtime import input_files
 
 if TYPE_CHECKING:  # adapter_entries.py imports BundleError from here: imported where used
     from crome_runtime.adapter_entries import AdapterEntry
@@ -167,7 +168,7 @@ class Manifest:
         from crome_runtime.adapter_entries import AdapterEntry, check_adapters
 
         try:
-            data = json.loads(text)
+            data = input_files.loads(text, source)
         except json.JSONDecodeError as error:
             raise BundleError(f"{source} is not valid JSON ({error}); re-export the bundle") from None
         if not isinstance(data, dict) or data.get("format") != formats.BUNDLE_FORMAT:
@@ -258,7 +259,7 @@ def read_report(bundle: Path, manifest: Manifest) -> dict | None:
     if formats.REPORT_FILE not in manifest.files:
         return None
     try:
-        report = json.loads(bundle_file(Path(bundle), formats.REPORT_FILE).read_text(encoding="utf-8"))
+        report = input_files.read_json(bundle_file(Path(bundle), formats.REPORT_FILE), formats.REPORT_FILE)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{formats.REPORT_FILE} in {bundle} is not valid JSON ({error}); re-export the bundle") from None
     if not isinstance(report, dict):

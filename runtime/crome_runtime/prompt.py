@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from crome_runtime import input_files
+from crome_runtime.limits import listed
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class PromptTemplate:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"the prompt template has unknown fields {unknown} (known: {sorted(known)})")
+            raise ValueError(f"the prompt template has unknown fields {listed([repr(u)[:60] for u in unknown], ', ')} "
+                             f"(known: {sorted(known)})")
         for name in ("text", "answer_suffix"):
             if name in data and not isinstance(data[name], str):
                 raise ValueError(f"the prompt template's {name} must be a string, not {type(data[name]).__name__}")
@@ -66,7 +69,7 @@ class PromptTemplate:
 
     @classmethod
     def from_json(cls, text: str) -> "PromptTemplate":
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(input_files.loads(text, "the prompt template"))
 
 
 def instruction_ids(tokenizer, question: str, max_tokens: int) -> list[int]:

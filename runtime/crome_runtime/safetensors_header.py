@@ -10,12 +10,14 @@ reader. Not here: reading tensors (safetensors' loaders do that) or what the met
 from __future__ import annotations
 
 import json
+import stat
 import struct
 from pathlib import Path
 
 from crome_runtime.errors import CromeError
+from crome_runtime import input_files
+from crome_runtime.limits import MAX_SAFETENSORS_HEADER_BYTES
 
-MAX_HEADER_BYTES = 16 << 20  # a crome-edge header is a few KB; a larger length field means another format
 
 
 class SafetensorsHeaderError(CromeError, ValueError):
@@ -26,21 +28,24 @@ def read_header(path: str | Path) -> dict:
     """The parsed JSON header; SafetensorsHeaderError when the file is not safetensors or is truncated.
     OSError (missing, unreadable) passes through."""
     path = Path(path)
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open below, a device would never end
+        raise SafetensorsHeaderError(f"it is {input_files.file_kind(info.st_mode)}, not a regular file")
+    size = info.st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise SafetensorsHeaderError(f"the file has {size} bytes, too few for a safetensors header: truncated")
         (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES:
+        if length > MAX_SAFETENSORS_HEADER_BYTES:
             raise SafetensorsHeaderError(f"its header length field reads {length} bytes: not a safetensors file")
         raw = f.read(length)
     if len(raw) < length:
         raise SafetensorsHeaderError(f"its header is {length} bytes but the file ends after {len(raw)}: truncated")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SafetensorsHeaderError("its header is not JSON: not a safetensors file") from None
+        header = input_files.loads(raw, "its header")
+    except json.JSONDecodeError as error:  # input_files.JsonInputError: malformed, not UTF-8, nested too deeply
+        raise SafetensorsHeaderError(f"{error}: not a safetensors file crome-edge wrote") from None
     if not isinstance(header, dict):
         raise SafetensorsHeaderError("its header is not a JSON object: not a safetensors file")
     metadata = header.get("__metadata__", {})

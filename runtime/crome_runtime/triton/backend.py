@@ -34,6 +34,7 @@ from crome_runtime.engine import Engine, EngineConfig, Frame, GenerationOptions,
 from crome_runtime.errors import CromeError
 from crome_runtime.triton import io
 from crome_runtime.vision_inputs import vision_feeds
+from crome_runtime import input_files
 
 
 @dataclass
@@ -204,7 +205,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
         self.pb = pb_utils
-        self.config = json.loads(args["model_config"])
+        self.config = input_files.loads(args["model_config"], "model_config")
         params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         bundle = Path(params.get("bundle", "bundle"))
@@ -213,7 +214,7 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(self.config)
         self.vision_model = params.get("vision_model") or None  # GPU variant: native models over BLS
         # adapter name -> its native visual-branch model (repository.py writes one per adapter)
-        self.adapter_models = json.loads(params.get("adapter_visual_models") or "{}")
+        self.adapter_models = input_files.loads(params.get("adapter_visual_models") or "{}", "adapter_visual_models")
         self.names = [t.name for t in io.inputs(self.engine.manifest.backbone.image_size)]
 
     def _arrays(self, request) -> dict[str, np.ndarray]:
