@@ -34,6 +34,7 @@ from crome_edge.training.checkpoint import (
 from crome_edge.training.config import AUGMENTS, STAGES, TrainConfig
 from crome_edge.training.distributed import DistContext, init_distributed, pick_device, shutdown_distributed
 from crome_edge.training.stages import STAGE_CLASSES, Stage
+from crome_runtime.outputs import check_output
 
 LOSS_WINDOW = 20  # steps averaged for the progress bar and the curve's first/last values
 
@@ -251,11 +252,14 @@ class Trainer:
             raise CromeError(
                 f"--resume: no checkpoint at {config.checkpoint_path} (pass --checkpoint PATH, or drop --resume to start over)"
             )
+        data, replay = Path(config.data), Path(config.replay_data) if config.replay_data else None
+        inputs = [data, data / "data.jsonl", replay, replay / "data.jsonl" if replay else None, config.backbone_parts]
         for label, path in (("--out", Path(config.out)), ("--checkpoint", config.checkpoint_path)):
             if path.is_dir():
                 raise CromeError(f"{label} {path} is a directory; give a file name such as {path / 'line3.safetensors'}")
             if not path.absolute().parent.is_dir():
                 raise CromeError(f"{label} {path}: directory {path.absolute().parent} does not exist (create it first)")
+            check_output(path, label, inputs)  # not a device, FIFO, link, nor the training data itself
             check_writable(path, label)  # now, not after the run
         out = Path(config.out)
         if out.exists() and not (config.force or config.resume):
@@ -392,9 +396,19 @@ class Trainer:
             reason = getattr(error, "strerror", None) or str(error)
         import tempfile
 
-        fd, fallback = tempfile.mkstemp(prefix=f"{out.stem}-", suffix=out.suffix or ".safetensors")
-        os.close(fd)
-        self.stage.save(Path(fallback), summary, str(self.dataset.source), self.train_data_recipe)
+        fallback: Path | None = None
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{out.stem}-", suffix=out.suffix or ".safetensors")
+            os.close(fd)
+            fallback = Path(name)
+            self.stage.save(fallback, summary, str(self.dataset.source), self.train_data_recipe)
+        except (OSError, CromeError) as second:
+            if fallback is not None:
+                fallback.unlink(missing_ok=True)
+            raise CromeError(f"could not write --out {out} ({reason}), nor a copy in the temp directory "
+                             f"({getattr(second, 'strerror', None) or second}); the checkpoint "
+                             f"{self.config.checkpoint_path} holds the run up to its last save: free space and run "
+                             "again with --resume") from None
         raise CromeError(f"could not write --out {out} ({reason}); the finished run was saved to {fallback} "
                          "instead: move it where you want it")
 

@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crome_export import multi
+    from crome_runtime.outputs import check_output
 
+    if args.action != "list":  # add and remove change it: a directory (or nothing), never a link or a device
+        check_output(args.bundle, "the bundle", directory=True)
     if args.action == "list":
         print(json.dumps(multi.describe(args.bundle), indent=2))
         return 0

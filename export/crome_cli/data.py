@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from crome_edge.synth.dataset_writer import SynthConfig, write_dataset
+    from crome_runtime.outputs import check_output
 
+    check_output(args.out, "--out", directory=True)
     config = SynthConfig(out=args.out, task=args.task, split=args.split, n=args.n, seed=args.seed,
                          size=args.size, questions=args.questions, force=args.force)
     summary = write_dataset(config)
@@ -60,7 +62,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _video(args: argparse.Namespace) -> int:
     from crome_edge.synth.camera import write_video
+    from crome_runtime.outputs import check_output
 
+    check_output(args.out, "--out")
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crome_export.engines import EngineLimits, build_engines
+    from crome_runtime.outputs import check_output
 
+    check_output(args.bundle, "the bundle", directory=True)  # engines/ is written into it
     precision = "int8" if args.int8 else "fp32" if args.fp32 else "fp16"
     limits = EngineLimits(max_batch=args.max_batch, max_total_tokens=args.max_total_tokens)
     print(build_engines(args.bundle, precision, args.workspace, limits))

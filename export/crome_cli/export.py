@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from crome_export.multi import export_adapters, parse_routes
 
     adapters = [resolve_adapter(a) for a in args.adapter]
+    if args.out is not None:  # BundleWriter then decides whether an existing bundle may be replaced (--force)
+        from crome_runtime.outputs import check_output
+
+        calib = args.calib if args.calib and not str(args.calib).isdigit() else None  # N frames, or a directory
+        check_output(args.out, "--out", [*adapters, args.data, calib], directory=True)
     # several adapters, or routes given: each exported alone, then merged (crome_export.multi); one adapter without
     # routes: the pipeline, which routes it by its training questions
     several = len(adapters) > 1 or args.route or args.route_question

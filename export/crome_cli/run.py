@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                                 adapter=args.adapter)
     options.resolve(GenerationDefaults())  # a bad flag fails before the bundle is loaded
+    if args.profile:  # an output that cannot be written is refused now, not after the run
+        from crome_runtime.profiler import check_profile_output
+
+        check_profile_output(args.profile, "--profile", [args.bundle, args.image], within=[args.bundle])
     given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
     config = EngineConfig(verify=not args.no_verify, **{k: v for k, v in given.items() if v is not None})
     engine = Engine.load(args.bundle, config)

@@ -90,11 +90,7 @@ def _config(args: argparse.Namespace):
     if any(not w.strip() for w in config.watch):
         raise CromeError("--watch needs a question, e.g. --watch \"Which bin does this part go to?\"")
     if args.api_key_file is not None:
-        try:
-            lines = args.api_key_file.read_text().splitlines()
-        except OSError as error:
-            raise CromeError(f"cannot read --api-key-file {args.api_key_file}: {error.strerror or error}") from None
-        config.api_key = lines[0].strip() if lines else ""
+        config.api_key = read_key_file(args.api_key_file)
         if not config.api_key:
             raise CromeError(f"--api-key-file {args.api_key_file} is empty")
     elif args.api_key is not None:
@@ -105,7 +101,34 @@ def _config(args: argparse.Namespace):
         raise CromeError("--watch needs a camera: pass --camera (e.g. --camera demo)")
     if config.events is not None and not config.events.parent.is_dir():
         raise CromeError(f"--events {config.events}: directory {config.events.parent} does not exist")
+    from crome_runtime.outputs import check_output
+    from crome_runtime.profiler import check_profile_output
+
+    inputs = [args.bundle, args.api_key_file]
+    if config.events is not None:
+        check_output(config.events, "--events", inputs, within=[args.bundle])
+    if config.profile is not None:  # written at exit: refused now, not after hours of serving
+        check_profile_output(config.profile, "--profile", inputs + [config.events], within=[args.bundle])
     return config
+
+
+def read_key_file(path: Path) -> str:
+    """The API key: the first line of `path`, a regular file of at most MAX_KEY_FILE_BYTES (/dev/zero, a FIFO or a
+    huge file is refused before it is read, not read until memory runs out or forever)."""
+    from crome_runtime.input_files import read_bytes
+    from crome_runtime.limits import MAX_KEY_FILE_BYTES
+
+    try:
+        data = read_bytes(path, MAX_KEY_FILE_BYTES, "--api-key-file")
+    except CromeError:  # input_files.InputFileError (an OSError too): a FIFO, a device, over the limit
+        raise
+    except OSError as error:
+        raise CromeError(f"cannot read --api-key-file {path}: {error.strerror or error}") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CromeError(f"--api-key-file {path} is not UTF-8 text; put the key on its first line") from None
+    return lines[0].strip() if lines else ""
 
 
 def demo_camera(fps: float | None):

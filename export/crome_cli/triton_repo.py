@@ -38,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crome_runtime.outputs import check_output
     from crome_runtime.triton.repository import RepositoryConfig, write_repository
 
+    check_output(args.out, "the repository", [args.bundle], directory=True, within=[args.bundle])
     config = RepositoryConfig()
     for flag, name in (("variant", "variant"), ("gpu_backend", "gpu_backend"), ("max_batch_size", "max_batch_size"),
                        ("max_queue_delay_us", "max_queue_delay_us"), ("instances", "instances"), ("threads", "threads")):

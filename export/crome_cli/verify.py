@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from crome_runtime.fidelity import format_table
     from crome_runtime.verify import verify_bundle
 
+    if args.report:  # refused before the acceptance set runs, not after
+        from crome_runtime.outputs import check_output
+
+        check_output(args.report, "--report", [args.bundle], within=[args.bundle])
     given = {"provider": args.provider, "threads": args.threads}  # None: EngineConfig's default
     config = EngineConfig(**{k: v for k, v in given.items() if v is not None})
     report = verify_bundle(args.bundle, config, progress=lambda message: print(message, file=sys.stderr))

@@ -9,21 +9,32 @@ directories (Linux renameat2 RENAME_EXCHANGE), so at every instant the target is
 one. Where the exchange is unavailable, two renames with a rollback are used. Any failure (disk full,
 permission, a failed fidelity gate, SIGTERM — the CLI turns it into an exception) removes the temporary
 directory and leaves the old bundle as it was.
+One writer per bundle (`bundle_lock`): every command that changes a bundle — `bundle add`, `bundle remove`, `export`
+replacing one, `build-engines` — holds an advisory lock (fcntl.flock on `.NAME.lock` beside the bundle: the bundle
+directory itself is exchanged) from reading the bundle to committing it; a second writer waits up to
+BUNDLE_LOCK_WAIT_S, then is refused with a message naming the first. Two `bundle add`s at once both said "added"
+and one adapter was lost (issue 21); now the second adds to the first's bundle, or changes nothing and says so.
 Not here: what goes into the bundle (pipeline.py) or the manifest schema (crome_runtime.manifest).
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from crome_edge.errors import CromeError
 from crome_runtime import formats
+from crome_runtime.limits import BUNDLE_LOCK_WAIT_S
 from crome_runtime.manifest import FileEntry, Manifest
 from crome_runtime import input_files
 
@@ -86,6 +97,65 @@ def exchange(a: Path, b: Path) -> bool:
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(b))
+
+
+_HELD: dict[Path, int] = {}  # bundles whose lock this process holds -> nesting depth (add_adapter -> commit)
+
+
+@contextmanager
+def bundle_lock(bundle: Path, command: str, wait_s: float = BUNDLE_LOCK_WAIT_S) -> Iterator[None]:
+    """Holds the one-writer lock of `bundle` (an existing bundle or the path a new one will take) for the block;
+    re-entrant within a process. CromeError when another process holds it for longer than `wait_s`."""
+    target = Path(bundle).absolute()
+    if target in _HELD:
+        _HELD[target] += 1
+        try:
+            yield
+        finally:
+            _HELD[target] -= 1
+        return
+    if not target.parent.is_dir():  # nothing to lock beside; the writer says the directory is missing
+        yield
+        return
+    lock = target.parent / f".{target.name}.lock"
+    fd = _acquire(lock, target, command, wait_s)
+    _HELD[target] = 1
+    try:
+        yield
+    finally:
+        del _HELD[target]
+        lock.unlink(missing_ok=True)  # while still held: a waiter then finds its inode gone and opens the new file
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _acquire(lock: Path, target: Path, command: str, wait_s: float) -> int:
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another crome-edge command"
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise CromeError(f"bundle {target} is being changed by {holder}; nothing was changed. One command "
+                                 f"changes a bundle at a time: run this again when it has finished") from None
+            if not said:
+                print(f"crome-edge: waiting for {holder} to finish changing {target} (up to {wait_s:g} s)",
+                      file=sys.stderr)
+                said = True
+            time.sleep(0.1)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # the holder before us may have removed it
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"`crome-edge {command}` (pid {os.getpid()})".encode(), 0)
+            return fd
+        os.close(fd)
 
 
 class BundleWriter:
@@ -178,13 +248,16 @@ class BundleWriter:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700; a bundle is read by the server's user
-            if not self.target.exists():
-                os.rename(staging, self.target)
-                self.staging = None
-            elif exchange(staging, self.target):
-                pass  # self.staging now holds the old bundle; __exit__ removes it
-            else:
-                self._replace_with_rollback()
+            with bundle_lock(self.target, "export"):  # held already by bundle add/remove, for their whole change
+                if self.target.exists() or self.target.is_symlink():
+                    self.check_target()  # again, under the lock: another writer may have put a bundle there
+                if not self.target.exists():
+                    os.rename(staging, self.target)
+                    self.staging = None
+                elif exchange(staging, self.target):
+                    pass  # self.staging now holds the old bundle; __exit__ removes it
+                else:
+                    self._replace_with_rollback()
         except OSError as error:
             raise self._error(error, "moving the bundle into place") from None
         return self.target

@@ -132,6 +132,13 @@ def import_tensorrt():
 def build_engines(bundle: Path, precision: str = "fp16", workspace_mb: int = 2048,
                   limits: EngineLimits | None = None, say=print) -> Path:
     """Builds engines/<graph>.engine for every graph of `bundle`; returns the engines directory."""
+    from crome_export.bundle import bundle_lock
+
+    with bundle_lock(bundle, "build-engines"):  # engines/ is written into the bundle: one writer at a time
+        return _build_engines(bundle, precision, workspace_mb, limits, say)
+
+
+def _build_engines(bundle: Path, precision: str, workspace_mb: int, limits: EngineLimits | None, say) -> Path:
     from crome_runtime.manifest import read_manifest
 
     manifest = read_manifest(Path(bundle))  # BundleError

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crome_edge.errors import CromeError
+from crome_export.bundle import bundle_lock
 from crome_runtime import formats, input_files
 from crome_runtime.adapter_entries import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
                                     check_name, file_name, overlaps)
@@ -307,6 +308,12 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
                 questions: list[str] | None = None, replace: bool = False, quiet: bool = False) -> tuple[Path, float]:
     """`crome-edge bundle add BUNDLE --adapter FILE`: exports and checks only that adapter, then swaps the bundle.
     -> (bundle, seconds). replace: an adapter of the same name is replaced instead of refused."""
+    with bundle_lock(bundle, "bundle add"):  # one writer: read, export, commit with no other change between
+        return _add_adapter(bundle, adapter, config, patterns, questions, replace, quiet)
+
+
+def _add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None, questions: list[str] | None,
+                 replace: bool, quiet: bool) -> tuple[Path, float]:
     started = time.perf_counter()
     current = read_contents(bundle)
     name = adapter_name(adapter)
@@ -331,6 +338,11 @@ def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None 
 
 def remove_adapter(bundle: Path, name: str) -> Path:
     """`crome-edge bundle remove BUNDLE NAME`; removing the last adapter leaves the frozen backbone alone."""
+    with bundle_lock(bundle, "bundle remove"):
+        return _remove_adapter(bundle, name)
+
+
+def _remove_adapter(bundle: Path, name: str) -> Path:
     current = read_contents(bundle)
     kept = [m for m in current.members if m.entry.name != name]
     if len(kept) == len(current.members):

@@ -168,13 +168,27 @@ class Profiler:
     def write(self, path: str | Path, metadata: dict | None = None) -> tuple[Path, Path]:
         """Writes the summary JSON to `path` and the Chrome trace next to it (`<stem>.trace.json`)."""
         path = Path(path)
-        trace_path = path.with_name(path.name.removesuffix(".json") + ".trace.json")
+        trace_path = trace_path_of(path)
         summary = {**(metadata or {}), **self.summary(), "trace": trace_path.name}
         for target, text in ((path, json.dumps(summary, indent=2) + "\n"),
                              (trace_path, json.dumps(self.chrome_trace(metadata=metadata)))):
             with atomic_path(target) as tmp:  # a full disk leaves the old file (or none), never a truncated one
                 tmp.write_text(text)
         return path, trace_path
+
+
+def trace_path_of(path: Path) -> Path:
+    """Where write() puts the Chrome trace of a summary written to `path`: <stem>.trace.json beside it."""
+    return path.with_name(path.name.removesuffix(".json") + ".trace.json")
+
+
+def check_profile_output(path: Path, what: str = "--profile", inputs=(), within=()) -> None:
+    """OutputError (before any work) when the summary or its trace could not be written as files
+    (crome_runtime.outputs.check_output's rules)."""
+    from crome_runtime.outputs import check_output
+
+    check_output(path, what, inputs, within=within)
+    check_output(trace_path_of(Path(path)), f"{what}'s Chrome trace", inputs, within=within)
 
 
 def _stats(values: list[float]) -> dict:
