@@ -60,6 +60,12 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def one_line(message: str) -> str:
+    """An error message as one line: a line break, escape or other control character that came from a name or a
+    file (an adapter named `b\nc`) is shown escaped, as Python writes it, instead of breaking or recolouring the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -69,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except CromeError as error:  # every project error, the runtime's included: one line, its exit status
-        print(f"crome-edge {args.command}: error: {error}", file=sys.stderr)
+        print(f"crome-edge {args.command}: error: {one_line(str(error))}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # the environment refused something no check caught (a full disk, a permission)
         where = f": {error.filename}" if error.filename else ""
-        print(f"crome-edge {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"crome-edge {args.command}: error: {one_line(f'{error.strerror or error}{where}')}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"crome-edge {args.command}: terminated (SIGTERM); temporary files were removed", file=sys.stderr)

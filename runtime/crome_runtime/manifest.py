@@ -157,7 +157,7 @@ class Manifest:
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("adapters", "read_version")}
-        data = json.loads(json.dumps(data, default=_plain))
+        data = input_files.loads(json.dumps(data, default=_plain), "the manifest")
         data["prompt"] = self.prompt.to_dict()
         data["adapters"] = [entry.to_dict() for entry in self.adapters]
         data["format_version"] = formats.BUNDLE_FORMAT_VERSION
