@@ -383,7 +383,8 @@ class Trainer:
         if dist.is_main:
             self._save_result(Path(config.out), summary)
         dist.barrier()
-        self._log(f"wrote {config.out} ({summary['seconds']:.1f} s); checkpoint {config.checkpoint_path}")
+        kept = f"checkpoint {config.checkpoint_path}" if config.checkpoint_path.is_file() else "no checkpoint (see above)"
+        self._log(f"wrote {config.out} ({summary['seconds']:.1f} s); {kept}")
         return TrainResult(Path(config.out), config.checkpoint_path, summary)
 
     def _save_result(self, out: Path, summary: dict) -> None:
