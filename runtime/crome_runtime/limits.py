@@ -5,7 +5,10 @@ memory stays bounded whatever a file or a request holds: a question or answer te
 UTF-8), a JSONL dataset line (MAX_LINE_BYTES), an image's pixels (MAX_IMAGE_PIXELS, set in crome_runtime
 before OpenCV loads) and its longest side (MAX_IMAGE_SIDE, what the C core's preprocessing addresses), and
 the decoder's context (`context_problem`: visual queries + prompt + at least one answer token). A server may
-set lower limits of its own. Torch-free. Not here: the synthetic generator's limits (crome_edge.synth).
+set lower limits of its own. A second block bounds the files, routes and bundles a user hands over (JSON size and
+nesting, key files, route patterns and their overlap check, manifest fields, bundle writers); docs/security.md's
+table of limits is generated from this file (tests/test_security_doc.py). Every constant carries a comment saying
+what it bounds. Torch-free. Not here: the synthetic generator's limits (crome_edge.synth).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ MAX_KEY_FILE_BYTES = 4096  # `serve --api-key-file`: an API key is one short lin
 MAX_ROUTE_PATTERN_CHARS = 1000  # one route regular expression (export --route, bundle add --route, a manifest)
 MAX_ROUTE_PROGRAM = 2000  # RE2's program size for one route pattern: bigger means huge counted repeats ({1000}{1000})
 MAX_OVERLAP_STATES = 20000  # automaton states the route-overlap check explores for two patterns before refusing
-MAX_ADAPTER_NEW_TOKENS = 4096  # an adapter entry's generation cap in a manifest (decoders here hold 2048-8192 positions)
+MAX_ADAPTER_NEW_TOKENS = 4096  # an adapter entry's generation cap in a manifest (the decoder's context bounds it again)
 MAX_LISTED_PROBLEMS = 5  # an error lists this many problems, then "... and N more" (one readable line)
 BUNDLE_LOCK_WAIT_S = 10.0  # a second writer of one bundle waits this long for the first, then is refused
 
