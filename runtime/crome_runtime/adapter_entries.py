@@ -4,7 +4,7 @@ A bundle (docs/architecture.md §4) holds the backbone parts once and N >= 0 ada
 NAME's files are the role's plain name prefixed with `NAME.` (plain names, no subdirectories):
 `NAME.adapter_visual.onnx`, `NAME.adapter_text.onnx`, `NAME.adapter.safetensors`, `NAME.acceptance.json`,
 `NAME.acceptance.npz`. Each adapter carries its routes: the exact questions it was trained for and/or
-regular expressions (full match). A question goes to the one adapter whose route matches it, otherwise to
+regular expressions (full match, by RE2 in linear time: route_patterns.py, which also decides overlaps). A question goes to the one adapter whose route matches it, otherwise to
 the frozen backbone with no adapter (`none`). This is the one adapter model: the manifest reader
 (manifest.py) reads a version-1 manifest (one adapter under the unprefixed names) into it as one entry whose
 files are those names and whose route is the catch-all (it answers every question, as it always did).
