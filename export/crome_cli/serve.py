@@ -106,7 +106,7 @@ def _config(args: argparse.Namespace):
 
     inputs = [args.bundle, args.api_key_file]
     if config.events is not None:
-        check_output(config.events, "--events", inputs, within=[args.bundle])
+        check_output(config.events, "--events", inputs, within=[args.bundle], append=True)  # appended, never replaced
     if config.profile is not None:  # written at exit: refused now, not after hours of serving
         check_profile_output(config.profile, "--profile", inputs + [config.events], within=[args.bundle])
     return config

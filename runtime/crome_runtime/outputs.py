@@ -5,7 +5,7 @@ A file output (`run --profile`, `serve --profile`, `verify --report`, `train --o
 synth --out`, `triton-repo OUT`, a bundle that `bundle add|remove` or `build-engines` changes) must be a directory
 or a new name. Refused, with what the path is: a device (as root, replacing /dev/null with a regular file broke the
 system, issue 21), a FIFO, a socket, a symbolic link (it could point at any of those, or anywhere: give the real
-path), and the command's own inputs (`train --data d/data.jsonl --out d/data.jsonl` overwrote the dataset). The atomic
+path; `serve --events`, appended to and never replaced, may be a character device), and the command's own inputs (`train --data d/data.jsonl --out d/data.jsonl` overwrote the dataset). The atomic
 writer (atomic.py) checks its target again, so no later code path can replace a device. Torch-free. Not here:
 whether an existing output may be replaced (each command's --force), the writing itself (atomic.py, BundleWriter).
 """
@@ -25,19 +25,28 @@ class OutputError(CromeError, ValueError):
 
 
 def check_output(path: str | Path, what: str, inputs: Iterable[str | Path | None] = (), directory: bool = False,
-                 within: Iterable[str | Path | None] = ()) -> Path:
+                 within: Iterable[str | Path | None] = (), append: bool = False) -> Path:
     """`path` when a command may write it: a new name in an existing directory, or an existing regular file
     (directory=False) / directory (directory=True) that is none of `inputs` and not inside any directory of
     `within` (a bundle the command reads: a report written over its manifest.json would break it). OutputError
-    otherwise."""
+    otherwise. append: a log opened for appending (`serve --events`), never replaced, so a character device
+    (/dev/null, /dev/full), directly or through a link, is written to, not replaced, and is accepted; a FIFO or
+    socket would block or fail the writer and is still refused."""
     path = Path(path).expanduser()
     expected = "a directory" if directory else "a regular file"
     try:
         mode: int | None = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a parent is a file (said below)
         mode = None
     except OSError as error:
         raise OutputError(f"{what} {path} cannot be examined ({error.strerror or error}); choose another path") from None
+    if append and mode is not None:
+        try:
+            followed = os.stat(path).st_mode
+        except OSError:
+            followed = mode
+        if stat.S_ISREG(followed) or stat.S_ISCHR(followed):
+            mode = followed
     if mode is not None and stat.S_ISLNK(mode):
         try:
             target = f"to {file_kind(os.stat(path).st_mode)}" if not os.path.isfile(path) else "to a file"
@@ -45,7 +54,8 @@ def check_output(path: str | Path, what: str, inputs: Iterable[str | Path | None
             target = "that leads nowhere"
         raise OutputError(f"{what} {path} is a symbolic link ({target}); crome-edge writes only {expected} or a new "
                           "name, not through a link: give the real path")
-    if mode is not None and not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+    writable = stat.S_ISDIR if directory else lambda m: stat.S_ISREG(m) or (append and stat.S_ISCHR(m))
+    if mode is not None and not writable(mode):
         kind = "exists and is not a directory" if directory and stat.S_ISREG(mode) else f"is {file_kind(mode)}"
         raise OutputError(f"{what} {path} {kind}; crome-edge writes only {expected} or a new name (it would have "
                           "been replaced): choose another path")
