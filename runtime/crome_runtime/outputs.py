@@ -5,9 +5,11 @@ A file output (`run --profile`, `serve --profile`, `verify --report`, `train --o
 synth --out`, `triton-repo OUT`, a bundle that `bundle add|remove` or `build-engines` changes) must be a directory
 or a new name. Refused, with what the path is: a device (as root, replacing /dev/null with a regular file broke the
 system, issue 21), a FIFO, a socket, a symbolic link (it could point at any of those, or anywhere: give the real
-path; `serve --events`, appended to and never replaced, may be a character device), and the command's own inputs (`train --data d/data.jsonl --out d/data.jsonl` overwrote the dataset). The atomic
-writer (atomic.py) checks its target again, so no later code path can replace a device. Torch-free. Not here:
-whether an existing output may be replaced (each command's --force), the writing itself (atomic.py, BundleWriter).
+path), the command's own inputs (`train --data d/data.jsonl --out d/data.jsonl` overwrote the dataset) and a file
+inside a bundle the command reads. `serve --events` is appended to, never replaced: a character device or a link
+is written through. The atomic writer (atomic.py) checks its target again, so no later code path can replace a
+device. Torch-free. Not here: whether an existing output may be replaced (each command's --force), the writing
+itself (atomic.py, BundleWriter).
 """
 from __future__ import annotations
 
