@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import cache_env, multi_bundle
+from tests.support.bundles import cache_env, multi_bundle
 
 from crome_runtime.limits import BUNDLE_LOCK_WAIT_S
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import tiny_bundle
+from tests.support.bundles import tiny_bundle
 
 from crome_cli.main import main
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runtime_fixtures import QUESTION, tiny_bundle
+from tests.support.bundles import QUESTION, tiny_bundle
 
 from crome_cli.main import main
 from crome_runtime import input_files
@@ -194,7 +194,7 @@ def test_control_characters_never_split_the_error_line(tmp_path, capsys):
 
 
 def test_a_version1_adapter_named_with_a_line_break_is_refused(bundle, tmp_path, capsys):
-    from test_runtime_fixtures import as_version1
+    from tests.support.bundles import as_version1
 
     v1 = as_version1(bundle, tmp_path / "v1.bundle")
     data = json.loads((v1 / "manifest.json").read_text())

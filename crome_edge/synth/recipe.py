@@ -205,7 +205,7 @@ def _render(recipe: SynthRecipe, target: Path) -> None:
 
     def build(directory: Path) -> dict:
         render_into(directory, config)
-        info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+        info = input_files.read_json(directory / INFO_FILE)
         return {"recipe": recipe.to_dict(), "sha256": info["sha256"]}
 
     # `.NAME.tmp-*`: the build directories of the dataset writer that wrote these entries before
