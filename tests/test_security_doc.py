@@ -35,11 +35,14 @@ def _constants(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _value(expression: str) -> str:
-    value = eval(expression, {})  # the constants are literals and shifts: nothing else is allowed in limits.py
+    import crome_runtime.limits as limits
+
+    value = eval(expression, dict(vars(limits)))  # literals, arithmetic and other limits' names
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AssertionError(f"limit {expression!r} is not a number")
     shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
-    return shown if expression.replace("_", "") == str(value) or expression == f"{value:g}" else f"{shown} (`{expression}`)"
+    plain = expression.replace("_", "") == str(value) or expression == f"{value:g}"
+    return shown if plain else f"{shown} (`{expression}`)"
 
 
 def table() -> str:
