@@ -56,7 +56,7 @@ class CromeModel(nn.Module):
     # --- pieces ---------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.backbone.query_tokens.device
+        return next(self.backbone.llm.parameters()).device
 
     def visual_embeds(self, pixel_values: torch.Tensor, questions: list[str]) -> torch.Tensor:
         """Frozen visual path: (B, 3, H, W) -> V (B, Nq, d), instruction-aware when the Q-Former is."""
@@ -80,12 +80,14 @@ class CromeModel(nn.Module):
         return self.backbone.info.prompt.answer_ids(self.backbone.llm_tokenizer, answer)
 
     def prefix_rows(self, visual: torch.Tensor, questions: list[str]) -> list[torch.Tensor]:
-        """Per row: concat(adapted V, adapted T) -> list of (Nq + Nt_i, d)."""
+        """Per row: concat(adapted V, adapted T) -> list of (Nq + Nt_i, d); with a template that places the image
+        inside the prompt (LLaVA, Idefics3), adapted V sits where the image token was: T[:at], V, T[at:]."""
         rows = []
         for i, question in enumerate(questions):
-            ids = torch.tensor(self.prompt_ids(question), device=self.device)
-            text = self.backbone.embed_tokens(ids[None])  # (1, Nt, d)
-            rows.append(torch.cat([self.adapt(visual[i : i + 1], "visual"), self.adapt(text, "text")], dim=1)[0])
+            ids, at = self.backbone.info.prompt.prompt_parts(self.backbone.llm_tokenizer, question)
+            text = self.adapt(self.backbone.embed_tokens(torch.tensor(ids, device=self.device)[None]), "text")
+            vis = self.adapt(visual[i : i + 1], "visual")  # (1, Nq, d)
+            rows.append(torch.cat([text[:, :at], vis, text[:, at:]], dim=1)[0])
         return rows
 
     # --- training -------------------------------------------------------------------------------

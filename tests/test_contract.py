@@ -5,7 +5,7 @@ import json
 import struct
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
@@ -33,14 +33,14 @@ def test_backbone_info_and_the_manifest_share_one_schema(tiny_backbone):
     assert {f.name for f in fields(type(info))} == schema | {"prompt"}
     assert spec.schema_fields() == info.schema_fields() and spec.fingerprint == tiny_backbone.fingerprint()
     assert isinstance(spec.image_mean, tuple) and len(spec.image_mean) == 3
-    section = json.loads(json.dumps({"backbone": spec.__dict__}))["backbone"]  # as manifest.json holds it
+    section = json.loads(json.dumps({"backbone": asdict(spec)}))["backbone"]  # as manifest.json holds it
     assert BackboneSpec(**section) == spec  # lists read back as the tuples they were written from
 
 
 def test_a_manifest_backbone_with_missing_or_unknown_fields_is_a_bundle_error(tiny_backbone):
     from crome_runtime.manifest import BundleError
 
-    good = {"format": "crome-bundle", "format_version": 1, "backbone": dict(tiny_backbone.spec().__dict__),
+    good = {"format": "crome-bundle", "format_version": 1, "backbone": asdict(tiny_backbone.spec()),
             "llm": {}, "adapter": {}, "prompt": {}, "precision": "fp32", "files": {}}
     for change, named in (({"image_mean": None}, "image_mean"), ({"colour": "red"}, "colour"),
                           ({"image_std": 5}, "int")):

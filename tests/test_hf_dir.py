@@ -1,5 +1,6 @@
 """Hugging Face directories: tiny saved with save_hf_dir loads back with identical outputs; a tiny
-BLIP-2 + OPT directory loads and generates; Flan-T5 (encoder-decoder) and other non-BLIP dirs are refused."""
+BLIP-2 + OPT directory loads and generates; Flan-T5 (encoder-decoder) and unsupported families are refused
+(LLaVA and SmolVLM directories: tests/test_hf_vlm.py)."""
 import json
 
 import pytest
@@ -74,8 +75,8 @@ def test_flan_t5_directory_is_refused(tmp_path):
 def test_non_blip_and_incomplete_directories_are_refused(tmp_path):
     with pytest.raises(CromeError, match="no config.json"):
         load_backbone(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(CromeError, match="unsupported architecture 'llava'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    with pytest.raises(CromeError, match="unsupported architecture 'qwen2_vl'.*loads BLIP-2.*LLaVA.*SmolVLM"):
         load_backbone(str(tmp_path))
     with pytest.raises(CromeError, match="unknown backbone"):
         load_backbone(str(tmp_path / "nope"))

@@ -1,8 +1,10 @@
 """CromeBackbone: the frozen multimodal LLM the adapter sits on, whatever checkpoint it came from.
 
-Holds the parts in one shape for every source (HF BLIP-2/InstructBLIP, `tiny`, `smol`):
-vision tower (pixels -> patch features), learned query tokens, Q-Former, projection to the LLM width,
-and the decoder LLM with its tokenizer. It is not the adapter and not the training loop.
+Holds the parts in one shape for every source (HF BLIP-2/InstructBLIP, `tiny`, `smol`, HF LLaVA and
+SmolVLM/Idefics3): vision tower (pixels -> patch features), learned query tokens, Q-Former, projection to the
+LLM width, and the decoder LLM with its tokenizer. LLaVA-style backbones have no queries and no Q-Former: their
+connector (LLaVA's MLP projector, Idefics3's pixel shuffle + linear) is the projection, and the visual tokens it
+makes are what the adapter sees. It is not the adapter and not the training loop.
 """
 from __future__ import annotations
 
@@ -92,7 +94,10 @@ class CromeBackbone(nn.Module):
         qformer_input_ids: torch.Tensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Q-Former + projection over the tower's features -> V: (B, Nq, d)."""
+        """Q-Former + projection over the tower's features -> V: (B, Nq, d). Without a Q-Former (LLaVA, Idefics3):
+        the connector over the features."""
+        if self.qformer is None or self.query_tokens is None:
+            return self.projection(features)  # (B, Nq, d): Nq = the connector's visual tokens
         batch = features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)  # (B, Nq, Dq)
         image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
@@ -109,6 +114,12 @@ class CromeBackbone(nn.Module):
                            return_dict=True, **instruction)
         query_output = out.last_hidden_state[:, : queries.shape[1]]  # (B, Nq, Dq)
         return self.projection(query_output)  # (B, Nq, d)
+
+    def qformer_parts(self) -> tuple[nn.Parameter, nn.Module]:
+        """(query tokens, Q-Former) of a BLIP-2-style backbone; ValueError for one without (LLaVA, Idefics3)."""
+        if self.query_tokens is None or self.qformer is None:
+            raise ValueError(f"backbone {self.info.name} ({self.info.architecture}) has no Q-Former")
+        return self.query_tokens, self.qformer
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, N, d) through the frozen LLM's input-embedding table."""
@@ -161,9 +172,9 @@ def llm_context_length(llm: PreTrainedModel) -> int:
 @dataclass
 class BackboneParts:
     vision: nn.Module
-    query_tokens: nn.Parameter  # (1, Nq, Dq)
-    qformer: nn.Module
-    projection: nn.Module
+    query_tokens: nn.Parameter | None  # (1, Nq, Dq); None without a Q-Former (LLaVA, Idefics3)
+    qformer: nn.Module | None
+    projection: nn.Module  # Q-Former width -> d, or the connector: tower features -> visual tokens (B, Nq, d)
     llm: PreTrainedModel  # a Hugging Face decoder-only CausalLM
 
 

@@ -1,4 +1,6 @@
-"""Load a local Hugging Face BLIP-2 / InstructBLIP directory (decoder-only LLM) as a CromeBackbone."""
+"""Load a local Hugging Face checkpoint directory as a CromeBackbone: detect the architecture from config.json,
+refuse what is not supported in one line, load BLIP-2 / InstructBLIP (decoder-only LLM) here and LLaVA /
+SmolVLM / Idefics3 through hf_vlm.py."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ import torch
 from tokenizers import Tokenizer
 
 from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, CromeBackbone
+from crome_edge.backbones.hf_vlm import VLM_ARCHITECTURES, load_hf_vlm, read_weight_index
 from crome_edge.backbones.tiny import from_instructblip_model
 from crome_edge.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
@@ -17,7 +20,8 @@ from crome_runtime import input_files
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-SUPPORTED_ARCHITECTURES = ("blip-2", "instructblip")
+SUPPORTED_ARCHITECTURES = ("blip-2", "instructblip", *VLM_ARCHITECTURES)
+SUPPORTED_NAMES = "BLIP-2 (blip-2), InstructBLIP (instructblip), LLaVA (llava), SmolVLM/Idefics3 (smolvlm, idefics3)"
 DECODER_ONLY_LLMS = ("llama", "opt", "mistral", "qwen2")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -28,13 +32,17 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
         raise CromeError(f"{path} is not a Hugging Face model directory (no config.json)")
     config = _read_json(config_path)
     model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise CromeError(f"{config_path} names no model_type: not a Hugging Face model config (crome-edge loads "
+                         f"{SUPPORTED_NAMES})")
     if model_type not in SUPPORTED_ARCHITECTURES:
-        raise CromeError(
-            f"{path}: unsupported architecture {model_type!r}; crome-edge loads BLIP-2 and InstructBLIP "
-            f"checkpoints ({', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+        architecture = ", ".join(map(str, config.get("architectures") or [])) or model_type
+        raise CromeError(f"{path}: unsupported architecture {model_type!r} ({architecture:.80}); crome-edge loads "
+                         f"{SUPPORTED_NAMES} checkpoints; Qwen2-VL, Florence-2, PaliGemma and other families are not "
+                         "supported yet")
     text_config = config.get("text_config", {})
-    llm_type = text_config.get("model_type", "opt") if isinstance(text_config, dict) else None
+    default_llm = "opt" if model_type in ("blip-2", "instructblip") else "llama"  # the transformers config defaults
+    llm_type = text_config.get("model_type", default_llm) if isinstance(text_config, dict) else None
     if llm_type not in DECODER_ONLY_LLMS:
         raise CromeError(
             f"{path}: the LLM is {llm_type!r}, an encoder-decoder or unsupported model; crome-edge supports "
@@ -45,7 +53,13 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
     if not weights:
         raise CromeError(f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES)}); copy the whole "
                          "checkpoint directory (save_pretrained writes both)")
+    missing = read_weight_index(path)
+    if missing:
+        raise CromeError(f"{path}: {len(missing)} weight shard(s) its index names are missing ({', '.join(missing[:3])}"
+                         f"{'…' if len(missing) > 3 else ''}); copy the whole checkpoint directory")
     llm_tokenizer = _load_tokenizer(path / "tokenizer.json")
+    if model_type in VLM_ARCHITECTURES:
+        return load_hf_vlm(path, config, llm_tokenizer)
     qformer_tokenizer = None
     if model_type == "instructblip":
         qformer_tokenizer = _load_tokenizer(path / "qformer_tokenizer" / "tokenizer.json")
@@ -119,11 +133,12 @@ def save_hf_dir(backbone: CromeBackbone, path: Path) -> None:
     Model = InstructBlipForConditionalGeneration if info.instruction_aware else Blip2ForConditionalGeneration
     config = _rebuild_config(backbone)
     model = Model(config)
+    query_tokens, qformer = backbone.qformer_parts()
     model.vision_model.load_state_dict(backbone.vision.state_dict())
-    model.qformer.load_state_dict(backbone.qformer.state_dict())
+    model.qformer.load_state_dict(qformer.state_dict())
     model.language_projection.load_state_dict(backbone.projection.state_dict())
     model.language_model.load_state_dict(backbone.llm.state_dict())
-    model.query_tokens.data.copy_(backbone.query_tokens.data)
+    model.query_tokens.data.copy_(query_tokens.data)
     model.save_pretrained(path)
     backbone.llm_tokenizer.save(str(path / "tokenizer.json"))
     if backbone.qformer_tokenizer is not None:
@@ -140,7 +155,7 @@ def _rebuild_config(backbone: CromeBackbone):
     Config = InstructBlipConfig if backbone.info.instruction_aware else Blip2Config
     return Config(
         vision_config=_hf_config(backbone.vision).to_dict(),
-        qformer_config=_hf_config(backbone.qformer).to_dict(),
+        qformer_config=_hf_config(backbone.qformer_parts()[1]).to_dict(),
         text_config=backbone.llm.config.to_dict(),
         num_query_tokens=backbone.info.num_query_tokens,
     )

@@ -37,7 +37,7 @@ def trained_parts(backbone: CromeBackbone) -> tuple[str, ...]:
 
 
 def parts_state(backbone: CromeBackbone) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {"query_tokens": backbone.query_tokens}
+    state: dict[str, torch.Tensor] = {"query_tokens": backbone.qformer_parts()[0]}
     for part in trained_parts(backbone):
         for name, tensor in getattr(backbone, part).state_dict().items():
             state[f"{part}.{name}"] = tensor

@@ -18,14 +18,15 @@ DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of float32 pixels kept in memory
 
 
 class PixelStore:
-    def __init__(self, size: int, mean, std, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    def __init__(self, size: int, mean, std, memory_budget: int = DEFAULT_MEMORY_BUDGET, resize=None):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.resize = resize  # crome_runtime.hf_image.ResizeRecipe (None: crome's own OpenCV resize)
         self.memory_budget = memory_budget
         self._cache: dict[Path, torch.Tensor] = {}
 
     @classmethod
     def for_backbone(cls, info, **kwargs) -> "PixelStore":
-        return cls(info.image_size, info.image_mean, info.image_std, **kwargs)
+        return cls(info.image_size, info.image_mean, info.image_std, resize=info.resize, **kwargs)
 
     def prepare(self, samples: list[Sample]) -> None:
         """Decodes every distinct image (CromeError naming the bad ones) and caches what fits."""
@@ -54,5 +55,5 @@ class PixelStore:
     def _preprocess(self, bgr: np.ndarray) -> torch.Tensor:
         from crome_runtime.preprocess import preprocess_image
 
-        chw = preprocess_image(bgr, self.size, self.mean, self.std)  # (3, S, S) float32
+        chw = preprocess_image(bgr, self.size, self.mean, self.std, self.resize)  # (3, S, S) float32
         return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))

@@ -183,8 +183,9 @@ def save_parts(model: StageAModel, out: Path, summary: dict) -> None:
 
     backbone = load_smol(require_trained=False)
     with torch.no_grad():
-        backbone.query_tokens.copy_(model.query_tokens)
-        backbone.qformer.load_state_dict(model.qformer.state_dict())
+        query_tokens, qformer = backbone.qformer_parts()
+        query_tokens.copy_(model.query_tokens)
+        qformer.load_state_dict(model.qformer.state_dict())
         backbone.projection.load_state_dict(model.projection.state_dict())
     save_backbone_parts(out, backbone, torch.float32, training=summary)
 

@@ -23,6 +23,7 @@ from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.backbones.base import CromeBackbone
 from crome_edge.data.dataset import Sample
 from crome_edge.data.pixels import PixelStore
+from crome_edge.errors import CromeError
 from crome_edge.model import CromeModel, PrefixBatch
 from crome_edge.training.config import TrainConfig
 
@@ -113,11 +114,14 @@ class PretrainStage:
 
     def __init__(self, backbone: CromeBackbone, config: TrainConfig, pixels: PixelStore, device: torch.device):
         self.backbone, self.config, self.pixels, self.device = backbone, config, pixels, device
+        if backbone.qformer is None:
+            raise CromeError(f"--stage pretrain trains a Q-Former and projection; backbone {backbone.info.name} "
+                             f"({backbone.info.architecture}) has none, its connector comes trained with the "
+                             "checkpoint: use --stage finetune")
         backbone.freeze()
         self.model = CromeModel(backbone)
         self.trainable = nn.Module()
-        self.trainable.query_tokens = backbone.query_tokens
-        self.trainable.qformer = backbone.qformer
+        self.trainable.query_tokens, self.trainable.qformer = backbone.qformer_parts()
         self.trainable.projection = backbone.projection
         if config.train_vision:
             self.trainable.vision = backbone.vision
@@ -127,9 +131,10 @@ class PretrainStage:
 
     def param_groups(self) -> list[dict]:
         lr, encoder_lr = self.config.learning_rate, self.config.encoder_learning_rate
+        query_tokens, qformer = self.backbone.qformer_parts()
         groups = [
-            {"name": "query_tokens", "params": [self.backbone.query_tokens], "lr": encoder_lr},
-            {"name": "qformer", "params": list(self.backbone.qformer.parameters()), "lr": encoder_lr},
+            {"name": "query_tokens", "params": [query_tokens], "lr": encoder_lr},
+            {"name": "qformer", "params": list(qformer.parameters()), "lr": encoder_lr},
             {"name": "projection", "params": list(self.backbone.projection.parameters()), "lr": lr},
         ]  # the very modules `trainable` holds
         if self.config.train_vision:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         image = load_image(args.image)
     info = backbone.info
-    pixels = torch.from_numpy(preprocess_image(image, info.image_size, info.image_mean, info.image_std))[None]
+    pixels = torch.from_numpy(preprocess_image(image, info.image_size, info.image_mean, info.image_std, info.resize))[None]
     answers = model.answer(pixels.expand(len(args.question), -1, -1, -1), args.question,
                            GenerationConfig(max_new_tokens=args.max_new_tokens))
     result = {"answers": dict(zip(args.question, answers))}

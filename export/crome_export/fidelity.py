@@ -42,12 +42,12 @@ def stage_reference(model: CromeModel, pixels: np.ndarray, question: str, logits
 
     visual = model.visual_embeds(torch.from_numpy(pixels[None]), [question])  # (1, Nq, d)
     adapted_visual = model.adapt(visual, "visual")  # (1, Nq, d)
-    ids = model.prompt_ids(question)
+    ids, at = model.backbone.info.prompt.prompt_parts(model.backbone.llm_tokenizer, question)
     adapted_text = model.adapt(model.backbone.embed_tokens(torch.tensor([ids])), "text")  # (1, Nt, d)
     reference = StageReference(visual[0].numpy(), adapted_visual[0].numpy(), ids, adapted_text[0].numpy())
     if logits:
         llm, cache = model.backbone.llm, DynamicCache()
-        prefix = torch.cat([adapted_visual, adapted_text], dim=1)  # (1, L, d)
+        prefix = torch.cat([adapted_text[:, :at], adapted_visual, adapted_text[:, at:]], dim=1)  # (1, L, d)
         length = prefix.shape[1]
         out = llm(inputs_embeds=prefix, attention_mask=torch.ones(1, length, dtype=torch.long),
                   position_ids=torch.arange(length)[None], use_cache=True, logits_to_keep=1,
@@ -139,7 +139,7 @@ def acceptance_set(model: CromeModel, data: ExportData, vocab_size: int, config:
     text_tokens = [len(model.prompt_ids(question)) for _, question, _ in prompts]
     plan = acceptance.plan(len(images), info.num_query_tokens, info.d_model, vocab_size, text_tokens)
     frames = [acceptance.fit_frame(data.frame(image), plan.frame_bytes) for image in images]  # (H, W, 3) uint8
-    pixels = [preprocess_image(f, info.image_size, info.image_mean, info.image_std) for f in frames]
+    pixels = [preprocess_image(f, info.image_size, info.image_mean, info.image_std, info.resize) for f in frames]
     refs = references(model, pixels, prompts, config.max_new_tokens, plan.stage_prompts, plan.logit_prompts,
                       margins=True)
     source = f"{count} prompts on {len(frames)} frames of the {data.evaluation_source}"

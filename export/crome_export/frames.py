@@ -166,7 +166,7 @@ def _synthetic_samples(info) -> tuple[list[Sample], dict[Path, np.ndarray], dict
     for i in range(SYNTHETIC_EVAL_FRAMES):
         key = Path(f"<synthetic frame {i}>")
         rendered[key], _ = render_scene(90_000_000 + i, 128)
-        pixels[key] = preprocess_image(rendered[key], info.image_size, info.image_mean, info.image_std)
+        pixels[key] = preprocess_image(rendered[key], info.image_size, info.image_mean, info.image_std, info.resize)
         samples += [Sample(key, q, "", key.name) for q in DEFAULT_QUESTIONS]
     return samples, pixels, rendered
 

@@ -288,7 +288,7 @@ class Engine:
             raise EngineError(f"an image is a file path or a uint8 numpy frame, got {type(image).__name__}")
         b = self.manifest.backbone
         t = now()
-        pixels = preprocess_frame(image, pixfmt, b.image_size, b.image_mean, b.image_std)  # (3, S, S)
+        pixels = preprocess_frame(image, pixfmt, b.image_size, b.image_mean, b.image_std, resize=b.resize)  # (3, S, S)
         frame = Frame(key or pixel_key(pixels), pixels)
         prof.record("preprocess", t)
         return frame
@@ -325,7 +325,7 @@ class Engine:
             frame = image if isinstance(image, Frame) else self.frame(image)
             visual, state.cache["vision"] = self._visual(frame, prompt, adapter)  # (Nq, d)
             text, state.cache["text"] = self._text(prompt, adapter)  # (Nt, d)
-            prefix = np.concatenate([visual, text])[None]  # (1, L, d)
+            prefix = self.join_prefix(visual, text, prompt)[None]  # (1, L, d)
             length = state.prompt_tokens = prefix.shape[1]
             budget = min(max_new, self.manifest.llm.max_position_embeddings - length)
             if self._recent.size < budget:
@@ -404,6 +404,14 @@ class Engine:
         ids = self.manifest.prompt.prompt_ids(self.bundle.tokenizer, question)  # crome_runtime.prompt, as CromeModel
         self.profiler.record("tokenize", t)
         return ids
+
+    def join_prefix(self, visual: np.ndarray, text: np.ndarray, question: str) -> np.ndarray:
+        """The decoder's prefix (L, d) from adapted visual (Nq, d) and text (Nt, d) rows: the visual rows first, or
+        where the template's image token was (LLaVA, Idefics3: crome_runtime.prompt), as CromeModel.prefix_rows."""
+        if not self.manifest.prompt.image_token:
+            return np.concatenate([visual, text])
+        at = self.manifest.prompt.image_at(self.bundle.tokenizer, question)
+        return np.concatenate([text[:at], visual, text[at:]])
 
     def prefill(self, prefix: np.ndarray, room: int = 1) -> np.ndarray:
         """A prefix (1, L, d) or (L, d) into an empty KV cache with room for `room` more tokens -> logits (vocab,)

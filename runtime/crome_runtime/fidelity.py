@@ -168,7 +168,7 @@ def stage_results(engine, frames: list, references: list[Reference], precision: 
         add("adapter_text", s.adapted_text, engine.adapt(engine.embeddings[s.prompt_ids], "text"))  # a row per token
         if s.prefill_logits is None:
             continue
-        prefix = np.concatenate([s.adapted_visual, s.adapted_text])  # (L, d): PyTorch's prefix
+        prefix = engine.join_prefix(s.adapted_visual, s.adapted_text, ref.question)  # (L, d): PyTorch's prefix
         add("decoder_prefill", s.prefill_logits[None], engine.prefill(prefix, 1)[None])
         if s.step_logits is not None:
             add("decoder_step", s.step_logits[None], engine.step(int(np.argmax(s.prefill_logits)))[None])

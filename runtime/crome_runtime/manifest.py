@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from crome_runtime import formats
 from crome_runtime.errors import CromeError
+from crome_runtime.hf_image import ResizeRecipe
 from crome_runtime.prompt import PromptTemplate
 from crome_runtime import input_files
 
@@ -34,7 +35,7 @@ class BackboneSchema:
     the manifest's BackboneSpec is it plus the fingerprint."""
 
     name: str
-    architecture: str  # "instructblip" | "blip2" | "smol"
+    architecture: str  # "instructblip" | "blip2" | "smol" | "llava" | "idefics3" | "smolvlm"
     d_model: int  # LLM width d
     num_query_tokens: int  # Nq
     image_size: int  # S: frames are resized to S×S
@@ -42,9 +43,12 @@ class BackboneSchema:
     image_mean: tuple[float, ...]  # per RGB channel, after scaling pixels to [0, 1]
     image_std: tuple[float, ...]
     max_instruction_tokens: int = 64  # instruction-aware Q-Formers read at most this many question tokens
+    # how a frame becomes S×S: crome's own OpenCV resize, or a HF image processor's (crome_runtime.hf_image)
+    resize: ResizeRecipe = field(default_factory=ResizeRecipe)
 
     def __post_init__(self) -> None:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+        self.resize = ResizeRecipe.of(self.resize)  # the JSON form (a manifest's) or the recipe itself
         for name in ("d_model", "num_query_tokens", "image_size"):
             if not _whole(getattr(self, name), 1):
                 raise ValueError(f"backbone {name} must be a whole number >= 1, got {getattr(self, name)!r}")

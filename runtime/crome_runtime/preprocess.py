@@ -3,6 +3,8 @@
 `preprocess_image` defines the encoder input: training calls it, the runtime calls `preprocess_frame`,
 whose C core (crome_preprocess) reproduces it bit-exactly from BGR, RGB, YUYV or NV12 camera frames in
 one pass; tests/test_ccore_preprocess.py holds the two together. numpy + cv2 only (no torch).
+Backbones from Hugging Face VLM checkpoints (LLaVA, SmolVLM) resize as their HF image processor does instead
+(ResizeRecipe "pil", crome_runtime.hf_image, numpy): both functions take that path when the recipe says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 from crome_runtime import MAX_IMAGE_PIXELS  # noqa: E402  (enforced by OpenCV's own decoders, see crome_runtime)
 from crome_runtime.errors import CromeError  # noqa: E402
+from crome_runtime.hf_image import PIL, ResizeRecipe, hf_preprocess  # noqa: E402
 from crome_runtime.limits import MAX_IMAGE_SIDE  # noqa: E402  (what the C core's preprocessing addresses)
 
 MAX_FILE_BYTES = 256 << 20
@@ -230,11 +233,13 @@ def preprocess_image(
     size: int,
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
+    resize: ResizeRecipe | None = None,
 ) -> np.ndarray:
     """BGR uint8 (H, W, 3) -> normalised RGB float32 (3, size, size): the encoder input, by definition.
 
     cv2.cvtColor BGR->RGB, cv2.resize to (size, size) with INTER_LINEAR on uint8, x / 255 in float32,
     then (x - mean) / std per channel, channels first. Training and the runtime both use exactly this.
+    With a "pil" `resize` recipe: the HF image processor's steps instead (crome_runtime.hf_image.hf_preprocess).
     """
     if not isinstance(image_bgr, np.ndarray) or image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 \
             or image_bgr.shape[2] != 3 or 0 in image_bgr.shape:
@@ -243,6 +248,8 @@ def preprocess_image(
     if not image_bgr.flags.c_contiguous:
         image_bgr = np.ascontiguousarray(image_bgr)
     rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    if resize is not None and resize.method == PIL:
+        return hf_preprocess(rgb, size, resize, mean, std)
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)  # (size, size, 3) uint8
     x = rgb.astype(np.float32) / np.float32(255.0)
     normalized = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)  # (size, size, 3) float32
@@ -266,10 +273,22 @@ def preprocess_frame(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
     out: np.ndarray | None = None,
+    resize: ResizeRecipe | None = None,
 ) -> np.ndarray:
     """The runtime's preprocessing: a camera frame ("bgr", "rgb", "yuyv", "nv12") -> (3, size, size)
     float32, in one pass in the C core; equal to preprocess_image on the frame converted to BGR.
-    out: optional C-contiguous float32 (3, size, size), e.g. one slot of a batch."""
+    out: optional C-contiguous float32 (3, size, size), e.g. one slot of a batch. A "pil" `resize` recipe (HF
+    checkpoints) converts the frame to BGR with OpenCV and takes preprocess_image's numpy path instead."""
+    if resize is not None and resize.method == PIL:
+        converters = {"bgr": lambda f: f, "rgb": lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
+                      "yuyv": yuyv_to_bgr, "nv12": nv12_to_bgr}
+        if pixfmt not in converters:
+            raise ValueError(f"pixel format must be one of {', '.join(converters)}, got {pixfmt!r:.20}")
+        pixels = preprocess_image(converters[pixfmt](frame), size, mean, std, resize)
+        if out is None:
+            return pixels
+        out[...] = pixels
+        return out
     from crome_runtime import ccore  # the C library; the training side never needs it
 
     return ccore.preprocess(frame, pixfmt, size, mean, std, out)

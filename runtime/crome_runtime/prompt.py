@@ -2,9 +2,11 @@
 an instruction-aware Q-Former reads.
 
 Torch-free: the trainer (CromeModel), the exporter (manifest) and the runtime (Engine) tokenise through
-these functions, so an FP32 bundle sees exactly the ids PyTorch saw. The visual query tokens always come
-first; the template's text follows them. `tokenizer` is a `tokenizers.Tokenizer` (only `encode` and
-`token_to_id` are used).
+these functions, so an FP32 bundle sees exactly the ids PyTorch saw. The visual tokens come first and the
+template's text follows them, unless the template names an `image_token` (LLaVA's and Idefics3's chat templates
+put the image inside the prompt): then the text is tokenised whole, the one image token is taken out, and the
+visual tokens go where it was (`image_at`), exactly as the HF processor expands it. `tokenizer` is a
+`tokenizers.Tokenizer` (only `encode` and `token_to_id` are used).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class PromptTemplate:
     answer_suffix: str = ""  # appended to every answer in training, e.g. "<|im_end|>" (the stop token)
     stop_tokens: tuple[str, ...] = field(default_factory=tuple)  # generation stops on any of these
     add_special_tokens: bool = False  # passed to the tokenizer (SmolLM2's GGUF tokenizer misuses BOS)
+    image_token: str = ""  # where the visual tokens go inside `text` (one occurrence); "" = before the text
 
     def format(self, question: str) -> str:
         return self.text.replace("{question}", question.strip())
@@ -29,8 +32,25 @@ class PromptTemplate:
         return tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
 
     def prompt_ids(self, tokenizer, question: str) -> list[int]:
-        """The LLM's text-prompt ids for a question: the template around it, tokenised."""
-        return self.encode(tokenizer, self.format(question))
+        """The LLM's text-prompt ids for a question: the template around it, tokenised (the image token taken out)."""
+        return self.prompt_parts(tokenizer, question)[0]
+
+    def image_at(self, tokenizer, question: str) -> int:
+        """How many of `prompt_ids` come before the visual tokens (0 without an image token)."""
+        return self.prompt_parts(tokenizer, question)[1]
+
+    def prompt_parts(self, tokenizer, question: str) -> tuple[list[int], int]:
+        """(prompt ids without the image token, where the visual tokens go among them). ValueError when the
+        question itself holds the image token (the prompt would name two images)."""
+        ids = self.encode(tokenizer, self.format(question))
+        if not self.image_token:
+            return ids, 0
+        image_id = tokenizer.token_to_id(self.image_token)
+        at = [i for i, token in enumerate(ids) if token == image_id]
+        if len(at) != 1:
+            raise ValueError(f"the prompt must hold the image token {self.image_token!r} once, it holds it {len(at)} "
+                             "times; remove it from the question")
+        return ids[: at[0]] + ids[at[0] + 1 :], at[0]
 
     def answer_ids(self, tokenizer, answer: str) -> list[int]:
         """A training answer's ids plus the stop suffix, so the model learns where to stop."""
@@ -41,7 +61,10 @@ class PromptTemplate:
         return frozenset(i for i in (tokenizer.token_to_id(t) for t in self.stop_tokens) if i is not None)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.image_token:  # written only where used: older readers load every other template unchanged
+            del data["image_token"]
+        return data
 
     @classmethod
     def from_dict(cls, data) -> "PromptTemplate":
@@ -54,7 +77,7 @@ class PromptTemplate:
         if unknown:
             raise ValueError(f"the prompt template has unknown fields {listed([repr(u)[:60] for u in unknown], ', ')} "
                              f"(known: {sorted(known)})")
-        for name in ("text", "answer_suffix"):
+        for name in ("text", "answer_suffix", "image_token"):
             if name in data and not isinstance(data[name], str):
                 raise ValueError(f"the prompt template's {name} must be a string, not {type(data[name]).__name__}")
         if "add_special_tokens" in data and not isinstance(data["add_special_tokens"], bool):
