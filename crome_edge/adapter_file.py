@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from crome_edge.backbones.hf_vlm import VLM_ARCHITECTURES
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_runtime.atomic import atomic_path
 from crome_runtime.limits import listed
@@ -177,7 +178,10 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
 def check_backbone_match(meta: AdapterMetadata, backbone, path: Path) -> None:
     info = backbone.info
     if meta.config.d_model != info.d_model or meta.backbone_fingerprint != backbone.fingerprint():
-        if meta.backbone_name == info.name:  # the same name with other weights: --backbone NAME would change nothing
+        if meta.backbone_name == info.name and info.architecture in VLM_ARCHITECTURES:  # a HF checkpoint directory
+            fix = (f"this {info.name} directory holds another checkpoint (other weights) than the one it was trained "
+                   "on. Re-train the adapter on this checkpoint, or pass --backbone the directory it was trained with")
+        elif meta.backbone_name == info.name:  # the same name with other weights: --backbone NAME would change nothing
             fix = (f"this {info.name} has other weights than the one it was trained on (another crome-edge version "
                    f"or other --backbone-parts). Re-train the adapter on this backbone, or load the {info.name} "
                    "weights it was trained with")

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer
 
 from crome_edge.backbones.base import CLIP_MEAN, CLIP_STD, CromeBackbone
-from crome_edge.backbones.hf_vlm import VLM_ARCHITECTURES, load_hf_vlm, read_weight_index
+from crome_edge.backbones.hf_vlm import VLM_ARCHITECTURES, load_hf_vlm, quiet_progress, read_weight_index
 from crome_edge.backbones.tiny import from_instructblip_model
 from crome_edge.errors import CromeError
 from crome_runtime.prompt import PromptTemplate
@@ -68,7 +68,8 @@ def load_hf_dir(path: Path, prompt: PromptTemplate | None = None) -> CromeBackbo
     Model: type[PreTrainedModel] = (InstructBlipForConditionalGeneration if model_type == "instructblip"
                                     else Blip2ForConditionalGeneration)
     try:
-        model = Model.from_pretrained(path, dtype=torch.float32)
+        with quiet_progress():
+            model = Model.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:  # unreadable, truncated or mis-shaped weight files
         raise CromeError(f"{path}: the checkpoint does not load ({str(error).strip().splitlines()[0][:300]})") from None
     mean, std = _image_normalisation(path)

@@ -15,8 +15,10 @@ Not here: BLIP-2/InstructBLIP (hf_dir.py, which also detects the architecture an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,16 +96,22 @@ def _full_tile_positions(per_side: int, vision_model: Any) -> torch.Tensor:
 def load_hf_vlm(path: Path, config: dict, tokenizer: Tokenizer) -> CromeBackbone:
     """A LLaVA or SmolVLM/Idefics3 checkpoint directory (config.json already read and checked by hf_dir) as a
     CromeBackbone; CromeError naming what is wrong and what to do for anything this cannot load faithfully."""
+    from transformers import AutoConfig
+
     model_type = config["model_type"]
     processor = _processor(path)
     template = _chat_template(path, processor)
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    recipe = _llava_recipe if model_type == "llava" else _idefics3_recipe
+    info_size, resize = recipe(path, hf_config, processor.image_processor)  # refusals before the weights load
     model = _model(path, model_type)
     if model_type == "llava":
-        vision, projection, info_size, resize = _llava_parts(path, model, processor)
-        decoder = model.model.language_model
+        vision: nn.Module = LlavaVision(model.model.vision_tower, hf_config.vision_feature_layer,
+                                        hf_config.vision_feature_select_strategy)
+        projection, decoder = model.model.multi_modal_projector, model.model.language_model
     else:
-        vision, projection, info_size, resize = _idefics3_parts(path, model, processor)
-        decoder = model.model.text_model
+        vision = Idefics3Vision(model.model.vision_model, info_size, hf_config.vision_config.patch_size)
+        projection, decoder = model.model.connector, model.model.text_model
     llm = _causal_lm(model.config.text_config, decoder, model.lm_head)
     with torch.no_grad():  # how many visual tokens the connector makes (Nq), measured rather than derived
         num_tokens = projection(vision(torch.zeros(1, 3, info_size, info_size))).shape[1]
@@ -152,7 +160,8 @@ def _model(path: Path, model_type: str) -> PreTrainedModel:
 
     Model = getattr(transformers, VLM_ARCHITECTURES[model_type])
     try:
-        model = Model.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+        with quiet_progress():
+            model = Model.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:  # unreadable, truncated or mis-shaped weight files
         raise CromeError(f"{path}: the checkpoint does not load ({str(error).strip().splitlines()[0][:300]})") from None
     return model.eval()
@@ -193,8 +202,8 @@ def _resample(path: Path, image_processor) -> str:
     return PIL_RESAMPLE_CODES[code]
 
 
-def _llava_parts(path: Path, model, processor) -> tuple[nn.Module, nn.Module, int, ResizeRecipe]:
-    config, image_processor = model.config, processor.image_processor
+def _llava_recipe(path: Path, config, image_processor) -> tuple[int, ResizeRecipe]:
+    """(tower size S, how frames become S×S) for a LLaVA checkpoint's CLIP or SigLIP processor."""
     tower_size = config.vision_config.image_size
     size = dict(image_processor.size or {})
     resample = _resample(path, image_processor)
@@ -204,29 +213,39 @@ def _llava_parts(path: Path, model, processor) -> tuple[nn.Module, nn.Module, in
             raise CromeError(f"{path}: the image processor resizes the shortest edge but crops to {crop or 'nothing'}; "
                              "crome-edge needs a square centre crop")
         _check_tower_size(path, tower_size, int(crop["height"]), "crop_size")
-        recipe = ResizeRecipe(method=PIL, resample=resample, shortest_edge=int(size["shortest_edge"]))
-    elif size.get("height") and size.get("height") == size.get("width"):  # SigLIP: straight to S×S
+        return tower_size, ResizeRecipe(method=PIL, resample=resample, shortest_edge=int(size["shortest_edge"]))
+    if size.get("height") and size.get("height") == size.get("width"):  # SigLIP: straight to S×S
         _check_tower_size(path, tower_size, int(size["height"]), "size")
-        recipe = ResizeRecipe(method=PIL, resample=resample)
-    else:
-        raise CromeError(f"{path}: image processor size {size}; crome-edge reproduces a shortest-edge resize + square "
-                         "crop (CLIP) or a square resize (SigLIP). LLaVA-NeXT/OneVision any-resolution tiling is not "
-                         "supported yet")
-    vision = LlavaVision(model.model.vision_tower, config.vision_feature_layer, config.vision_feature_select_strategy)
-    return vision, model.model.multi_modal_projector, tower_size, recipe
+        return tower_size, ResizeRecipe(method=PIL, resample=resample)
+    raise CromeError(f"{path}: image processor size {size}; crome-edge reproduces a shortest-edge resize + square "
+                     "crop (CLIP) or a square resize (SigLIP). LLaVA-NeXT/OneVision any-resolution tiling is not "
+                     "supported yet")
 
 
-def _idefics3_parts(path: Path, model, processor) -> tuple[nn.Module, nn.Module, int, ResizeRecipe]:
-    config, image_processor = model.config, processor.image_processor
-    tower_size, patch = config.vision_config.image_size, config.vision_config.patch_size
+def _idefics3_recipe(path: Path, config, image_processor) -> tuple[int, ResizeRecipe]:
+    """(tower size S, how frames become one S×S tile) for an Idefics3/SmolVLM checkpoint's processor."""
+    tower_size = config.vision_config.image_size
     tile = int((getattr(image_processor, "max_image_size", None) or {}).get("longest_edge", 0))
     _check_tower_size(path, tower_size, tile, "max_image_size")
     longest = int((image_processor.size or {}).get("longest_edge", 0)) if getattr(image_processor, "do_resize", True) else 0
     recipe = ResizeRecipe(method=PIL, resample=_resample(path, image_processor), longest_edge=min(longest, MAX_LONGEST_EDGE))
     if getattr(image_processor, "do_image_splitting", False):
         print(ONE_TILE_NOTICE.format(name=path.name, size=tower_size), file=sys.stderr)
-    vision = Idefics3Vision(model.model.vision_model, tower_size, patch)
-    return vision, model.model.connector, tower_size, recipe
+    return tower_size, recipe
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """transformers' "Loading weights" bars off while a checkpoint loads: the CLI's stderr keeps to its own lines."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def _prompt(path: Path, processor, template: str, tokenizer: Tokenizer, model_type: str) -> PromptTemplate:
