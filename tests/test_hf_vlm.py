@@ -253,3 +253,20 @@ def test_an_adapter_for_one_checkpoint_is_refused_on_another(tmp_path, capsys, v
     assert main(["export", "--adapter", str(adapter), "--backbone", str(other), "--out", str(tmp_path / "b")]) != 0
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after export's stage lines
     assert len(errors) == 1 and "fingerprint" in errors[0] and "holds another checkpoint" in errors[0], errors
+
+
+def test_a_smolvlm2_processor_that_cannot_be_built_here_is_named(tmp_path, capsys, vlm_dirs, colour_data):
+    """SmolVLM2 (model_type smolvlm): its processor needs num2words and torchvision (video); without them, one line
+    saying what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("num2words") and importlib.util.find_spec("torchvision"):
+        pytest.skip("num2words and torchvision are installed: the SmolVLM2 processor builds")
+    path = _copy(vlm_dirs["idefics3"], tmp_path / "smolvlm2")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "smolvlm",
+                                                  "architectures": ["SmolVLMForConditionalGeneration"]}))
+    processor = json.loads((path / "processor_config.json").read_text())
+    (path / "processor_config.json").write_text(json.dumps({**processor, "processor_class": "SmolVLMProcessor"}))
+    (path / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": "SmolVLMVideoProcessor"}))
+    assert "its processor needs a package that is not installed here" in _refusal(path, capsys, colour_data)

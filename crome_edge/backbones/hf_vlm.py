@@ -142,6 +142,10 @@ def _processor(path: Path):
                          ".save_pretrained(dir))")
     try:
         return AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    except ImportError as error:  # SmolVLM2's processor needs num2words (and a video processor: torchvision)
+        raise CromeError(f"{path}: its processor needs a package that is not installed here "
+                         f"({str(error).strip().splitlines()[0][:200]}); install it (SmolVLM2: pip install num2words "
+                         "torchvision)") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CromeError(f"{path}: its processor files do not load ({str(error).strip().splitlines()[0][:300]})") from None
 

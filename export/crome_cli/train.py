@@ -22,7 +22,7 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not M
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     what = parser.add_argument_group("what to train")
-    what.add_argument("--backbone", help=f"tiny, tiny:SEED, smol or a local HF BLIP-2/InstructBLIP directory (default: {d['backbone']})")
+    what.add_argument("--backbone", help=f"tiny, tiny:SEED, smol or a local HF BLIP-2/InstructBLIP, LLaVA or SmolVLM/Idefics3 directory (docs/bring-your-own-model.md; default: {d['backbone']})")
     what.add_argument("--backbone-parts", metavar="FILE", help="load pretrained visual parts (from --stage pretrain) into the backbone first")
     what.add_argument("--stage", choices=STAGES,
                       help=f"finetune: the adapter alone, backbone frozen; pretrain: query tokens + Q-Former + projection (default: {d['stage']})")

@@ -42,6 +42,21 @@ class VlmShape:
     text_ffn: int = 128
     scale_factor: int = 2  # Idefics3's pixel shuffle
     init_range: float = 0.2  # larger than HF's default, so the tiny model's answers depend on the image
+    vocab_size: int = 0  # the LLM's vocabulary (embedding rows); 0: the byte tokenizer's own size
+    longest_edge: int = 0  # Idefics3's processor `size` (longest edge before the tile resize); 0: 2 S
+    max_positions: int = 512
+
+
+SMOLVLM_256M = VlmShape(  # HuggingFaceTB/SmolVLM-256M-Instruct: SigLIP-B/16 at 512 px, pixel shuffle 4, SmolLM2-135M
+    vision_width=768, vision_layers=12, vision_heads=12, vision_ffn=3072, image_size=512, patch_size=16,
+    text_width=576, text_layers=30, text_heads=9, text_kv_heads=3, text_ffn=1536, scale_factor=4, init_range=0.02,
+    vocab_size=49280, longest_edge=2048, max_positions=8192,
+)
+LLAVA_15_7B = VlmShape(  # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14 at 336 px, 2-layer MLP projector, Vicuna-7B
+    vision_width=1024, vision_layers=24, vision_heads=16, vision_ffn=4096, image_size=336, patch_size=14,
+    text_width=4096, text_layers=32, text_heads=32, text_kv_heads=32, text_ffn=11008, init_range=0.02,
+    vocab_size=32064, max_positions=4096,
+)
 
 
 SMALL_LLAVA = VlmShape()
@@ -66,9 +81,10 @@ def byte_tokenizer(specials: tuple[str, ...], bos: bool):
 
 
 def _text_config(shape: VlmShape, vocab: int, eos: int) -> dict:
-    return dict(model_type="llama", vocab_size=vocab, hidden_size=shape.text_width, intermediate_size=shape.text_ffn,
-                num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads,
-                num_key_value_heads=shape.text_kv_heads, max_position_embeddings=512, bos_token_id=0, eos_token_id=eos,
+    return dict(model_type="llama", vocab_size=max(vocab, shape.vocab_size), hidden_size=shape.text_width,
+                intermediate_size=shape.text_ffn, num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads,
+                num_key_value_heads=shape.text_kv_heads, max_position_embeddings=shape.max_positions, bos_token_id=0,
+                eos_token_id=eos,
                 pad_token_id=2, tie_word_embeddings=False, initializer_range=shape.init_range)
 
 
@@ -123,7 +139,7 @@ def write_idefics3_dir(path: Path, shape: VlmShape = SMALL_IDEFICS3, seed: int =
     model = Idefics3ForConditionalGeneration(config)
     _spread(model, shape.init_range)
     model.save_pretrained(path)
-    images = Idefics3ImageProcessor(do_image_splitting=splitting, size={"longest_edge": 2 * shape.image_size},
+    images = Idefics3ImageProcessor(do_image_splitting=splitting, size={"longest_edge": shape.longest_edge or 2 * shape.image_size},
                                     max_image_size={"longest_edge": shape.image_size}, resample=1)
     tokens = (shape.image_size // shape.patch_size) ** 2 // shape.scale_factor**2
     processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=tokens,
