@@ -174,6 +174,24 @@ def test_train_export_run_verify(family, vlm_dirs, backbones, tmp_path):
         assert engine.answer(bgr, QUESTION, GenerationOptions(max_new_tokens=8)).token_ids == expected
     for bundle in bundles.values():
         assert main(["verify", str(bundle)]) == 0
+    _serve_answers_as_the_engine(bundles["fp32"], engine)
+
+
+def _serve_answers_as_the_engine(bundle, engine) -> None:
+    """`serve` on the bundle, unchanged: an uploaded frame gets the engine's answer over the OpenAI API."""
+    import urllib.request
+
+    from crome_runtime.engine import GenerationOptions
+    from tests.support.serve import png_data_uri, serving
+
+    bgr = colour_image("blue", 7)
+    content = [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": png_data_uri(bgr)}}]
+    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": content}], "max_tokens": 8}).encode()
+    with serving(bundle) as (_, base):
+        request = urllib.request.Request(f"{base}/v1/chat/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            reply = json.loads(response.read())
+    assert reply["choices"][0]["message"]["content"] == engine.answer(bgr, QUESTION, GenerationOptions(max_new_tokens=8)).text
 
 
 # --- bad input: one clear line each -------------------------------------------------------------------------
