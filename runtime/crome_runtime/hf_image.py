@@ -90,45 +90,45 @@ _FILTER: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 }
 
 
-def _coefficients(in_size: int, out_size: int, resample: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output pixel: first source index, tap count and the taps in fixed point -> (xmin (n,), count (n,),
-    weights (n, k) int64), as PIL's precompute_coeffs + normalize_coeffs_8bpc compute them (float64 throughout)."""
+def _coefficients(in_size: int, out_size: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel: the first source index and the taps in fixed point -> (xmin (n,), weights (n, k) int64,
+    zero beyond the pixel's tap count), as PIL's precompute_coeffs + normalize_coeffs_8bpc compute them: float64,
+    the taps summed left to right before they are normalised (vectorised over pixels, sequential over taps)."""
     fn, filter_support = _FILTER[resample]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = filter_support * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
-    xmins = np.zeros(out_size, np.int64)
-    counts = np.zeros(out_size, np.int64)
-    weights = np.zeros((out_size, ksize), np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        w = fn((np.arange(xmax, dtype=np.float64) + xmin - center + 0.5) * (1.0 / filterscale))
-        total = 0.0
-        for value in w.tolist():  # summed left to right, as the C loop does
-            total += value
-        if total != 0.0:
-            w = w / total
-        weights[xx, :xmax] = w
-        xmins[xx], counts[xx] = xmin, xmax
-    fixed = np.where(weights < 0, np.trunc(-0.5 + weights * (1 << PRECISION_BITS)),
-                     np.trunc(0.5 + weights * (1 << PRECISION_BITS))).astype(np.int64)
-    return xmins, counts, fixed
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale  # (n,)
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C's (int) cast, then clamp
+    count = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
+    taps = np.arange(ksize)[None, :]  # (1, k)
+    weights = fn((taps + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale))  # (n, k)
+    weights = np.where(taps < count[:, None], weights, 0.0)
+    total = np.zeros(out_size)
+    for k in range(ksize):  # left to right, as the C loop sums
+        total = total + weights[:, k]
+    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0.0, 1.0, total)[:, None], weights)
+    fixed = np.trunc(np.where(weights < 0, -0.5, 0.5) + weights * (1 << PRECISION_BITS)).astype(np.int64)
+    return xmin, fixed
 
 
 def _pass(image: np.ndarray, out_size: int, resample: str, axis: int) -> np.ndarray:
-    """One 8-bit resampling pass of (H, W, C) uint8 along `axis` (1: horizontal, 0: vertical)."""
-    xmins, counts, fixed = _coefficients(image.shape[axis], out_size, resample)
-    source = np.moveaxis(image, axis, 0).astype(np.int64)  # (in, other, C)
-    out = np.empty((out_size,) + source.shape[1:], np.uint8)
-    half = 1 << (PRECISION_BITS - 1)
-    for i in range(out_size):
-        n, start = int(counts[i]), int(xmins[i])
-        acc = np.tensordot(fixed[i, :n], source[start : start + n], axes=(0, 0)) + half
-        out[i] = np.clip(acc >> PRECISION_BITS, 0, 255)
-    return np.moveaxis(out, 0, axis)
+    """One 8-bit resampling pass of (H, W, C) uint8 along `axis` (1: horizontal, 0: vertical): for each tap k, the
+    k-th source row/column of every output pixel, weighted, summed in int32 (exact), then >> 22 and clipped."""
+    in_size = image.shape[axis]
+    xmin, fixed = _coefficients(in_size, out_size, resample)
+    source = np.moveaxis(image, axis, 0)  # (in, other, C) view
+    # int32 as in PIL's C (|sum| <= 255 · Σ|w| · 2^22 stays below 2^31 for these filters)
+    acc = np.full((out_size,) + source.shape[1:], 1 << (PRECISION_BITS - 1), np.int32)
+    fixed32 = fixed.astype(np.int32)
+    for k in range(fixed.shape[1]):
+        weight = fixed32[:, k]
+        if weight.any():
+            rows = source[np.minimum(xmin + k, in_size - 1)]  # (n, other, C) uint8; weight 0 past the tap count
+            acc += weight[:, None, None] * rows
+    out = np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
 
 
 def pil_resize(rgb: np.ndarray, height: int, width: int, resample: str) -> np.ndarray:
