@@ -50,7 +50,7 @@ def test_one_layer_at_real_shapes_exports_with_the_real_dims(name, tmp_path):
     options.intra_op_num_threads = 2
     vision = ort.InferenceSession(str(tmp_path / formats.VISION_ONNX), options, providers=["CPUExecutionProvider"])
     assert vision.get_inputs()[0].shape[1:] == [3, shape.image_size, shape.image_size]
-    assert vision.get_outputs()[0].shape[1:] == [tokens, d]
+    assert vision.get_outputs()[0].shape[2] == d  # Nq is symbolic after Idefics3's pixel-shuffle reshapes
     got = vision.run(None, {formats.IN_PIXEL_VALUES: pixels.numpy()})[0]
     cosine = float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected))
     assert got.shape == (1, tokens, d) and cosine > 0.9999, cosine
