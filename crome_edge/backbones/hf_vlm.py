@@ -104,6 +104,7 @@ def load_hf_vlm(path: Path, config: dict, tokenizer: Tokenizer) -> CromeBackbone
     hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     recipe = _llava_recipe if model_type == "llava" else _idefics3_recipe
     info_size, resize = recipe(path, hf_config, processor.image_processor)  # refusals before the weights load
+    prompt = _prompt(path, processor, template, tokenizer, model_type)
     model = _model(path, model_type)
     if model_type == "llava":
         vision: nn.Module = LlavaVision(model.model.vision_tower, hf_config.vision_feature_layer,
@@ -115,7 +116,6 @@ def load_hf_vlm(path: Path, config: dict, tokenizer: Tokenizer) -> CromeBackbone
     llm = _causal_lm(model.config.text_config, decoder, model.lm_head)
     with torch.no_grad():  # how many visual tokens the connector makes (Nq), measured rather than derived
         num_tokens = projection(vision(torch.zeros(1, 3, info_size, info_size))).shape[1]
-    prompt = _prompt(path, processor, template, tokenizer, model_type)
     image_processor = processor.image_processor
     try:
         info = BackboneInfo(
