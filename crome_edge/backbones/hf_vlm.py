@@ -16,7 +16,6 @@ Not here: BLIP-2/InstructBLIP (hf_dir.py, which also detects the architecture an
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from crome_edge.backbones.base import BackboneInfo, BackboneParts, CromeBackbone
 from crome_edge.errors import CromeError
+from crome_runtime import input_files
 from crome_runtime.hf_image import MAX_LONGEST_EDGE, PIL, PIL_RESAMPLE_CODES, ResizeRecipe
 from crome_runtime.prompt import PromptTemplate
 
@@ -303,7 +303,7 @@ def read_weight_index(path: Path) -> list[str]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (path / index).is_file():
             try:
-                shards = set(json.loads((path / index).read_text(encoding="utf-8"))["weight_map"].values())
+                shards = set(input_files.read_json(path / index)["weight_map"].values())
             except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
                 raise CromeError(f"{path / index} is not a readable weight index ({error})") from None
             missing += sorted(name for name in shards if not (path / name).is_file())
