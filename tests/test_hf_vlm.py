@@ -288,3 +288,17 @@ def test_a_smolvlm2_processor_that_cannot_be_built_here_is_named(tmp_path, capsy
     (path / "processor_config.json").write_text(json.dumps({**processor, "processor_class": "SmolVLMProcessor"}))
     (path / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": "SmolVLMVideoProcessor"}))
     assert "its processor needs a package that is not installed here" in _refusal(path, capsys, colour_data)
+
+
+def test_a_splitting_smolvlm_processor_runs_one_tile_and_says_so(tmp_path, capsys, vlm_dirs, backbones):
+    """A processor with do_image_splitting on (SmolVLM's default): one tile, a one-line notice, and the same backbone
+    as the one-tile directory (the weights are the same; only the notice differs)."""
+    from crome_edge.backbones.registry import load_backbone
+
+    path = write_idefics3_dir(tmp_path / "splitting", splitting=True)
+    capsys.readouterr()
+    backbone = load_backbone(str(path))
+    notice = [line for line in capsys.readouterr().err.splitlines() if "one tile" in line]
+    assert len(notice) == 1 and "multi-tile splitting is not supported yet" in notice[0]
+    assert backbone.info.schema_fields() | {"name": "idefics3"} == backbones["idefics3"].info.schema_fields()
+    assert backbone.fingerprint() == backbones["idefics3"].fingerprint()
