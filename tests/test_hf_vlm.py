@@ -177,6 +177,59 @@ def test_train_export_run_verify(family, vlm_dirs, backbones, tmp_path):
     _serve_answers_as_the_engine(bundles["fp32"], engine)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_multi_adapter_bundle_routes_each_question_to_its_adapter(family, vlm_dirs, backbones, tmp_path):
+    """Two adapters trained on two questions on the LLaVA / SmolVLM directory, exported into one bundle with the CLI
+    (`export --adapter A --adapter B`): each question is routed to its adapter and answered token for token as
+    PyTorch answers with that adapter; another question gets the frozen backbone's answer; verify passes."""
+    from crome_cli.main import main
+    from crome_edge.adapter_file import load_adapter
+    from crome_edge.model import CromeModel, GenerationConfig
+    from crome_edge.training.config import TrainConfig
+    from crome_edge.training.trainer import Trainer
+    from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+    from crome_runtime.preprocess import preprocess_image
+    from tests.support.bundles import WARM_QUESTION, _warm_dataset
+
+    backbone, path = backbones[family], vlm_dirs[family]
+    datasets = {"colour": (_dataset(tmp_path / "colour-data", 12), QUESTION),
+                "warm": (_warm_dataset(tmp_path / "warm-data", 12), WARM_QUESTION)}
+    adapters = {}
+    with torch_threads(1):
+        for name, (data, _) in datasets.items():
+            adapters[name] = tmp_path / f"{name}.safetensors"
+            Trainer(TrainConfig(data=str(data), out=str(adapters[name]), backbone=str(path), steps=6, rank=4,
+                                lr=2e-2, batch_size=4, threads=1, progress=False), backbone=backbone).run()
+    bundle = tmp_path / "both.bundle"
+    with cache_env(tmp_path / "cache"), torch_threads(1):
+        assert main(["export", "--adapter", str(adapters["colour"]), "--adapter", str(adapters["warm"]),
+                     "--backbone", str(path), "--precision", "fp32", "--threads", "1", "--out", str(bundle)]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["backbone"]["architecture"] == family
+    assert [(a["name"], a["route"]["questions"]) for a in manifest["adapters"]] == [("colour", [QUESTION]),
+                                                                                  ("warm", [WARM_QUESTION])]
+
+    engine = Engine.load(bundle, EngineConfig(threads=1, spin=False))
+    models = {name: CromeModel(backbone, load_adapter(file, backbone)[0]).eval() for name, file in adapters.items()}
+    frozen, other = CromeModel(backbone).eval(), "How many parts are there?"
+    info, options, config = backbone.info, GenerationOptions(max_new_tokens=8), GenerationConfig(max_new_tokens=8)
+    changed = set()  # the adapters whose answer differs from the frozen backbone's on some frame: routing matters
+    for i, colour in enumerate(["red", "green", "blue"]):
+        bgr = colour_image(colour, 700 + i)
+        pixels = torch.from_numpy(preprocess_image(bgr, info.image_size, info.image_mean, info.image_std,
+                                                   info.resize)[None])
+        for name, (_, question) in datasets.items():
+            answer = engine.answer(bgr, question, options)
+            assert answer.adapter == name
+            assert answer.token_ids == models[name].generate(pixels, [question], config)[0], (name, colour)
+            if answer.token_ids != frozen.generate(pixels, [question], config)[0]:
+                changed.add(name)
+        unrouted = engine.answer(bgr, other, options)
+        assert unrouted.adapter is None and unrouted.token_ids == frozen.generate(pixels, [other], config)[0]
+    assert changed == set(adapters)
+    assert main(["verify", str(bundle)]) == 0
+
+
 def _serve_answers_as_the_engine(bundle, engine) -> None:
     """`serve` on the bundle, unchanged: an uploaded frame gets the engine's answer over the OpenAI API."""
     import urllib.request
