@@ -95,3 +95,23 @@ def test_memread_reads_every_byte(threads):
     assert ccore.memread(data, ccore.Pool(threads)) == want
     with pytest.raises(ccore.CoreError, match="C-contiguous"):
         ccore.memread(data[::2])
+
+
+@pytest.mark.parametrize("isa", PATHS)
+def test_block_offsets_and_cancellation(isa):
+    """The AVX2 / NEON paths compute a Q4_1 block as d·Σ q x + m·Σ x (qblock.c): blocks whose minimum m dwarfs their
+    range d (weights 3 ± 0.01), blocks of zero-mean weights whose products cancel, and an x with a large common
+    offset stay within float32 summation error of the exact product, like the per-weight form."""
+    if not ccore.isa_supported(isa):
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    rng = np.random.default_rng(5)
+    w = np.concatenate([3.0 + 0.01 * rng.standard_normal((40, 576)), rng.standard_normal((40, 576)),
+                        -0.5 + 1e-3 * rng.standard_normal((40, 576))]).astype(np.float32)
+    for qtype in ("q4_1", "q8_0"):
+        blocks = quantize(w, GGML[qtype])
+        deq = gguf_blocks.dequantize(blocks, qtype).astype(np.float64)
+        for x in (rng.standard_normal(576), 10.0 + rng.standard_normal(576), np.sign(deq[40]) * rng.random(576)):
+            x = x.astype(np.float32)
+            y = ccore.qmatvec(blocks, qtype, x, isa)
+            bound = 1e-6 * (np.abs(deq) @ np.abs(x).astype(np.float64))
+            assert np.all(np.abs(y - deq @ x.astype(np.float64)) <= bound), (qtype, np.abs(y - deq @ x).max())

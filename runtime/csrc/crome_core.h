@@ -203,7 +203,8 @@ CROME_API int32_t crome_pool_threads(const crome_pool *pool);
 /* y[r] = sum_c W[r, c] * x[c] for r in [0, rows): W a (rows, cols) quantised matrix (layout above).
  *   pool: splits rows across its threads (NULL: the calling thread alone). isa: crome_isa
  *   (CROME_ERR_PARAM if this CPU cannot run it). rows 1 .. 2^31, cols a multiple of 32 in 32 .. 2^20.
- *   x: cols float32, y: rows float32; y must not overlap W or x. */
+ *   x: cols float32, y: rows float32; y must not overlap W or x. Allocates cols / 32 floats per call (x's block
+ *   sums; CROME_ERR_NOMEM if that fails). */
 CROME_API crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const void *w, int64_t rows,
                                      int64_t cols, const float *x, float *y);
 

@@ -2,8 +2,9 @@
  *
  * A step is one pool job: every thread walks the layers, computing its share of each matrix (rows, or
  * whole heads for q/k/v so that it can apply RoPE to what it produced) with barriers where the next
- * stage reads everything the last one wrote (5 per layer). RMSNorm is cheap (d values) and is computed by
- * every thread into its own scratch instead of paying a barrier. The KV cache is float32
+ * stage reads everything the last one wrote (5 per layer). RMSNorm and the block sums of a matrix's input (which
+ * the split-form kernels share across rows, qblock.c) are cheap (d values) and are computed by every thread into
+ * its own scratch instead of paying a barrier. The KV cache is float32
  * [layer][kv_head][position][head_dim], owned by the handle. Not here: prefill (the caller's ONNX decoder
  * fills the cache through crome_llm_set_kv), sampling (sampler.c), the kernels (qblock.c).
  */
@@ -46,7 +47,7 @@ struct crome_llm {
     float *inv_freq;          /* (hd / 2) */
     float *rope_cos, *rope_sin; /* (hd / 2): this step's angles */
     float *h, *q, *att, *act, *tmp; /* (d), (heads * hd), (heads * hd), (d_ff), (max(d, d_ff) * 2) */
-    float *scratch;           /* per thread: xn (d) + scores (capacity) */
+    float *scratch;           /* per thread: xn (d) + xsum (block sums of xn, att or act) + scores (capacity) */
     int64_t scratch_stride;
     /* the step in flight */
     const float *x;
@@ -54,6 +55,13 @@ struct crome_llm {
 };
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/* floats of a thread's xsum scratch: one per block of the widest input (d, heads * hd or d_ff) */
+static int64_t sums_room(const crome_llm_params *p) {
+    int64_t widest = p->d_model > p->d_ff ? p->d_model : p->d_ff;
+    if ((int64_t)p->n_heads * p->head_dim > widest) widest = (int64_t)p->n_heads * p->head_dim;
+    return round_up(widest / CROME_QK, ALIGN / 4);
+}
 
 static void *alloc_aligned(size_t bytes) {
     return aligned_alloc(ALIGN, (size_t)round_up((int64_t)(bytes ? bytes : 1), ALIGN));
@@ -192,7 +200,7 @@ crome_status crome_llm_reserve(crome_llm *m, int64_t n_tokens) {
     if (n_tokens <= m->capacity) return CROME_OK;
     const crome_llm_params *p = &m->p;
     const int64_t cap = n_tokens, hd = p->head_dim, slots = (int64_t)p->n_layers * p->n_kv_heads;
-    const int64_t stride = p->d_model + cap; /* per-thread scratch: xn (d) + scores (cap) */
+    const int64_t stride = p->d_model + sums_room(p) + cap; /* per-thread scratch: xn, xsum, scores */
     float *k = alloc_aligned(sizeof(float) * (size_t)(slots * cap * hd));
     float *v = alloc_aligned(sizeof(float) * (size_t)(slots * cap * hd));
     float *scratch = alloc_aligned(sizeof(float) * (size_t)(round_up(stride, ALIGN / 4) * p->n_threads));
@@ -256,9 +264,9 @@ static void rope(float *x, const float *c, const float *s, int64_t half) {
     }
 }
 
-/* y[0 .. r1 - r0) = rows [r0, r1) of w times x */
-static void rows(const qmat *w, int64_t r0, int64_t r1, const float *x, float *y) {
-    if (r1 > r0) w->kernel(w->data + r0 * w->row_bytes, w->row_bytes, w->nb, x, y, r1 - r0);
+/* y[0 .. r1 - r0) = rows [r0, r1) of w times x; xsum: x's block sums (crome_block_sums) */
+static void rows(const qmat *w, int64_t r0, int64_t r1, const float *x, const float *xsum, float *y) {
+    if (r1 > r0) w->kernel(w->data + r0 * w->row_bytes, w->row_bytes, w->nb, x, xsum, y, r1 - r0);
 }
 
 static void step_part(void *ctx, int t, int nt) {
@@ -266,7 +274,7 @@ static void step_part(void *ctx, int t, int nt) {
     const crome_llm_params *p = &m->p;
     const int64_t d = p->d_model, hd = p->head_dim, half = hd / 2, H = p->n_heads, KV = p->n_kv_heads;
     const int64_t group = H / KV, pos = m->length, cap = m->capacity, ff = p->d_ff;
-    float *xn = m->scratch + t * m->scratch_stride, *scores = xn + d;
+    float *xn = m->scratch + t * m->scratch_stride, *xsum = xn + d, *scores = xsum + sums_room(p);
     float *h = m->h, *tmp = m->tmp;
     const float scale = 1.0f / sqrtf((float)hd);
     int64_t a, b;
@@ -274,18 +282,19 @@ static void step_part(void *ctx, int t, int nt) {
         const layer *L = &m->layers[l];
         float *kc = m->k_cache + (int64_t)l * KV * cap * hd, *vc = m->v_cache + (int64_t)l * KV * cap * hd;
         rmsnorm(h, L->attn_norm, xn, d, p->rms_eps);
+        crome_block_sums(xn, d / CROME_QK, xsum);
         crome_split(H + 2 * KV, 1, t, nt, &a, &b); /* whole heads of q, then k, then v */
         for (int64_t u = a; u < b; u++) {
             if (u < H) {
-                rows(&L->q, u * hd, (u + 1) * hd, xn, m->q + u * hd);
+                rows(&L->q, u * hd, (u + 1) * hd, xn, xsum, m->q + u * hd);
                 rope(m->q + u * hd, m->rope_cos, m->rope_sin, half);
             } else if (u < H + KV) {
                 float *dst = kc + ((u - H) * cap + pos) * hd;
-                rows(&L->k, (u - H) * hd, (u - H + 1) * hd, xn, dst);
+                rows(&L->k, (u - H) * hd, (u - H + 1) * hd, xn, xsum, dst);
                 rope(dst, m->rope_cos, m->rope_sin, half);
             } else {
                 float *dst = vc + ((u - H - KV) * cap + pos) * hd;
-                rows(&L->v, (u - H - KV) * hd, (u - H - KV + 1) * hd, xn, dst);
+                rows(&L->v, (u - H - KV) * hd, (u - H - KV + 1) * hd, xn, xsum, dst);
             }
         }
         crome_pool_barrier(m->pool);
@@ -311,26 +320,30 @@ static void step_part(void *ctx, int t, int nt) {
         }
         crome_pool_barrier(m->pool);
         crome_split(d, ROW_GRAIN, t, nt, &a, &b); /* h += att . Wo^T */
-        rows(&L->o, a, b, m->att, tmp + a);
+        if (b > a) crome_block_sums(m->att, H * hd / CROME_QK, xsum); /* each thread its own: no barrier */
+        rows(&L->o, a, b, m->att, xsum, tmp + a);
         for (int64_t r = a; r < b; r++) h[r] += tmp[r];
         crome_pool_barrier(m->pool);
         rmsnorm(h, L->ffn_norm, xn, d, p->rms_eps);
+        crome_block_sums(xn, d / CROME_QK, xsum);
         crome_split(ff, ROW_GRAIN, t, nt, &a, &b); /* act = SiLU(gate) * up */
-        rows(&L->gate, a, b, xn, tmp + a);
-        rows(&L->up, a, b, xn, tmp + ff + a);
+        rows(&L->gate, a, b, xn, xsum, tmp + a);
+        rows(&L->up, a, b, xn, xsum, tmp + ff + a);
         for (int64_t r = a; r < b; r++) {
             const float g = tmp[r];
             m->act[r] = g / (1.0f + expf(-g)) * tmp[ff + r];
         }
         crome_pool_barrier(m->pool);
         crome_split(d, ROW_GRAIN, t, nt, &a, &b); /* h += act . Wd^T */
-        rows(&L->down, a, b, m->act, tmp + a);
+        if (b > a) crome_block_sums(m->act, ff / CROME_QK, xsum);
+        rows(&L->down, a, b, m->act, xsum, tmp + a);
         for (int64_t r = a; r < b; r++) h[r] += tmp[r];
         crome_pool_barrier(m->pool);
     }
     rmsnorm(h, m->final_norm, xn, d, p->rms_eps);
+    crome_block_sums(xn, d / CROME_QK, xsum);
     crome_split(p->vocab, ROW_GRAIN, t, nt, &a, &b);
-    rows(&m->head, a, b, xn, m->logits + a);
+    rows(&m->head, a, b, xn, xsum, m->logits + a);
 }
 
 crome_status crome_llm_step(crome_llm *m, const float *x, float *logits) {

@@ -1,16 +1,26 @@
 /* qblock.c - GGUF Q4_1 / Q8_0 blocks x float32 vector (crome_qmatvec, crome_isa_*), one path per ISA.
  *
- * Every path rebuilds each weight as the float32 the GGUF dequantises to (d * q + m; d * q is exact, so a
- * fused multiply-add rounds once, like the reference's separate add) and accumulates w * x in float32;
- * paths differ only in summation order. The ISA is picked at run time (__builtin_cpu_supports), and the
- * x86 paths are compiled with target attributes, so a portable build (CROME_PORTABLE=1) has them too.
- * crome_memread is the plain read loop the kernels' speed is compared with (the memory-bandwidth bound).
+ * Every path computes the exact product of the float32 weights the GGUF dequantises to (d * q + m, d * q) with
+ * float32 activations, accumulating in float32; the paths differ only in how the float32 roundings fall:
+ *   - scalar and AVX-512 rebuild each weight as that float32 (d * q is exact, so a fused multiply-add rounds
+ *     once, like the reference's separate add) and accumulate w * x;
+ *   - AVX2 and NEON factor the block's scale and minimum out of its sum, the same value in exact arithmetic:
+ *     Σ (d q_i + m) x_i = d · Σ q_i x_i + m · Σ x_i (Q4_1), Σ d q_i x_i = d · Σ q_i x_i (Q8_0), with Σ x_i of
+ *     every block computed once per vector (crome_block_sums) and shared by every row. A weight then costs one
+ *     int -> float conversion and one FMA instead of a conversion and two FMAs (one multiply for Q8_0).
+ * The split form's rounding error scales with Σ (|d q_i| + |m|) |x_i| instead of Σ |w_i x_i|; for GGUF blocks (m the
+ * block's minimum, d its range / 15) the two are within a small factor, and every path stays within 1e-6 Σ |w_i x_i|
+ * of the exact product in the tests (tests/c/test_qdecode.c, tests/test_ccore_qblock.py).
+ * The ISA is picked at run time (__builtin_cpu_supports), and the x86 paths are compiled with target
+ * attributes, so a portable build (CROME_PORTABLE=1) has them too. crome_memread is the plain read loop the
+ * kernels' speed is compared with (the memory-bandwidth bound).
  * Not here: threading policy beyond splitting rows (pool.c), the decode step (llm.c).
  */
 #include "qblock.h"
 
 #include "pool.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -54,7 +64,9 @@ static inline uint16_t load_u16(const uint8_t *p) {
     return v;
 }
 
-static void q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+static void q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum, float *y,
+                        int64_t n_rows) {
+    (void)xsum;
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
         float acc[4] = {0, 0, 0, 0};
@@ -69,7 +81,9 @@ static void q8_0_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const f
     }
 }
 
-static void q4_1_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+static void q4_1_scalar(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum, float *y,
+                        int64_t n_rows) {
+    (void)xsum;
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
         float acc[4] = {0, 0, 0, 0};
@@ -98,53 +112,73 @@ AVX2_TARGET static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-AVX2_TARGET static inline __m256 u8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
-AVX2_TARGET static inline __m256 i8x8_to_ps(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)); }
+/* Σ q_i x_i of one block as 8 float lanes (x in natural order). Q4_1: bytes 0..7 and 8..15 widened to 32-bit
+ * lanes straight from memory; a byte's low nibble is weight j (0..15), its high nibble weight j + 16. */
+AVX2_TARGET static inline __m256 q4_1_qx(const uint8_t *qs, const float *xb) {
+    const __m256i low = _mm256_set1_epi32(15);
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, low)), _mm256_loadu_ps(xb));
+    p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, low)), _mm256_loadu_ps(xb + 8), p);
+    p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), _mm256_loadu_ps(xb + 16), p);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), _mm256_loadu_ps(xb + 24), p);
+}
 
-AVX2_TARGET static void q8_0_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
-                                  int64_t n_rows) {
+AVX2_TARGET static inline __m256 q8_0_qx(const int8_t *q, const float *xb) {
+    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))),
+                             _mm256_loadu_ps(xb));
+    for (int k = 8; k < CROME_QK; k += 8)
+        p = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + k)))),
+                            _mm256_loadu_ps(xb + k), p);
+    return p;
+}
+
+/* One Q4_1 block of one row: acc += d · Σ q x (8 lanes), accm += (d, m, 0, 0) · Σ x, whose lane 1 is the row's
+ * Σ m · Σ x (lane 0 is not used). d, m: one 4-byte load and one half -> float conversion of the pair (xmm),
+ * then d broadcast: 1.1x over converting a broadcast pair in ymm and splitting it with moveldup. */
+AVX2_TARGET static inline void q4_1_block256(const uint8_t *p, const float *xb, const float *s, __m256 *acc,
+                                             __m128 *accm) {
+    int32_t dm_bits;
+    memcpy(&dm_bits, p, sizeof dm_bits);
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits)); /* d, m, 0, 0 */
+    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), q4_1_qx(p + 4, xb), *acc);
+    *accm = _mm_fmadd_ps(dm, _mm_broadcast_ss(s), *accm);
+}
+
+/* One row at a time, two blocks per iteration (two accumulator chains). Two rows sharing the x loads ran as fast
+ * from cache and 1.3-9x slower streaming from memory (two interleaved row streams; the head 16.8 vs 1.8 ms),
+ * measured on Zen 4 with this path forced. */
+AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum,
+                                  float *y, int64_t n_rows) {
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * Q8_0_BYTES;
-            const __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(blk)));
-            const __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2));
-            const __m128i q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
-            const float *xb = x + b * CROME_QK;
-            a0 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(q0)), _mm256_loadu_ps(xb), a0);
-            a1 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(_mm_srli_si128(q0, 8))), _mm256_loadu_ps(xb + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(q1)), _mm256_loadu_ps(xb + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_mul_ps(d, i8x8_to_ps(_mm_srli_si128(q1, 8))), _mm256_loadu_ps(xb + 24), a3);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            q4_1_block256(row + b * Q4_1_BYTES, x + b * CROME_QK, xsum + b, &a0, &m0);
+            q4_1_block256(row + (b + 1) * Q4_1_BYTES, x + (b + 1) * CROME_QK, xsum + b + 1, &a1, &m1);
         }
-        y[r] = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        if (b < nb) q4_1_block256(row + b * Q4_1_BYTES, x + b * CROME_QK, xsum + b, &a0, &m0);
+        y[r] = hsum256(_mm256_add_ps(a0, a1)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_add_ps(m0, m1)));
     }
 }
 
-/* No lookup table here (unlike AVX-512): vpermps on 8 lanes indexes only 8 of a block's 16 weights, so each 8
- * weights would need 2 permutes + a blend + a shift instead of 1 conversion + 1 FMA. The d, m pair is converted
- * at once (1.05x over two scalar conversions). */
-AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
-                                  int64_t n_rows) {
-    const __m128i low = _mm_set1_epi8(15);
+AVX2_TARGET static inline __m256 half_broadcast(const uint8_t *p) {
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)load_u16(p)));
+}
+
+AVX2_TARGET static void q8_0_avx2(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum,
+                                  float *y, int64_t n_rows) {
+    (void)xsum;
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        __m256 a0 = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * Q4_1_BYTES;
-            uint32_t dm_bits;
-            memcpy(&dm_bits, blk, sizeof dm_bits);
-            const __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32((int)dm_bits)); /* (8) d, m, d, m, ... */
-            const __m256 d = _mm256_moveldup_ps(dm), m = _mm256_movehdup_ps(dm);
-            const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 4));
-            const __m128i lo = _mm_and_si128(qs, low), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
-            const float *xb = x + b * CROME_QK;
-            a0 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(lo), m), _mm256_loadu_ps(xb), a0);
-            a1 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(_mm_srli_si128(lo, 8)), m), _mm256_loadu_ps(xb + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(hi), m), _mm256_loadu_ps(xb + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_fmadd_ps(d, u8x8_to_ps(_mm_srli_si128(hi, 8)), m), _mm256_loadu_ps(xb + 24), a3);
+            const uint8_t *p = row + b * Q8_0_BYTES;
+            a0 = _mm256_fmadd_ps(half_broadcast(p), q8_0_qx((const int8_t *)(p + 2), x + b * CROME_QK), a0);
         }
-        y[r] = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        y[r] = hsum256(a0);
     }
 }
 
@@ -152,8 +186,9 @@ AVX2_TARGET static void q4_1_avx2(const uint8_t *w, int64_t row_bytes, int64_t n
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 
 /* One row at a time: a two-row variant sharing the x loads measured 2.5x slower on Zen 4 (port pressure). */
-AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
-                                      int64_t n_rows) {
+AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x,
+                                      const float *xsum, float *y, int64_t n_rows) {
+    (void)xsum;
     int64_t r = 0;
     for (; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
@@ -188,8 +223,9 @@ AVX512_TARGET static inline void q4_1_block512(const uint8_t *p, __m512 x0, __m5
     *a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut), x1, *a1); /* high nibbles */
 }
 
-AVX512_TARGET static void q4_1_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y,
-                                      int64_t n_rows) {
+AVX512_TARGET static void q4_1_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x,
+                                      const float *xsum, float *y, int64_t n_rows) {
+    (void)xsum;
     int64_t r = 0;
     for (; r + 2 <= n_rows; r += 2) {
         const uint8_t *r0 = w + r * row_bytes, *r1 = r0 + row_bytes;
@@ -228,42 +264,57 @@ static inline float half_neon(const uint8_t *p) {
     return (float)h;
 }
 
-static void q8_0_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
+/* Σ q_i x_i of one block as 4 float lanes, in two chains (p0: weights 0..7 and 16..23, p1: 8..15 and 24..31). */
+static inline float32x4_t q4_1_qx_neon(const uint8_t *qs, const float *xb) {
+    const uint8x16_t v = vld1q_u8(qs);
+    const uint8x16_t lo = vandq_u8(v, vdupq_n_u8(15)), hi = vshrq_n_u8(v, 4);
+    const uint8x8_t parts[4] = {vget_low_u8(lo), vget_high_u8(lo), vget_low_u8(hi), vget_high_u8(hi)};
+    float32x4_t p0 = vmulq_f32(u8x4_lo(parts[0]), vld1q_f32(xb)), p1 = vmulq_f32(u8x4_lo(parts[1]), vld1q_f32(xb + 8));
+    p0 = vfmaq_f32(p0, u8x4_hi(parts[0]), vld1q_f32(xb + 4));
+    p1 = vfmaq_f32(p1, u8x4_hi(parts[1]), vld1q_f32(xb + 12));
+    p0 = vfmaq_f32(p0, u8x4_lo(parts[2]), vld1q_f32(xb + 16));
+    p1 = vfmaq_f32(p1, u8x4_lo(parts[3]), vld1q_f32(xb + 24));
+    p0 = vfmaq_f32(p0, u8x4_hi(parts[2]), vld1q_f32(xb + 20));
+    p1 = vfmaq_f32(p1, u8x4_hi(parts[3]), vld1q_f32(xb + 28));
+    return vaddq_f32(p0, p1);
+}
+
+static inline float32x4_t q8_0_qx_neon(const int8_t *q, const float *xb) {
+    float32x4_t p0 = vdupq_n_f32(0), p1 = vdupq_n_f32(0);
+    for (int h = 0; h < 4; h++) {
+        const int8x8_t v = vld1_s8(q + 8 * h);
+        p0 = vfmaq_f32(p0, s8x4_lo(v), vld1q_f32(xb + 8 * h));
+        p1 = vfmaq_f32(p1, s8x4_hi(v), vld1q_f32(xb + 8 * h + 4));
+    }
+    return vaddq_f32(p0, p1);
+}
+
+static void q8_0_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum, float *y,
+                      int64_t n_rows) {
+    (void)xsum;
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
-        float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+        float32x4_t acc = vdupq_n_f32(0);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * Q8_0_BYTES;
-            const float32x4_t d = vdupq_n_f32(half_neon(blk));
-            const float *xb = x + b * CROME_QK;
-            for (int h = 0; h < 4; h++) {
-                const int8x8_t q = vld1_s8((const int8_t *)(blk + 2 + 8 * h));
-                acc[h] = vfmaq_f32(acc[h], vmulq_f32(d, s8x4_lo(q)), vld1q_f32(xb + 8 * h));
-                acc[h] = vfmaq_f32(acc[h], vmulq_f32(d, s8x4_hi(q)), vld1q_f32(xb + 8 * h + 4));
-            }
+            acc = vfmaq_n_f32(acc, q8_0_qx_neon((const int8_t *)(blk + 2), x + b * CROME_QK), half_neon(blk));
         }
-        y[r] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        y[r] = vaddvq_f32(acc);
     }
 }
 
-static void q4_1_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y, int64_t n_rows) {
-    const uint8x16_t low = vdupq_n_u8(15);
+static void q4_1_neon(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, const float *xsum, float *y,
+                      int64_t n_rows) {
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
-        float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+        float32x4_t acc = vdupq_n_f32(0);
+        float accm = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * Q4_1_BYTES;
-            const float32x4_t d = vdupq_n_f32(half_neon(blk)), m = vdupq_n_f32(half_neon(blk + 2));
-            const uint8x16_t qs = vld1q_u8(blk + 4);
-            const uint8x16_t lo = vandq_u8(qs, low), hi = vshrq_n_u8(qs, 4);
-            const float *xb = x + b * CROME_QK;
-            const uint8x8_t parts[4] = {vget_low_u8(lo), vget_high_u8(lo), vget_low_u8(hi), vget_high_u8(hi)};
-            for (int h = 0; h < 4; h++) {
-                acc[h] = vfmaq_f32(acc[h], vfmaq_f32(m, d, u8x4_lo(parts[h])), vld1q_f32(xb + 8 * h));
-                acc[h] = vfmaq_f32(acc[h], vfmaq_f32(m, d, u8x4_hi(parts[h])), vld1q_f32(xb + 8 * h + 4));
-            }
+            acc = vfmaq_n_f32(acc, q4_1_qx_neon(blk + 4, x + b * CROME_QK), half_neon(blk));
+            accm += half_neon(blk + 2) * xsum[b];
         }
-        y[r] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
+        y[r] = vaddvq_f32(acc) + accm;
     }
 }
 #endif /* __aarch64__ */
@@ -321,11 +372,20 @@ int64_t crome_qrow_bytes(int32_t qtype, int64_t cols) {
     }
 }
 
+void crome_block_sums(const float *x, int64_t nb, float *xsum) {
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * CROME_QK;
+        float s[4] = {0, 0, 0, 0};
+        for (int j = 0; j < CROME_QK; j++) s[j & 3] += xb[j];
+        xsum[b] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+}
+
 typedef struct matvec_job {
     crome_qrows_fn kernel;
     const uint8_t *w;
     int64_t row_bytes, nb, rows;
-    const float *x;
+    const float *x, *xsum;
     float *y;
 } matvec_job;
 
@@ -335,7 +395,7 @@ static void matvec_part(void *ctx, int thread, int n_threads) {
     const matvec_job *j = ctx;
     int64_t r0, r1;
     crome_split(j->rows, ROW_GRAIN, thread, n_threads, &r0, &r1);
-    if (r1 > r0) j->kernel(j->w + r0 * j->row_bytes, j->row_bytes, j->nb, j->x, j->y + r0, r1 - r0);
+    if (r1 > r0) j->kernel(j->w + r0 * j->row_bytes, j->row_bytes, j->nb, j->x, j->xsum, j->y + r0, r1 - r0);
 }
 
 crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const void *w, int64_t rows, int64_t cols,
@@ -346,8 +406,13 @@ crome_status crome_qmatvec(crome_pool *pool, int32_t isa, int32_t qtype, const v
     if (row_bytes < 0 || cols > ((int64_t)1 << 20) || rows < 1 || rows > ((int64_t)1 << 31)) return CROME_ERR_SHAPE;
     crome_qrows_fn kernel = crome_qrows_kernel(isa, qtype);
     if (!kernel) return CROME_ERR_PARAM;
-    matvec_job job = {kernel, w, row_bytes, cols / CROME_QK, rows, x, y};
+    const int64_t nb = cols / CROME_QK;
+    float *xsum = malloc(sizeof(float) * (size_t)nb);
+    if (!xsum) return CROME_ERR_NOMEM;
+    crome_block_sums(x, nb, xsum);
+    matvec_job job = {kernel, w, row_bytes, nb, rows, x, xsum, y};
     crome_pool_run(pool, matvec_part, &job);
+    free(xsum);
     return CROME_OK;
 }
 
