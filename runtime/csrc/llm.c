@@ -255,6 +255,17 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, float
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
 
+/* Σ a_i b_i in eight interleaved partial sums (the compiler keeps them in one vector register): a query-key dot
+ * as one dependent FMA chain cost ~4 cycles a term, a step's attention ~1 ms at 64 tokens of context. */
+static float dot(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) acc[0] += a[i] * b[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 /* rotate-half RoPE on one head: (x_i, x_{i+half}) -> (x_i c - x_{i+half} s, x_{i+half} c + x_i s) */
 static void rope(float *x, const float *c, const float *s, int64_t half) {
     for (int64_t i = 0; i < half; i++) {
@@ -303,9 +314,7 @@ static void step_part(void *ctx, int t, int nt) {
             const float *qv = m->q + qh * hd, *K = kc + (qh / group) * cap * hd, *V = vc + (qh / group) * cap * hd;
             float mx = -INFINITY;
             for (int64_t j = 0; j <= pos; j++) {
-                float s = 0.0f;
-                for (int64_t i = 0; i < hd; i++) s += qv[i] * K[j * hd + i];
-                scores[j] = s * scale;
+                scores[j] = dot(qv, K + j * hd, hd) * scale;
                 mx = scores[j] > mx ? scores[j] : mx;
             }
             float sum = 0.0f;

@@ -2,9 +2,9 @@
  *
  * Every path computes the exact product of the float32 weights the GGUF dequantises to (d * q + m, d * q) with
  * float32 activations, accumulating in float32; the paths differ only in how the float32 roundings fall:
- *   - scalar and AVX-512 rebuild each weight as that float32 (d * q is exact, so a fused multiply-add rounds
- *     once, like the reference's separate add) and accumulate w * x;
- *   - AVX2 and NEON factor the block's scale and minimum out of its sum, the same value in exact arithmetic:
+ *   - scalar rebuilds each weight as that float32 (d * q is exact, so a fused multiply-add rounds once, like the
+ *     reference's separate add) and accumulates w * x;
+ *   - AVX2, AVX-512 and NEON factor the block's scale and minimum out of its sum, the same value in exact arithmetic:
  *     Σ (d q_i + m) x_i = d · Σ q_i x_i + m · Σ x_i (Q4_1), Σ d q_i x_i = d · Σ q_i x_i (Q8_0), with Σ x_i of
  *     every block computed once per vector (crome_block_sums) and shared by every row. A weight then costs one
  *     int -> float conversion and one FMA instead of a conversion and two FMAs (one multiply for Q8_0).
@@ -185,66 +185,62 @@ AVX2_TARGET static void q8_0_avx2(const uint8_t *w, int64_t row_bytes, int64_t n
 /* ---- AVX-512 F + BW ------------------------------------------------------------------------------ */
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 
-/* One row at a time: a two-row variant sharing the x loads measured 2.5x slower on Zen 4 (port pressure). */
-AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x,
-                                      const float *xsum, float *y, int64_t n_rows) {
-    (void)xsum;
-    int64_t r = 0;
-    for (; r < n_rows; r++) {
-        const uint8_t *row = w + r * row_bytes;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *p = row + b * Q8_0_BYTES;
-            const float *xb = x + b * CROME_QK;
-            const __m512 d = _mm512_set1_ps(_cvtsh_ss(load_u16(p)));
-            const __m512 p0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
-            const __m512 p1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
-            a0 = _mm512_fmadd_ps(_mm512_mul_ps(d, p0), _mm512_loadu_ps(xb), a0);
-            a1 = _mm512_fmadd_ps(_mm512_mul_ps(d, p1), _mm512_loadu_ps(xb + 16), a1);
-        }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    }
-}
-
-/* The block's 16 possible weights d * k + m (k = 0..15, each the exact dequantised float32: d * k is exact, one
- * rounding for + m) in one register, then a lane permute per 16 weights picks them by nibble: vpermps reads the
- * low 4 bits of each index, so the low nibbles need no mask. 1 FMA + 2 permutes replace 2 int->float
- * conversions + 2 FMAs per block. d and m come from one 4-byte broadcast and one half->float conversion of
- * the pair (then duplicated in-lane), not two scalar conversions and broadcasts: 1.15x on Zen 4. Measured and
- * not kept: four rows per iteration (0.65x), two blocks per iteration (1.0x). */
-AVX512_TARGET static inline void q4_1_block512(const uint8_t *p, __m512 x0, __m512 x1, __m512 *a0, __m512 *a1) {
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    uint32_t dm_bits;
+/* The split form, as AVX2, 16 lanes. Replaced (measured on Zen 4, in cache, 1 thread): the lookup-table kernel
+ * (the block's 16 weights d k + m in a register, picked by vpermps; 1.12-1.15x slower) and d multiplied into every
+ * Q8_0 product (1.14x slower). Zen 4 runs 512-bit operations as two 256-bit halves, so there AVX-512 and AVX2
+ * reach the same ~19-21 Gweights/s; CPUs with full-width AVX-512 units gain more. */
+/* Σ q x of a block in 16 lanes from one widening load, then d and m once per block. */
+AVX512_TARGET static inline void q4_1_split512(const uint8_t *p, const float *xb, const float *s, __m512 *acc,
+                                               __m128 *accm) {
+    int32_t dm_bits;
     memcpy(&dm_bits, p, sizeof dm_bits);
-    const __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32((int)dm_bits)); /* (16) d, m, d, m, ... */
-    const __m512 lut = _mm512_fmadd_ps(_mm512_moveldup_ps(dm), iota, _mm512_movehdup_ps(dm));
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits)); /* d, m, 0, 0 */
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4))); /* (16) qs[j] */
-    *a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(bytes, lut), x0, *a0);                       /* low nibbles */
-    *a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut), x1, *a1); /* high nibbles */
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+    const __m512 qx = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
+    *acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dm), qx, *acc);
+    *accm = _mm_fmadd_ps(dm, _mm_broadcast_ss(s), *accm);
 }
 
 AVX512_TARGET static void q4_1_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x,
-                                      const float *xsum, float *y, int64_t n_rows) {
-    (void)xsum;
-    int64_t r = 0;
-    for (; r + 2 <= n_rows; r += 2) {
-        const uint8_t *r0 = w + r * row_bytes, *r1 = r0 + row_bytes;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + b * CROME_QK;
-            const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
-            q4_1_block512(r0 + b * Q4_1_BYTES, x0, x1, &a0, &a1);
-            q4_1_block512(r1 + b * Q4_1_BYTES, x0, x1, &b0, &b1);
-        }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-        y[r + 1] = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
-    }
-    for (; r < n_rows; r++) {
+                                       const float *xsum, float *y, int64_t n_rows) {
+    for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = w + r * row_bytes;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = x + b * CROME_QK;
-            q4_1_block512(row + b * Q4_1_BYTES, _mm512_loadu_ps(xb), _mm512_loadu_ps(xb + 16), &a0, &a1);
+        __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            q4_1_split512(row + b * Q4_1_BYTES, x + b * CROME_QK, xsum + b, &a0, &m0);
+            q4_1_split512(row + (b + 1) * Q4_1_BYTES, x + (b + 1) * CROME_QK, xsum + b + 1, &a1, &m1);
+        }
+        if (b < nb) q4_1_split512(row + b * Q4_1_BYTES, x + b * CROME_QK, xsum + b, &a0, &m0);
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_add_ps(m0, m1)));
+    }
+}
+
+AVX512_TARGET static inline __m512 q8_0_qx512(const uint8_t *q, const float *xb) {
+    const __m512 p0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+    const __m512 p1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+    return _mm512_fmadd_ps(p1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(p0, _mm512_loadu_ps(xb)));
+}
+
+AVX512_TARGET static void q8_0_avx512(const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x,
+                                       const float *xsum, float *y, int64_t n_rows) {
+    (void)xsum;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            const uint8_t *p = row + b * Q8_0_BYTES;
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(load_u16(p))), q8_0_qx512(p + 2, x + b * CROME_QK), a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(load_u16(p + Q8_0_BYTES))),
+                                 q8_0_qx512(p + Q8_0_BYTES + 2, x + (b + 1) * CROME_QK), a1);
+        }
+        if (b < nb) {
+            const uint8_t *p = row + b * Q8_0_BYTES;
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(load_u16(p))), q8_0_qx512(p + 2, x + b * CROME_QK), a0);
         }
         y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
