@@ -77,7 +77,7 @@ def run_once(decoder, table: np.ndarray, prefix_ids: list[int], new_tokens: int)
 
 def kernel_profile(blocks, threads: int, isa: str, repeats: int = 30) -> dict:
     """Median ms of crome_qmatvec per matrix shape (one layer's, and the head) and the per-token sum."""
-    from crome_runtime import ccore
+    from crome_runtime import ccore, gguf_blocks
 
     pool = ccore.Pool(threads)
     out = {}
@@ -86,7 +86,7 @@ def kernel_profile(blocks, threads: int, isa: str, repeats: int = 30) -> dict:
         for m in names + ["head"]:
             key = "head" if m == "head" else f"layers.0.{m}"
             w, qtype = blocks.tensors[key], blocks.qtypes[key]
-            cols = w.shape[1] // (34 if qtype == "q8_0" else 20) * 32
+            cols = gguf_blocks.cols_of(qtype, w.shape[1])
             x = np.random.default_rng(0).standard_normal(cols).astype(np.float32)
             ccore.qmatvec(w, qtype, x, isa, pool)
             times = []
@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", type=int, default=32, help="prefix tokens stepped through before timing")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--kernels", action="store_true", help="also time each matrix kernel alone")
+    parser.add_argument("--bandwidth-mb", type=int, default=512, help="buffer of the read-bandwidth probe")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
     blocks = decoder_blocks_file.load(args.bundle / formats.DECODER_BLOCKS_FILE)
-    table = np.load(args.bundle / "embed_tokens.npy", mmap_mode="r")
+    table = np.load(args.bundle / formats.EMBEDDINGS_FILE, mmap_mode="r")
     table = np.ascontiguousarray(table, dtype=np.float32)  # (vocab, d)
     prefix_ids = [int(i) for i in np.random.default_rng(7).integers(0, blocks.dims.vocab, args.prefix)]
     libs = {"ours": load_library(args.ours_lib)}
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples[n].extend(steps)
                     cpu_samples[n].extend(cpu)
                 first.setdefault(n, (tokens, logits))
-        bandwidth = read_bandwidth(threads)["best_gbs"]
+        bandwidth = read_bandwidth(threads, args.bandwidth_mb)["best_gbs"]
         bound_ms = blocks.nbytes / bandwidth / 1e6
         row = {"read_bandwidth_gbs": bandwidth, "bound_ms": bound_ms, "load_average": list(__import__("os").getloadavg())}
         for n in names:

@@ -79,3 +79,19 @@ def test_bench_e2e_short(bundle, tmp_path):
     assert set(run["columns"]) == {"ours, default (c)", "ours, ONNX decoder (onnx)", "PyTorch eager fp32"}
     assert all(len(r["tokens"]) == 4 for r in run["columns"].values())
     assert run["columns"]["ours, ONNX decoder (onnx)"]["tokens_equal_pytorch"] is True
+
+
+def test_bench_decode_isa_short(bundle, tmp_path):
+    """The kernel workbench: this checkout's C core against a baseline library (here the same file), the portable
+    path forced, greedy tokens compared between the two, and the per-matrix kernel profile."""
+    import bench_decode_isa
+
+    from crome_runtime import ccore
+
+    out = tmp_path / "isa.json"
+    assert bench_decode_isa.main([str(bundle), "--isa", "scalar", "--baseline-lib", str(ccore._library_path()),
+                                  "--threads", "1", "--runs", "1", "--warmup", "0", "--prefix", "3", "--new-tokens", "2",
+                                  "--kernels", "--bandwidth-mb", "16", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["threads"]["1"]
+    assert row["tokens_equal_baseline"] and row["logit_cos_min_vs_baseline"] > 0.999999
+    assert row["ours"]["cpu_ms_median"] >= 0 and row["kernels_ms"]["per_token_ms"] > 0

@@ -29,13 +29,15 @@ static double half_value(uint16_t h) { /* normal halves only (what rnd_half make
     return h & 0x8000 ? -v : v;
 }
 
+static int offset_minima; /* set: Q4_1 minima |m| in [2^-3, 2), far above d * 15 <= 2^-2 (weights m + small) */
+
 /* rows x cols random blocks of `qtype`, written with exact sizes */
 static uint8_t *random_matrix(int32_t qtype, int64_t rows, int64_t cols) {
     const int64_t row_bytes = crome_qrow_bytes(qtype, cols), bpb = qtype == CROME_QTYPE_Q8_0 ? 34 : 20;
     uint8_t *w = malloc((size_t)(rows * row_bytes));
     for (int64_t i = 0; i < rows * row_bytes; i += bpb) {
         for (int64_t j = 0; j < bpb; j++) w[i + j] = (uint8_t)rnd();
-        const uint16_t d = rnd_half(0), m = rnd_half(1);
+        const uint16_t d = rnd_half(0), m = (uint16_t)(rnd_half(1) + (offset_minima ? 7 << 10 : 0));
         memcpy(w + i, &d, 2);
         if (qtype == CROME_QTYPE_Q4_1) memcpy(w + i + 2, &m, 2);
     }
@@ -104,6 +106,10 @@ static void test_qmatvec(void) {
         crome_pool_free(pool);
     }
     test_qmatvec_case(CROME_QTYPE_Q4_1, 7, 64, NULL); /* no pool: the calling thread */
+    offset_minima = 1; /* the split form (m · Σ x added to d · Σ q x) on blocks whose weights sit far from 0 */
+    test_qmatvec_case(CROME_QTYPE_Q4_1, 37, 224, NULL);
+    test_qmatvec_case(CROME_QTYPE_Q4_1, 5, 1536, NULL);
+    offset_minima = 0;
 
     uint8_t w[34] = {0};
     float x[32] = {0}, y[1];
