@@ -34,5 +34,6 @@ def test_export_of_a_copied_shipped_adapter_needs_no_data(tmp_path, monkeypatch,
     assert manifest.adapters[0].route.questions and not manifest.adapters[0].route.patterns  # its training questions
     report = json.loads((work / "line3.bundle" / formats.REPORT_FILE).read_text())["adapters"]["line3"]
     assert "regenerated" in report["inputs"]["evaluation"] and "regenerated" in report["inputs"]["calibration"]
-    assert report["inputs"]["eval_prompts"] == 50  # the validation split the adapter held out
+    held_out = read_metadata(shipped_adapter("line3")).training["val_examples"]
+    assert report["inputs"]["eval_prompts"] == held_out  # the validation split the adapter held out (150 of 1500)
     assert all(gate["ok"] for gate in report["gates"].values()), report["gates"]
