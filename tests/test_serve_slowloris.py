@@ -10,6 +10,7 @@ The default is 2,000 connections (seconds). The longer form, as the issue ran it
 
 raises this process's soft RLIMIT_NOFILE to fit (the hard limit must allow it). Every loop is bounded; the only
 clock assertion is /health's 1 s liveness bound."""
+import errno
 import os
 import resource
 import signal
@@ -53,8 +54,9 @@ def _half_open(port: int, i: int) -> socket.socket | None:
     try:
         if partial:
             sock.send(partial)
-    except OSError:  # not connected yet (the accept queue was full) or already closed by the server's cap: fine
-        pass
+    except OSError as error:  # not connected yet (the accept queue was full) or already closed by the server's cap
+        if error.errno not in (errno.EAGAIN, errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
+            raise
     return sock
 
 
