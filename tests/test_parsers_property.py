@@ -11,7 +11,6 @@ CI runs the derandomized `crome-ci` profile (a few seconds); a longer random sea
 from __future__ import annotations
 
 import json
-import os
 import struct
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from crome_edge.errors import CromeError
@@ -31,11 +30,6 @@ from crome_runtime.preprocess import ImageError, decode_image
 from crome_runtime.prompt import PromptTemplate
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header
 
-settings.register_profile("crome-ci", max_examples=150, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("crome-long", max_examples=20_000, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crome-ci"))
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),

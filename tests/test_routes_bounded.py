@@ -10,11 +10,10 @@ fuzz builds patterns with nested quantifiers; CI runs the derandomized `crome-ci
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from crome_runtime.adapter_entries import AdapterEntry, Route, check_adapters, overlaps, route
@@ -23,11 +22,6 @@ from crome_runtime.limits import MAX_ROUTE_PATTERN_CHARS, MAX_TEXT_CHARS
 from crome_runtime.manifest import BundleError
 from crome_runtime.route_patterns import RouteError, compile_pattern, covers
 
-settings.register_profile("crome-ci", max_examples=150, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("crome-long", max_examples=20_000, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "crome-ci"))
 
 REDOS = [r"Does (\w+\s?)+ spec\?", r"(x+x+)+y", r"(.|.)*Z", r"(a|aa)+$", r"(\d+)*\d+!"]
 MATCH_BUDGET_S = 0.010  # the issue's bound: a ReDoS route costs <= 10 ms per match
