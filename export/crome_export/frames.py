@@ -38,6 +38,8 @@ class ExportData:
     evaluation_source: str
     pixels: dict[Path, np.ndarray]  # image -> (3, S, S) float32, every image above, preprocessed once
     rendered: dict[Path, np.ndarray] = field(default_factory=dict)  # synthetic frames: key -> (H, W, 3) uint8 BGR
+    # the adapter's closed answer set (crome_runtime.confidence.answer_set of its training split), [] if open-set
+    answers: list[str] = field(default_factory=list)
 
     def frame(self, image: Path) -> np.ndarray:
         """The image as a camera gives it, (H, W, 3) uint8 BGR (for the bundle's acceptance set)."""
@@ -110,7 +112,18 @@ def load_export_data(meta, info, calib: int | Path | None, needs_calibration: bo
     if not evaluation:
         evaluation, synthetic, rendered = _synthetic_samples(info)
         pixels.update(synthetic)
-    return ExportData(calibration, evaluation, has_answers, calibration_source, evaluation_source, pixels, rendered)
+    return ExportData(calibration, evaluation, has_answers, calibration_source, evaluation_source, pixels, rendered,
+                      _answer_set(meta, train + val))
+
+
+def _answer_set(meta, samples: list[Sample]) -> list[str]:
+    """The training data's closed answer set; none for an adapter that replayed the backbone's own questions (its
+    answers to those are not in the data, so the set would not be what it says)."""
+    from crome_runtime.confidence import answer_set
+
+    if meta.training.get("replay"):
+        return []
+    return answer_set(s.answer for s in samples) or []
 
 
 def _training_split(meta, note: Callable[[str], None]) -> tuple[list[Sample], list[Sample], str]:

@@ -184,7 +184,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         model = CromeModel(backbone, adapter).eval()
         max_new_tokens = _generation_budget(model, data, config)
         manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens,
-                             name, route)
+                             name, route, data.answers)
         from crome_export.blocks import write_bundle_blocks
 
         # the C decode step's weights: the GGUF's exact blocks, or (--decoder-blocks q8_0) a lowered form
@@ -418,7 +418,7 @@ def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
 
 
 def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quantization: dict, max_new_tokens,
-              name: str, route):
+              name: str, route, answers: list[str]):
     from crome_export.parts_cache import tool_versions
     from crome_runtime.adapter_entries import AdapterEntry
     from crome_runtime.manifest import GenerationDefaults, LlmSpec, Manifest, sha256_file
@@ -429,7 +429,7 @@ def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quanti
         llm=LlmSpec(dims["num_layers"], dims["num_kv_heads"], dims["head_dim"], dims["vocab_size"],
                     dims["max_position_embeddings"]),
         adapters=[AdapterEntry(name=name, sha256=sha256_file(adapter_path), rank=adapter.config.rank, route=route,
-                               max_new_tokens=max_new_tokens, training=meta.training)],
+                               max_new_tokens=max_new_tokens, training=meta.training, answers=answers)],
         prompt=backbone.info.prompt,
         precision=config.precision,
         files={},

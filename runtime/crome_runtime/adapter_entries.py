@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from crome_runtime import formats, route_patterns
+from crome_runtime.confidence import MAX_ANSWER_SET
 from crome_runtime.limits import MAX_ADAPTER_NEW_TOKENS, MAX_TEXT_CHARS, listed
 from crome_runtime.manifest import BundleError
 
@@ -108,6 +109,9 @@ class AdapterEntry:
     route: Route
     max_new_tokens: int = formats.DEFAULT_MAX_NEW_TOKENS  # the generation cap its export measured (longest answer + 2)
     training: dict = field(default_factory=dict)
+    # its closed answer set (confidence.answer_set: the distinct training answers, at most confidence.MAX_ANSWER_SET),
+    # whose probabilities each answer reports; empty: open-set (or exported before answer sets were recorded)
+    answers: list[str] = field(default_factory=list)
     # role -> bundle file name; None: file_name()'s NAME.<role> for every role. Only the manifest reader gives
     # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent)
     files: dict[str, str] | None = None
@@ -138,6 +142,8 @@ class AdapterEntry:
     def to_dict(self) -> dict:
         data = {"name": self.name, "sha256": self.sha256, "rank": self.rank, "route": self.route.to_dict(),
                 "max_new_tokens": self.max_new_tokens, "training": self.training}
+        if self.answers:  # written only where known: older readers ignore it, older manifests read as open-set
+            data["answers"] = list(self.answers)
         if not self.canonical:  # only a manifest read from version 1 and written back unchanged
             data["files"] = dict(self.files or {})
         return data
@@ -157,7 +163,7 @@ class AdapterEntry:
             entry = cls(name=data["name"], sha256=data["sha256"], rank=data["rank"],
                         route=Route(list(route.get("questions", [])), list(route.get("patterns", []))),
                         max_new_tokens=data.get("max_new_tokens", formats.DEFAULT_MAX_NEW_TOKENS), training=data.get("training", {}),
-                        files=dict(files) if files is not None else None)
+                        answers=_answers(data.get("answers", [])), files=dict(files) if files is not None else None)
         except KeyError as error:
             raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None
         except (TypeError, ValueError) as error:
@@ -169,6 +175,15 @@ class AdapterEntry:
             raise BundleError(f"{source}: adapter {entry.name!r}: max_new_tokens is {entry.max_new_tokens!r:.40}, it must "
                               f"be a whole number from 1 to {MAX_ADAPTER_NEW_TOKENS}; fix the manifest or re-export the bundle")
         return entry
+
+
+def _answers(value) -> list[str]:
+    """An entry's `answers`: a list of at most MAX_ANSWER_SET distinct non-empty strings (ValueError otherwise)."""
+    if not isinstance(value, list) or len(value) > MAX_ANSWER_SET or len(set(map(str, value))) != len(value) or not all(
+            isinstance(a, str) and a.strip() and len(a) <= MAX_TEXT_CHARS for a in value):
+        raise ValueError(f"answers must be a list of at most {MAX_ANSWER_SET} distinct non-empty strings "
+                         "(the adapter's closed answer set)")
+    return list(value)
 
 
 def _whole(value) -> bool:

@@ -143,6 +143,10 @@ class AdapterSet:
     def entries(self) -> list[AdapterEntry]:
         return [a.entry for a in self._adapters.values()]
 
+    def entry(self, adapter: str | None) -> AdapterEntry | None:
+        """`adapter`'s manifest entry (None: the frozen backbone, which has none)."""
+        return None if adapter is None else self._adapters[adapter].entry
+
     def route(self, question: str, adapter: str | None = None) -> str | None:
         """The adapter that answers `question`: the pinned one (pin()), else `adapter` when given ("none": the frozen
         backbone alone), else the bundle's routes; None means the frozen backbone with no adapter. EngineError for

@@ -124,6 +124,36 @@ class CDecoder:
         return self.logits[0, 0]
 
 
+    def branch_logits(self, prefix_length: int, paths: list[tuple[int, ...]], embeddings: np.ndarray) -> np.ndarray:
+        """Logits (len(paths), vocab) after each token path continuing the first `prefix_length` cached tokens, as
+        KVDecoder.branch_logits: here a depth-first walk, C steps only, rewinding the cache (its rows past the
+        length are dead) to the path's common prefix with the one before, so each distinct path token is one
+        step. Leaves the cache's length at the last path's end. embeddings: the table (vocab, d), float32
+        C-contiguous."""
+        length = int(prefix_length)
+        if not 0 < length <= self.length or not all(paths):
+            raise ValueError(f"branch_logits needs a cached prefix (1..{self.length} tokens, got {length}) and "
+                             "non-empty paths")
+        if not (embeddings.dtype == np.float32 and embeddings.flags.c_contiguous):
+            raise ValueError("branch_logits needs the float32 C-contiguous embedding table")
+        lib, row_bytes = self._lib, embeddings.shape[1] * 4
+        capacity = self.capacity
+        ccore._check(lib.crome_llm_reserve(self._handle, length + max(len(p) for p in paths)), "crome_llm_reserve")
+        self.allocations += self.capacity > capacity
+        out = np.empty((len(paths), self.vocab_size), np.float32)
+        previous: tuple[int, ...] = ()
+        for i, path in enumerate(paths):
+            common = 0
+            while common < min(len(previous), len(path) - 1) and previous[common] == path[common]:
+                common += 1
+            ccore._check(lib.crome_llm_set_length(self._handle, length + common), "crome_llm_set_length")
+            for token in path[common:]:
+                self.step(embeddings.ctypes.data + int(token) * row_bytes)
+            out[i] = self.logits[0, 0]
+            previous = path
+        return out
+
+
 def bundle_blocks_usable(bundle) -> str | None:
     """Why the bundle's decode steps cannot run on its decoder blocks (None: they can): the blocks file must be
     listed in the manifest (so its sha256 was checked at load) and faithful by the export's gates: the GGUF's

@@ -19,6 +19,7 @@ import numpy as np
 from crome_runtime import formats
 
 _F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
+BRANCH_ROWS = 16  # paths per batched run in branch_logits: bounds the repeated prefix KV (smol: ~1.8 MB a row)
 
 
 def check_prefix(embeds: np.ndarray, d_model: int) -> None:
@@ -93,6 +94,39 @@ class KVDecoder:
             raise ValueError(f"the KV cache holds {self.capacity} tokens; reserve() more before decoding past it")
         self._run(embedding_row_pointer, 1)
         return self.logits[0, 0]
+
+    def branch_logits(self, prefix_length: int, paths: list[tuple[int, ...]], embeddings: np.ndarray,
+                      rows_per_run: int = BRANCH_ROWS) -> np.ndarray:
+        """Logits (len(paths), vocab) after each token path continuing the first `prefix_length` tokens in the cache
+        (a prefill's prefix; decode steps after it are ignored), without changing the cache: the paths are the batch
+        of one decoder run (`rows_per_run` at a time), each left-padded to the longest (the padding masked out), the
+        prefix's keys/values repeated per row. embeddings: the token-embedding table (vocab, d)."""
+        length, count = int(prefix_length), len(paths)
+        if not 0 < length <= self.length or not all(paths):
+            raise ValueError(f"branch_logits needs a cached prefix (1..{self.length} tokens, got {length}) and "
+                             "non-empty paths")
+        depth = max(len(path) for path in paths)
+        storage = self._storages[0]  # the last run's present: `self.length` tokens, (1, kv, length, hd) per slot
+        host = storage if isinstance(storage, np.ndarray) else storage.numpy()  # a GPU cache is read back once
+        slot, used = self.kv_heads * self.capacity * self.head_dim, self.kv_heads * self.length * self.head_dim
+        past = [host[i * slot: i * slot + used].reshape(1, self.kv_heads, self.length, self.head_dim)[:, :, :length]
+                for i in range(len(self._past_names))]  # (1, kv, prefix, hd) views
+        out = np.empty((count, self.vocab_size), np.float32)
+        for start in range(0, count, rows_per_run):
+            rows = paths[start:start + rows_per_run]
+            n = len(rows)
+            embeds = np.zeros((n, depth, self.d_model), np.float32)  # (n, depth, d)
+            mask = np.ones((n, length + depth), np.int64)
+            positions = np.full((n, depth), length, np.int64)
+            for r, path in enumerate(rows):
+                pad = depth - len(path)
+                embeds[r, pad:] = embeddings[list(path)]
+                mask[r, length:length + pad] = 0  # padding between the prefix and the path: no token attends to it
+                positions[r, pad:] = np.arange(length, length + len(path))
+            feeds = {formats.IN_INPUTS_EMBEDS: embeds, formats.IN_ATTENTION_MASK: mask, formats.IN_POSITION_IDS: positions}
+            feeds.update({name: np.repeat(block, n, axis=0) for name, block in zip(self._past_names, past)})
+            out[start:start + n] = self.session.run([formats.OUT_LOGITS], feeds)[0][:, 0]  # (n, 1, vocab) -> (n, vocab)
+        return out
 
     def _run(self, embeds_pointer: int, steps: int) -> None:
         past, total = self.length, self.length + steps

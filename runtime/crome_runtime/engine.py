@@ -32,6 +32,7 @@ import numpy as np
 from crome_runtime import formats, providers
 from crome_runtime.adapter_set import AdapterSet, choose_backend
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
+from crome_runtime.confidence import Confidence, Meter, branch_paths, score_candidates
 from crome_runtime.lru_cache import LRUCache
 from crome_runtime.decoder import KVDecoder
 from crome_runtime.detokenize import StreamDetokenizer
@@ -74,6 +75,9 @@ class GenerationOptions:
     # which adapter answers: None = the bundle's routes (crome_runtime.adapter_entries), "none" = the frozen backbone
     # alone, or an adapter's name
     adapter: str | None = None
+    # score a closed-set adapter's answer set after the answer (Answer.confidence.candidates; confidence.py); the
+    # margin and mean log-probability are always measured
+    candidates: bool = True
 
     def resolve(self, defaults) -> tuple[int, SamplingParams]:
         pick = lambda mine, default: default if mine is None else mine  # noqa: E731
@@ -126,6 +130,8 @@ class Answer:
     timings_ms: dict[str, float]  # stage -> ms in this answer
     cache: dict[str, bool]  # {"vision": hit, "text": hit}
     adapter: str | None = None  # the adapter that answered; None: the frozen backbone alone
+    adapter_version: str | None = None  # the sha256 of its .safetensors (its manifest entry); None: no adapter
+    confidence: Confidence = field(default_factory=Confidence)  # how sure (confidence.py)
 
 
 class AnswerStream:
@@ -141,7 +147,7 @@ class AnswerStream:
         self.adapter = engine.route(prompt, options.adapter)  # EngineError for an unknown name
         max_new, params = options.resolve(engine.generation_defaults(self.adapter))  # EngineError before anything runs
         self.answer: Answer | None = None
-        self._pieces = engine._generate(self, image, prompt, max_new, params, options.seed, self.adapter)
+        self._pieces = engine._generate(self, image, prompt, max_new, params, options, self.adapter)
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -160,6 +166,10 @@ class _State:
     prompt_tokens: int = 0
     cache: dict[str, bool] = field(default_factory=dict)
     adapter: str | None = None
+    adapter_version: str | None = None
+    meter: Meter = field(default_factory=lambda: Meter(SamplingParams()))
+    candidates: dict[str, float] | None = None
+    candidate_mass: float | None = None
 
 
 class Engine:
@@ -196,6 +206,7 @@ class Engine:
         self._row_bytes = d * 4
         self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
         self.raw_vision_cache = LRUCache(self.config.vision_cache)  # the vision graph's output, shared by every adapter
+        self._candidate_ids: dict[tuple, list[list[int]]] = {}  # (adapter, answer set) -> each answer's token ids
 
     def _open(self, path):
         return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
@@ -317,10 +328,11 @@ class Engine:
         self.raw_vision_cache.clear()
 
     def _generate(self, stream: AnswerStream, image, prompt: str, max_new: int, params: SamplingParams,
-                  seed: int, adapter: str | None = None) -> Generator[str, None, None]:
+                  options: GenerationOptions, adapter: str | None = None) -> Generator[str, None, None]:
         prof = self.profiler
         prof.begin_run("answer")
-        state = _State(adapter=adapter)
+        entry = self.adapters.entry(adapter)
+        state = _State(adapter=adapter, adapter_version=entry.sha256 if entry else None, meter=Meter(params))
         try:
             frame = image if isinstance(image, Frame) else self.frame(image)
             visual, state.cache["vision"] = self._visual(frame, prompt, adapter)  # (Nq, d)
@@ -331,7 +343,11 @@ class Engine:
             if self._recent.size < budget:
                 self._recent = np.zeros(max(budget, 2 * self._recent.size), np.int64)
             logits = self.prefill(prefix, budget)  # (vocab,)
-            yield from self._decode(logits, max_new, budget, params, np.random.default_rng(seed), state)
+            answers = entry.answers if entry is not None and options.candidates else []
+            first = logits.copy() if answers else None  # the view is overwritten by the first decode step
+            yield from self._decode(logits, max_new, budget, params, np.random.default_rng(options.seed), state)
+            if first is not None:
+                state.candidates, state.candidate_mass = self.candidates(first, length, entry.name, answers)
         finally:
             run = prof.end_run({"prompt": prompt})
             assert run is not None  # the run begun above
@@ -349,6 +365,9 @@ class Engine:
             t = now()
             token = sample_next_token(logits, params, recent[:step], rng)
             prof.record("sample", t)
+            t = now()
+            state.meter.drawn(logits, recent[:step], token)  # before the stop check: stopping is drawn too
+            prof.record("confidence", t)
             if token in stop_ids:
                 state.finish = "stop"
                 break
@@ -369,8 +388,10 @@ class Engine:
             yield tail
 
     def _finish(self, stream: AnswerStream, run: Run, state: _State) -> None:
+        confidence = state.meter.confidence(state.candidates, state.candidate_mass)
         stream.answer = Answer("".join(state.pieces), list(state.tokens), state.finish, state.prompt_tokens,
-                               run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache), state.adapter)
+                               run.ttft_ms, run.total_ms, run.timings_ms(), dict(state.cache), state.adapter,
+                               state.adapter_version, confidence)
 
     # --- stages: the answer path is made of these; the fidelity check (crome_runtime.fidelity) calls them too ---
     def vision(self, frame: Frame, question: str) -> np.ndarray:
@@ -431,6 +452,37 @@ class Engine:
         logits = self.decoder.step(self.embeddings.ctypes.data + int(token) * self._row_bytes)
         self.profiler.record("decode", t)
         return logits
+
+    def branch_logits(self, prefix_length: int, paths: list[tuple[int, ...]]) -> np.ndarray:
+        """Logits (len(paths), vocab) after each token path continuing the last prefill's first `prefix_length`
+        tokens (its KV cache shared, not recomputed; the decoder's branch_logits: one batched run on ONNX, a walk
+        of C steps on the C decoder)."""
+        vocab = self.embeddings.shape[0]
+        if any(not 0 <= token < vocab for path in paths for token in path):
+            raise EngineError(f"a path holds a token id outside the vocabulary of {vocab}")
+        return self.decoder.branch_logits(prefix_length, paths, self.embeddings)
+
+    def candidates(self, first: np.ndarray, prefix_length: int, adapter: str, answers: list[str]):
+        """(answer -> probability within the set, the set's unnormalised mass) of `answers` after the prompt whose
+        logits are `first` (vocab,) and whose KV cache holds `prefix_length` tokens (confidence.score_candidates);
+        (None, None) when the longest answer does not fit the decoder's context."""
+        sequences = self._answer_ids(adapter, answers)
+        if prefix_length + max(map(len, sequences)) > self.manifest.llm.max_position_embeddings:
+            return None, None
+        t = now()
+        paths = branch_paths(sequences)
+        logits = self.branch_logits(prefix_length, paths) if paths else np.zeros((0, first.size), np.float32)
+        scored = score_candidates(answers, sequences, first, dict(zip(paths, logits)))
+        self.profiler.record("candidates", t)
+        return scored
+
+    def _answer_ids(self, adapter: str, answers: list[str]) -> list[list[int]]:
+        """Each answer's ids as training scored them (the answer plus the template's stop suffix), per answer set."""
+        key = (adapter, tuple(answers))
+        ids = self._candidate_ids.get(key)
+        if ids is None:
+            ids = self._candidate_ids[key] = [self.manifest.prompt.answer_ids(self.bundle.tokenizer, a) for a in answers]
+        return ids
 
     def visual_cache(self, adapter: str | None) -> LRUCache:
         """`adapter`'s adapted visual queries, keyed by vision_key() (None: the frozen backbone's): what the Triton

@@ -25,7 +25,7 @@ import numpy as np
 from crome_runtime.atomic import atomic_path
 
 STAGES = ("capture", "preprocess", "vision", "adapter_visual", "tokenize", "adapter_text", "prefill", "decode",
-          "sample", "detokenize")
+          "sample", "confidence", "detokenize", "candidates")
 MAX_EVENTS = 200_000  # ~20 MB: a long-running server keeps the newest events only
 MAX_RUNS = 20_000  # and the newest runs
 

@@ -83,13 +83,32 @@ def sample_reference(logits: np.ndarray, params: SamplingParams, recent_tokens=(
     z = _penalised(logits, recent_tokens, params.repetition_penalty)  # (V,) float32
     if params.greedy:
         return int(np.argmax(z))
+    ids, e = _kept(z, params)
+    c = np.cumsum(e)
+    j = _inverse_cdf(e, c, u * c[-1])
+    return j if ids is None else int(ids[j])
+
+
+def draw_distribution(logits: np.ndarray, params: SamplingParams, recent_tokens=()) -> tuple[np.ndarray | None, np.ndarray]:
+    """The distribution a token is drawn from, as sample_reference defines it: (ids, p) with p float64 summing to 1
+    over ids (None: every id, in id order). Greedy picks this distribution's mode, so for greedy it is the
+    penalised softmax at temperature 1 (the model's own belief, which a confidence is about)."""
+    z = _penalised(logits, recent_tokens, params.repetition_penalty)  # (V,) float32
+    if params.greedy:
+        e = np.exp(z.astype(np.float64) - float(z.max()))
+        return None, e / e.sum()
+    ids, e = _kept(z, params)
+    return ids, e / np.cumsum(e)[-1]
+
+
+def _kept(z: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
+    """Steps 3-4 of sample_reference: the kept candidates (ids; None: every id, in id order) and their unnormalised
+    weights e (float64), in the order the inverse CDF walks them."""
     n, t = z.size, params.temperature
     k = params.top_k if 0 < params.top_k < n else n
     m = float(z.max()) / t
     if k == n and params.top_p >= 1.0:
-        e = np.exp(z.astype(np.float64) / t - m)
-        c = np.cumsum(e)
-        return _inverse_cdf(e, c, u * c[-1])
+        return None, np.exp(z.astype(np.float64) / t - m)
     if k < n:
         ids = _top_ids(z, k)
         e = np.exp(z[ids].astype(np.float64) / t - m)
@@ -107,7 +126,7 @@ def sample_reference(logits: np.ndarray, params: SamplingParams, recent_tokens=(
                 break
             kk = min(4 * kk, n)
     kept = min(int(np.searchsorted(c, threshold, side="left")), c.size - 1) + 1 if params.top_p < 1.0 else c.size
-    return int(ids[_inverse_cdf(e[:kept], c[:kept], u * c[kept - 1])])
+    return ids[:kept], e[:kept]
 
 
 def _penalised(logits: np.ndarray, recent_tokens, penalty: float) -> np.ndarray:
