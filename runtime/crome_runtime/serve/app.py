@@ -156,7 +156,7 @@ def create_app(server: "Server") -> FastAPI:
             camera_ready(server)
         stream = jobs.submit(server.worker, Job(chat.question, chat.options, "api", image=image),
                              until=request.is_disconnected)
-        reply = protocol.Reply(server.model_id)
+        reply = protocol.Reply(server.model_id, chat.explain)
         try:
             await stream.started()  # an error before the first token is the response's status, streamed or not
         except jobs.ClientGone:

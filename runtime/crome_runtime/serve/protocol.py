@@ -12,6 +12,8 @@ Responses carry OpenAI's `usage` and llama.cpp's `timings` (prompt_n, prompt_ms,
 predicted_n, predicted_ms, predicted_per_second) plus ours: stages_ms, frame_id, frame_age_ms, queue_ms.
 prompt_ms is the answer's start to its first token (vision, adapter, prefill, first sample); predicted_ms
 the rest, so predicted_per_second counts the tokens after the first (the profiler's decode tokens/s).
+A request with `"explain": true` also gets the top-level `crome` object (extension(); streamed: on the finish
+chunk): adapter, adapter_version, confidence.
 
 Every refusal is an ApiError in OpenAI's shape, its `param` the JSON path of the field (`messages[0].content`).
 Not here: HTTP (app.py), decoding images (images.py), running a request (jobs.py).
@@ -138,6 +140,7 @@ class ChatCompletionRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     repetition_penalty: Penalty | None = None
     repeat_penalty: Penalty | None = None
+    explain: bool = False  # crome-edge's extension: the response's `crome` object (extension())
     n: int | None = None
     user: Any = None
     metadata: Any = None
@@ -167,6 +170,7 @@ RULES = {
     "repetition_penalty": "must be a number from 0 to 10, above 0 (1 = off)",
     "repeat_penalty": "must be a number from 0 to 10, above 0 (1 = off)",
     "prompt": "must be a non-empty string",
+    "explain": "must be true or false (true adds the `crome` object: adapter, adapter_version, confidence)",
 }
 
 
@@ -221,6 +225,7 @@ class Chat:
     stream: bool
     include_usage: bool
     model: str | None = None  # as sent; adapter_of() reads the adapter it names
+    explain: bool = False  # the response carries the `crome` extension object
 
 
 def parse_chat(body: object, limits: Limits, default_max_tokens: int | None) -> Chat:
@@ -243,9 +248,10 @@ def parse_chat(body: object, limits: Limits, default_max_tokens: int | None) -> 
     penalty = request.repetition_penalty if request.repetition_penalty is not None else request.repeat_penalty
     options = GenerationOptions(max_new_tokens=max_tokens if max_tokens is not None else default_max_tokens,
                                 temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                                repetition_penalty=penalty, seed=request.seed or 0)
+                                repetition_penalty=penalty, seed=request.seed or 0,
+                                candidates=request.explain)  # a closed set's candidates: only when they are shown
     include_usage = request.stream_options is not None and request.stream_options.include_usage
-    return Chat(question, image_url, options, request.stream, include_usage, request.model)
+    return Chat(question, image_url, options, request.stream, include_usage, request.model, request.explain)
 
 
 def _is_neutral(value, neutral: tuple) -> bool:
@@ -360,23 +366,31 @@ class ChatCompletionChunk(BaseModel):
 
 
 class Reply:
-    """One response's identity, stamped once: `id`, `model` and `created` for the completion or every chunk."""
+    """One response's identity, stamped once: `id`, `model` and `created` for the completion or every chunk; explain:
+    the completion (or the finish chunk) carries the `crome` extension object."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, explain: bool = False):
         self.id, self.model, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", model, int(time.time())
+        self.explain = explain
 
     def completion(self, result: JobResult) -> dict:
         answer = result.answer
-        return ChatCompletion(
+        body = ChatCompletion(
             id=self.id, created=self.created, model=self.model, usage=usage(result), timings=timings(result),
             choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=FINISH[answer.finish_reason])],
         ).model_dump()
+        if self.explain:
+            body["crome"] = extension(result)
+        return body
 
     def chunk(self, delta: dict[str, str], finish_reason: str | None = None, result: JobResult | None = None) -> dict:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
                                     choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
                                     timings=None if result is None else timings(result))
-        return _present(chunk)
+        body = _present(chunk)
+        if self.explain and result is not None:  # the finish chunk: the answer is complete
+            body["crome"] = extension(result)
+        return body
 
     def usage_chunk(self, result: JobResult) -> dict:
         return _present(ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
@@ -386,6 +400,16 @@ class Reply:
 def _present(chunk: ChatCompletionChunk) -> dict:
     """The chunk without the optional parts it does not carry (a delta's finish_reason stays, null or not)."""
     return {name: value for name, value in chunk.model_dump().items() if value is not None}
+
+
+def extension(result: JobResult) -> dict:
+    """The `crome` object a request with `"explain": true` gets (OpenAI clients ignore unknown top-level fields; the
+    official client shows it in `completion.model_extra`): which adapter answered, its version (the sha256 of its
+    .safetensors; null for the frozen backbone) and how sure it was (crome_runtime.confidence). One object, so
+    further explanations join it as keys."""
+    answer = result.answer
+    return {"adapter": answer.adapter, "adapter_version": answer.adapter_version,
+            "confidence": answer.confidence.to_dict()}
 
 
 def usage(result: JobResult) -> Usage:
