@@ -96,8 +96,29 @@ class CromeBackbone(nn.Module):
     ) -> torch.Tensor:
         """Q-Former + projection over the tower's features -> V: (B, Nq, d). Without a Q-Former (LLaVA, Idefics3):
         the connector over the features."""
+        return self._encode(features, qformer_input_ids, qformer_attention_mask, False)[0]
+
+    def encode_image_explained(
+        self,
+        pixel_values: torch.Tensor,  # (B, 3, H, W)
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """encode_image's V (B, Nq, d), and where each query looks: (B, Nq, gh, gw) over the tower's patch grid
+        (crome_edge.query_attention), or None for a tower whose tokens form no square grid."""
+        from crome_edge.backbones.eager import eager_attention
+        from crome_edge.query_attention import patch_grid_attention
+
+        with eager_attention(self):  # SDPA returns no attention maps
+            features = self.image_features(pixel_values)
+            visual, cross = self._encode(features, qformer_input_ids, qformer_attention_mask, True)
+        return visual, patch_grid_attention(cross, features.shape[1], visual)
+
+    def _encode(self, features, qformer_input_ids, qformer_attention_mask, attentions: bool):
+        """-> (V (B, Nq, d), the Q-Former's cross-attention maps per layer (B, heads, Nq, Np) when `attentions`, else
+        None; None too without a Q-Former)."""
         if self.qformer is None or self.query_tokens is None:
-            return self.projection(features)  # (B, Nq, d): Nq = the connector's visual tokens
+            return self.projection(features), None  # (B, Nq, d): Nq = the connector's visual tokens
         batch = features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)  # (B, Nq, Dq)
         image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
@@ -110,10 +131,12 @@ class CromeBackbone(nn.Module):
             query_mask = torch.ones(queries.shape[:2], dtype=torch.long, device=features.device)
             instruction = {"input_ids": qformer_input_ids,
                            "attention_mask": torch.cat([query_mask, qformer_attention_mask], dim=1)}
+        if attentions:
+            instruction["output_attentions"] = True
         out = self.qformer(query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=image_mask,
                            return_dict=True, **instruction)
         query_output = out.last_hidden_state[:, : queries.shape[1]]  # (B, Nq, Dq)
-        return self.projection(query_output)  # (B, Nq, d)
+        return self.projection(query_output), (out.cross_attentions if attentions else None)  # (B, Nq, d)
 
     def qformer_parts(self) -> tuple[nn.Parameter, nn.Module]:
         """(query tokens, Q-Former) of a BLIP-2-style backbone; ValueError for one without (LLaVA, Idefics3)."""

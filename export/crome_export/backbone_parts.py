@@ -24,7 +24,7 @@ from crome_runtime import formats
 from crome_runtime.errors import CromeError
 
 VISION_STATIC_MIN_COSINE = 0.99
-EXPORT_PARTS_VERSION = 3  # bump when the graphs this module writes change
+EXPORT_PARTS_VERSION = 4  # bump when the graphs this module writes change
 
 
 @dataclass
@@ -153,8 +153,8 @@ def _ort_cosine(reference: Path, candidate: Path, feeds) -> float:
     b = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     worst = 1.0
     for feed in feeds:
-        x = a.run(None, feed)[0].reshape(len(feed[formats.IN_PIXEL_VALUES]), -1).astype(np.float64)
-        y = b.run(None, feed)[0].reshape(len(x), -1).astype(np.float64)
+        x = a.run([formats.OUT_VISUAL_EMBEDS], feed)[0].reshape(len(feed[formats.IN_PIXEL_VALUES]), -1).astype(np.float64)
+        y = b.run([formats.OUT_VISUAL_EMBEDS], feed)[0].reshape(len(x), -1).astype(np.float64)
         cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-300)
         worst = min(worst, float(cos.min()))
     return worst

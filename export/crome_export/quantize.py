@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from crome_export.optional_outputs import quantize_around_optional_outputs
+
 STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
 # The INT8 vision recipe (part of the export cache key): change the name when what it builds changes.
 VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
@@ -96,12 +98,18 @@ def conv_tower_nodes(model: onnx.ModelProto) -> list[str]:
 def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
     """Static QDQ INT8 of a vision graph; returns a description for the manifest and the report. A graph with a
     convolutional tower (at least CONV_TOWER_MIN_CONVS convs: smol's EfficientNet eye) takes the conv recipe
-    (`_quantize_conv_tower`), every other graph (ViTs: one patch conv, then transformers) the MatMul recipe below."""
+    (`_quantize_conv_tower`), every other graph (ViTs: one patch conv, then transformers) the MatMul recipe below.
+    The optional outputs (optional_outputs.py) are quantised around: the graph without them is quantised exactly as
+    before they existed, and their float branch is added back after."""
+    if not calibration_feeds:
+        raise ValueError("static quantisation needs at least one calibration batch")
+    return quantize_around_optional_outputs(source, target, lambda s, t: _quantize_static(s, t, calibration_feeds))
+
+
+def _quantize_static(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if not calibration_feeds:
-        raise ValueError("static quantisation needs at least one calibration batch")
     source, target = Path(source).resolve(), Path(target).resolve()
     if sum(node.op_type == "Conv" for node in onnx.load(str(source)).graph.node) >= CONV_TOWER_MIN_CONVS:
         return _quantize_conv_tower(source, target, calibration_feeds)
@@ -210,6 +218,10 @@ def restrict_dequantized_consumers(model: onnx.ModelProto, op_types: tuple[str, 
 
 
 def quantize_vision_dynamic(source: Path, target: Path) -> dict:
+    return quantize_around_optional_outputs(source, target, _quantize_dynamic)
+
+
+def _quantize_dynamic(source: Path, target: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = Path(source).resolve(), Path(target).resolve()

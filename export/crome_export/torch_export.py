@@ -7,28 +7,13 @@ The parity checks in fidelity.py compare the exported graphs with the model as P
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switches every Hugging Face config under `model` to eager attention, restoring it afterwards."""
-    configs = {id(config): config for m in model.modules()  # config: a Hugging Face PretrainedConfig, duck-typed
-               if (config := getattr(m, "config", None)) is not None and hasattr(config, "_attn_implementation")}
-    saved = {key: config._attn_implementation for key, config in configs.items()}
-    try:
-        for config in configs.values():
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        for key, config in configs.items():
-            config._attn_implementation = saved[key]
+from crome_edge.backbones.eager import eager_attention  # noqa: F401  (re-exported: vision.py, decoder.py)
 
 
 def export_onnx(

@@ -2,8 +2,9 @@
 
 Inputs (formats.py names): pixel_values (B, 3, H, W) float32, normalised; for instruction-aware
 (InstructBLIP-style) Q-Formers also qformer_input_ids / qformer_attention_mask (B, L) int64, the
-instruction right-padded with 0. Output: visual_embeds (B, Nq, d), the projected query embeddings V.
-Batch and L are dynamic. Not here: quantisation (quantize.py), the adapter (adapter_graph.py).
+instruction right-padded with 0. Outputs: visual_embeds (B, Nq, d), the projected query embeddings V, and, where the
+tower's tokens form a square grid, the optional query_attention (B, Nq, gh, gw): where each query looks
+(crome_edge.query_attention; read only when `--explain` asks, docs/explain.md). Batch and L are dynamic. Not here: quantisation (quantize.py), the adapter (adapter_graph.py).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from crome_runtime import formats
 
 
 class _VisionPath(nn.Module):
-    def __init__(self, backbone: CromeBackbone):
+    def __init__(self, backbone: CromeBackbone, explain: bool):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.explain = backbone, explain
 
     def forward(self, pixel_values, qformer_input_ids=None, qformer_attention_mask=None):
+        if self.explain:  # (B, Nq, d), (B, Nq, gh, gw)
+            return self.backbone.encode_image_explained(pixel_values, qformer_input_ids, qformer_attention_mask)
         return self.backbone.encode_image(pixel_values, qformer_input_ids, qformer_attention_mask)  # (B, Nq, d)
 
 
@@ -34,7 +37,9 @@ def vision_input_names(instruction_aware: bool) -> list[str]:
     return names
 
 
-def export_vision(backbone: CromeBackbone, path: Path, opset: int) -> None:
+def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool = True) -> None:
+    """explain: add the optional query_attention output where the backbone has one (False: the graph as before it
+    existed, what tests compare against)."""
     info = backbone.info
     pixels = torch.randn(2, 3, info.image_size, info.image_size, generator=torch.Generator().manual_seed(0))
     args: tuple = (pixels,)
@@ -44,11 +49,18 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int) -> None:
         args = (pixels, ids, (ids != 0).long())
         dynamic[formats.IN_INSTRUCTION_IDS] = {0: "batch", 1: "instruction_length"}
         dynamic[formats.IN_INSTRUCTION_MASK] = {0: "batch", 1: "instruction_length"}
-    module = _VisionPath(backbone).eval()
+    outputs = [formats.OUT_VISUAL_EMBEDS]
+    if explain:
+        with torch.no_grad():
+            explain = backbone.encode_image_explained(*args)[1] is not None  # a tower with no square grid: no map
+    if explain:
+        outputs.append(formats.OUT_QUERY_ATTENTION)
+        dynamic[formats.OUT_QUERY_ATTENTION] = {0: "batch"}
+    module = _VisionPath(backbone, explain).eval()
     with eager_attention(backbone):
         export_onnx(
             module, args, path, input_names=vision_input_names(info.instruction_aware),
-            output_names=[formats.OUT_VISUAL_EMBEDS], dynamic_axes=dynamic, opset=opset,
+            output_names=outputs, dynamic_axes=dynamic, opset=opset,
         )
     fold_pads_into_convs(path)
 

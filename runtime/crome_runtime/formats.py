@@ -84,6 +84,10 @@ IN_PIXEL_VALUES = "pixel_values"  # (B, 3, H, W) float32, normalised
 IN_INSTRUCTION_IDS = "qformer_input_ids"  # (B, L) int64
 IN_INSTRUCTION_MASK = "qformer_attention_mask"  # (B, L) int64
 OUT_VISUAL_EMBEDS = "visual_embeds"  # (B, Nq, d)
+# Optional (`crome-edge run --explain`, docs/explain.md): where each query looks, (B, Nq, gh, gw) over the vision
+# tower's patch grid, each query's row summing to <= 1 (the Q-Former's cross-attention, mean over heads and layers;
+# a class token's share is left out). Absent from bundles exported before it existed and for towers without a grid.
+OUT_QUERY_ATTENTION = "query_attention"
 
 # adapter_visual.onnx / adapter_text.onnx: one branch each, a single FusedGatedProjection node
 # y = x + (SiLU(x·Wg) ⊙ (x·Wd))·Wu, computed as one x·[Wd | Wg] GEMM, split, SiLU·mul, then ·Wu + x.
