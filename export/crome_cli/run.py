@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=whole(1), default=1, metavar="N", help="run every prompt N times (default 1)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer instead of streaming")
+    parser.add_argument("--explain", type=Path, metavar="OUT.png",
+                        help="also write the frame with the answer's heat map over it (the image regions whose visual "
+                             "queries the adapter weighted most, docs/explain.md) and the answer below, as .png or "
+                             ".jpg; one --prompt; the bundle must be exported with this feature (it says when not)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                                 adapter=args.adapter)
     options.resolve(GenerationDefaults())  # a bad flag fails before the bundle is loaded
+    if args.explain:  # refused now, not after the run
+        from crome_runtime.explain_image import check_explain_output
+
+        if len(args.prompt) != 1:
+            raise CromeError(f"--explain draws one answer's map: give one --prompt (got {len(args.prompt)})")
+        check_explain_output(args.explain, [args.bundle, args.image], within=[args.bundle])
     if args.profile:  # an output that cannot be written is refused now, not after the run
         from crome_runtime.profiler import check_profile_output
 
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"bundle {engine.bundle.name} on {report.summary()} (threads: {threads})", file=sys.stderr)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.explain and engine.can_explain():
+        raise CromeError(f"--explain: {engine.can_explain()}")
     for round_ in range(args.repeat):
         engine.clear_caches()
         frame = engine.frame(args.image)  # capture + preprocess, once per round; the prompts share it
@@ -75,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
                     print(piece, end="", flush=True)
             answer = stream.answer
             assert answer is not None  # set when the stream ends
+            explained = _explain(engine, frame, prompt, answer, args) if args.explain and round_ == args.repeat - 1 else None
             if args.json:
                 print(json.dumps({"prompt": prompt, "answer": answer.text, "tokens": answer.token_ids,
                                   "finish_reason": answer.finish_reason, "ttft_ms": answer.ttft_ms,
                                   "total_ms": answer.total_ms, "cache": answer.cache,
-                                  "adapter": answer.adapter}), flush=True)
+                                  "adapter": answer.adapter, **({"explain": explained} if explained else {})}),
+                      flush=True)
                 continue
             print(flush=True)
             if round_ == args.repeat - 1:
@@ -97,3 +111,18 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(engine.profiler.summary()), file=sys.stderr)
         print(f"profile: {summary_path} (Chrome trace: {trace_path}, open it in https://ui.perfetto.dev)", file=sys.stderr)
     return 0
+
+
+def _explain(engine, frame, prompt: str, answer, args) -> dict:
+    """Writes --explain's image for `answer`; -> its map as JSON (crome_runtime.explain.Explanation.to_dict)."""
+    from crome_runtime.explain_image import write_explain_image
+    from crome_runtime.preprocess import load_image
+    from crome_runtime.profiler import now
+
+    started = now()
+    result = engine.explain(frame, prompt, answer.adapter)
+    write_explain_image(args.explain, load_image(args.image), result.grid,
+                        f"{prompt} -> {answer.text.strip()} [{answer.adapter or 'no adapter'}]")
+    print(f"explain: heat map ({result.weighting}, {len(result.weight)} queries, {result.grid.shape[0]}x"
+          f"{result.grid.shape[1]} grid) -> {args.explain} ({(now() - started) / 1e6:.1f} ms)", file=sys.stderr)
+    return result.to_dict()

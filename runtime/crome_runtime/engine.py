@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Generator, Iterator
 
 import numpy as np
 
+from crome_runtime import explain as explain_module
 from crome_runtime import formats, providers
 from crome_runtime.adapter_set import AdapterSet, choose_backend
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
@@ -207,6 +208,7 @@ class Engine:
         self._recent = np.zeros(0, np.int64)  # generated ids for the repetition penalty, grown with the answer
         self.raw_vision_cache = LRUCache(self.config.vision_cache)  # the vision graph's output, shared by every adapter
         self._candidate_ids: dict[tuple, list[list[int]]] = {}  # (adapter, answer set) -> each answer's token ids
+        self._explain_weights: dict[str, explain_module.VisualWeights] = {}  # sha256 -> weights (explain())
 
     def _open(self, path):
         return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
@@ -528,6 +530,46 @@ class Engine:
         if context_problem(prompt_tokens, 0, queries, context):  # only then: how many tokens are the template's own
             template = len(self.manifest.prompt.prompt_ids(self.bundle.tokenizer, ""))
             raise PromptTooLong(context_problem(prompt_tokens, template, queries, context))
+
+    # --- explain (only when asked: the answer path above never reads the attention output) ------------------------
+    def can_explain(self) -> str | None:
+        """None when this bundle's vision graph has the query_attention output `explain` needs, else why not."""
+        if formats.OUT_QUERY_ATTENTION in self._signatures["vision"].outputs:
+            return None
+        return (f"this bundle's {formats.VISION_ONNX} has no {formats.OUT_QUERY_ATTENTION} output (it was exported "
+                f"before --explain existed, or its vision tower has no square patch grid); re-export it to get heat maps: "
+                f"{explain_module.REEXPORT}")
+
+    def explain(self, frame: Frame, question: str, adapter: str | None) -> "explain_module.Explanation":
+        """The heat map of an answer by `adapter` (the name Answer.adapter holds; None: the frozen backbone) to
+        `question` about `frame` (crome_runtime.explain). Runs the vision graph for both its outputs (its visual
+        output as the answer's own, bit for bit), timed as stage "explain". EngineError when the bundle cannot
+        explain (can_explain)."""
+        why_not = self.can_explain()
+        if why_not:
+            raise EngineError(why_not)
+        t = now()
+        feeds = vision_feeds(frame.pixels[None], [question], self.manifest.backbone, self.bundle.qformer_tokenizer)
+        visual, attention = self.sessions["vision"].run([formats.OUT_VISUAL_EMBEDS, formats.OUT_QUERY_ATTENTION],
+                                                        feeds)  # (1, Nq, d), (1, Nq, gh, gw)
+        weights = None if adapter is None else self._visual_weights(adapter)
+        result = explain_module.explain(visual[0], attention[0], weights, adapter)
+        self.profiler.record("explain", t)
+        return result
+
+    def _visual_weights(self, adapter: str) -> "explain_module.VisualWeights":
+        """The adapter's visual branch weights, read from its .safetensors once per file (sha256)."""
+        entry = next((e for e in self.manifest.adapters if e.name == adapter), None)
+        name = entry.file("weights") if entry is not None else None
+        if name is None or name not in self.manifest.files:
+            raise EngineError(f"adapter {adapter!r} has no weights file in this bundle, which --explain reads; "
+                              f"re-export it: {explain_module.REEXPORT}")
+        key = self.manifest.files[name].sha256
+        cached = self._explain_weights.get(key)
+        if cached is None:
+            cached = explain_module.VisualWeights.read(self.bundle.path / name)
+            self._explain_weights = {key: cached}  # the adapter last explained: a hot-swap replaces it
+        return cached
 
     # --- description --------------------------------------------------------------------------------
     def describe(self) -> dict:
