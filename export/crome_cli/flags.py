@@ -24,10 +24,12 @@ def whole(minimum: int):
     return parse
 
 
-def number(minimum: float | None = None, above: float | None = None, below: float | None = None):
-    """A parser for finite numbers (nan and inf refused) with optional bounds: >= minimum, > above, < below."""
+def number(minimum: float | None = None, above: float | None = None, below: float | None = None,
+           maximum: float | None = None):
+    """A parser for finite numbers (nan and inf refused) with optional bounds: >= minimum, > above, < below,
+    <= maximum."""
     bounds = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
-              f"< {below:g}" if below is not None else ""]
+              f"< {below:g}" if below is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
     wanted = "a finite number" + "".join(f" {b}" for b in bounds if b).replace(" >", " and >").replace(" <", " and <", 1)
     wanted = wanted.replace("number and ", "number ", 1)
 
@@ -37,7 +39,8 @@ def number(minimum: float | None = None, above: float | None = None, below: floa
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
         if (not math.isfinite(value) or (minimum is not None and value < minimum)
-                or (above is not None and value <= above) or (below is not None and value >= below)):
+                or (above is not None and value <= above) or (below is not None and value >= below)
+                or (maximum is not None and value > maximum)):
             raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
         return value
 

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=whole(1), metavar="N", help="API requests that may wait for the engine; "
                                                                     "one more gets 429 (default 16)")
     parser.add_argument("--events", type=Path, metavar="FILE.jsonl", help="append every watch answer (and camera state change) here, one JSON line each")
+    parser.add_argument("--min-margin", type=number(minimum=0, maximum=1), metavar="X",
+                        help="flag watch answers whose first-token margin (top-1 minus top-2 probability, 0..1) is "
+                             "under X: \"low_confidence\": true in their event (default: none flagged)")
+    parser.add_argument("--drop-below-margin", action="store_true",
+                        help="with --min-margin: do not publish flagged watch answers (page, /v1/watch, --events); "
+                             "they are still counted (GET /v1/watch/prompts, crome_watch_low_confidence_total)")
     parser.add_argument("--profile", type=Path, metavar="OUT.json",
                         help="at exit, write the engine's per-stage summary here and a Chrome trace next to it")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle's files")
@@ -72,7 +78,7 @@ def _config(args: argparse.Namespace):
     from crome_runtime.serve.config import ServeConfig
 
     config = ServeConfig()
-    for name in ("host", "port", "max_new_tokens", "events", "profile"):
+    for name in ("host", "port", "max_new_tokens", "events", "profile", "min_margin"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
@@ -81,6 +87,11 @@ def _config(args: argparse.Namespace):
     if any(not name or any(c in name for c in "/@: ") for name in config.allowed_hosts):
         raise CromeError("--allowed-host takes a host name (camera-box.local) or *, without a scheme, port or path")
     config.camera.loop = bool(args.loop)
+    config.drop_below_margin = bool(args.drop_below_margin)
+    if config.drop_below_margin and config.min_margin is None:
+        raise CromeError("--drop-below-margin needs --min-margin X: the margin (0..1) under which watch answers are dropped")
+    if config.min_margin is not None and not config.watch and args.camera in (None, "none"):
+        raise CromeError("--min-margin applies to watch answers, which need a camera: pass --camera (e.g. --camera demo)")
     if args.queue_size is not None:
         config.limits.queue_size = args.queue_size
     if not 0 <= config.port <= 65535:

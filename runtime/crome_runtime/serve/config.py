@@ -49,6 +49,10 @@ class ServeConfig:
     watch: list[str] = field(default_factory=list)  # standing prompts asked of every new frame
     max_new_tokens: int | None = None  # answers' default length (None: the bundle's)
     events: Path | None = None  # JSON lines of watch answers, appended and flushed
+    # watch answers whose first-token margin (crome_runtime.confidence) is under this, 0..1, are flagged
+    # "low_confidence"; None: none is
+    min_margin: float | None = None
+    drop_below_margin: bool = False  # flagged watch answers are counted but not published (page, SSE, --events)
     profile: Path | None = None  # the engine's per-stage summary + Chrome trace, written at exit
     limits: Limits = field(default_factory=Limits)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -57,6 +61,13 @@ class ServeConfig:
     shutdown_timeout_s: float = 3.0  # SIGTERM: in-flight streams get this long before they are cut
     read_timeout_s: float = REQUEST_READ_TIMEOUT_S  # a request's head, and its body, must arrive within this
     keep_alive_s: int = KEEP_ALIVE_TIMEOUT_S  # an idle keep-alive connection is closed after this
+
+    def check(self) -> None:
+        """ValueError for settings that contradict each other or are out of range (the CLI says them first)."""
+        if self.min_margin is not None and not 0.0 <= self.min_margin <= 1.0:
+            raise ValueError(f"min_margin must be from 0 to 1 (a probability margin), got {self.min_margin}")
+        if self.drop_below_margin and self.min_margin is None:
+            raise ValueError("drop_below_margin needs min_margin: the margin under which watch answers are dropped")
 
     @property
     def loopback(self) -> bool:

@@ -8,6 +8,10 @@
     crome_tokens_generated_total{source}
     crome_answers_total{source, finish_reason}
     crome_requests_total{endpoint, status}       HTTP responses
+    crome_first_token_margin_ratio{adapter, source}   the first answer token's top-2 probability margin
+                                                 (crome_runtime.confidence; adapter "none": the frozen backbone)
+    crome_watch_low_confidence_total{adapter, dropped}   watch answers under serve --min-margin (dropped: not
+                                                 published, --drop-below-margin)
     crome_frames_captured_total / _answered_total / _dropped_total, crome_camera_reconnects_total,
     crome_queue_depth{lane}, crome_engine_ready, crome_camera_delivering   (read when scraped)
 
@@ -24,6 +28,8 @@ from crome_runtime.serve.worker import Job, JobResult
 
 # seconds: 1 ms .. 60 s, roughly x2.5 per bucket
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# a probability margin, 0..1: finer near both ends, where "unsure" and "certain" are told apart
+MARGIN_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/frame.jpg", "/v1/chat/completions", "/v1/watch",
              "/v1/watch/prompts", "/v1/adapters", "/v1/adapters/reload")
 
@@ -50,6 +56,11 @@ class Metrics:
         self.adapter_answer = Histogram("crome_adapter_answer_seconds", "Queued to answered, by the adapter that "
                                         "answered ('none': the frozen backbone alone)", ["adapter", "source"],
                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.margin = Histogram("crome_first_token_margin_ratio", "Top-1 minus top-2 probability of the first answer "
+                                "token, by the adapter that answered", ["adapter", "source"], buckets=MARGIN_BUCKETS,
+                                registry=r)
+        self.low = Counter("crome_watch_low_confidence", "Watch answers under the --min-margin threshold",
+                           ["adapter", "dropped"], registry=r)
         if live is not None:
             r.register(_Live(live))
 
@@ -66,6 +77,11 @@ class Metrics:
         self.tokens.labels(source).inc(len(answer.token_ids))
         self.answers.labels(source, answer.finish_reason).inc()
         self.adapter_answer.labels(answer.adapter or "none", source).observe(result.latency_ms / 1e3)
+        if answer.confidence.first_token_margin is not None:
+            self.margin.labels(answer.adapter or "none", source).observe(answer.confidence.first_token_margin)
+
+    def low_confidence(self, adapter: str | None, dropped: bool) -> None:
+        self.low.labels(adapter or "none", "true" if dropped else "false").inc()
 
     def request(self, path: str, status: int) -> None:
         endpoint = path if path in ENDPOINTS else ("/v1/watch/prompts" if path.startswith("/v1/watch/prompts/")

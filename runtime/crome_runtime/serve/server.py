@@ -69,6 +69,7 @@ def bind(host: str, port: int) -> socket.socket:
 class Server:
     def __init__(self, config: ServeConfig, bundle: str | Path, engine_config: EngineConfig | None = None,
                  camera: CameraSource | None = None, first_capture: Capture | None = None):
+        config.check()  # ValueError: settings out of range
         self.config = config
         self.bundle_path = Path(bundle)
         manifest = read_manifest(self.bundle_path, verify=False)  # cheap: BundleError now, not after binding
@@ -91,7 +92,8 @@ class Server:
                                    on_fatal=self._fatal)
         self.watch: WatchLoop | None = None
         if self.slot is not None:
-            self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts)
+            self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts,
+                                   config.min_margin, config.drop_below_margin, self.metrics.low_confidence)
             for prompt in config.watch:
                 self.watch.add(prompt)
         elif config.watch:

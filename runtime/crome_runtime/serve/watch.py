@@ -10,7 +10,12 @@ subscribers and the JSONL log):
     {"type": "watch", "watch_id", "prompt", "answer", "finish_reason", "frame_id", "frame_captured_at",
      "frame_age_ms" (capture -> answered), "latency_ms" (queued -> answered), "queue_ms", "engine_ms"
      (preprocess + the engine's answer: latency minus it is what serving added), "ttft_ms", "tokens",
-     "timings_ms" {stage: ms}, "time"}
+     "timings_ms" {stage: ms}, "time", "adapter", "adapter_version" (sha256 of its .safetensors; null: the frozen
+     backbone), "confidence" {first_token_margin, mean_logprob, and for a closed-set adapter candidates,
+     candidate_mass: crome_runtime.confidence}, "low_confidence" (the margin is under serve --min-margin)}
+
+With `drop_below` (serve --drop-below-margin) a low-confidence answer is counted (its prompt's `answers` and
+`dropped`, the metrics) but not published.
 
 Errors (no frame yet, a prompt over the context) become {"type": "watch_error", ...} events. Cancelling the
 task stops it (the job in flight is cancelled by its stream). Not here: checking a prompt (protocol.py), the
@@ -25,6 +30,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from crome_runtime.engine import GenerationOptions
 from crome_runtime.errors import CromeError
@@ -51,16 +57,23 @@ class WatchPrompt:
     max_tokens: int | None = None
     last_frame_id: int | None = field(default=None, repr=False)
     answers: int = 0
+    low_confidence: int = 0  # answers under the margin threshold
+    dropped: int = 0  # of those, not published (drop_below)
 
     def describe(self) -> dict:
-        return {"id": self.id, "prompt": self.prompt, "max_tokens": self.max_tokens, "answers": self.answers}
+        return {"id": self.id, "prompt": self.prompt, "max_tokens": self.max_tokens, "answers": self.answers,
+                "low_confidence": self.low_confidence, "dropped": self.dropped}
 
 
 class WatchLoop:
     def __init__(self, worker: EngineWorker, slot: FrameSlot, hub: EventHub, options: GenerationOptions,
-                 max_prompts: int = 16):
+                 max_prompts: int = 16, min_margin: float | None = None, drop_below: bool = False,
+                 on_low: Callable[[str | None, bool], None] | None = None):
+        """min_margin: flag answers whose first-token margin is under it; drop_below: and do not publish them;
+        on_low(adapter, dropped): told of each flagged answer (the metrics count them)."""
         self.worker, self.slot, self.hub, self.options = worker, slot, hub, options
         self.max_prompts = max_prompts
+        self.min_margin, self.drop_below, self.on_low = min_margin, drop_below, on_low
         self._prompts: dict[str, WatchPrompt] = {}
         self._ids = itertools.count(1)
         self._turn = 0
@@ -128,7 +141,15 @@ class WatchLoop:
         if result.frame is not None:
             watch.last_frame_id = result.frame["id"]
         watch.answers += 1
-        self.hub.publish(watch_event(watch, result))
+        event = watch_event(watch, result, self.min_margin)
+        if event["low_confidence"]:
+            watch.low_confidence += 1
+            watch.dropped += self.drop_below
+            if self.on_low is not None:
+                self.on_low(result.answer.adapter, self.drop_below)
+            if self.drop_below:
+                return True
+        self.hub.publish(event)
         return True
 
     def _error(self, watch: WatchPrompt, error: Exception) -> None:
@@ -137,8 +158,9 @@ class WatchLoop:
                           "error": str(error) or type(error).__name__, "time": time.time()})
 
 
-def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
+def watch_event(watch: WatchPrompt, result: JobResult, min_margin: float | None = None) -> dict:
     answer, frame = result.answer, result.frame or {}
+    margin = answer.confidence.first_token_margin
     return {
         "type": "watch", "watch_id": watch.id, "prompt": watch.prompt, "answer": answer.text, "adapter": answer.adapter,
         "finish_reason": answer.finish_reason, "frame_id": frame.get("id"),
@@ -146,7 +168,9 @@ def watch_event(watch: WatchPrompt, result: JobResult) -> dict:
         "latency_ms": _round(result.latency_ms), "queue_ms": _round(result.queue_ms),
         "engine_ms": _round(result.preprocess_ms + (answer.total_ms or 0.0)), "ttft_ms": _round(answer.ttft_ms),
         "tokens": len(answer.token_ids), "timings_ms": {k: _round(v) for k, v in result.stages_ms().items()},
-        "time": time.time(),
+        "time": time.time(), "adapter_version": answer.adapter_version, "confidence": answer.confidence.to_dict(),
+        # no margin (no token was drawn) is not judged
+        "low_confidence": min_margin is not None and margin is not None and margin < min_margin,
     }
 
 
