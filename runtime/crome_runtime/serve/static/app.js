@@ -9,6 +9,7 @@
 
 const STAGES = ["preprocess", "vision", "adapter_visual", "tokenize", "adapter_text", "prefill", "decode", "sample",
                 "detokenize"];
+const CANDIDATES_SHOWN = 3;    // a closed set's most likely answers shown beside an answer
 const COLOURS = ["#64748b", "#2563eb", "#7c3aed", "#0891b2", "#9333ea", "#ea580c", "#16a34a", "#ca8a04", "#db2777"];
 const RECENT = 30;             // answers the chart averages
 const FRAME_INTERVAL_MS = 100; // the frame poll's pace while the tab is visible
@@ -160,9 +161,41 @@ function renderWatch() {
       meta.textContent = "frame " + e.frame_id + " · frame age at answer " + fmt(e.frame_age_ms) + " ms · latency "
         + fmt(e.latency_ms) + " ms · " + e.tokens + " tokens";
     }
-    li.append(head, answer, meta);
+    li.append(head, answer);
+    if (e && e.type === "watch") li.append(confidenceLine(e.adapter, e.adapter_version, e.confidence, e.low_confidence));
+    li.append(meta);
     list.append(li);
   }
+}
+
+// How sure an answer was and which adapter version said it (the `crome` object of an explained reply, or a watch
+// event's fields): "colour @ 3f2a9c1 · margin 0.82 · red 97% · green 2% · blue 1%". low: under --min-margin.
+function confidenceLine(adapter, version, confidence, low) {
+  const line = document.createElement("div");
+  line.className = "confidence" + (low ? " low" : "");
+  const who = document.createElement("span");
+  who.className = "adapter-version";
+  who.textContent = adapter ? adapter + " @ " + (version || "?").slice(0, 7) : "frozen backbone";
+  if (version) who.title = "adapter sha256 " + version;
+  line.append(who);
+  const c = confidence || {};
+  if (c.first_token_margin !== null && c.first_token_margin !== undefined) {
+    const margin = document.createElement("span");
+    margin.className = "margin";
+    margin.textContent = "margin " + c.first_token_margin.toFixed(2) + (low ? " (low)" : "");
+    margin.title = "first answer token: top-1 minus top-2 probability; mean log-probability "
+      + (c.mean_logprob === null ? "–" : c.mean_logprob.toFixed(3));
+    line.append(margin);
+  }
+  if (c.candidates) {
+    const list = document.createElement("span");
+    list.className = "candidates";
+    list.textContent = Object.entries(c.candidates).slice(0, CANDIDATES_SHOWN)
+      .map(([answer, p]) => answer + " " + (100 * p).toFixed(0) + "%").join(" · ");
+    list.title = "probability of each answer the adapter was trained on, within its answer set";
+    line.append(list);
+  }
+  return line;
 }
 
 function remember(timings) {
@@ -216,6 +249,7 @@ $("ask-form").onsubmit = async (event) => {
   const reply = $("reply"), info = $("reply-info");
   reply.className = "reply";
   reply.textContent = "";
+  $("reply-confidence").replaceChildren();
   info.textContent = "waiting for the engine…";
   $("ask").disabled = true;
   try {
@@ -223,11 +257,12 @@ $("ask-form").onsubmit = async (event) => {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ messages: [{ role: "user", content: [
         { type: "text", text: question }, { type: "image_url", image_url: { url: "camera" } }] }],
-        stream: true, stream_options: { include_usage: true } }),
+        stream: true, stream_options: { include_usage: true }, explain: true }),
     });
     if (!response.ok) throw new Error(await errorText(response));
-    let timings = null;
+    let timings = null, crome = null;
     await readSSE(response, (chunk) => {
+      if (chunk.crome) crome = chunk.crome; // on the finish chunk
       if (chunk.error) throw new Error(chunk.error.message);
       const choice = chunk.choices && chunk.choices[0];
       if (choice && choice.delta && choice.delta.content) {
@@ -237,6 +272,7 @@ $("ask-form").onsubmit = async (event) => {
       if (chunk.timings) timings = chunk.timings;
     });
     if (!reply.textContent) reply.textContent = "(empty answer)";
+    if (crome) $("reply-confidence").append(confidenceLine(crome.adapter, crome.adapter_version, crome.confidence, false));
     if (timings) {
       remember(timings.stages_ms);
       info.textContent = "frame " + timings.frame_id + " · first token " + fmt(timings.prompt_ms) + " ms · "
