@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("crome_cli.info", "Print what an adapter file or bundle is"),
     "data": ("crome_cli.data", "Generate synthetic conveyor datasets"),
     "export": ("crome_cli.export", "Export an adapter + its backbone to a deployment bundle"),
-    "bundle": ("crome_cli.bundle", "Add, remove or list the adapters of a bundle (one backbone, several adapters)"),
+    "bundle": ("crome_cli.bundle", "Add, remove or list the adapters of a bundle; list or roll back an adapter's versions"),
     "build-engines": ("crome_cli.engines", "Build TensorRT engines for a bundle on this device"),
     "run": ("crome_cli.run", "Answer a question about an image with a bundle (torch-free)"),
     "serve": ("crome_cli.serve", "Serve a bundle: camera, watch prompts, OpenAI-compatible API, web view (torch-free)"),

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"adapter {name}:\n{format_table(section)}")
     if not report["adapters"]:
         print("no adapters: the frozen backbone alone (every file's sha256 matches the manifest)")
+    for name, versions in report["kept_versions"].items():
+        print(f"adapter {name}: {len(versions)} kept version(s) ({', '.join(v[:12] for v in versions)}), every file's "
+              "sha256 matches the manifest")
     if args.report:
         _write_report(args.report, report)
     failed = [name for name, gate in report["gates"].items() if not gate["ok"]]

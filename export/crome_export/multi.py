@@ -28,6 +28,7 @@ from crome_export.bundle import bundle_lock
 from crome_runtime import formats, input_files
 from crome_runtime.adapter_entries import (MAX_RECORDED_QUESTIONS, REQUIRED_ROLES, ROLES, AdapterEntry, Route, check_adapters,
                                     check_name, file_name, overlaps)
+from crome_runtime.adapter_versions import DEFAULT_KEPT_VERSIONS, check_keep
 from crome_runtime.formats import DEFAULT_MAX_NEW_TOKENS
 from crome_runtime.limits import listed
 from crome_runtime.manifest import BundleError, FileEntry, Manifest, bundle_report, read_manifest, read_report
@@ -37,11 +38,14 @@ from crome_runtime.route_patterns import RouteError, compile_pattern
 @dataclass
 class Member:
     """One adapter of a bundle being written: its manifest entry, its files on disk (role -> path + entry) and its
-    section of report.json."""
+    section of report.json; and its kept versions' (entry.versions, crome_runtime.adapter_versions): their files
+    (bundle file name -> path + entry) and fidelity reports (version -> section)."""
 
     entry: AdapterEntry
     files: dict[str, tuple[Path, FileEntry]]
     report: dict | None
+    kept: dict[str, tuple[Path, FileEntry]] = dataclasses.field(default_factory=dict)
+    kept_reports: dict[str, dict | None] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -129,13 +133,19 @@ def read_contents(path: Path, trained_routes: bool = True) -> Contents:
     manifest = read_manifest(path, verify=True)
     report = _report(path, manifest)
     sections = (report or {}).get("adapters", {})
+    kept_sections = (report or {}).get(formats.REPORT_KEPT_VERSIONS, {})
     members = []
     for entry in manifest.adapters:
         if trained_routes and entry.route.catch_all:
             entry = dataclasses.replace(entry, route=_trained_route(path, manifest, entry))
         files = {role: (path / name, manifest.files[name]) for role in ROLES
                  if (name := entry.file(role)) is not None and name in manifest.files}
-        members.append(Member(entry, files, sections.get(entry.name)))
+        kept = {name: (path / name, manifest.files[name]) for version in entry.versions
+                for name in version.entry.files.values()}  # the manifest reader checked they are listed
+        reports = kept_sections.get(entry.name) if isinstance(kept_sections, dict) else None
+        reports = reports if isinstance(reports, dict) else {}
+        members.append(Member(entry, files, sections.get(entry.name), kept,
+                              {v.version: reports.get(v.version) for v in entry.versions}))
     owned = manifest.adapter_files() | {formats.REPORT_FILE}
     shared = {name: (path / name, e) for name, e in manifest.files.items() if name not in owned}
     return Contents(path, manifest, shared, members, report)
@@ -225,7 +235,9 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
         generation=dataclasses.replace(base.manifest.generation,
                                        max_new_tokens=max([e.max_new_tokens for e in entries], default=DEFAULT_MAX_NEW_TOKENS)))
     sections: dict = {m.entry.name: m.report for m in members}
-    report = bundle_report(manifest, sections)
+    kept_sections = {m.entry.name: {v.version: m.kept_reports.get(v.version) for v in m.entry.versions}
+                     for m in members}
+    report = bundle_report(manifest, sections, kept_sections)
     with BundleWriter(target, force) as writer:
         for name, (path, entry) in base.shared.items():
             writer.link_file(path, name, entry)
@@ -235,6 +247,10 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
                 raise CromeError(f"adapter {member.entry.name} lacks its {', '.join(missing)} file(s); re-export it")
             for role, (path, entry) in member.files.items():
                 writer.link_file(path, file_name(member.entry.name, role), entry)
+            for version in member.entry.versions:  # kept versions: hard links to the files they had
+                for name in version.entry.files.values():
+                    source, entry = member.kept[name]
+                    writer.link_file(source, name, entry)
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
         candidate = writer.candidate(manifest)
         load_bundle(candidate, verify=True)  # the files as they will ship, every sha256
@@ -305,15 +321,23 @@ def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] |
 
 
 def add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None = None,
-                questions: list[str] | None = None, replace: bool = False, quiet: bool = False) -> tuple[Path, float]:
+                questions: list[str] | None = None, replace: bool = False, quiet: bool = False,
+                keep: int | None = None) -> tuple[Path, float]:
     """`crome-edge bundle add BUNDLE --adapter FILE`: exports and checks only that adapter, then swaps the bundle.
-    -> (bundle, seconds). replace: an adapter of the same name is replaced instead of refused."""
+    -> (bundle, seconds). replace: an adapter of the same name is replaced instead of refused, and kept in the bundle
+    as a previous version (the last `keep`, default adapter_versions.DEFAULT_KEPT_VERSIONS; crome_export.versions)."""
+    if keep is not None and not replace:
+        raise CromeError("--keep applies to --replace (how many replaced versions the bundle keeps); add --replace, "
+                         "or leave --keep out")
+    keep = check_keep(DEFAULT_KEPT_VERSIONS if keep is None else keep)  # refused before any export work
     with bundle_lock(bundle, "bundle add"):  # one writer: read, export, commit with no other change between
-        return _add_adapter(bundle, adapter, config, patterns, questions, replace, quiet)
+        return _add_adapter(bundle, adapter, config, patterns, questions, replace, quiet, keep)
 
 
 def _add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None, questions: list[str] | None,
-                 replace: bool, quiet: bool) -> tuple[Path, float]:
+                 replace: bool, quiet: bool, keep: int) -> tuple[Path, float]:
+    from crome_export.versions import succeed
+
     started = time.perf_counter()
     current = read_contents(bundle)
     name = adapter_name(adapter)
@@ -332,7 +356,12 @@ def _add_adapter(bundle: Path, adapter: Path, config, patterns: list[str] | None
     with tempfile.TemporaryDirectory(prefix=f".{current.path.name}.add-", dir=current.path.parent) as work:
         alone = _export_alone(config, adapter, route, Path(work), quiet)  # its fidelity gates: this adapter's check
         differ = check_compatible(current, alone, f"adapter {name}")
-        path = write_bundle(current.path, current, existing + alone.members, True, {name: differ}, config.threads)
+        new = alone.members[0]
+        if len(existing) < len(current.members):  # replaced in its place (the first matching route answers)
+            members = [succeed(m, new, keep) if m.entry.name == name else m for m in current.members]
+        else:
+            members = existing + [new]
+        path = write_bundle(current.path, current, members, True, {name: differ}, config.threads)
     return path, time.perf_counter() - started
 
 
@@ -352,9 +381,10 @@ def _remove_adapter(bundle: Path, name: str) -> Path:
 
 
 def describe(bundle: Path) -> list[dict]:
-    """The adapters of a bundle and their routes (for `bundle list`)."""
+    """The adapters of a bundle, their routes and kept versions (for `bundle list`)."""
     manifest = read_manifest(Path(bundle).expanduser(), verify=False)
-    return [{"name": e.name, "route": e.route.to_dict(), "max_new_tokens": e.max_new_tokens} for e in manifest.adapters]
+    return [{"name": e.name, "route": e.route.to_dict(), "max_new_tokens": e.max_new_tokens}
+            | ({"kept_versions": [v.version for v in e.versions]} if e.versions else {}) for e in manifest.adapters]
 
 
 def say(message: str) -> None:

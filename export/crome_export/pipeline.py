@@ -421,6 +421,7 @@ def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quanti
               name: str, route, answers: list[str]):
     from crome_export.parts_cache import tool_versions
     from crome_runtime.adapter_entries import AdapterEntry
+    from crome_runtime.adapter_versions import utc_now
     from crome_runtime.manifest import GenerationDefaults, LlmSpec, Manifest, sha256_file
 
     dims = parts.fp32_entry["notes"]["decoder_dims"]
@@ -429,7 +430,8 @@ def _manifest(config, meta, backbone, adapter, adapter_path: Path, parts, quanti
         llm=LlmSpec(dims["num_layers"], dims["num_kv_heads"], dims["head_dim"], dims["vocab_size"],
                     dims["max_position_embeddings"]),
         adapters=[AdapterEntry(name=name, sha256=sha256_file(adapter_path), rank=adapter.config.rank, route=route,
-                               max_new_tokens=max_new_tokens, training=meta.training, answers=answers)],
+                               max_new_tokens=max_new_tokens, training=meta.training, answers=answers,
+                               added=utc_now())],
         prompt=backbone.info.prompt,
         precision=config.precision,
         files={},

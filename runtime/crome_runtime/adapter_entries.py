@@ -113,8 +113,11 @@ class AdapterEntry:
     # whose probabilities each answer reports; empty: open-set (or exported before answer sets were recorded)
     answers: list[str] = field(default_factory=list)
     # role -> bundle file name; None: file_name()'s NAME.<role> for every role. Only the manifest reader gives
-    # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent)
+    # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent) and kept versions
     files: dict[str, str] | None = None
+    added: str | None = None  # when it entered the bundle (UTC, ISO 8601); None in bundles written before history
+    # its replaced versions kept in the bundle, most recent first (adapter_versions.KeptVersion)
+    versions: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.files is None:
@@ -135,6 +138,10 @@ class AdapterEntry:
         """Its files have the names every writer gives them (NAME.<role>)."""
         return self.files == {role: file_name(self.name, role) for role in ROLES}
 
+    def owned_files(self) -> list[str]:
+        """Its bundle files and those of its kept versions."""
+        return [*(self.files or {}).values(), *(name for kept in self.versions for name in kept.entry.files.values())]
+
     def renamed(self) -> "AdapterEntry":
         """The same adapter under the names a bundle writer gives its files (check_name: the name prefixes them)."""
         return dataclasses.replace(self, name=check_name(self.name), files=None)
@@ -144,8 +151,12 @@ class AdapterEntry:
                 "max_new_tokens": self.max_new_tokens, "training": self.training}
         if self.answers:  # written only where known: older readers ignore it, older manifests read as open-set
             data["answers"] = list(self.answers)
-        if not self.canonical:  # only a manifest read from version 1 and written back unchanged
+        if not self.canonical:  # a manifest read from version 1 and written back unchanged, and kept versions
             data["files"] = dict(self.files or {})
+        if self.added is not None:  # optional keys: a bundle without history reads and writes as before
+            data["added"] = self.added
+        if self.versions:
+            data["versions"] = [kept.to_dict() for kept in self.versions]
         return data
 
     @classmethod
@@ -163,7 +174,8 @@ class AdapterEntry:
             entry = cls(name=data["name"], sha256=data["sha256"], rank=data["rank"],
                         route=Route(list(route.get("questions", [])), list(route.get("patterns", []))),
                         max_new_tokens=data.get("max_new_tokens", formats.DEFAULT_MAX_NEW_TOKENS), training=data.get("training", {}),
-                        answers=_answers(data.get("answers", [])), files=dict(files) if files is not None else None)
+                        answers=_answers(data.get("answers", [])), files=dict(files) if files is not None else None,
+                        added=data.get("added"))
         except KeyError as error:
             raise BundleError(f"{source}: an adapter entry lacks {error}; re-export the bundle") from None
         except (TypeError, ValueError) as error:
@@ -174,6 +186,11 @@ class AdapterEntry:
         if not _whole(entry.max_new_tokens) or not 1 <= entry.max_new_tokens <= MAX_ADAPTER_NEW_TOKENS:
             raise BundleError(f"{source}: adapter {entry.name!r}: max_new_tokens is {entry.max_new_tokens!r:.40}, it must "
                               f"be a whole number from 1 to {MAX_ADAPTER_NEW_TOKENS}; fix the manifest or re-export the bundle")
+        if entry.added is not None and not isinstance(entry.added, str):
+            raise BundleError(f"{source}: adapter {entry.name!r}: `added` must be a date string; fix the manifest")
+        from crome_runtime.adapter_versions import read_versions  # it builds on this module
+
+        entry.versions = read_versions(data.get("versions"), entry.name, entry.sha256, source)
         return entry
 
 

@@ -72,6 +72,7 @@ FILE_PRECISIONS = ("fp32", "fp16", "int8", "data")  # manifest FileEntry.precisi
 DEFAULT_OPSET = 18  # lowest opset the graphs need (Split num_outputs, LayerNormalization)
 REPORT_FORMAT = "crome-fidelity-report"
 REPORT_FORMAT_VERSION = 1
+REPORT_KEPT_VERSIONS = "kept_versions"  # report.json: adapter -> version -> a kept version's fidelity report
 
 
 def adapter_onnx(modality: str) -> str:

@@ -29,12 +29,13 @@ MAX_ROUTE_PATTERN_CHARS = 1000  # one route regular expression (export --route, 
 MAX_ROUTE_PROGRAM = 2000  # RE2's program size for one route pattern: bigger means huge counted repeats ({1000}{1000})
 MAX_OVERLAP_STATES = 20000  # automaton states the route-overlap check explores for two patterns before refusing
 MAX_ADAPTER_NEW_TOKENS = 4096  # an adapter entry's generation cap in a manifest (the decoder's context bounds it again)
+MAX_KEPT_VERSIONS = 20  # replaced versions of one adapter a bundle keeps (`bundle add --keep`, a manifest's `versions`)
 MAX_LISTED_PROBLEMS = 5  # an error lists this many problems, then "... and N more" (one readable line)
 BUNDLE_LOCK_WAIT_S = 10.0  # a second writer of one bundle waits this long for the first, then is refused
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_IMAGE_SIDE", "MAX_LINE_BYTES", "MAX_TEXT_CHARS", "TextError", "check_text",
            "context_problem", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_SAFETENSORS_HEADER_BYTES", "MAX_KEY_FILE_BYTES",
-           "MAX_ROUTE_PATTERN_CHARS", "MAX_ROUTE_PROGRAM", "MAX_OVERLAP_STATES", "MAX_ADAPTER_NEW_TOKENS",
+           "MAX_ROUTE_PATTERN_CHARS", "MAX_ROUTE_PROGRAM", "MAX_OVERLAP_STATES", "MAX_ADAPTER_NEW_TOKENS", "MAX_KEPT_VERSIONS",
            "MAX_LISTED_PROBLEMS", "BUNDLE_LOCK_WAIT_S", "listed"]
 
 

@@ -156,8 +156,17 @@ class Manifest:
         raise BundleError(f"this bundle has no adapter {name!r:.80} (it has: {', '.join(self.adapter_names) or 'none'})")
 
     def adapter_files(self) -> set[str]:
-        """Every bundle file that belongs to an adapter (the rest is the backbone's, and report.json)."""
-        return {name for entry in self.adapters for name in (entry.files or {}).values()}
+        """Every bundle file that belongs to an adapter or to one of its kept versions (the rest is the backbone's,
+        and report.json)."""
+        return {name for entry in self.adapters for name in entry.owned_files()}
+
+    def kept_owner(self, name: str) -> str | None:
+        """"kept version V of adapter A" when bundle file `name` is one of a kept version's, else None."""
+        for entry in self.adapters:
+            for kept in entry.versions:
+                if name in kept.entry.files.values():
+                    return f"kept version {kept.entry.sha256[:12]} of adapter {entry.name}"
+        return None
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("adapters", "read_version")}
@@ -216,8 +225,13 @@ class Manifest:
             adapters = [AdapterEntry.from_dict(entry, source) for entry in data["adapters"]]
         check_adapters(adapters, source)
         for entry in adapters:
-            for name in (entry.files or {}).values():
+            for name in entry.owned_files():
                 check_file_name(name, source)
+            for kept in entry.versions:  # a kept version is rolled back to whole: every file listed, with its sha256
+                unlisted = sorted(set(kept.entry.files.values()) - set(files))
+                if unlisted:
+                    raise BundleError(f"{source}: kept version {kept.entry.sha256[:12]} of adapter {entry.name} names "
+                                      f"{', '.join(unlisted)}, which `files` does not list; re-export the bundle")
         return cls(**parts, adapters=adapters, precision=precision, format=data["format"], read_version=version)
 
 
@@ -273,14 +287,21 @@ def read_report(bundle: Path, manifest: Manifest) -> dict | None:
     return report
 
 
-def bundle_report(manifest: Manifest, sections: dict[str, dict | None]) -> dict:
-    """report.json of a bundle whose adapters' fidelity reports are `sections` (name -> report)."""
+def bundle_report(manifest: Manifest, sections: dict[str, dict | None],
+                  kept: dict[str, dict[str, dict | None]] | None = None) -> dict:
+    """report.json of a bundle whose adapters' fidelity reports are `sections` (name -> report); kept: adapter ->
+    version -> the fidelity report of that kept version (crome_runtime.adapter_versions), written only when there
+    is one."""
     measured = next((s.get("measured_on") for s in sections.values() if isinstance(s, dict) and s.get("measured_on")),
                     None)
-    return {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
-            "precision": manifest.precision, "measured_on": measured,
-            "backbone": {"name": manifest.backbone.name, "fingerprint": manifest.backbone.fingerprint},
-            "adapters": dict(sections)}
+    report = {"format": formats.REPORT_FORMAT, "format_version": formats.REPORT_FORMAT_VERSION,
+              "precision": manifest.precision, "measured_on": measured,
+              "backbone": {"name": manifest.backbone.name, "fingerprint": manifest.backbone.fingerprint},
+              "adapters": dict(sections)}
+    kept = {name: versions for name, versions in (kept or {}).items() if versions}
+    if kept:
+        report[formats.REPORT_KEPT_VERSIONS] = kept
+    return report
 
 
 def check_file_name(name, source: str = "manifest.json") -> None:
@@ -336,5 +357,9 @@ def read_manifest(bundle: Path, verify: bool = True) -> Manifest:
         for name, entry in manifest.files.items():
             file = bundle_file(bundle, name)
             if file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
+                kept = manifest.kept_owner(name)
+                if kept:
+                    raise BundleError(f"bundle file {name} ({kept}) was altered (sha256 differs from the manifest); "
+                                      "put back the file from a copy of the bundle, or re-export the bundle")
                 raise BundleError(f"bundle file {name} was altered (sha256 differs from the manifest); re-export the bundle")
     return manifest

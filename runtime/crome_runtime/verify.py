@@ -19,8 +19,8 @@ from crome_runtime.manifest import read_manifest
 
 def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, progress=None) -> dict:
     """-> the verify report: {"command", "bundle", "precision", "adapters": {NAME: that adapter's report, with the
-    schema and the table of export's report.json}, "gates": {"NAME: gate": result}} (gates[...]["ok"] says what
-    passed). Every adapter is verified on its own acceptance set, pinned (whatever the routes say). config: how
+    schema and the table of export's report.json}, "kept_versions": {NAME: [version, ...]} (their files' sha256
+    checked), "gates": {"NAME: gate": result}} (gates[...]["ok"] says what passed). Every adapter is verified on its own acceptance set, pinned (whatever the routes say). config: how
     the engine runs (provider, threads; the sha256 check stays on). BundleError when the bundle is missing,
     altered, or an adapter has no acceptance set; EngineError/ProviderError when it cannot run as asked."""
     config = config or EngineConfig()
@@ -37,8 +37,10 @@ def verify_bundle(path: str | os.PathLike, config: EngineConfig | None = None, p
             reports[entry.name] = _verify_one(engine, path, config, _acceptance_names(entry), say)
     if not reports:
         say(f"bundle {engine.bundle.name}: no adapters, the frozen backbone alone (its files' sha256 checked)")
+    # kept versions (`bundle rollback` restores them): Engine.load checked every file of theirs against its sha256
+    kept = {e.name: [v.entry.sha256 for v in e.versions] for e in engine.manifest.adapters if e.versions}
     return {"command": "crome-edge verify", "bundle": str(path), "precision": engine.manifest.precision,
-            "adapters": reports,
+            "adapters": reports, "kept_versions": kept,
             "gates": {f"{name}: {gate}": result for name, report in reports.items()
                       for gate, result in report["gates"].items()}}
 
