@@ -201,8 +201,8 @@ def test_ambiguous_and_unknown_versions_are_refused_by_name():
     from crome_runtime.manifest import BundleError
 
     entry = AdapterEntry(name="colour", sha256="c" * 64, rank=4, route=Route(["What?"]))
-    entry.versions = [retire(AdapterEntry(name="colour", sha256=s * 64, rank=4, route=Route(["What?"])), "d")
-                      for s in ("ab", "ac")]
+    entry.versions = [retire(AdapterEntry(name="colour", sha256=s, rank=4, route=Route(["What?"])), "d")
+                      for s in ("ab" * 32, "ac" * 32)]
     assert find(entry, "ab").version == "ab" * 32 and find(entry, None).version == "ab" * 32
     with pytest.raises(BundleError, match=r"version a is ambiguous: it starts 2 kept versions of colour "
                                           r"\(ababababab.., acacacacac..\); give more digits"):
@@ -219,8 +219,8 @@ def test_bad_inputs_are_one_line_and_leave_the_bundle_unchanged(setup, tmp_path,
     cases = [
         (["bundle", "rollback", bundle, "colour", "deadbeef"],
          f"adapter colour has no kept version deadbeef; its kept versions are {v1[:12]}"),
-        (["bundle", "rollback", bundle, "colour", v2[:10]], "(that is the current version)"),
-        (["bundle", "rollback", bundle, "colour", "v1"], "version 'v1' is not a sha256 prefix (hex digits)"),
+        (["bundle", "rollback", bundle, "colour", v2[:10]], "\\(that is the current version\\)"),
+        (["bundle", "rollback", bundle, "colour", "v1"], "version 'v1' is not a sha256 prefix \\(hex digits\\)"),
         (["bundle", "rollback", bundle, "nope"], "the bundle .* has no adapter 'nope' \\(it has: colour\\)"),
         (["bundle", "history", bundle, "nope"], "has no adapter 'nope' \\(it has: colour\\)"),
         (["bundle", "rollback", frozen, "colour"], "adapter colour has no kept versions to roll back to"),
@@ -339,3 +339,38 @@ def test_serve_answers_every_request_while_a_rollback_is_reloaded(setup, tmp_pat
     served = [which for _, which in results]
     assert set(served) <= {"v1", "v2"} and served[0] == "v2" and served[-1] == "v1"
     assert served == sorted(served, key=lambda w: w == "v1")  # v2 until the reload, v1 after: never back
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["adapters"][0].__setitem__("versions", "v1"), "`versions` must be a list of at most 20"),
+    (lambda m: m["adapters"][0]["versions"].append(dict(m["adapters"][0]["versions"][0])), "keeps one version twice"),
+    (lambda m: m["adapters"][0]["versions"][0]["files"].__setitem__("adapter_visual", "vision.onnx"),
+     "names files other than its own"),
+    (lambda m: m["adapters"][0]["versions"][0].__setitem__("replaced", 5), "has malformed fields"),
+    (lambda m: m["adapters"][0]["versions"][0].pop("files"), "every kept version must be an object with its files"),
+    (lambda m: m["files"].pop(m["adapters"][0]["versions"][0]["files"]["weights"]), "which `files` does not list"),
+    (lambda m: m["adapters"][0].__setitem__("added", 1), "`added` must be a date string"),
+])
+def test_malformed_version_records_are_refused(setup, tmp_path, edit, message):
+    """A hand-edited or damaged `versions` record is refused when the manifest is read, saying which adapter."""
+    from crome_runtime.manifest import BundleError, read_manifest
+
+    bundle = copy_bundle(setup["after"], tmp_path / "b.bundle")
+    data = _manifest(bundle)
+    edit(data)
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=re.escape(message)):
+        read_manifest(bundle, verify=False)
+
+
+def test_a_bundle_without_history_reads_and_writes_as_before(setup):
+    """The optional keys: a manifest without `versions` has no history; an entry without kept versions writes no
+    `versions` key (bundles without history keep the manifest they had)."""
+    from crome_runtime.manifest import Manifest, read_manifest
+
+    data = _manifest(setup["original"])
+    data["adapters"][0].pop("added")  # as bundles exported before this feature
+    manifest = Manifest.from_json(json.dumps(data))
+    assert manifest.adapters[0].versions == [] and manifest.adapters[0].added is None
+    assert json.loads(manifest.to_json())["adapters"] == data["adapters"]
+    assert read_manifest(setup["after"]).adapters[0].versions[0].version == _sha(setup["v1"])

@@ -206,6 +206,11 @@ CASES: list[tuple[str, str, str, str]] = [
     ("bundle add", "--eval-limit 0", "bundle add {bundle} --adapter {adapter} --eval-limit 0", r"--eval-limit: must be a whole number >= 1"),
     ("bundle remove", "not a bundle", "bundle remove {root}/images line3", r"not a crome-edge bundle"),
     ("bundle list", "not a bundle", "bundle list {root}/images", r"not a crome-edge bundle"),
+    ("bundle add", "--keep out of range", "bundle add {bundle} --adapter {adapter} --replace --keep 21", r"--keep 21 is out of range: keep 0 to 20"),
+    ("bundle history", "not a bundle", "bundle history {root}/images colour", r"not a crome-edge bundle"),
+    ("bundle history", "no such adapter", "bundle history {bundle} nope", r"has no adapter 'nope' \(it has: colour\)"),
+    ("bundle rollback", "no kept versions", "bundle rollback {bundle} colour", r"adapter colour has no kept versions to roll back to"),
+    ("bundle rollback", "no such adapter", "bundle rollback {bundle} nope 1f", r"has no adapter 'nope' \(it has: colour\)"),
     # --- other commands ------------------------------------------------------------------------------------------
     ("build-engines", "not a bundle", "build-engines {root}/images", r"not a crome-edge bundle|not a bundle|TensorRT|tensorrt"),
     ("models info", "unknown model", "models info nosuchmodel", r"nosuchmodel"),
