@@ -374,3 +374,24 @@ def test_a_bundle_without_history_reads_and_writes_as_before(setup):
     assert manifest.adapters[0].versions == [] and manifest.adapters[0].added is None
     assert json.loads(manifest.to_json())["adapters"] == data["adapters"]
     assert read_manifest(setup["after"]).adapters[0].versions[0].version == _sha(setup["v1"])
+
+
+def test_history_and_rollback_run_where_torch_and_onnx_are_not_installed(setup, tmp_path):
+    """On the device: `bundle history` and `bundle rollback` in a process where torch, transformers, onnx and gguf
+    cannot be imported (the export side's own modules can: they import those only where an export needs them)."""
+    import subprocess
+    import sys
+
+    from tests.support.torch_blocked import torch_blocked_env
+
+    heavy = ("torch", "transformers", "onnx", "onnxscript", "gguf")
+    bundle = copy_bundle(setup["after"], tmp_path / "b.bundle")
+    script = (f"import json, sys\nfrom crome_cli.main import main\n"
+              f"codes = [main(['bundle', 'history', sys.argv[1], 'colour']), main(['bundle', 'rollback', sys.argv[1], "
+              f"'colour'])]\nprint(json.dumps({{'codes': codes, 'loaded': sorted(m for m in sys.modules "
+              f"if m.split('.')[0] in {heavy!r})}}))")
+    done = subprocess.run([sys.executable, "-c", script, str(bundle)], env=torch_blocked_env(tmp_path, heavy),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"codes": [0, 0], "loaded": []}
+    assert _manifest(bundle)["adapters"][0]["sha256"] == _sha(setup["v1"])

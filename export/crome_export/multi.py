@@ -141,7 +141,7 @@ def read_contents(path: Path, trained_routes: bool = True) -> Contents:
         files = {role: (path / name, manifest.files[name]) for role in ROLES
                  if (name := entry.file(role)) is not None and name in manifest.files}
         kept = {name: (path / name, manifest.files[name]) for version in entry.versions
-                for name in version.entry.files.values()}  # the manifest reader checked they are listed
+                for name in version.files.values()}  # the manifest reader checked they are listed
         reports = kept_sections.get(entry.name) if isinstance(kept_sections, dict) else None
         reports = reports if isinstance(reports, dict) else {}
         members.append(Member(entry, files, sections.get(entry.name), kept,
@@ -248,7 +248,7 @@ def write_bundle(target: Path, base: Contents, members: list[Member], force: boo
             for role, (path, entry) in member.files.items():
                 writer.link_file(path, file_name(member.entry.name, role), entry)
             for version in member.entry.versions:  # kept versions: hard links to the files they had
-                for name in version.entry.files.values():
+                for name in version.files.values():
                     source, entry = member.kept[name]
                     writer.link_file(source, name, entry)
         writer.add_bytes(formats.REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())

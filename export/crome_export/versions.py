@@ -18,9 +18,10 @@ from crome_edge.errors import CromeError
 from crome_export.bundle import bundle_lock
 from crome_export.multi import Member, read_contents, say, write_bundle
 from crome_runtime import formats
+from crome_runtime.adapter_entries import AdapterEntry
 from crome_runtime.adapter_versions import (KeptVersion, find, restored, retire, short, succession, unkeepable, utc_now,
                                             version_of)
-from crome_runtime.manifest import BundleError, read_manifest, read_report
+from crome_runtime.manifest import BundleError, Manifest, read_manifest, read_report
 from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header
 
 
@@ -37,7 +38,7 @@ def succeed(current: Member, new: Member, keep: int) -> Member:
 def _sources(member: Member) -> tuple[dict, dict]:
     """Every version `member` holds, current and kept -> ({version: {role: (path, FileEntry)}}, {version: report})."""
     files = {version_of(member.entry): member.files}
-    files |= {v.version: {role: member.kept[name] for role, name in v.entry.files.items()} for v in member.entry.versions}
+    files |= {v.version: {role: member.kept[name] for role, name in v.files.items()} for v in member.entry.versions}
     reports = {version_of(member.entry): member.report, **member.kept_reports}
     return files, reports
 
@@ -45,7 +46,7 @@ def _sources(member: Member) -> tuple[dict, dict]:
 def _with_history(member: Member, versions: list[KeptVersion], sources: tuple[dict, dict]) -> Member:
     """`member` with `versions` kept, their files and reports taken from `sources` (_sources)."""
     files, reports = sources
-    kept = {name: files[v.version][role] for v in versions for role, name in v.entry.files.items()}
+    kept = {name: files[v.version][role] for v in versions for role, name in v.files.items()}
     return dataclasses.replace(member, entry=dataclasses.replace(member.entry, versions=versions), kept=kept,
                                kept_reports={v.version: reports.get(v.version) for v in versions})
 
@@ -80,13 +81,13 @@ def history(bundle: Path, name: str) -> list[dict]:
     return rows
 
 
-def _row(path: Path, entry, replaced: str | None, section) -> dict:
+def _row(path: Path, entry: AdapterEntry, replaced: str | None, section) -> dict:
     section = section if isinstance(section, dict) else {}
     return {"version": version_of(entry), "state": "kept" if replaced else "current",
             "exported": section.get("created"), "added": entry.added, "replaced": replaced,
             "rank": entry.rank, "route": entry.route.to_dict(), "training": entry.training,
-            "data_recipe": _data_recipe(path / entry.files["weights"]) if "weights" in entry.files else None,
-            "fidelity": section or None, "files": sorted(entry.files.values())}
+            "data_recipe": _data_recipe(path / weights) if (weights := entry.file("weights")) else None,
+            "fidelity": section or None, "files": sorted((entry.files or {}).values())}
 
 
 def _data_recipe(weights: Path) -> dict | None:
@@ -126,7 +127,7 @@ def _summary(values: dict) -> str:
     return " ".join(parts) or "none recorded"
 
 
-def _entry(manifest, name: str, path: Path):
+def _entry(manifest: Manifest, name: str, path: Path) -> AdapterEntry:
     try:
         return manifest.entry(name)
     except BundleError:

@@ -15,11 +15,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crome_runtime import formats, route_patterns
 from crome_runtime.confidence import MAX_ANSWER_SET
 from crome_runtime.limits import MAX_ADAPTER_NEW_TOKENS, MAX_TEXT_CHARS, listed
 from crome_runtime.manifest import BundleError
+
+if TYPE_CHECKING:  # adapter_versions.py builds on this module: imported where used
+    from crome_runtime.adapter_versions import KeptVersion
 
 NONE = "none"  # the frozen backbone, no adapter: the name a caller gives to skip every adapter
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -116,8 +120,7 @@ class AdapterEntry:
     # other names (a version-1 bundle's unprefixed ones, where the weights file may be absent) and kept versions
     files: dict[str, str] | None = None
     added: str | None = None  # when it entered the bundle (UTC, ISO 8601); None in bundles written before history
-    # its replaced versions kept in the bundle, most recent first (adapter_versions.KeptVersion)
-    versions: list = field(default_factory=list)
+    versions: list[KeptVersion] = field(default_factory=list)  # its replaced versions kept in the bundle, newest first
 
     def __post_init__(self) -> None:
         if self.files is None:
@@ -140,7 +143,7 @@ class AdapterEntry:
 
     def owned_files(self) -> list[str]:
         """Its bundle files and those of its kept versions."""
-        return [*(self.files or {}).values(), *(name for kept in self.versions for name in kept.entry.files.values())]
+        return [*(self.files or {}).values(), *(name for kept in self.versions for name in kept.files.values())]
 
     def renamed(self) -> "AdapterEntry":
         """The same adapter under the names a bundle writer gives its files (check_name: the name prefixes them)."""

@@ -66,6 +66,11 @@ class KeptVersion:
     def version(self) -> str:
         return version_of(self.entry)
 
+    @property
+    def files(self) -> dict[str, str]:
+        """role -> its kept bundle file."""
+        return self.entry.files or {}
+
     def to_dict(self) -> dict:
         data = self.entry.to_dict()
         del data["name"]  # the adapter's, written once

@@ -164,7 +164,7 @@ class Manifest:
         """"kept version V of adapter A" when bundle file `name` is one of a kept version's, else None."""
         for entry in self.adapters:
             for kept in entry.versions:
-                if name in kept.entry.files.values():
+                if name in kept.files.values():
                     return f"kept version {kept.entry.sha256[:12]} of adapter {entry.name}"
         return None
 
@@ -228,7 +228,7 @@ class Manifest:
             for name in entry.owned_files():
                 check_file_name(name, source)
             for kept in entry.versions:  # a kept version is rolled back to whole: every file listed, with its sha256
-                unlisted = sorted(set(kept.entry.files.values()) - set(files))
+                unlisted = sorted(set(kept.files.values()) - set(files))
                 if unlisted:
                     raise BundleError(f"{source}: kept version {kept.entry.sha256[:12]} of adapter {entry.name} names "
                                       f"{', '.join(unlisted)}, which `files` does not list; re-export the bundle")

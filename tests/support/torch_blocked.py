@@ -24,11 +24,11 @@ sys.meta_path.insert(0, _Blocked())
 """
 
 
-def torch_blocked_env(tmp_path) -> dict:
-    """The environment of a process in which importing torch, transformers, onnx or crome_export fails: a
+def torch_blocked_env(tmp_path, blocked: tuple[str, ...] = BLOCKED) -> dict:
+    """The environment of a process in which importing torch, transformers, onnx or crome_export (`blocked`) fails: a
     sitecustomize ahead of the caller's PYTHONPATH (kept, so the child imports the same checkout as the test)."""
     blocker = tmp_path / "blocker"
     blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=BLOCKED))
+    (blocker / "sitecustomize.py").write_text(BLOCKER.format(blocked=blocked))
     path = os.pathsep.join(p for p in (str(blocker), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
