@@ -155,7 +155,6 @@ def test_rollback_restores_the_files_and_the_answers_and_can_be_undone(setup, tm
     assert _leftovers(bundle) == []
 
 
-@pytest.mark.slow
 def test_keep_bounds_the_history_and_prunes_the_oldest(setup, tmp_path, capsys, monkeypatch):
     """Two more replaces (exports): v3 over v2 keeps both earlier versions; v2 over v3 with --keep 1 keeps only v3
     (v2 is current again, not kept twice; v1's files leave the bundle)."""
