@@ -293,7 +293,8 @@ def test_a_failure_at_the_rename_leaves_the_old_bundle(setup, tmp_path, monkeypa
 
 def test_serve_answers_every_request_while_a_rollback_is_reloaded(setup, tmp_path):
     """A client asks in a bounded loop from a thread while `bundle rollback` swaps the served bundle and POST
-    /v1/adapters/reload takes it: every request is a 200, each answer is v2's or v1's, the last ones v1's."""
+    /v1/adapters/reload takes it: every request is a 200, each answer is v2's or v1's and says so (the `crome`
+    extension's adapter_version), the last ones v1's."""
     import httpx
     from tests.support.serve import png_data_uri, serving
 
@@ -308,7 +309,7 @@ def test_serve_answers_every_request_while_a_rollback_is_reloaded(setup, tmp_pat
     assert image is not None, "v1 and v2 answer every test image alike: the test could not tell them apart"
     texts = {old.answer(image, QUESTION).text: "v1", new.answer(image, QUESTION).text: "v2"}
     headers = {"Authorization": "Bearer k3y-for-the-admin"}
-    body = {"messages": [{"role": "user", "content": [
+    body = {"explain": True, "messages": [{"role": "user", "content": [
         {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": png_data_uri(image)}}]}]}
     results, started, stop = [], threading.Event(), threading.Event()
 
@@ -316,8 +317,9 @@ def test_serve_answers_every_request_while_a_rollback_is_reloaded(setup, tmp_pat
         with httpx.Client(timeout=120) as http:
             for _ in range(200):  # bounded: the main thread stops it after the reload
                 response = http.post(f"{base}/v1/chat/completions", json=body, headers=headers)
-                text = response.json()["choices"][0]["message"]["content"] if response.status_code == 200 else None
-                results.append((response.status_code, texts.get(text, text)))
+                reply = response.json() if response.status_code == 200 else {}
+                text = reply["choices"][0]["message"]["content"] if reply else None
+                results.append((response.status_code, texts.get(text, text), reply.get("crome", {}).get("adapter_version")))
                 started.set()
                 if stop.is_set() and results[-1][1] == "v1":
                     return
@@ -334,8 +336,9 @@ def test_serve_answers_every_request_while_a_rollback_is_reloaded(setup, tmp_pat
         assert response.status_code == 200 and response.json()["replaced"] == ["colour"], response.text
         cards = httpx.get(f"{base}/v1/adapters", headers=headers, timeout=30).json()["data"]
         assert [(c["name"], c["sha256"]) for c in cards] == [("colour", v1)]
-    assert results and all(status == 200 for status, _ in results), results
-    served = [which for _, which in results]
+    assert results and all(status == 200 for status, _, _ in results), results
+    assert all(version == {"v1": v1, "v2": v2}.get(which) for _, which, version in results), results
+    served = [which for _, which, _ in results]
     assert set(served) <= {"v1", "v2"} and served[0] == "v2" and served[-1] == "v1"
     assert served == sorted(served, key=lambda w: w == "v1")  # v2 until the reload, v1 after: never back
 

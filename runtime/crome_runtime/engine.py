@@ -32,6 +32,7 @@ import numpy as np
 from crome_runtime import explain as explain_module
 from crome_runtime import formats, providers
 from crome_runtime.adapter_set import AdapterSet, choose_backend
+from crome_runtime.adapter_versions import version_of
 from crome_runtime.bundle import Bundle, GraphSignature, check_graphs, load_bundle
 from crome_runtime.confidence import Confidence, Meter, branch_paths, score_candidates
 from crome_runtime.lru_cache import LRUCache
@@ -334,7 +335,7 @@ class Engine:
         prof = self.profiler
         prof.begin_run("answer")
         entry = self.adapters.entry(adapter)
-        state = _State(adapter=adapter, adapter_version=entry.sha256 if entry else None, meter=Meter(params))
+        state = _State(adapter=adapter, adapter_version=version_of(entry) if entry else None, meter=Meter(params))
         try:
             frame = image if isinstance(image, Frame) else self.frame(image)
             visual, state.cache["vision"] = self._visual(frame, prompt, adapter)  # (Nq, d)
