@@ -64,7 +64,7 @@ def test_export_records_the_closed_answer_set(bundles):
 def test_margin_and_mean_logprob_are_the_drawn_distribution(onnx):
     """Recomputed from the engine's stages: prefill logits -> softmax -> top-2; each step's log-probability."""
     frame = onnx.frame(colour_image("green", 3))
-    answer = onnx.answer(frame, QUESTION, GenerationOptions(max_new_tokens=6))
+    answer = onnx.answer(frame, QUESTION, GenerationOptions(max_new_tokens=6, candidates=True))
     c = answer.confidence
     prefix = onnx.join_prefix(onnx.adapt(onnx.vision(frame, QUESTION), "visual"),
                               onnx.adapt(onnx.embeddings[onnx.prompt_ids(QUESTION)], "text"), QUESTION)
@@ -99,7 +99,7 @@ def _torch_logprob(model, frame_pixels, answer: str) -> float:
 def test_candidates_match_pytorch_teacher_forcing(onnx, model, colour):
     with torch_threads(1):
         frame = onnx.frame(colour_image(colour, 11))
-        answer = onnx.answer(frame, QUESTION, GenerationOptions(max_new_tokens=6))
+        answer = onnx.answer(frame, QUESTION, GenerationOptions(max_new_tokens=6, candidates=True))
         reference = {a: _torch_logprob(model, frame.pixels, a) for a in ANSWERS}
     c = answer.confidence
     assert list(c.candidates) == sorted(ANSWERS, key=lambda a: -reference[a])  # most likely first
@@ -115,8 +115,8 @@ def test_candidates_match_pytorch_teacher_forcing(onnx, model, colour):
 def test_c_decoder_gives_the_same_confidence(onnx, c_engine):
     """The C path walks the candidates' shared prefixes in C steps; its numbers track the ONNX decoder's."""
     frame = colour_image("red", 5)
-    a = onnx.answer(onnx.frame(frame), QUESTION, GenerationOptions(max_new_tokens=6))
-    b = c_engine.answer(c_engine.frame(frame), QUESTION, GenerationOptions(max_new_tokens=6))
+    a = onnx.answer(onnx.frame(frame), QUESTION, GenerationOptions(max_new_tokens=6, candidates=True))
+    b = c_engine.answer(c_engine.frame(frame), QUESTION, GenerationOptions(max_new_tokens=6, candidates=True))
     assert b.confidence.first_token_margin == a.confidence.first_token_margin  # prefill is the ONNX decoder in both
     assert b.token_ids == a.token_ids
     assert b.confidence.mean_logprob == pytest.approx(a.confidence.mean_logprob, abs=C_TOL)
@@ -144,12 +144,12 @@ def test_branch_logits_equal_stepping_on_each_decoder(onnx, c_engine):
 
 
 def test_version_and_frozen_backbone(onnx, bundles):
-    answer = onnx.answer(colour_image("red", 1), QUESTION)
+    answer = onnx.answer(colour_image("red", 1), QUESTION, GenerationOptions(candidates=True))
     assert answer.adapter == "colour" and answer.adapter_version == sha256_file(bundles["adapter"])
-    frozen = onnx.answer(colour_image("red", 1), QUESTION, GenerationOptions(adapter="none"))
+    frozen = onnx.answer(colour_image("red", 1), QUESTION, GenerationOptions(adapter="none", candidates=True))
     assert frozen.adapter is None and frozen.adapter_version is None
     assert frozen.confidence.candidates is None and frozen.confidence.first_token_margin is not None
-    skipped = onnx.answer(colour_image("red", 1), QUESTION, GenerationOptions(candidates=False))
+    skipped = onnx.answer(colour_image("red", 1), QUESTION)  # not asked: not scored (a decoder run per answer)
     assert skipped.confidence.candidates is None
     assert skipped.confidence.first_token_margin == answer.confidence.first_token_margin
     nothing = onnx.answer(colour_image("red", 1), QUESTION, GenerationOptions(max_new_tokens=0))
@@ -161,7 +161,8 @@ def test_version_and_frozen_backbone(onnx, bundles):
 def test_old_bundle_without_answers_is_open_set(bundles, tmp_path):
     old = copy_bundle(bundles["bundle"], tmp_path / "old")
     rewrite_manifest(old, lambda m: m["adapters"][0].pop("answers"))
-    answer = Engine.load(old, EngineConfig(threads=1)).answer(colour_image("red", 1), QUESTION)
+    answer = Engine.load(old, EngineConfig(threads=1)).answer(colour_image("red", 1), QUESTION,
+                                                              GenerationOptions(candidates=True))
     assert answer.confidence.candidates is None and answer.confidence.first_token_margin is not None
 
 

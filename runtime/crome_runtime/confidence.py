@@ -14,7 +14,8 @@ closed-set adapter the probability of each answer it was trained to give.
   sequence probability, normalised over the set; `candidate_mass` is the set's total, unnormalised (how much of
   the model's belief the closed set holds; low means it wanted to say something else). Scored after the answer,
   from the prompt's KV cache, all candidates in one batched decoder call (decoder.KVDecoder.branch_logits) or as
-  a depth-first walk over their shared prefixes (cdecoder.CDecoder.branch_logits).
+  a depth-first walk over their shared prefixes (cdecoder.CDecoder.branch_logits); only when asked
+  (GenerationOptions.candidates), being a decoder run per answer.
 
 Torch-free. Not here: running the decoder (engine.py), the API's view of it (serve/protocol.py).
 """

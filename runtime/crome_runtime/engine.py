@@ -77,9 +77,10 @@ class GenerationOptions:
     # which adapter answers: None = the bundle's routes (crome_runtime.adapter_entries), "none" = the frozen backbone
     # alone, or an adapter's name
     adapter: str | None = None
-    # score a closed-set adapter's answer set after the answer (Answer.confidence.candidates; confidence.py); the
-    # margin and mean log-probability are always measured
-    candidates: bool = True
+    # score a closed-set adapter's answer set after the answer (Answer.confidence.candidates; confidence.py): a decoder
+    # run per answer (one batched ONNX run, or a C step per distinct answer-prefix token), so only when asked. The
+    # margin and the mean log-probability are always measured (read off logits the answer computes anyway)
+    candidates: bool = False
 
     def resolve(self, defaults) -> tuple[int, SamplingParams]:
         pick = lambda mine, default: default if mine is None else mine  # noqa: E731

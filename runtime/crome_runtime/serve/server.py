@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -92,7 +93,9 @@ class Server:
                                    on_fatal=self._fatal)
         self.watch: WatchLoop | None = None
         if self.slot is not None:
-            self.watch = WatchLoop(self.worker, self.slot, self.hub, self.options, config.limits.max_watch_prompts,
+            # watch answers score a closed set's candidates: the page and --events show them beside each answer
+            watch_options = dataclasses.replace(self.options, candidates=True)
+            self.watch = WatchLoop(self.worker, self.slot, self.hub, watch_options, config.limits.max_watch_prompts,
                                    config.min_margin, config.drop_below_margin, self.metrics.low_confidence)
             for prompt in config.watch:
                 self.watch.add(prompt)
