@@ -164,7 +164,8 @@ def test_keep_bounds_the_history_and_prunes_the_oldest(setup, tmp_path, capsys, 
     base = ["bundle", "add", bundle, "--replace", "--threads", "1", "--adapter"]
     with torch_threads(1):
         inode = (bundle / "colour.adapter_visual.onnx").stat().st_ino
-        assert _cli(base + [setup["v3"]], capsys)[0] == 0
+        code, _, err = _cli(base + [setup["v3"]], capsys)
+        assert code == 0 and f"kept versions of colour: {v2[:12]}, {v1[:12]} (`crome-edge bundle history" in err
         entry = _manifest(bundle)["adapters"][0]
         assert entry["sha256"] == v3 and [v["sha256"] for v in entry["versions"]] == [v2, v1]
         assert (bundle / f"colour.{v2[:16]}.adapter_visual.onnx").stat().st_ino == inode
