@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--eval-limit", type=whole(1), metavar="N",
                      help="held-out samples its fidelity report runs on (default: export's)")
     add.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
-    add.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the cache")
+    add.add_argument("--no-cache", action="store_true",
+                     help="rebuild the backbone parts and measure everything afresh instead of using the export cache")
     remove = sub.add_parser("remove", help="remove an adapter (the last one leaves the frozen backbone alone)")
     remove.add_argument("bundle", type=Path, help="bundle directory")
     remove.add_argument("name", help="the adapter's name (`crome-edge bundle list BUNDLE`)")

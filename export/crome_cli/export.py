@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the C decode path's weights: auto (default: a GGUF-converted backbone's own exact "
                              "blocks, none for float backbones) or q8_0 (weight-only Q8_0 of an fp16/fp32 "
                              "backbone's decoder, gated like an INT8 stage; the engine uses them only if they pass)")
-    parser.add_argument("--no-cache", action="store_true", help="rebuild the backbone parts instead of using the export cache")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="rebuild the backbone parts and measure everything afresh instead of using the export "
+                             "cache (backbone parts; PyTorch references, vision outputs and engine answers an "
+                             "earlier export measured on the same inputs)")
     parser.add_argument("--threads", type=THREADS, help="torch and onnxruntime threads (default: all cores)")
 
 

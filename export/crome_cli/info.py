@@ -132,6 +132,7 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
     except BundleError as error:
         raise CromeError(f"{path} is not a usable crome-edge bundle: {error}") from None
     missing = [name for name in manifest.files if not _regular_file(path, name)]
+    fidelity = _fidelity(path, manifest) if not missing else {}
     return {
         "kind": "bundle",
         "path": str(path),
@@ -149,7 +150,24 @@ def _describe_bundle(path: Path, verify: bool) -> dict:
         "missing_files": missing,
         "verified": verify,
         "tools": manifest.tools,
+        "fidelity": fidelity,
     }
+
+
+def _fidelity(path: Path, manifest) -> dict:
+    """Per adapter, from report.json: its export's gates (ok or not) and what that export took from an earlier one
+    instead of measuring it again (the report's `reused`, crome_export.reuse)."""
+    from crome_runtime.fidelity import describe_reuse
+    from crome_runtime.manifest import BundleError, read_report
+
+    try:
+        report = read_report(path, manifest) or {}
+    except BundleError as error:
+        raise CromeError(str(error)) from None
+    sections = report.get("adapters") or {}
+    return {name: {"gates": {g: "ok" if v.get("ok") else "FAILED" for g, v in (section.get("gates") or {}).items()},
+                   "reused": {k: describe_reuse(v) for k, v in (section.get("reused") or {}).items()}}
+            for name, section in sections.items() if isinstance(section, dict)}
 
 
 def _regular_file(bundle: Path, name: str) -> bool:

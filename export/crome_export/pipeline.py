@@ -66,19 +66,22 @@ def _jsonl_of(data: Path) -> Path:
 
 
 class Progress:
-    """Prints `[k/N] stage ... (t s)` lines to stderr."""
+    """Prints `[k/N] stage ... (t s)` lines to stderr; keeps each stage's wall seconds and this process's CPU
+    seconds (on a shared machine the CPU seconds say what the stage cost)."""
 
     def __init__(self, total: int, stream=None, enabled: bool = True):
         self.total, self.index, self.stream, self.enabled = total, 0, stream or sys.stderr, enabled
         self.started = time.perf_counter()
         self.stage_started = self.started
+        self.cpu_started = self.stage_cpu = time.process_time()
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self.name = ""
 
     def stage(self, name: str) -> None:
         self._close()
         self.index += 1
-        self.name, self.stage_started = name, time.perf_counter()
+        self.name, self.stage_started, self.stage_cpu = name, time.perf_counter(), time.process_time()
         self._print(f"[{self.index}/{self.total}] {name}")
 
     def note(self, message: str) -> None:
@@ -87,11 +90,13 @@ class Progress:
     def done(self) -> None:
         self._close()
         self.seconds["total"] = round(time.perf_counter() - self.started, 3)
+        self.cpu_seconds["total"] = round(time.process_time() - self.cpu_started, 3)
 
     def _close(self) -> None:
         if self.name:
             self.seconds[self.name] = round(time.perf_counter() - self.stage_started, 3)
-            self._print(f"      done in {self.seconds[self.name]:.1f} s")
+            self.cpu_seconds[self.name] = round(time.process_time() - self.stage_cpu, 3)
+            self._print(f"      done in {self.seconds[self.name]:.1f} s ({self.cpu_seconds[self.name]:.1f} CPU s)")
             self.name = ""
 
     def _print(self, text: str) -> None:
@@ -182,6 +187,9 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         from crome_edge.model import CromeModel
 
         model = CromeModel(backbone, adapter).eval()
+        from crome_export.reuse import Reuse
+
+        reuse = Reuse(config.cache_dir, enabled=config.use_cache)  # results an earlier export measured on these inputs
         max_new_tokens = _generation_budget(model, data, config)
         manifest = _manifest(config, meta, backbone, adapter, adapter_path, parts, _quantization(parts), max_new_tokens,
                              name, route, data.answers)
@@ -203,7 +211,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
                               config.precision: candidates["fp32"]}
             elif lowered:  # the same files twice: FP32 parity on the ONNX decoder, the Q8_0 blocks' gates on C
                 candidates["int8"] = candidates["fp32"]
-            fidelity = _measure(model, data, candidates, manifest, config, progress, decoders, name)
+            fidelity = _measure(model, data, candidates, manifest, config, progress, decoders, name, reuse)
         report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens)
         if lowered and blocks is not None:
             report["decoder_blocks"] = _gate_blocks(blocks, writer, fidelity, shipped, report)
@@ -215,9 +223,10 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         progress.stage(f"writing {writer.target}")
         progress.note("acceptance set for `crome-edge verify`: PyTorch's references on held-out frames")
         roles = {formats.ACCEPTANCE_FILE: "acceptance", formats.ACCEPTANCE_ARRAYS: "acceptance_arrays"}
-        for plain, blob in _acceptance_files(model, data, manifest, config, report).items():
+        for plain, blob in _acceptance_files(model, data, manifest, config, report, reuse).items():
             writer.add_bytes(file_name(name, roles[plain]), blob, "data")
         report["timings_s"] = {**progress.seconds, "backbone_parts": parts.seconds}
+        report["timings_cpu_s"] = dict(progress.cpu_seconds)
         bundle_json = bundle_report(manifest, {name: report})  # report.json: the adapter's report is its section
         writer.add_bytes(formats.REPORT_FILE, json.dumps(bundle_json, indent=2, sort_keys=True).encode())
         bundle = writer.commit(manifest)
@@ -250,7 +259,7 @@ def _generation_budget(model, data, config: ExportConfig) -> int:
 
 
 def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportConfig, progress: Progress,
-             decoders: dict[str, str] | None, adapter: str):
+             decoders: dict[str, str] | None, adapter: str, reuse):
     """The fidelity report, measured on Engines loaded from the candidate bundle directories (precision -> dir),
     each pinned to `adapter` (every prompt measured, whatever its route); decoders: precision -> the engine's
     decoder backend (default: the engine's own choice, "auto")."""
@@ -269,7 +278,7 @@ def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportC
             progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
                           f"decoder, {engine.providers.summary()}")
         return measure(model, engines, data, FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold),
-                       progress.note)
+                       progress.note, reuse)
 
 
 def _route(config: ExportConfig, name: str, adapter_path: Path, note):
@@ -318,12 +327,14 @@ def _gate_blocks(blocks: Path, writer, fidelity, pipeline: str, report: dict) ->
             "why": why, "bytes": blocks.stat().st_size}
 
 
-def _acceptance_files(model, data, manifest, config: ExportConfig, report: dict) -> dict[str, bytes]:
-    """acceptance.json + acceptance.npz (crome_runtime.acceptance); their size and counts go into the report."""
+def _acceptance_files(model, data, manifest, config: ExportConfig, report: dict, reuse) -> dict[str, bytes]:
+    """acceptance.json + acceptance.npz (crome_runtime.acceptance); their size and counts go into the report, and
+    whether PyTorch's references came from an earlier export into its `reused`."""
     from crome_export.fidelity import FidelityConfig, acceptance_set
 
     fidelity_config = FidelityConfig(manifest.generation.max_new_tokens, config.int8_threshold)
-    chosen = acceptance_set(model, data, manifest.llm.vocab_size, fidelity_config)
+    chosen = acceptance_set(model, data, manifest.llm.vocab_size, fidelity_config, reuse)
+    report.setdefault("reused", {})["acceptance_references"] = reuse.report["acceptance_references"]
     blobs = chosen.to_files(model.backbone.decode)
     report["acceptance"] = {"prompts": len(chosen.references), "frames": len(chosen.frames),
                             "stage_prompts": sum(r.stages is not None for r in chosen.references),

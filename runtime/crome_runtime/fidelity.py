@@ -21,6 +21,7 @@ warns on the others; verify fails on any. Torch-free. Not here: the torch side, 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -87,6 +88,7 @@ class Fidelity:
     accuracy: dict = field(default_factory=dict)
     gates: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    reused: dict = field(default_factory=dict)  # what was not recomputed, and why (the report's `reused`)
 
     @property
     def fp32_parity(self) -> bool:
@@ -151,27 +153,79 @@ def decoder_description(engine) -> str:
 
 
 # --- the candidate side: the engine ----------------------------------------------------------------------
-def stage_results(engine, frames: list, references: list[Reference], precision: str) -> list[StageResult]:
-    """Every stage of `engine` on the references that carry stage outputs. frames: engine Frames."""
-    pairs: dict[str, tuple[list, list]] = {stage: ([], []) for stage in STAGES}
+def vision_key_of(engine, frame, question: str):
+    """What the engine caches a frame's vision output under (crome_runtime.engine.vision_key)."""
+    from crome_runtime.engine import vision_key
 
-    def add(stage: str, reference: np.ndarray, candidate: np.ndarray) -> None:
-        pairs[stage][0].append(np.asarray(reference, np.float32))
-        pairs[stage][1].append(np.array(candidate, np.float32))  # a copy: prefill/step return the engine's buffer
+    return vision_key(frame, question, engine.manifest.backbone.instruction_aware)
+
+
+def engine_vision(engine, frames: list, references: list[Reference]) -> dict:
+    """The engine's vision output (Nq, d) for every distinct frame (frame and question, for an instruction-aware
+    Q-Former) the references ask about, each computed once, at batch 1 as the engine answers."""
+    outputs: dict = {}
+    for ref in references:
+        key = vision_key_of(engine, frames[ref.frame], ref.question)
+        if key not in outputs:
+            outputs[key] = engine.vision(frames[ref.frame], ref.question)
+    return outputs
+
+
+def prime_vision(engine, outputs: dict) -> None:
+    """Hands the engine `outputs` (engine_vision's) as its own vision cache, holding them all: its answers then
+    start from the vision outputs the stage comparison measured instead of running the graph on the same input
+    again."""
+    from crome_runtime.lru_cache import LRUCache
+
+    engine.raw_vision_cache = LRUCache(max(len(outputs), engine.config.vision_cache))
+    for key, value in outputs.items():
+        engine.raw_vision_cache.put(key, value)
+
+
+def identical_stages(engine, other) -> tuple[str, ...]:
+    """The stages `other` computes exactly as `engine` does on the same reference inputs: every non-vision stage
+    when both run the same files other than vision.onnx (same sha256) on the same adapter and decoder backends and
+    threads. (The vision stage then differs only through vision.onnx; with that identical too, every stage.)"""
+    def files(e) -> dict:
+        return {n: f.sha256 for n, f in e.manifest.files.items() if n not in (formats.VISION_ONNX, formats.REPORT_FILE)}
+
+    def backends(e) -> tuple:
+        return (e.adapter_backend, e.decoder_backend, decoder_description(e), e.config.threads, e.config.provider,
+                e.adapters.stage_adapter())
+
+    if files(engine) != files(other) or backends(engine) != backends(other):
+        return ()
+    same_vision = engine.manifest.files[formats.VISION_ONNX].sha256 == other.manifest.files[formats.VISION_ONNX].sha256
+    return STAGES if same_vision else STAGES[1:]
+
+
+def stage_results(engine, frames: list, references: list[Reference], precision: str, vision: dict | None = None,
+                  skip: tuple[str, ...] = ()) -> list[StageResult]:
+    """Every stage of `engine` on the references that carry stage outputs, but those in `skip`. frames: engine
+    Frames; vision: the engine's vision outputs (engine_vision), computed here when not given."""
+    vision = vision if vision is not None else engine_vision(engine, frames, [r for r in references if r.stages])
+    pairs: dict[str, tuple[list, list]] = {stage: ([], []) for stage in STAGES if stage not in skip}
+
+    def add(stage: str, reference: np.ndarray, candidate) -> None:
+        if stage in pairs:
+            pairs[stage][0].append(np.asarray(reference, np.float32))
+            pairs[stage][1].append(np.array(candidate(), np.float32))  # a copy: prefill/step return the engine's buffer
 
     for ref in references:
         s = ref.stages
         if s is None:
             continue
-        add("vision", s.visual[None], engine.vision(frames[ref.frame], ref.question)[None])  # a row per prompt
-        add("adapter_visual", s.adapted_visual[None], engine.adapt(s.visual, "visual")[None])
-        add("adapter_text", s.adapted_text, engine.adapt(engine.embeddings[s.prompt_ids], "text"))  # a row per token
-        if s.prefill_logits is None:
+        key = vision_key_of(engine, frames[ref.frame], ref.question)
+        add("vision", s.visual[None], lambda: vision[key][None])  # a row per prompt
+        add("adapter_visual", s.adapted_visual[None], lambda: engine.adapt(s.visual, "visual")[None])
+        add("adapter_text", s.adapted_text, lambda: engine.adapt(engine.embeddings[s.prompt_ids], "text"))  # a row per token
+        if s.prefill_logits is None or not {"decoder_prefill", "decoder_step"} & set(pairs):
             continue
         prefix = engine.join_prefix(s.adapted_visual, s.adapted_text, ref.question)  # (L, d): PyTorch's prefix
-        add("decoder_prefill", s.prefill_logits[None], engine.prefill(prefix, 1)[None])
+        prefill = np.array(engine.prefill(prefix, 1), np.float32)  # the step below needs the prefill's KV cache
+        add("decoder_prefill", s.prefill_logits[None], lambda: prefill[None])
         if s.step_logits is not None:
-            add("decoder_step", s.step_logits[None], engine.step(int(np.argmax(s.prefill_logits)))[None])
+            add("decoder_step", s.step_logits[None], lambda: engine.step(int(np.argmax(s.prefill_logits)))[None])
     gates = stage_min_cosine(engine.manifest, engine.decoder_backend)
     results = []
     for stage, (refs, got) in pairs.items():
@@ -181,6 +235,13 @@ def stage_results(engine, frames: list, references: list[Reference], precision: 
                 result.decoder = decoder_description(engine)
             results.append(result)
     return results
+
+
+def reused_stages(results: list[StageResult], stages: tuple[str, ...], engine, precision: str) -> list[StageResult]:
+    """`results` (measured on an engine that computes `stages` exactly as `engine` does: identical_stages) as
+    `engine`'s, under `precision` and `engine`'s own cosine gates."""
+    gates = stage_min_cosine(engine.manifest, engine.decoder_backend)
+    return [dataclasses.replace(r, precision=precision, min_cosine=gates[r.stage]) for r in results if r.stage in stages]
 
 
 def engine_answers(engine, frames: list, references: list[Reference], max_new_tokens: int) -> list[list[int]]:
@@ -291,17 +352,42 @@ class MeasureConfig:
 
 
 def measure(engines: dict, frames: list, references: list[Reference], config: MeasureConfig,
-            margin: Callable[[int, int], float | None] | None = None, progress=None) -> Fidelity:
+            margin: Callable[[int, int], float | None] | None = None, progress=None,
+            vision: dict[str, dict] | None = None, answers: Callable | None = None) -> Fidelity:
     """engines: precision -> Engine ("fp32" first for export's parity; verify passes the bundle's own).
-    frames: Frames the references point into. margin: PyTorch's top-2 gap (default: the references' own)."""
+    frames: Frames the references point into. margin: PyTorch's top-2 gap (default: the references' own).
+    vision: precision -> that engine's vision outputs on the frames (engine_vision's, e.g. from export's cache),
+    computed here for the engines it lacks. Each engine's vision graph runs once per frame: the stage comparison
+    and its greedy answers share the output. Stages an engine computes exactly as an earlier one
+    (identical_stages) are taken from that one, and result.reused says so. answers(precision, engine, compute):
+    the engine's greedy answers, where compute(references) answers them live (default: compute(references))."""
     say = progress or (lambda message: None)
     result = Fidelity()
     generations = {}
+    measured: list[tuple[str, object, list[StageResult]]] = []  # (precision, engine, its stages)
     for precision, engine in engines.items():
-        say(f"per-stage comparison ({precision})")
-        result.stages += stage_results(engine, frames, references, precision)
+        outputs = (vision or {}).get(precision)
+        if outputs is None:
+            say(f"vision outputs ({precision}) on {len(frames)} frames")
+            outputs = engine_vision(engine, frames, references)
+        prime_vision(engine, outputs)
+        earlier = next(((p, r, same) for p, e, r in measured if (same := identical_stages(e, engine))), None)
+        skip = earlier[2] if earlier else ()
+        say(f"per-stage comparison ({precision})" + (f"; {', '.join(skip)} as measured on the {earlier[0]} "
+                                                     "candidate" if earlier else ""))
+        own = stage_results(engine, frames, references, precision, outputs, skip)
+        if earlier:
+            own += reused_stages(earlier[1], skip, engine, precision)
+            result.reused[f"{precision}_stages"] = {
+                "stages": list(skip), "from": earlier[0],
+                "why": "the same files but vision.onnx (same sha256), adapter and decoder backends and threads: the "
+                       "same outputs on the same PyTorch inputs"}
+        own.sort(key=lambda r: STAGES.index(r.stage))
+        measured.append((precision, engine, own))
+        result.stages += own
         say(f"engine greedy answers ({precision}) on {len(references)} prompts")
-        generations[precision] = engine_answers(engine, frames, references, config.max_new_tokens)
+        compute = lambda refs, engine=engine: engine_answers(engine, frames, refs, config.max_new_tokens)  # noqa: E731
+        generations[precision] = answers(precision, engine, compute) if answers else compute(references)
         result.greedy[precision] = greedy_agreement(references, generations[precision], margin or stored_margin(references))
     tokenizer = next(iter(engines.values())).bundle.tokenizer
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
@@ -325,6 +411,7 @@ def report_dict(fidelity: Fidelity, extra: dict) -> dict:
         "accuracy": fidelity.accuracy,
         "gates": fidelity.gates,
         "warnings": fidelity.warnings,
+        "reused": fidelity.reused,
     }
 
 
@@ -333,6 +420,17 @@ def describe_machine(cpu: dict | None) -> str:
         return "unknown machine (a report written before reports recorded it)"
     return (f"{cpu.get('model')} ({cpu.get('arch')}, int8 kernels: {cpu.get('int8_kernels')}, "
             f"onnxruntime {cpu.get('onnxruntime')})")
+
+
+def describe_reuse(reuse) -> str:
+    """One line of the report's `reused` section: what was taken instead of recomputed, and why that is sound."""
+    if not isinstance(reuse, dict):
+        return str(reuse)
+    if "stages" in reuse:
+        what = f"{', '.join(map(str, reuse['stages']))} from the {reuse.get('from')} candidate"
+    else:
+        what = "yes" if reuse.get("reused") else "no"
+    return f"{what} ({reuse.get('why', '')})"
 
 
 def format_table(report: dict) -> str:
@@ -355,6 +453,8 @@ def format_table(report: dict) -> str:
         lines.append(f"task accuracy on {acc['samples']} held-out samples: " + ", ".join(parts))
     else:
         lines.append(f"task accuracy: not measured ({acc.get('reason')})")
+    for name, reuse in report.get("reused", {}).items():
+        lines.append(f"reused {name}: {describe_reuse(reuse)}")
     for name, gate in report["gates"].items():
         why = gate.get("why")
         lines.append(f"gate {name}: {'ok' if gate['ok'] else 'FAILED'}" + (f" — {'; '.join(why)}" if why else ""))

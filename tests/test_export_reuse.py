@@ -1,0 +1,154 @@
+"""Re-export reuse (crome_export.reuse) on the tiny backbone: a second export of an adapter on the same frames takes
+PyTorch's references, the engines' vision outputs and (its candidate bundle byte for byte the one measured before)
+the engines' greedy answers from the first, says so in report.json and `crome-edge info`, and comes out with the
+first's numbers. Whatever determines a reused result changes — the adapter's tensors, a frame — and it is measured
+again, with the numbers of an export that reused nothing; a wrong cached result is caught (vision and answers: the
+live spot checks) or fails the gate it feeds (references: FP32 parity), never passed on.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crome_cli.main import main
+from tests.support.adapters import train_tiny_adapter
+from tests.support.bundles import _dataset, torch_threads
+
+MEASURED = ("stages", "greedy", "accuracy", "gates")
+NON_VISION = ["adapter_visual", "adapter_text", "decoder_prefill", "decoder_step"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_backbone):
+    root = tmp_path_factory.mktemp("reuse")
+    data = _dataset(root / "data")
+    with torch_threads(1):
+        adapter = train_tiny_adapter(tiny_backbone, data, root / "colour.safetensors")
+        first = _export(adapter, root / "first.bundle", root / "cache")
+        yield {"root": root, "data": data, "adapter": adapter, "cache": root / "cache", "first": first,
+               "first_bundle": root / "first.bundle"}
+
+
+def _export(adapter: Path, out: Path, cache: Path, precision: str = "int8", use_cache: bool = True,
+            data: Path | None = None) -> dict:
+    from crome_export.pipeline import ExportConfig, Progress, export_bundle
+
+    config = ExportConfig(adapter=adapter, out=out, precision=precision, threads=1, cache_dir=cache,
+                          use_cache=use_cache, data=data, force=True)
+    return export_bundle(config, Progress(7, enabled=False)).report
+
+
+def _perturbed(adapter: Path, out: Path) -> Path:
+    """The adapter with one tensor changed (another adapter, same metadata)."""
+    from crome_edge.adapter_file import load_adapter, read_metadata, save_adapter
+
+    module, _ = load_adapter(adapter)
+    with torch.no_grad():
+        module.up.add_(0.05 * torch.randn_like(module.up, generator=torch.Generator().manual_seed(1)))
+    save_adapter(out, module, read_metadata(adapter))
+    return out
+
+
+def test_a_second_export_reuses_what_the_first_measured_and_reports_the_same_numbers(ws, capsys):
+    first, second = ws["first"], _export(ws["adapter"], ws["root"] / "second.bundle", ws["cache"])
+    assert not first["reused"]["pytorch_references"]["reused"] and not first["reused"]["fp32_vision"]["reused"]
+    reused = second["reused"]
+    for name in ("pytorch_references", "acceptance_references", "fp32_vision", "int8_vision", "fp32_answers",
+                 "int8_answers"):
+        assert reused[name]["reused"] is True, (name, reused[name])
+    assert reused["fp32_answers"]["checked_live"] == 4 and reused["fp32_answers"]["prompts"] == 15
+    assert reused["fp32_vision"]["frames"] == reused["int8_vision"]["frames"] > 0
+    # the INT8 candidate runs the FP32 candidate's files but vision.onnx: its other stages are the FP32 ones
+    assert first["reused"]["int8_stages"]["stages"] == NON_VISION and first["reused"]["int8_stages"]["from"] == "fp32"
+    for key in MEASURED:
+        assert second[key] == first[key], key
+    names = ("colour.acceptance.json", "colour.acceptance.npz")
+    assert [(ws["root"] / "second.bundle" / n).read_bytes() for n in names] == \
+        [(ws["first_bundle"] / n).read_bytes() for n in names]
+    assert main(["info", str(ws["root"] / "second.bundle")]) == 0
+    out = capsys.readouterr().out
+    assert "pytorch_references: yes (the same backbone fingerprint, adapter tensors" in out
+    assert "int8_stages: adapter_visual, adapter_text, decoder_prefill, decoder_step from the fp32 candidate" in out
+
+
+def test_another_adapter_is_measured_again_with_the_numbers_of_an_export_that_reused_nothing(ws):
+    other = _perturbed(ws["adapter"], ws["root"] / "other.safetensors")
+    warm = _export(other, ws["root"] / "other.bundle", ws["cache"])
+    cold = _export(other, ws["root"] / "other-cold.bundle", ws["root"] / "no-cache", use_cache=False)
+    assert warm["reused"]["pytorch_references"]["reused"] is False  # the adapter's tensors are part of the key
+    assert warm["reused"]["acceptance_references"]["reused"] is False
+    assert warm["reused"]["fp32_vision"]["reused"] is True  # the vision side has no adapter
+    assert warm["reused"]["fp32_answers"]["reused"] is False  # the candidate's adapter files differ
+    assert cold["reused"]["pytorch_references"]["why"] == "--no-cache"
+    for key in MEASURED:
+        assert warm[key] == cold[key], key
+    assert warm["greedy"] != ws["first"]["greedy"] or warm["stages"] != ws["first"]["stages"]  # another adapter
+
+
+def test_changed_frames_are_measured_again(ws, tmp_path):
+    import cv2
+    import shutil
+
+    shutil.copytree(ws["data"].parent, tmp_path / "data")
+    for image in sorted((tmp_path / "data" / "images").iterdir()):
+        frame = cv2.imread(str(image))
+        cv2.imwrite(str(image), np.clip(frame.astype(int) + 9, 0, 255).astype(np.uint8))  # brighter
+    _export(ws["adapter"], tmp_path / "a.bundle", ws["cache"], precision="fp32")  # the unchanged frames, cached
+    report = _export(ws["adapter"], tmp_path / "b.bundle", ws["cache"], precision="fp32",
+                     data=tmp_path / "data" / "data.jsonl")
+    assert report["reused"]["pytorch_references"]["reused"] is False
+    assert report["reused"]["fp32_vision"]["reused"] is False
+    assert report["reused"]["fp32_answers"]["reused"] is False
+
+
+def test_a_wrong_cached_vision_output_is_caught_by_the_spot_check(ws):
+    from crome_export.result_cache import ARRAYS
+
+    entries = sorted((ws["cache"] / "export-vision").iterdir(), key=lambda p: p.stat().st_mtime)
+    for entry in entries:  # every engine's outputs, made wrong under their own keys
+        with np.load(entry / ARRAYS) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        arrays["v_0"] = arrays["v_0"] * 1.5
+        np.savez(entry / ARRAYS, **arrays)
+    report = _export(ws["adapter"], ws["root"] / "spot.bundle", ws["cache"])
+    for name in ("fp32_vision", "int8_vision"):
+        assert report["reused"][name] == {"reused": False, "frames": report["reused"][name]["frames"],
+                                          "why": "cached outputs did not match the spot check (recomputed)"}
+    for key in MEASURED:
+        assert report[key] == ws["first"][key], key
+
+
+def test_wrong_cached_answers_are_caught_by_the_live_spot_check(ws):
+    import json
+
+    from crome_export.result_cache import DOCUMENT
+
+    for entry in (ws["cache"] / "export-answers").iterdir():
+        document = json.loads((entry / DOCUMENT).read_text())
+        document["answers"] = [[7] for _ in document["answers"]]  # answers no engine gave
+        (entry / DOCUMENT).write_text(json.dumps(document))
+    report = _export(ws["adapter"], ws["root"] / "answers.bundle", ws["cache"])
+    for name in ("fp32_answers", "int8_answers"):
+        assert report["reused"][name]["reused"] is False
+        assert report["reused"][name]["why"] == "cached answers differed from 4 computed live (recomputed)"
+    for key in MEASURED:
+        assert report[key] == ws["first"][key], key
+
+
+def test_a_wrong_cached_reference_fails_fp32_parity_and_writes_nothing(ws, tmp_path):
+    import json
+
+    from crome_edge.errors import CromeError
+    from crome_export.result_cache import DOCUMENT
+
+    cache = tmp_path / "cache"
+    _export(ws["adapter"], tmp_path / "a.bundle", cache, precision="fp32")
+    for entry in (cache / "export-references").iterdir():
+        document = json.loads((entry / DOCUMENT).read_text())
+        for prompt in document["prompts"]:
+            prompt["token_ids"] = [t + 1 for t in prompt["token_ids"]] or [7]  # answers PyTorch never gave
+        (entry / DOCUMENT).write_text(json.dumps(document))
+    with pytest.raises(CromeError, match="FP32 parity with PyTorch is broken"):
+        _export(ws["adapter"], tmp_path / "b.bundle", cache, precision="fp32")
+    assert not (tmp_path / "b.bundle").exists()
