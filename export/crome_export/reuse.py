@@ -155,9 +155,9 @@ def references_from_files(document: dict, arrays: dict[str, np.ndarray]) -> list
     for index, p in enumerate(document["prompts"]):
         stages = None
         if p["prompt_ids"] is not None:
-            stage = {key: arrays.get(f"{key}_{index}") for key in STAGE_KEYS}
-            stages = StageReference(stage["visual"], stage["adapted_visual"], p["prompt_ids"], stage["adapted_text"],
-                                    stage["prefill_logits"], stage["step_logits"])
+            stages = StageReference(arrays[f"visual_{index}"], arrays[f"adapted_visual_{index}"], p["prompt_ids"],
+                                    arrays[f"adapted_text_{index}"], arrays.get(f"prefill_logits_{index}"),
+                                    arrays.get(f"step_logits_{index}"))
         refs.append(Reference(p["frame"], p["question"], p["answer"], p["token_ids"], p["margins"], stages))
     return refs
 
