@@ -537,6 +537,37 @@ def render_scene(seed: int, size: int = DEFAULT_SIZE, draw_defect: bool = True) 
     same scene (pose, light, noise) with the defect left out — for checking that defects are visible;
     the returned SceneInfo still names the sampled defect.
     """
+    image, scene, _ = _render(seed, size, draw_defect)
+    return image, scene
+
+
+def render_scene_regions(seed: int, size: int = DEFAULT_SIZE) -> tuple[np.ndarray, SceneInfo, np.ndarray, np.ndarray]:
+    """render_scene's image and ground truth (the same bytes), plus where the part and its defect are: (size, size)
+    bool masks of the part's pixels in view and of the pixels its defect changed (a scratch, crack or dent drawn
+    over the paint; a missing hole's filled-in disc), all False for an empty belt or no defect. For checks of what
+    a model looks at (benchmarks/explain_maps.py); training never reads them."""
+    image, scene, placed = _render(seed, size, True)
+    part = np.zeros((size, size), bool)
+    defect = np.zeros((size, size), bool)
+    if placed is not None:
+        drawn, cx, cy = placed
+        changed = (drawn.mask != drawn.clean_mask) | np.any(drawn.sprite != drawn.clean_sprite, axis=2)
+        _place(part, drawn.mask > 0, cx, cy)
+        _place(defect, changed & ((drawn.mask > 0) | (drawn.clean_mask > 0)), cx, cy)
+    return image, scene, part, defect
+
+
+def _place(frame_mask: np.ndarray, sprite_mask: np.ndarray, cx: float, cy: float) -> None:
+    """A sprite-sized mask into a frame-sized one where paste_part puts the sprite."""
+    s = sprite_mask.shape[0]
+    region = _clip_region(frame_mask, int(round(cx - s / 2)), int(round(cy - s / 2)), s)
+    if region is not None:
+        (fy, fx), (sy, sx) = region
+        frame_mask[fy, fx] |= sprite_mask[sy, sx]
+
+
+def _render(seed: int, size: int, draw_defect: bool) -> tuple[np.ndarray, SceneInfo, tuple | None]:
+    """-> (image, ground truth, (the pasted Part, cx, cy) or None when the belt is empty)."""
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
     rng = np.random.default_rng(seed)
@@ -554,12 +585,14 @@ def render_scene(seed: int, size: int = DEFAULT_SIZE, draw_defect: bool = True) 
         paste_part(frame, sprite, mask, cx, cy, look)
         image = camera_effects(frame, look, rng)
         geometry = Geometry(cx, cy, round(part.radius, 3), round(part.angle, 3))
-        return image, SceneInfo(part.kind, part.colour, part.defect, geometry, seed)
+        return image, SceneInfo(part.kind, part.colour, part.defect, geometry, seed), (part, cx, cy)
+    placed = None
     if absent.random() < 0.5:  # a part leaving: its centre beyond an edge, a sliver of it in view
         edge = int(absent.integers(4))
         beyond = -part.radius * (1 - LEAVING_SLIVER)
         cx, cy = {0: (beyond, cy), 1: (size - 1 - beyond, cy), 2: (cx, beyond), 3: (cx, size - 1 - beyond)}[edge]
         paste_part(frame, sprite, mask, cx, cy, look)
+        placed = (part, cx, cy)
     image = camera_effects(frame, look, rng)
     geometry = Geometry(float(cx), float(cy), round(part.radius, 3), round(part.angle, 3))
-    return image, SceneInfo(NO_PART, NO_PART, NO_DEFECT, geometry, seed)
+    return image, SceneInfo(NO_PART, NO_PART, NO_DEFECT, geometry, seed), placed
