@@ -153,8 +153,12 @@ def create_app(server: "Server") -> FastAPI:
         if chat.image_url is not None:
             image = await run_in_threadpool(decode_data_uri, chat.image_url, limits.max_image_pixels)  # ImageRefused: 400
         else:
+            if chat.explain and server.slot is None:
+                raise ApiError(400, "explain draws the answer's heat map over its image, and this request has none: "
+                               "send the image in the request (an image_url data URI), or drop explain",
+                               param="explain", code="explain_without_image")
             camera_ready(server)
-        stream = jobs.submit(server.worker, Job(chat.question, chat.options, "api", image=image),
+        stream = jobs.submit(server.worker, Job(chat.question, chat.options, "api", image=image, explain=chat.explain),
                              until=request.is_disconnected)
         reply = protocol.Reply(server.model_id, chat.explain)
         try:

@@ -13,7 +13,7 @@ predicted_n, predicted_ms, predicted_per_second) plus ours: stages_ms, frame_id,
 prompt_ms is the answer's start to its first token (vision, adapter, prefill, first sample); predicted_ms
 the rest, so predicted_per_second counts the tokens after the first (the profiler's decode tokens/s).
 A request with `"explain": true` also gets the top-level `crome` object (extension(); streamed: on the finish
-chunk): adapter, adapter_version, confidence.
+chunk): adapter, adapter_version, confidence, and `explain`: the answer's heat map over its image (docs/explain.md).
 
 Every refusal is an ApiError in OpenAI's shape, its `param` the JSON path of the field (`messages[0].content`).
 Not here: HTTP (app.py), decoding images (images.py), running a request (jobs.py).
@@ -408,8 +408,11 @@ def extension(result: JobResult) -> dict:
     .safetensors; null for the frozen backbone) and how sure it was (crome_runtime.confidence). One object, so
     further explanations join it as keys."""
     answer = result.answer
-    return {"adapter": answer.adapter, "adapter_version": answer.adapter_version,
+    body = {"adapter": answer.adapter, "adapter_version": answer.adapter_version,
             "confidence": answer.confidence.to_dict()}
+    if result.explain is not None:  # the heat map (crome_runtime.explain), or {"unavailable": why}
+        body["explain"] = result.explain
+    return body
 
 
 def usage(result: JobResult) -> Usage:

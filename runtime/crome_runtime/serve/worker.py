@@ -66,6 +66,7 @@ class Job:
     source: str  # "api" | "watch": the queue lane and the metrics label
     sink: Callable[[str, object], None] = lambda kind, value: None  # called on the worker thread (jobs.py sets it)
     image: np.ndarray | None = None  # (H, W, 3) uint8 BGR upload; None: the camera's newest frame
+    explain: bool = False  # also the answer's heat map (JobResult.explain; crome_runtime.explain)
     submitted_ns: int = field(default_factory=time.monotonic_ns)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -84,6 +85,8 @@ class JobResult:
     queue_ms: float  # submitted -> started
     latency_ms: float  # submitted -> answered
     preprocess_ms: float
+    # the heat map when the job asked (Explanation.to_dict()), or {"unavailable": why} for a bundle that cannot
+    explain: dict | None = None
 
     def stages_ms(self) -> dict[str, float]:
         return {"preprocess": self.preprocess_ms, **self.answer.timings_ms}
@@ -227,7 +230,7 @@ class EngineWorker:
             frame_info = {"id": captured.id, "captured_at": captured.unix_s, "age_ms": captured.age_ms(done),
                           "age_at_start_ms": captured.age_ms(started)}
         result = JobResult(answer, frame_info, (started - job.submitted_ns) / 1e6, (done - job.submitted_ns) / 1e6,
-                           preprocess_ms)
+                           preprocess_ms, _explain(engine, frame, job, answer) if job.explain else None)
         self.answered += 1
         if self._on_result is not None:
             self._on_result(job, result)
@@ -241,3 +244,14 @@ class EngineWorker:
             raise NoFrame("this server has no camera; send the image in the request (an image_url data URI)"
                           if self.slot is None else "the camera has not delivered a frame yet; retry in a moment")
         return engine.frame(captured.image, "bgr", key=f"camera:{captured.id}"), captured
+
+
+def _explain(engine: Engine, frame, job: Job, answer: Answer) -> dict | None:
+    """The answer's heat map for a job that asked; a bundle exported before maps existed answers on and says why it
+    has none (one line with the re-export command) instead of failing the answer; a cancelled answer gets none."""
+    if answer.finish_reason == "cancelled":
+        return None
+    why_not = engine.can_explain()
+    if why_not:
+        return {"unavailable": why_not}
+    return engine.explain(frame, job.prompt, answer.adapter).to_dict()

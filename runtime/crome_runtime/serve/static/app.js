@@ -270,6 +270,7 @@ $("ask-form").onsubmit = async (event) => {
         info.textContent = "streaming…";
       }
       if (chunk.timings) timings = chunk.timings;
+      if (chunk.crome && chunk.crome.explain) showMap(chunk.crome.explain);
     });
     if (!reply.textContent) reply.textContent = "(empty answer)";
     if (crome) $("reply-confidence").append(confidenceLine(crome.adapter, crome.adapter_version, crome.confidence, false));
@@ -289,6 +290,51 @@ $("ask-form").onsubmit = async (event) => {
     $("ask").disabled = false;
   }
 };
+
+// --- the answer's heat map over the frame (docs/explain.md) ----------------------------------------------
+// The server's map is a small grid over the whole frame (the bundle's patch grid, summing to 1); drawn on a canvas
+// laid over the <img>, where object-fit: contain put the picture, hottest cell most opaque.
+function showMap(explain) {
+  if (explain.unavailable) {
+    state.map = null;
+    $("explain-info").textContent = explain.unavailable;
+  } else {
+    state.map = explain;
+    $("explain-info").textContent = "heat map of " + (explain.adapter || "the frozen backbone") + " · "
+      + explain.grid_shape.join("×") + " grid · queries weighted " + explain.weighting;
+  }
+  drawOverlay();
+}
+
+function drawOverlay() {
+  const canvas = $("overlay"), img = $("frame");
+  const map = state.map;
+  if (!$("explain-toggle").checked || !map || !img.naturalWidth) {
+    canvas.hidden = true;
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    return;
+  }
+  canvas.hidden = false;
+  canvas.width = canvas.clientWidth;
+  canvas.height = canvas.clientHeight;
+  const scale = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
+  const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
+  const x0 = (canvas.width - w) / 2, y0 = (canvas.height - h) / 2;
+  const [rows, cols] = map.grid_shape;
+  const max = Math.max(...map.grid.flat(), 1e-9);
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const level = map.grid[r][c] / max;
+      ctx.fillStyle = "hsla(" + Math.round(240 * (1 - level)) + ", 100%, 50%, " + (0.6 * level).toFixed(3) + ")";
+      ctx.fillRect(x0 + c * w / cols, y0 + r * h / rows, Math.ceil(w / cols), Math.ceil(h / rows));
+    }
+  }
+}
+
+$("explain-toggle").onchange = drawOverlay;
+window.addEventListener("resize", drawOverlay);
 
 // --- the per-stage latency chart ----------------------------------------------------------------------
 function drawChart() {

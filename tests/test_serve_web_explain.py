@@ -1,0 +1,57 @@
+"""The page's heat-map toggle in a real headless Chromium (Debian's `chromium`, driven by Playwright, as
+tests/test_serve_web.py): with the toggle on, a question asks for the map and the overlay canvas over the frame gets
+coloured pixels; off, the canvas is hidden and blank.
+
+Set CROME_SERVE_SCREENSHOT_EXPLAIN=path.png to keep a screenshot of the page with the map drawn."""
+import os
+import shutil
+
+import pytest
+from tests.support.bundles import tiny_bundle
+from tests.support.serve import QUESTION, colour_source, serving
+from tests.test_serve_web import ARGS, CHROMIUM, TIMEOUT_MS, pytestmark  # noqa: F401  (skip without chromium)
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+PAINTED = """() => { const c = document.getElementById('overlay');
+  if (c.hidden || !c.width || !c.height) return 0;
+  const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0; for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++; return n; }"""
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory)["bundle"]
+
+
+def test_the_toggle_draws_the_answers_heat_map_over_the_frame(bundle, tmp_path):
+    with serving(bundle, colour_source()) as (_, base), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('frame').naturalWidth > 0", timeout=TIMEOUT_MS)
+            assert page.evaluate(PAINTED) == 0  # nothing drawn before a map was asked for
+            page.check("#explain-toggle")
+            page.fill("#question", QUESTION)
+            page.click("#ask")
+            page.wait_for_function("document.getElementById('explain-info').textContent.includes('grid')",
+                                   timeout=TIMEOUT_MS)
+            info = page.locator("#explain-info").text_content()
+            assert "heat map of colour" in info and "4×4 grid" in info
+            painted = page.evaluate(PAINTED)
+            box = page.evaluate("[document.getElementById('overlay').width, document.getElementById('overlay').height]")
+            assert painted > 0.2 * box[0] * box[1]  # the map covers the picture's area (the frame box, less letterbox)
+            shot = tmp_path / "serve-explain.png"
+            page.screenshot(path=str(shot), full_page=True)
+            if os.environ.get("CROME_SERVE_SCREENSHOT_EXPLAIN"):
+                shutil.copy(shot, os.environ["CROME_SERVE_SCREENSHOT_EXPLAIN"])
+            page.uncheck("#explain-toggle")
+            assert page.evaluate(PAINTED) == 0 and page.locator("#overlay").is_hidden()
+            page.check("#explain-toggle")  # the last map comes back without asking again
+            assert page.evaluate(PAINTED) == painted
+            assert not errors, errors
+        finally:
+            browser.close()
