@@ -5,20 +5,14 @@ streamed reply, the latency chart fills, and closing the tab leaves no stream op
 Set CROME_SERVE_SCREENSHOT=path.png to keep a screenshot of the page."""
 import os
 import shutil
-from pathlib import Path
 
 import pytest
+from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000  # a bound on each wait in the page, not a speed assertion
-
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                                reason="no chromium here (apt-get install chromium; .ci/run installs it)")
+pytestmark = NO_CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ marked low."""
 import re
 
 import pytest
+from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving
-from tests.test_serve_web import ARGS, CHROMIUM, TIMEOUT_MS, sync_api
 
 from crome_runtime.manifest import read_manifest
 
-pytestmark = pytest.mark.skipif(sync_api is None, reason="playwright is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytestmark = NO_CHROMIUM
 LINE = re.compile(r"colour @ ([0-9a-f]{7})margin (\d\.\d\d)( \(low\))?((?:red|green|blue) \d+%( · )?){3}")
 
 

@@ -350,7 +350,7 @@ class Engine:
             answers = entry.answers if entry is not None and options.candidates else []
             first = logits.copy() if answers else None  # the view is overwritten by the first decode step
             yield from self._decode(logits, max_new, budget, params, np.random.default_rng(options.seed), state)
-            if first is not None:
+            if first is not None and entry is not None:
                 state.candidates, state.candidate_mass = self.candidates(first, length, entry.name, answers)
         finally:
             run = prof.end_run({"prompt": prompt})
