@@ -8,7 +8,8 @@ the part's and its defect's pixel masks): the bundle answers the line-3 question
 adapter), Engine.explain gives the answer's map, drawn over the frame as `crome-edge run --explain` draws it
 (crome_runtime.explain_image.heat, summing to 1); mass = the map's sum over the part's pixels, chance = the part's
 share of the frame (a map that ignores the image). The defect row is the same over the pixels a defect changed, on
-defective frames (line3 answers "scrap" for them: where the defect is is part of its task). "uniform" is the same
+defective frames (line3 answers "scrap" for them: where the defect is is part of its task), also against a stricter
+baseline: the map's mass on the part spread evenly over the part (does it point at the defect *within* the part?). "uniform" is the same
 attention with every query weighted alike: what the adapter's change x gate weighting adds.
 
 --cost N: explain's own cost per answer (median of N), and the normal path before/after the feature: the same
@@ -70,7 +71,9 @@ def measure_maps(engine, n: int) -> dict:
                "change": result.change.round(4).tolist(), "gate": result.gate.round(4).tolist()}
         if scene.defective:
             row.update(defect=scene.defect, mass_defect=float(mapped[defect].sum()), chance_defect=float(defect.mean()),
-                       uniform_defect=float(uniform[defect].sum()))
+                       uniform_defect=float(uniform[defect].sum()),
+                       # a map spread evenly over the part with the mass it has there: does it point *within* the part?
+                       part_spread_defect=row["mass_part"] * float(defect.sum()) / max(float(part.sum()), 1.0))
         rows.append(row)
     return summarise(rows)
 
@@ -93,8 +96,12 @@ def summarise(rows: list[dict]) -> dict:
     if defective:
         out["defect"] = {"frames": len(defective), "mass": mean("mass_defect", defective),
                          "chance": mean("chance_defect", defective), "uniform_mass": mean("uniform_defect", defective),
-                         "frames_above_chance": float(np.mean([r["mass_defect"] > r["chance_defect"] for r in defective]))}
+                         "frames_above_chance": float(np.mean([r["mass_defect"] > r["chance_defect"] for r in defective])),
+                         "part_spread": mean("part_spread_defect", defective),
+                         "frames_above_part_spread": float(np.mean([r["mass_defect"] > r["part_spread_defect"]
+                                                                    for r in defective]))}
         out["defect"]["ratio"] = out["defect"]["mass"] / out["defect"]["chance"]
+        out["defect"]["ratio_within_part"] = out["defect"]["mass"] / out["defect"]["part_spread"]
     return out
 
 
@@ -188,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if "defect" in maps:
         d = maps["defect"]
         print(f"{d['frames']} defective frames: mass on the defect {d['mass']:.4f} vs chance {d['chance']:.4f} "
-              f"({d['ratio']:.2f}x; {d['frames_above_chance']:.0%} above chance); every query alike {d['uniform_mass']:.4f}")
+              f"({d['ratio']:.2f}x; {d['frames_above_chance']:.0%} above chance); every query alike {d['uniform_mass']:.4f}; "
+              f"the part's mass spread evenly over it {d['part_spread']:.4f} ({d['ratio_within_part']:.2f}x; "
+              f"{d['frames_above_part_spread']:.0%} of frames above)")
     print(f"per query: mean change {maps['mean_change']:.3f}, mean gate {maps['mean_gate']:.3f}, weight spread "
           f"(max - min) {maps['weight_spread']:.4f}; explain {maps['explain_ms_median']:.1f} ms median")
     if "cost" in result:

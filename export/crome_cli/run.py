@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
                     print(piece, end="", flush=True)
             answer = stream.answer
             assert answer is not None  # set when the stream ends
+            if not args.json:
+                print(flush=True)  # the streamed answer's line ends before --explain says where it wrote
             explained = _explain(engine, frame, prompt, answer, args) if args.explain and round_ == args.repeat - 1 else None
             if args.json:
                 print(json.dumps({"prompt": prompt, "answer": answer.text, "tokens": answer.token_ids,
@@ -95,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
                                   "adapter": answer.adapter, **({"explain": explained} if explained else {})}),
                       flush=True)
                 continue
-            print(flush=True)
             if round_ == args.repeat - 1:
                 tokens_per_s = len(answer.token_ids) / (answer.total_ms / 1e3) if answer.total_ms else 0.0
                 ttft = f"{answer.ttft_ms:.1f} ms" if answer.ttft_ms is not None else "n/a"
