@@ -1,5 +1,5 @@
 """The page's heat-map toggle in a real headless Chromium (Debian's `chromium`, driven by Playwright, as
-tests/test_serve_web.py): with the toggle on, a question asks for the map and the overlay canvas over the frame gets
+tests/support/browser.py): with the toggle on, a question asks for the map and the overlay canvas over the frame gets
 coloured pixels; off, the canvas is hidden and blank.
 
 Set CROME_SERVE_SCREENSHOT_EXPLAIN=path.png to keep a screenshot of the page with the map drawn."""
@@ -9,9 +9,10 @@ import shutil
 import pytest
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving
-from tests.test_serve_web import ARGS, CHROMIUM, TIMEOUT_MS, pytestmark  # noqa: F401  (skip without chromium)
+from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytestmark = NO_CHROMIUM
 
 PAINTED = """() => { const c = document.getElementById('overlay');
   if (c.hidden || !c.width || !c.height) return 0;
