@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from tests.support.bundles import (COLOURS, QUESTION, WARM_QUESTION, colour_image, copy_bundle, multi_bundle,
-                                   rewrite_manifest, tiny_bundle)
+                                   rewrite_manifest, tiny_bundle, vlm_bundle)
 
 from crome_cli.main import main
 from crome_runtime.triton import pbtxt
@@ -188,6 +188,74 @@ def test_a_requests_options_start_from_the_routed_adapters_defaults(both, tmp_pa
     asked = answer(QUESTION, MAX_NEW_TOKENS=np.array([[2]], np.int32))
     assert asked.adapter == "colour" and 0 < len(asked.token_ids) <= 2
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_llava_and_smolvlm_bundles_answer_through_triton_as_crome_edge_run(family, tmp_path_factory, tmp_path, capsys):
+    """A LLaVA and a SmolVLM/Idefics3 bundle (small random-weight directories) through the real tritonserver: the
+    repository builds from the bundle; an encoded frame and its preprocessed pixels get `crome-edge run`'s answer
+    token for token, routed to the adapter or to the frozen backbone as run routes them; concurrent frames go
+    through the connector's vision graph as one batch and still get the engine's answers."""
+    from crome_runtime.engine import Engine, EngineConfig
+
+    bundle = vlm_bundle(tmp_path_factory, family)
+    out = tmp_path / "models"
+    assert main(["triton-repo", str(bundle), str(out), "--max-batch-size", "4", "--max-queue-delay-us", "200000"]) == 0
+    size = json.loads((bundle / "manifest.json").read_text())["backbone"]["image_size"]
+    pixels_input = next(i for i in pbtxt.check_repository(out)["crome"].input if i.name == "PIXELS")
+    assert list(pixels_input.dims) == [3, size, size]
+    engine = Engine.load(bundle, EngineConfig(threads=1))
+    prompts = [QUESTION, "How many parts are there?"]
+    images = [colour_image(name, 400 + i, size=48) for i, name in enumerate(COLOURS)]
+    with triton.TritonServer(triton.locate(), out, triton.ServerConfig(ports=triton.Ports(0, 0, 0)),
+                             log=tmp_path / "tritonserver.log") as srv:
+        srv.wait_ready(WAIT_S)
+        with TritonClient(srv.url) as client:
+            for i, image in enumerate(images):
+                path = tmp_path / f"frame{i}.png"
+                path.write_bytes(_png(image))
+                expected = _run_cli(capsys, bundle, path, prompts)
+                assert [e["adapter"] for e in expected] == ["colour", None]
+                pixels = engine.frame(str(path)).pixels  # what `run` feeds the vision graph
+                for want in expected:
+                    got = client.infer(want["prompt"], image=path.read_bytes())
+                    assert (got.text, got.token_ids, got.finish_reason, got.timings["adapter"]) == (
+                        want["answer"], want["tokens"], want["finish_reason"], want["adapter"]), (family, i)
+                    assert client.infer(want["prompt"], pixels=pixels).token_ids == want["tokens"], (family, i)
+
+        images = [colour_image(name, 600 + i, size=48) for i, name in enumerate(COLOURS)]  # not in the vision cache
+        expected = [engine.answer(engine.frame(image), QUESTION).token_ids for image in images]
+        start, results = threading.Barrier(len(images)), [None] * len(images)
+
+        def camera(i: int) -> None:
+            with TritonClient(srv.url) as client:
+                start.wait(timeout=30)
+                results[i] = client.infer(QUESTION, image=_png(images[i]))
+
+        threads = [threading.Thread(target=camera, args=(i,)) for i in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+    assert all(r is not None for r in results), "every camera got an answer"
+    assert [r.token_ids for r in results] == expected
+    assert max(r.timings["vision_batch"] for r in results) > 1, [r.timings for r in results]
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_gpu_variant_of_a_llava_or_smolvlm_bundle_is_valid(family, tmp_path_factory, tmp_path):
+    """The GPU variant's native vision model takes the tower's frames and returns the connector's (Nq, d) visual
+    tokens (the Idefics3 graph's token axis is symbolic after the pixel shuffle; the python model sends and expects
+    the manifest's)."""
+    bundle = vlm_bundle(tmp_path_factory, family)
+    b = json.loads((bundle / "manifest.json").read_text())["backbone"]
+    models = pbtxt.check_repository(write_repository(bundle, tmp_path / "models", RepositoryConfig(variant="gpu")))
+    assert set(models) == {"crome", "crome_vision", "crome_adapter_visual_colour"}
+    vision, adapter = models["crome_vision"], models["crome_adapter_visual_colour"]
+    assert [list(t.dims) for t in vision.input] == [[3, b["image_size"], b["image_size"]]]
+    assert [list(t.dims) for t in vision.output] == [[b["num_query_tokens"], b["d_model"]]]
+    assert [list(t.dims) for t in adapter.input] == [list(t.dims) for t in adapter.output] == [
+        [b["num_query_tokens"], b["d_model"]]]
 
 def test_concurrent_cameras_are_batched_into_one_vision_run(server, bundle):
     from crome_runtime.engine import Engine, EngineConfig

@@ -111,6 +111,30 @@ def multi_bundle(tmp_path_factory) -> dict:
     return both
 
 
+def vlm_bundle(tmp_path_factory, family: str) -> Path:
+    """The FP32 bundle of a colour adapter on the small LLaVA ("llava") or SmolVLM/Idefics3 ("idefics3") directory of
+    tests/support/vlm_dirs.py (random weights), exported on first use and shared by the session."""
+    root = tmp_path_factory.getbasetemp() / f"runtime-{family}"
+    bundle = root / "colour.bundle"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    from crome_edge.training.config import TrainConfig
+    from crome_edge.training.trainer import Trainer
+    from crome_export.pipeline import ExportConfig, Progress, export_bundle
+    from tests.support.vlm_dirs import write_idefics3_dir, write_llava_dir
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    path = {"llava": write_llava_dir, "idefics3": write_idefics3_dir}[family](root / family)
+    data, adapter = _dataset(root / "data", 12), root / "colour.safetensors"
+    with cache_env(root / "cache"), torch_threads(1):
+        Trainer(TrainConfig(data=str(data), out=str(adapter), backbone=str(path), steps=6, rank=4, lr=2e-2,
+                            batch_size=4, threads=1, progress=False)).run()
+        export_bundle(ExportConfig(adapter=adapter, backbone=str(path), precision="fp32", out=bundle, threads=1,
+                                   data=data), Progress(7, enabled=False))
+    return bundle
+
+
 WARM_QUESTION = "Is it a warm colour?"
 WARM = {"red": "yes", "green": "no", "blue": "no"}
 

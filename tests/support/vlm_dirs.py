@@ -2,7 +2,9 @@
 weights (`save_pretrained`), a byte-level tokenizer with the family's special tokens, a chat template in the style of
 the real checkpoints' (llava-hf/llava-1.5, HuggingFaceTB/SmolVLM), and the family's image processor config.
 
-`VlmShape` sizes them: `SMALL` for the default tests (seconds), `real_*` for the slow tests at real layer widths.
+`VlmShape` sizes them: `SMALL_*` for the default tests (seconds); the real checkpoints' shapes (`SMOLVLM_256M`,
+`LLAVA_15_7B`) for the slow one-layer export test; the issue's widths with two layers of each (`*_WIDE`) for the slow
+train -> export -> run test.
 """
 from __future__ import annotations
 
@@ -58,6 +60,20 @@ LLAVA_15_7B = VlmShape(  # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14 at 336 px, 2-
     vocab_size=32064, max_positions=4096,
 )
 
+# The issue's "real widths, few layers": a SigLIP-base-like tower (google/siglip-base-patch16-224: 768 wide, 12 heads,
+# FFN 3072, patch 16) cut to 2 layers, the families' real connectors, a 2-layer LLM at the real width.
+SMOLVLM_WIDE = VlmShape(  # SmolVLM-256M's tower, pixel shuffle 4 (768·16 -> 576 connector) and SmolLM2-135M's layers;
+    # a 256 px tile (16×16 patches -> 16 visual tokens) instead of 512 px, and the processor's longest edge 4 S as
+    # SmolVLM's (2048 for 512)
+    vision_width=768, vision_layers=2, vision_heads=12, vision_ffn=3072, image_size=256, patch_size=16,
+    text_width=576, text_layers=2, text_heads=9, text_kv_heads=3, text_ffn=1536, scale_factor=4, init_range=0.05,
+    longest_edge=1024,
+)
+LLAVA_WIDE = VlmShape(  # a LLaVA with a SigLIP-B/16-224 tower (196 visual tokens, all kept) and SmolLM2-360M's layers
+    # (960 wide, 15 heads of 64, 5 KV heads, FFN 2560) behind the MLP projector 768 -> 960 -> 960
+    vision_width=768, vision_layers=2, vision_heads=12, vision_ffn=3072, image_size=224, patch_size=16,
+    text_width=960, text_layers=2, text_heads=15, text_kv_heads=5, text_ffn=2560, init_range=0.05,
+)
 
 SMALL_LLAVA = VlmShape()
 SMALL_IDEFICS3 = VlmShape(patch_size=4)  # 8×8 patches, pixel shuffle 2 -> 16 visual tokens
@@ -94,29 +110,37 @@ def _vision_config(shape: VlmShape, **extra) -> dict:
                 initializer_range=shape.init_range, **extra)
 
 
-def write_llava_dir(path: Path, shape: VlmShape = SMALL_LLAVA, seed: int = 0, crop: int | None = None) -> Path:
-    """LLaVA-1.5-style: CLIP tower, feature layer -2 without CLS, 2-layer MLP projector, LLaMA. `crop`: a processor
-    crop size other than the tower's (a bad checkpoint)."""
+def write_llava_dir(path: Path, shape: VlmShape = SMALL_LLAVA, seed: int = 0, crop: int | None = None,
+                    tower: str = "clip") -> Path:
+    """LLaVA with a `tower` of "clip" (LLaVA-1.5: feature layer -2 without CLS, shortest-edge resize + centre crop)
+    or "siglip" (LLaVA-OneVision-style: last layer, every patch, square resize, mean/std 0.5), a 2-layer MLP
+    projector and LLaMA. `crop`: a CLIP processor crop size other than the tower's (a bad checkpoint)."""
     import torch
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              SiglipImageProcessor)
 
     tokenizer = byte_tokenizer(LLAVA_SPECIALS, bos=True)
     vocab = len(tokenizer)
+    clip = tower == "clip"
+    strategy = "default" if clip else "full"  # SigLIP has no CLS token to drop
     config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", **_vision_config(shape)),
+        vision_config=dict(model_type="clip_vision_model" if clip else "siglip_vision_model", **_vision_config(shape)),
         text_config=_text_config(shape, vocab, eos=1),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2 if clip else -1,
+        vision_feature_select_strategy=strategy, projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _spread(model, shape.init_range)
     model.save_pretrained(path)
     size = crop or shape.image_size
-    images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=3,
-                                do_center_crop=True)
+    if clip:
+        images = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                    resample=3, do_center_crop=True)
+    else:
+        images = SiglipImageProcessor(size={"height": size, "width": size}, resample=3)
     processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=shape.patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               vision_feature_select_strategy=strategy, num_additional_image_tokens=int(clip),
                                chat_template=LLAVA_TEMPLATE, image_token="<image>")
     processor.save_pretrained(path)
     return path
