@@ -85,6 +85,33 @@ def test_runtime_preprocessing_is_the_hf_processors_bit_for_bit(family, vlm_dirs
             assert got.dtype == np.float32 and np.array_equal(got, expected), (family, h, w, pixfmt)
 
 
+def test_a_siglip_tower_llava_is_preprocessed_and_prompted_as_its_processor_does(tmp_path):
+    """LLaVA with a SigLIP tower (square resize, mean/std 0.5, every patch kept: no CLS to drop): pixels bit-equal to
+    the SigLIP processor's, the visual run as long as the processor's, and HF `generate`'s tokens without an adapter."""
+    from crome_edge.backbones.registry import load_backbone
+    from crome_edge.model import CromeModel, GenerationConfig
+    from crome_runtime.preprocess import preprocess_frame
+
+    path = write_llava_dir(tmp_path / "llava-siglip", tower="siglip")
+    backbone = load_backbone(str(path))
+    info, prompt, tokenizer = backbone.info, backbone.info.prompt, backbone.llm_tokenizer
+    assert info.num_query_tokens == (info.image_size // 8) ** 2 and info.image_mean == (0.5, 0.5, 0.5)
+    hf, processor = _hf({"llava": path}, "llava")
+    model, stops = CromeModel(backbone), backbone.stop_token_ids()
+    rng = np.random.default_rng(3)
+    for h, w in FRAME_SHAPES:
+        bgr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        inputs = _hf_inputs(processor, bgr, QUESTION)
+        pixels = preprocess_frame(bgr, "bgr", info.image_size, info.image_mean, info.image_std, resize=info.resize)
+        assert np.array_equal(pixels, inputs["pixel_values"].numpy()[0]), (h, w)
+        ids, at = prompt.prompt_parts(tokenizer, QUESTION)
+        image_id = tokenizer.token_to_id(prompt.image_token)
+        assert ids[:at] + [image_id] * info.num_query_tokens + ids[at:] == inputs["input_ids"][0].tolist()
+        with torch.no_grad():
+            out = hf.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+        expected = out[: next((i for i, t in enumerate(out) if t in stops), len(out))]
+        assert model.generate(torch.from_numpy(pixels[None]), [QUESTION], GenerationConfig(max_new_tokens=6))[0] == expected
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prompt_ids_and_image_placement_are_the_processors(family, vlm_dirs, backbones):
     backbone = backbones[family]
