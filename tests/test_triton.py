@@ -247,13 +247,16 @@ def test_gpu_variant_of_a_llava_or_smolvlm_bundle_is_valid(family, tmp_path_fact
     """The GPU variant's native vision model takes the tower's frames and returns the connector's (Nq, d) visual
     tokens (the Idefics3 graph's token axis is symbolic after the pixel shuffle; the python model sends and expects
     the manifest's)."""
+    from crome_runtime import formats
+
     bundle = vlm_bundle(tmp_path_factory, family)
     b = json.loads((bundle / "manifest.json").read_text())["backbone"]
     models = pbtxt.check_repository(write_repository(bundle, tmp_path / "models", RepositoryConfig(variant="gpu")))
     assert set(models) == {"crome", "crome_vision", "crome_adapter_visual_colour"}
     vision, adapter = models["crome_vision"], models["crome_adapter_visual_colour"]
     assert [list(t.dims) for t in vision.input] == [[3, b["image_size"], b["image_size"]]]
-    assert [list(t.dims) for t in vision.output] == [[b["num_query_tokens"], b["d_model"]]]
+    visual = next(t for t in vision.output if t.name == formats.OUT_VISUAL_EMBEDS)
+    assert list(visual.dims) == [b["num_query_tokens"], b["d_model"]]
     assert [list(t.dims) for t in adapter.input] == [list(t.dims) for t in adapter.output] == [
         [b["num_query_tokens"], b["d_model"]]]
 
