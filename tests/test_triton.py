@@ -3,9 +3,10 @@ cache with `pip download --no-deps`) on free loopback ports, serving the reposit
 writes for the tiny bundle. Checks: answers equal `crome-edge run`'s for the same frames and prompts (encoded
 image and preprocessed pixels), concurrent cameras are batched into one vision run, a bad request is refused
 while the model keeps serving, /v2/health/ready and the metrics endpoint answer, `crome-edge client` streams
-two cameras, and SIGTERM stops the server cleanly (exit 0). The repository's configs (python and GPU
-variants) are checked against Triton's ModelConfig schema without a server. Every wait is bounded; nothing
-here is a speed assertion.
+two cameras, and SIGTERM stops the server cleanly (exit 0). A LLaVA and a SmolVLM/Idefics3 bundle (slow: small
+random-weight directories, trained and exported first) answer through the server as `run` answers, batched too.
+The repository's configs (python and GPU variants) are checked against Triton's ModelConfig schema without a
+server. Every wait is bounded; nothing here is a speed assertion.
 """
 import json
 import platform
