@@ -103,7 +103,8 @@ def test_train_export_run_verify_at_the_issues_widths(family, tmp_path, capsys, 
     assert (info.architecture, info.num_query_tokens, info.d_model) == (family, tokens, d)
     # bit-identical through training: the fingerprint `train` took before its first step, the trained-with object's
     # tensors after its last, and a fresh load of the directory
-    assert meta.backbone_fingerprint == tensor_fingerprint(backbone.state_dict()) == registry.load_backbone(str(path)).fingerprint()
+    fresh = registry.load_backbone(str(path)).fingerprint()
+    assert meta.backbone_fingerprint == tensor_fingerprint(backbone.state_dict()) == fresh
     assert not any(p.requires_grad for p in backbone.parameters())
 
     bundles = {precision: tmp_path / f"{precision}.bundle" for precision in ("fp32", "int8")}
@@ -127,7 +128,8 @@ def test_train_export_run_verify_at_the_issues_widths(family, tmp_path, capsys, 
         assert cv2.imwrite(str(image), bgr)
         routed, unrouted = _run(capsys, bundles["fp32"], image, [QUESTION, OTHER])
         assert (routed["adapter"], unrouted["adapter"]) == ("colour", None)
-        pixels = torch.from_numpy(preprocess_image(bgr, info.image_size, info.image_mean, info.image_std, info.resize)[None])
+        pixels = preprocess_image(bgr, info.image_size, info.image_mean, info.image_std, info.resize)
+        pixels = torch.from_numpy(pixels[None])  # (1, 3, S, S): what `run` fed the vision graph
         with torch.no_grad():
             assert routed["tokens"] == model.generate(pixels, [QUESTION], config)[0], (family, colour)
             assert unrouted["tokens"] == frozen.generate(pixels, [OTHER], config)[0], (family, colour)
