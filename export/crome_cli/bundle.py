@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     path, seconds = multi.add_adapter(args.bundle, adapter, config, args.route, args.route_question, args.replace,
                                       keep=args.keep)
     name = multi.adapter_name(adapter)
-    kept = next((a.get("kept_versions", []) for a in multi.describe(path) if a["name"] == name), [])
+    kept: list[str] = next((a.get("kept_versions", []) for a in multi.describe(path) if a["name"] == name), [])
     history = (f"; kept versions of {name}: {', '.join(v[:12] for v in kept)} (`crome-edge bundle history {path} "
                f"{name}`)") if args.replace and kept else ""
     print(f"added {name} to {path} in {seconds:.1f} s{history}", file=sys.stderr)
