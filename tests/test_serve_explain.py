@@ -83,3 +83,34 @@ def test_a_bundle_from_before_maps_answers_and_says_why_there_is_none(tmp_path, 
     assert completion.choices[0].message.content == "red"
     unavailable = completion.model_extra["crome"]["explain"]["unavailable"]
     assert "no query_attention output" in unavailable and "crome-edge export" in unavailable
+
+
+def _watch_events(base: str, query: str, count: int, until=lambda events: False) -> list[dict]:
+    """Watch events from a stream, at most `count`, or fewer once until(events) holds."""
+    import json
+
+    events: list[dict] = []
+    with httpx.stream("GET", f"{base}/v1/watch{query}", timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["type"] == "watch":
+                events.append(json.loads(line[6:]))
+            if len(events) >= count or until(events):
+                break
+    return events
+
+
+def test_watch_answers_carry_their_map_only_while_a_stream_asks(bundle):
+    from tests.support.serve import colour_source, wait_for
+
+    with serving(bundle, colour_source(), watch=[QUESTION]) as (server, base):
+        plain = _watch_events(base, "", 2)
+        assert all("explain" not in e for e in plain)  # nobody asked: not computed
+        wait_for(lambda: server.hub.subscribers == 0, "the first stream to close")
+        # the stream starts with the backlog of answers from before it asked; then the maps come
+        events = _watch_events(base, "?explain=true", 80, lambda got: sum("explain" in e for e in got) >= 2)
+        asked = [e for e in events if "explain" in e]
+        assert len(asked) == 2
+        for event in asked:
+            _check_map(event["explain"], "colour")
+        refused = httpx.get(f"{base}/v1/watch?explain=yes", timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "explain"

@@ -1,4 +1,4 @@
-"""The page's heat-map toggle in a real headless Chromium (Debian's `chromium`, driven by Playwright, as
+"""The page's heat-map toggles (ask box, watch card) in a real headless Chromium (Debian's `chromium`, driven by Playwright, as
 tests/support/browser.py): with the toggle on, a question asks for the map and the overlay canvas over the frame gets
 coloured pixels; off, the canvas is hidden and blank.
 
@@ -53,6 +53,29 @@ def test_the_toggle_draws_the_answers_heat_map_over_the_frame(bundle, tmp_path):
             assert page.evaluate(PAINTED) == 0 and page.locator("#overlay").is_hidden()
             page.check("#explain-toggle")  # the last map comes back without asking again
             assert page.evaluate(PAINTED) == painted
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_the_watch_cards_toggle_draws_the_latest_watch_answers_map(bundle):
+    with serving(bundle, colour_source(), watch=[QUESTION]) as (server, base), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('frame').naturalWidth > 0", timeout=TIMEOUT_MS)
+            assert not server.hub.explain_wanted  # maps are not computed for a page that did not ask
+            page.check("#watch-explain-toggle")
+            page.wait_for_function("document.getElementById('watch-explain-info').textContent.includes('heat map of')",
+                                   timeout=TIMEOUT_MS)
+            assert server.hub.explain_wanted
+            assert QUESTION in page.locator("#watch-explain-info").text_content()
+            assert page.evaluate(PAINTED) > 0
+            page.uncheck("#watch-explain-toggle")
+            assert page.evaluate(PAINTED) == 0
             assert not errors, errors
         finally:
             browser.close()

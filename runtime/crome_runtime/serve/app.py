@@ -192,7 +192,11 @@ def create_app(server: "Server") -> FastAPI:
     # --- watch ------------------------------------------------------------------------------------
     @app.get("/v1/watch")
     async def watch_stream(request: Request):
-        subscription = server.hub.subscribe()  # TooManySubscribers: 429
+        explain = request.query_params.get("explain", "false")
+        if explain not in ("true", "false"):
+            raise ApiError(400, f"explain must be true or false (true: watch answers carry their heat map), got "
+                           f"{explain[:40]!r}", param="explain")
+        subscription = server.hub.subscribe(explain == "true")  # TooManySubscribers: 429
 
         async def events() -> AsyncIterator[bytes]:
             try:

@@ -26,9 +26,10 @@ SUBSCRIBER_BUFFER = 256  # events a slow subscriber may fall behind by
 
 
 class Subscription:
-    def __init__(self, backlog: list[dict]):
+    def __init__(self, backlog: list[dict], explain: bool = False):
         self.queue: asyncio.Queue[dict | None] = asyncio.Queue()
         self.lost = 0
+        self.explain = explain  # this subscriber asked for watch answers' heat maps (`/v1/watch?explain=true`)
         for event in backlog:
             self.queue.put_nowait(event)
 
@@ -91,12 +92,12 @@ class EventHub:
                 log.debug("closing the events file after a failed write: %s", again)
             self._log = None
 
-    def subscribe(self) -> Subscription:
-        """On the loop's thread."""
+    def subscribe(self, explain: bool = False) -> Subscription:
+        """On the loop's thread. explain: this subscriber wants the watch answers' heat maps (explain_wanted)."""
         with self._lock:
             if len(self._subscribers) >= self.max_subscribers:
                 raise TooManySubscribers(f"{self.max_subscribers} watch streams are open; close one first")
-            subscription = Subscription(list(self.recent))
+            subscription = Subscription(list(self.recent), explain)
             self._subscribers.add(subscription)
             return subscription
 
@@ -107,6 +108,12 @@ class EventHub:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def explain_wanted(self) -> bool:
+        """Whether an open stream asked for heat maps: the watch loop computes them only then (docs/explain.md)."""
+        with self._lock:
+            return any(s.explain for s in self._subscribers)
 
     def close(self) -> None:
         """Ends every subscriber's stream (None) and closes the log."""

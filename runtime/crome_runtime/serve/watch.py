@@ -129,7 +129,8 @@ class WatchLoop:
         options = self.options if watch.max_tokens is None else dataclasses.replace(
             self.options, max_new_tokens=watch.max_tokens)
         try:
-            result = await jobs.submit(self.worker, Job(watch.prompt, options, "watch")).collect()
+            job = Job(watch.prompt, options, "watch", explain=self.hub.explain_wanted)  # maps only while a page asks
+            result = await jobs.submit(self.worker, job).collect()
         except (QueueClosed, Cancelled):
             return False
         except CromeError as error:  # no frame yet, a prompt over the context, a full lane: said, then on
@@ -171,6 +172,7 @@ def watch_event(watch: WatchPrompt, result: JobResult, min_margin: float | None 
         "time": time.time(), "adapter_version": answer.adapter_version, "confidence": answer.confidence.to_dict(),
         # no margin (no token was drawn) is not judged
         "low_confidence": min_margin is not None and margin is not None and margin < min_margin,
+        **({"explain": result.explain} if result.explain is not None else {}),  # a stream asked (?explain=true)
     }
 
 

@@ -207,9 +207,13 @@ function remember(timings) {
 async function watchStream() {
   for (;;) {
     try {
-      const response = await api("/v1/watch");
+      // with the watch card's heat-map toggle on, the stream asks for maps: the server computes them only then
+      state.watchAbort = new AbortController();
+      const response = await api("/v1/watch" + ($("watch-explain-toggle").checked ? "?explain=true" : ""),
+                                 { signal: state.watchAbort.signal });
       if (!response.ok) throw new Error(await errorText(response));
       await readSSE(response, (e) => {
+        if (e.type === "watch" && e.explain && $("watch-explain-toggle").checked) showWatchMap(e);
         if (e.type === "watch" || e.type === "watch_error") {
           const w = state.watch.get(e.watch_id);
           if (w) { w.event = e; renderWatch(); } else { loadWatchPrompts(); }
@@ -306,10 +310,30 @@ function showMap(explain) {
   drawOverlay();
 }
 
+function showWatchMap(e) {
+  if (e.explain.unavailable) {
+    state.watchMap = null;
+    $("watch-explain-info").textContent = e.explain.unavailable;
+  } else {
+    state.watchMap = e.explain;
+    $("watch-explain-info").textContent = "heat map of “" + e.prompt + "” → " + e.answer + " (frame " + e.frame_id
+      + ", " + (e.explain.adapter || "the frozen backbone") + ")";
+  }
+  drawOverlay();
+}
+
+$("watch-explain-toggle").onchange = () => {
+  if (!$("watch-explain-toggle").checked) { state.watchMap = null; $("watch-explain-info").textContent = ""; }
+  if (state.watchAbort) state.watchAbort.abort(); // reconnect, asking for maps or no longer
+  drawOverlay();
+};
+
 function drawOverlay() {
   const canvas = $("overlay"), img = $("frame");
-  const map = state.map;
-  if (!$("explain-toggle").checked || !map || !img.naturalWidth) {
+  // the watch card's map when its toggle is on (the live one), else the ask box's
+  const watching = $("watch-explain-toggle").checked && state.watchMap;
+  const map = watching ? state.watchMap : ($("explain-toggle").checked ? state.map : null);
+  if (!map || !img.naturalWidth) {
     canvas.hidden = true;
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     return;
