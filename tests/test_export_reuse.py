@@ -152,3 +152,23 @@ def test_a_wrong_cached_reference_fails_fp32_parity_and_writes_nothing(ws, tmp_p
     with pytest.raises(CromeError, match="FP32 parity with PyTorch is broken"):
         _export(ws["adapter"], tmp_path / "b.bundle", cache, precision="fp32")
     assert not (tmp_path / "b.bundle").exists()
+
+
+def test_decoder_blocks_files_come_out_byte_for_byte_the_same_in_another_process(tiny_backbone, tmp_path):
+    """safetensors writes its metadata in hash-map order (another order in every process): the same blocks must still
+    be the same bytes, or every re-export's candidate bundle looks new (and `bundle add` sees other decoder weights)."""
+    import subprocess
+    import sys
+
+    from crome_export.blocks import from_float
+    from crome_runtime import decoder_blocks_file
+
+    decoder_blocks_file.save(from_float(tiny_backbone.llm, "q8_0"), tmp_path / "a.safetensors")
+    copies = []
+    for name in ("b", "c"):  # each process re-saves what it read
+        code = ("import sys; from pathlib import Path; from crome_runtime import decoder_blocks_file as d; "
+                "d.save(d.load(Path(sys.argv[1])), Path(sys.argv[2]))")
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.safetensors"), str(tmp_path / f"{name}.safetensors")],
+                       check=True)
+        copies.append((tmp_path / f"{name}.safetensors").read_bytes())
+    assert copies[0] == copies[1] == (tmp_path / "a.safetensors").read_bytes()

@@ -96,6 +96,22 @@ def save(blocks: DecoderBlocks, path: Path) -> None:
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dims": json.dumps(asdict(blocks.dims)),
                 "qtypes": json.dumps(blocks.qtypes, sort_keys=True), "source": json.dumps(blocks.source, sort_keys=True)}
     save_file({k: np.ascontiguousarray(v) for k, v in blocks.tensors.items()}, str(path), metadata=metadata)
+    _canonical_header(path)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrites the safetensors header with its keys sorted, in place (same length, same offsets): safetensors
+    writes the metadata in hash-map order, which changes from process to process, so the same blocks came out
+    with another sha256 at every export (and a re-export looked like other decoder weights)."""
+    import struct
+
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= length:  # reordering keys keeps the length; the padding is spaces, as safetensors pads
+            f.seek(8)
+            f.write(text.ljust(length, b" "))
 
 
 def load(path: Path) -> DecoderBlocks:
