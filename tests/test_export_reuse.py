@@ -58,6 +58,7 @@ def test_a_second_export_reuses_what_the_first_measured_and_reports_the_same_num
                  "int8_answers"):
         assert reused[name]["reused"] is True, (name, reused[name])
     assert reused["fp32_answers"]["checked_live"] == 4 and reused["fp32_answers"]["prompts"] == 15
+    assert sorted(reused["tensorrt_checks"]["graphs"]) == sorted(second["tensorrt_compatibility"])  # same graph bytes
     assert reused["fp32_vision"]["frames"] == reused["int8_vision"]["frames"] > 0
     # the INT8 candidate runs the FP32 candidate's files but vision.onnx: its other stages are the FP32 ones
     assert first["reused"]["int8_stages"]["stages"] == NON_VISION and first["reused"]["int8_stages"]["from"] == "fp32"
@@ -80,6 +81,7 @@ def test_another_adapter_is_measured_again_with_the_numbers_of_an_export_that_re
     assert warm["reused"]["acceptance_references"]["reused"] is False
     assert warm["reused"]["fp32_vision"]["reused"] is True  # the vision side has no adapter
     assert warm["reused"]["fp32_answers"]["reused"] is False  # the candidate's adapter files differ
+    assert "adapter_visual.onnx" not in warm["reused"]["tensorrt_checks"]["graphs"]  # another adapter graph
     assert cold["reused"]["pytorch_references"]["why"] == "--no-cache"
     for key in MEASURED:
         assert warm[key] == cold[key], key

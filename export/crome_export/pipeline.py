@@ -212,7 +212,8 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
             elif lowered:  # the same files twice: FP32 parity on the ONNX decoder, the Q8_0 blocks' gates on C
                 candidates["int8"] = candidates["fp32"]
             fidelity = _measure(model, data, candidates, manifest, config, progress, decoders, name, reuse)
-        report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens)
+        report = _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work, max_new_tokens,
+                         reuse)
         if lowered and blocks is not None:
             report["decoder_blocks"] = _gate_blocks(blocks, writer, fidelity, shipped, report)
         if not fidelity.fp32_parity:
@@ -344,15 +345,22 @@ def _acceptance_files(model, data, manifest, config: ExportConfig, report: dict,
     return blobs
 
 
-def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work: Path, max_new_tokens) -> dict:
+def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity, work: Path, max_new_tokens,
+            reuse) -> dict:
     from crome_export.trt_check import check_graph
     from crome_runtime.fidelity import report_dict
 
+    from crome_runtime.manifest import sha256_file
+
+    final = parts.final_entry["files"]
     graphs = {formats.VISION_ONNX: parts.final_dir / formats.VISION_ONNX,
               formats.ADAPTER_VISUAL_ONNX: work / formats.ADAPTER_VISUAL_ONNX,
               formats.ADAPTER_TEXT_ONNX: work / formats.ADAPTER_TEXT_ONNX,
               formats.DECODER_ONNX: parts.final_dir / formats.DECODER_ONNX}
-    trt = {name: check_graph(path).to_dict() for name, path in graphs.items()}
+    known = {formats.VISION_ONNX: final[formats.VISION_ONNX]["sha256"],  # add_file checked them while copying
+             formats.DECODER_ONNX: final[formats.DECODER_ONNX]["sha256"]}
+    trt = reuse.graph_checks({name: (path, known.get(name) or sha256_file(path)) for name, path in graphs.items()},
+                             lambda path: check_graph(path).to_dict())
     if not trt[formats.DECODER_ONNX]["ok"]:  # e.g. MatMulNBits: check what build-engines will hand TensorRT
         import onnx
 
@@ -360,7 +368,7 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
 
         onnx.save(tensorrt_ready_model(graphs[formats.DECODER_ONNX]), str(work / "decoder_tensorrt.onnx"))
         trt[f"{formats.DECODER_ONNX} (as build-engines rewrites it)"] = check_graph(work / "decoder_tensorrt.onnx").to_dict()
-    return report_dict(fidelity, {
+    report = report_dict(fidelity, {
         "precision": config.precision,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "backbone": {"name": backbone.info.name, "fingerprint": backbone.fingerprint()},
@@ -372,6 +380,8 @@ def _report(config, meta, backbone, adapter_path, data, parts, kernels, fidelity
         "tensorrt_compatibility": trt,
         "backbone_parts_cached": parts.cached,
     })
+    report["reused"]["tensorrt_checks"] = reuse.report["tensorrt_checks"]
+    return report
 
 
 @dataclass(frozen=True)

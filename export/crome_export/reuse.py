@@ -15,6 +15,8 @@
   CPU, the frames, questions and generation cap: a re-export whose candidate is byte for byte one measured
   before gets that measurement's answers, after SPOT_ANSWERS of them, spread over the set, come out token for
   token again when answered live (else every answer is computed).
+  A graph's TensorRT compatibility check (trt_check.check_graph) is a function of the graph's bytes (sha256), the
+  checker's code and onnx's version.
 Every decision lands in the report's `reused` section (`reused`/`why`), shown by the export's table and
 `crome-edge info`. `--no-cache` turns reuse off. Storage: result_cache.py.
 Not here: computing any of it (fidelity.py).
@@ -174,6 +176,7 @@ class Reuse:
         self.references_cache = ResultCache("export-references", self.root, self.enabled)
         self.vision_cache = ResultCache("export-vision", self.root, self.enabled)
         self.answers_cache = ResultCache("export-answers", self.root, self.enabled)
+        self.checks_cache = ResultCache("export-graph-checks", self.root, self.enabled)
 
     def references(self, name: str, fields: dict, compute) -> list[Reference]:
         """PyTorch's references for `fields` (reference_fields): from the cache, else compute() stored there."""
@@ -247,6 +250,28 @@ class Reuse:
         return answers
 
 
+    def graph_checks(self, graphs: dict[str, tuple[Path, str]], compute) -> dict[str, dict]:
+        """name -> trt_check.check_graph(path).to_dict() for graphs {name: (path, its sha256)}: from the cache for a
+        graph checked before (same bytes, checker, onnx), else compute(path) stored there."""
+        import onnx
+
+        import crome_export.trt_check
+
+        checker = _files_sha256([Path(crome_export.trt_check.__file__)])
+        results, reused = {}, []
+        for name, (path, sha256) in graphs.items():
+            fields = {"what": "tensorrt check", "graph": sha256, "checker": checker, "onnx": onnx.__version__}
+            found = self.checks_cache.get(fields)
+            if found is not None and isinstance(found[0].get("check"), dict):
+                results[name] = found[0]["check"]
+                reused.append(name)
+                continue
+            results[name] = compute(path)
+            self.checks_cache.put(fields, {"check": results[name]}, {})
+        self.report["tensorrt_checks"] = {"reused": bool(reused), "graphs": reused, "why": CHECKS_WHY}
+        return results
+
+
 REFERENCES_WHY = ("the same backbone fingerprint, adapter tensors, frame pixels, prompts and labels, generation cap, "
                   "code, torch threads and CPU as an earlier export: PyTorch's outputs are the same")
 VISION_WHY = ("the same vision.onnx (sha256), frames, onnxruntime, providers, threads and CPU as an earlier export "
@@ -254,3 +279,4 @@ VISION_WHY = ("the same vision.onnx (sha256), frames, onnxruntime, providers, th
 ANSWERS_WHY = ("every file of the candidate bundle (sha256), its adapter, backends, providers and threads, "
                "onnxruntime, the C core and runtime code, the CPU and the prompts are those of an earlier export's "
                f"measurement; {SPOT_ANSWERS} of its answers recomputed live token for token")
+CHECKS_WHY = "the same graph bytes (sha256), checker code and onnx version as a check made before"
