@@ -268,7 +268,8 @@ class Reuse:
                 continue
             results[name] = compute(path)
             self.checks_cache.put(fields, {"check": results[name]}, {})
-        self.report["tensorrt_checks"] = {"reused": bool(reused), "graphs": reused, "why": CHECKS_WHY}
+        why = CHECKS_WHY if reused else "not checked before (or the cache is off)"
+        self.report["tensorrt_checks"] = {"reused": bool(reused), "graphs": reused, "why": why}
         return results
 
 
