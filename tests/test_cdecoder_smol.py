@@ -70,3 +70,35 @@ def test_smol_blocks_decode_like_fp32_pytorch(smol, threads):
         for a, b in zip(logits, expected_logits):
             cos = float(a.astype(np.float64) @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
             assert cos >= MIN_COSINE, (prompt, cos)
+
+
+def test_the_blocks_are_built_once_per_gguf_and_backbone_and_a_changed_llm_is_checked_again(smol, tmp_path):
+    """write_bundle_blocks keeps the GGUF's blocks in the export cache: the next export copies them byte for byte;
+    LLM weights that no longer match the GGUF (another fingerprint) are another key, built and checked again
+    (and refused: the blocks are bit-identical to the weights or nothing)."""
+    from crome_edge.errors import CromeError
+    from crome_export.blocks import write_bundle_blocks
+    from crome_export.parts_cache import PartsCache
+
+    backbone, llm, _ = smol
+    notes: list[str] = []
+    cache = PartsCache(tmp_path / "cache")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_bundle_blocks(backbone, tmp_path / "a", notes.append, "auto", cache)
+    second = write_bundle_blocks(backbone, tmp_path / "b", notes.append, "auto", cache)
+    assert first is not None and second is not None and first.read_bytes() == second.read_bytes()
+    assert len(list((tmp_path / "cache" / "export-parts").iterdir())) == 1  # built once
+    weight = llm.model.layers[0].mlp.up_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(1e-3)
+        backbone.invalidate_fingerprint()
+        (tmp_path / "c").mkdir()
+        with pytest.raises(CromeError, match="not bit-identical to the PyTorch weight"):
+            write_bundle_blocks(backbone, tmp_path / "c", notes.append, "auto", cache)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+        backbone.invalidate_fingerprint()

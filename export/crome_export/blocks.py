@@ -12,6 +12,7 @@ the file format (decoder_blocks_file.py), the export gates (pipeline / fidelity)
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,12 +170,14 @@ def source_gguf(backbone) -> Path | None:
 DECODER_BLOCKS = ("auto", "q8_0")  # `crome-edge export --decoder-blocks`: the GGUF's own when known; or weight-only Q8_0
 
 
-def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> Path | None:
+def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto", cache=None) -> Path | None:
     """directory/DECODER_BLOCKS_FILE, or None when the backbone gets none (its decode steps then run on the ONNX
     decoder). form "auto": the backbone's exact GGUF blocks (bit-identity checked) when it has a GGUF, else none
     (a weight-only Q8_0 form changes the weights). form "q8_0": a float backbone's weight-only Q8_0 blocks, their
     source marked `"gate": "passed"` provisionally so the export can measure them on the C path; the export
-    rewrites the mark (mark_gate) when its gates fail. CromeError when the form does not fit the backbone."""
+    rewrites the mark (mark_gate) when its gates fail. CromeError when the form does not fit the backbone.
+    cache: a crome_export.parts_cache.PartsCache keeping a GGUF's blocks (built and checked once per GGUF sha256,
+    backbone fingerprint and the code that builds them), or None."""
     from crome_edge.store.entries import sha256_file
     from crome_runtime import decoder_blocks_file, formats
 
@@ -200,11 +203,39 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto") -> P
     except CromeError as error:
         say(f"decoder blocks: none ({error})")
         return None
-    blocks = from_gguf(gguf_path, backbone.llm, sha256_file(gguf_path))
-    decoder_blocks_file.save(blocks, path)
-    say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(sorted(set(blocks.qtypes.values())))} blocks, "
-        f"{blocks.nbytes / 1e6:.0f} MB, bit-identical to the PyTorch weights dequantised")
+    gguf_sha256 = sha256_file(gguf_path)
+
+    def build(target: Path) -> dict:
+        blocks = from_gguf(gguf_path, backbone.llm, gguf_sha256)  # CromeError unless bit-identical to the weights
+        decoder_blocks_file.save(blocks, target / formats.DECODER_BLOCKS_FILE)
+        return {"qtypes": sorted(set(blocks.qtypes.values())), "bytes": blocks.nbytes}
+
+    if cache is None:
+        notes = build(directory)
+    else:
+        built, entry = _cached_blocks(cache, backbone, gguf_sha256, build)
+        notes = entry["notes"]
+        shutil.copyfile(built / formats.DECODER_BLOCKS_FILE, path)
+    say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(notes['qtypes'])} blocks, {notes['bytes'] / 1e6:.0f} MB, "
+        "bit-identical to the PyTorch weights dequantised")
     return path
+
+
+def _cached_blocks(cache, backbone, gguf_sha256: str, build) -> tuple[Path, dict]:
+    """A GGUF's blocks from the export cache, keyed on the GGUF's sha256, the backbone's fingerprint (its LLM weights,
+    which the blocks were checked bit for bit against) and the code that builds and writes them; built when absent."""
+    import hashlib
+
+    from crome_export.parts_cache import parts_key
+    from crome_runtime import decoder_blocks_file
+
+    code = hashlib.sha256()
+    for module in (__file__, decoder_blocks_file.__file__, gguf_blocks.__file__):
+        code.update(Path(module).read_bytes())
+    fields = {"fingerprint": backbone.fingerprint(), "precision": "decoder-blocks", "gguf": gguf_sha256,
+              "code": code.hexdigest()}
+    key = parts_key(fields)
+    return cache.lookup(key) or cache.build(key, fields, build)
 
 
 def is_lowered(path: Path) -> bool:

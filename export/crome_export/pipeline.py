@@ -196,7 +196,7 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         from crome_export.blocks import write_bundle_blocks
 
         # the C decode step's weights: the GGUF's exact blocks, or (--decoder-blocks q8_0) a lowered form
-        blocks = write_bundle_blocks(backbone, work, progress.note, config.decoder_blocks)
+        blocks = write_bundle_blocks(backbone, work, progress.note, config.decoder_blocks, parts_cache)
         lowered = config.decoder_blocks == "q8_0" and blocks is not None
         for file in _bundle_files(adapter_path, parts, work, config, name):
             writer.add_file(file.source, file.name, file.precision, file.sha256)
