@@ -123,8 +123,6 @@ def test_bundle_layout_manifest_and_runtime_loop(int8_bundle, tiny_backbone, wor
 
 
 def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace, tiny_backbone, capsys):
-    import time
-
     other = train_tiny_adapter(tiny_backbone, workspace["data"], workspace["root"] / "other.safetensors", seed=5, steps=30)
     out = workspace["root"] / "fp32.bundle"
     assert main(["export", "--adapter", str(workspace["adapter"]), "--precision", "fp32", "--out", str(out)]) == 0
@@ -133,12 +131,10 @@ def test_fp32_bundle_tokens_equal_pytorch_and_second_adapter_is_cached(workspace
     assert set(report["greedy"]) == {"fp32"} and read_manifest(out).precision == "fp32"
     err = capsys.readouterr().err
     assert "stage" in err and "measured on: " in err  # the table is printed, with the machine
-    started = time.perf_counter()
     second = workspace["root"] / "other.bundle"
     assert main(["export", "--adapter", str(other), "--precision", "fp32", "--out", str(second)]) == 0
     report = adapter_report(second)
     assert report["backbone_parts_cached"] == {"fp32": True}
-    assert time.perf_counter() - started < 60
     a, b = read_manifest(out), read_manifest(second)
     assert a.files[formats.DECODER_ONNX].sha256 == b.files[formats.DECODER_ONNX].sha256  # shared backbone part
     assert a.files["line3.adapter_visual.onnx"].sha256 != b.files["other.adapter_visual.onnx"].sha256
