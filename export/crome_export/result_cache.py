@@ -44,7 +44,7 @@ class ResultCache:
         directory = self.root / result_key(fields)
         try:
             entry = input_files.read_json(directory / ENTRY_FILE)
-            if entry.get("fields") != json.loads(json.dumps(fields)):  # the key's own fields, not a collision
+            if entry.get("fields") != input_files.loads(json.dumps(fields)):  # the key's own fields, not a collision
                 return None
             document = input_files.read_json(directory / DOCUMENT)
             with np.load(directory / ARRAYS, allow_pickle=False) as npz:

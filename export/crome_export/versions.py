@@ -17,7 +17,7 @@ from pathlib import Path
 from crome_edge.errors import CromeError
 from crome_export.bundle import bundle_lock
 from crome_export.multi import Member, read_contents, say, write_bundle
-from crome_runtime import formats
+from crome_runtime import formats, input_files
 from crome_runtime.adapter_entries import AdapterEntry
 from crome_runtime.adapter_versions import (KeptVersion, find, restored, retire, short, succession, unkeepable, utc_now,
                                             version_of)
@@ -94,7 +94,7 @@ def _data_recipe(weights: Path) -> dict | None:
     """The `crome-edge data synth` recipe the adapter file records (None: trained on other data, or older)."""
     try:
         text = read_header(weights).get("__metadata__", {}).get(formats.META_TRAIN_DATA_RECIPE)
-        return json.loads(text) if isinstance(text, str) else None
+        return input_files.loads(text, f"{weights.name}'s data recipe") if isinstance(text, str) else None
     except (OSError, SafetensorsHeaderError, json.JSONDecodeError) as error:
         return {"unreadable": f"{weights.name}: {error}"}
 

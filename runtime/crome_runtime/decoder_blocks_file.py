@@ -107,7 +107,7 @@ def _canonical_header(path: Path) -> None:
 
     with open(path, "r+b") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
+        header = input_files.loads(f.read(length), f"{path.name}'s header")
         text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(text) <= length:  # reordering keys keeps the length; the padding is spaces, as safetensors pads
             f.seek(8)
