@@ -8,8 +8,8 @@ import json
 import httpx
 import openai
 import pytest
-from tests.support.bundles import colour_image, tiny_bundle
-from tests.support.serve import QUESTION, colour_source, png_data_uri, serving, wait_for
+from tests.support.bundles import tiny_bundle
+from tests.support.serve import QUESTION, colour_question, colour_source, serving, wait_for
 
 from crome_runtime.manifest import read_manifest
 
@@ -30,14 +30,9 @@ def client(served):
     return openai.OpenAI(base_url=f"{served[1]}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def _ask(colour="red"):
-    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
-                                         {"type": "image_url", "image_url": {"url": png_data_uri(colour_image(colour, 42))}}]}]
-
-
 def test_explain_adds_the_crome_object(client, bundle):
     (entry,) = read_manifest(bundle, verify=False).adapters
-    completion = client.chat.completions.create(model="m", messages=_ask(), extra_body={"explain": True})
+    completion = client.chat.completions.create(model="m", messages=colour_question(), extra_body={"explain": True})
     crome = completion.model_extra["crome"]
     assert crome["adapter"] == "colour" and crome["adapter_version"] == entry.sha256
     confidence = crome["confidence"]
@@ -45,14 +40,14 @@ def test_explain_adds_the_crome_object(client, bundle):
     assert set(confidence["candidates"]) == {"red", "green", "blue"}
     assert next(iter(confidence["candidates"])) == completion.choices[0].message.content == "red"
     assert sum(confidence["candidates"].values()) == pytest.approx(1.0, abs=1e-5)
-    plain = client.chat.completions.create(model="m", messages=_ask())
+    plain = client.chat.completions.create(model="m", messages=colour_question())
     assert "crome" not in plain.model_extra  # only when asked
-    off = client.chat.completions.create(model="m", messages=_ask(), extra_body={"explain": False})
+    off = client.chat.completions.create(model="m", messages=colour_question(), extra_body={"explain": False})
     assert "crome" not in off.model_extra
 
 
 def test_explain_streamed_on_the_finish_chunk(client):
-    chunks = list(client.chat.completions.create(model="m", messages=_ask("blue"), stream=True,
+    chunks = list(client.chat.completions.create(model="m", messages=colour_question("blue"), stream=True,
                                                  stream_options={"include_usage": True}, extra_body={"explain": True}))
     carrying = [c for c in chunks if "crome" in (c.model_extra or {})]
     assert len(carrying) == 1 and carrying[0].choices[0].finish_reason == "stop"
@@ -61,7 +56,7 @@ def test_explain_streamed_on_the_finish_chunk(client):
 
 
 def test_frozen_backbone_has_no_version(client):
-    completion = client.chat.completions.create(model="none", messages=_ask(), extra_body={"explain": True})
+    completion = client.chat.completions.create(model="none", messages=colour_question(), extra_body={"explain": True})
     crome = completion.model_extra["crome"]
     assert crome["adapter"] is None and crome["adapter_version"] is None
     assert "candidates" not in crome["confidence"] and crome["confidence"]["first_token_margin"] is not None
@@ -69,7 +64,7 @@ def test_frozen_backbone_has_no_version(client):
 
 @pytest.mark.parametrize("value", ["yes", 1, None, {"on": True}])
 def test_explain_of_the_wrong_type_is_refused(served, value):
-    body = {"messages": _ask(), "explain": value}
+    body = {"messages": colour_question(), "explain": value}
     response = httpx.post(f"{served[1]}/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 400
     error = response.json()["error"]

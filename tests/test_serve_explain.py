@@ -5,8 +5,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from tests.support.bundles import QUESTION, colour_image, tiny_bundle
-from tests.support.serve import png_data_uri, serving
+from tests.support.bundles import QUESTION, tiny_bundle
+from tests.support.serve import colour_question, serving
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,6 @@ def client(served):
     return openai.OpenAI(base_url=f"{served[1]}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def _ask(colour="red"):
-    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
-                                         {"type": "image_url", "image_url": {"url": png_data_uri(colour_image(colour, 42))}}]}]
-
-
 def _check_map(explain: dict, adapter: str | None) -> None:
     grid = np.asarray(explain["grid"])
     assert explain["grid_shape"] == [4, 4] and grid.shape == (4, 4)  # tiny: a 4x4 patch grid
@@ -39,17 +34,17 @@ def _check_map(explain: dict, adapter: str | None) -> None:
 
 
 def test_explain_carries_the_heat_map_beside_the_confidence(client):
-    completion = client.chat.completions.create(model="m", messages=_ask(), extra_body={"explain": True})
+    completion = client.chat.completions.create(model="m", messages=colour_question(), extra_body={"explain": True})
     crome = completion.model_extra["crome"]
     _check_map(crome["explain"], "colour")
     assert all(q["change"] > 0 and 0 < q["gate"] < 1 for q in crome["explain"]["queries"])
     assert "confidence" in crome  # the other keys of the same object stay
-    plain = client.chat.completions.create(model="m", messages=_ask())
+    plain = client.chat.completions.create(model="m", messages=colour_question())
     assert "crome" not in plain.model_extra
 
 
 def test_explain_streamed_on_the_finish_chunk(client):
-    chunks = list(client.chat.completions.create(model="m", messages=_ask("green"), stream=True,
+    chunks = list(client.chat.completions.create(model="m", messages=colour_question("green"), stream=True,
                                                  extra_body={"explain": True}))
     carrying = [c for c in chunks if "crome" in (c.model_extra or {})]
     assert len(carrying) == 1 and carrying[0].choices[0].finish_reason == "stop"
@@ -79,7 +74,7 @@ def test_a_bundle_from_before_maps_answers_and_says_why_there_is_none(tmp_path, 
     rewrite_manifest(old, lambda m: m["files"][formats.VISION_ONNX].update(entry))
     with serving(old) as (_, url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-        completion = client.chat.completions.create(model="m", messages=_ask(), extra_body={"explain": True})
+        completion = client.chat.completions.create(model="m", messages=colour_question(), extra_body={"explain": True})
     assert completion.choices[0].message.content == "red"
     unavailable = completion.model_extra["crome"]["explain"]["unavailable"]
     assert "no query_attention output" in unavailable and "crome-edge export" in unavailable

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
+from tests.support.browser import NO_CHROMIUM, TIMEOUT_MS, page_at
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving, wait_for
 
@@ -22,12 +22,7 @@ def bundle(tmp_path_factory):
 
 def test_the_page_shows_frames_watch_answers_and_streams_a_reply(bundle, tmp_path):
     with serving(bundle, colour_source(), watch=[QUESTION]) as (server, base), sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(base + "/")
+        with page_at(pw, base) as (page, errors):
             page.wait_for_function("document.getElementById('frame').naturalWidth > 0", timeout=TIMEOUT_MS)
             page.wait_for_function("document.getElementById('frame-info').textContent.startsWith('frame ')",
                                    timeout=TIMEOUT_MS)
@@ -60,5 +55,3 @@ def test_the_page_shows_frames_watch_answers_and_streams_a_reply(bundle, tmp_pat
             assert server.hub.subscribers == 1
             page.close()
             wait_for(lambda: server.hub.subscribers == 0, "the closed tab's watch stream to end on the server")
-        finally:
-            browser.close()

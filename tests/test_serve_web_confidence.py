@@ -6,7 +6,7 @@ marked low."""
 import re
 
 import pytest
-from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
+from tests.support.browser import NO_CHROMIUM, TIMEOUT_MS, page_at
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving
 
@@ -26,12 +26,7 @@ def test_watch_card_and_ask_box_show_confidence_and_version(bundle):
     version = read_manifest(bundle, verify=False).adapters[0].sha256
     with serving(bundle, colour_source(), watch=[QUESTION], min_margin=1.0) as (server, base), \
             sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(base + "/")
+        with page_at(pw, base) as (page, errors):
             page.wait_for_selector(".watch-list .confidence", timeout=TIMEOUT_MS)
             watch = page.locator(".watch-list .confidence").first
             match = LINE.fullmatch(watch.text_content())
@@ -51,5 +46,3 @@ def test_watch_card_and_ask_box_show_confidence_and_version(bundle):
             candidates = page.locator("#reply-confidence .candidates").text_content()
             assert candidates.startswith(reply + " ")  # greedy said the set's most likely answer
             assert not errors, errors
-        finally:
-            browser.close()

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving
-from tests.support.browser import ARGS, CHROMIUM, NO_CHROMIUM, TIMEOUT_MS
+from tests.support.browser import NO_CHROMIUM, TIMEOUT_MS, page_at
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytestmark = NO_CHROMIUM
@@ -27,12 +27,7 @@ def bundle(tmp_path_factory):
 
 def test_the_toggle_draws_the_answers_heat_map_over_the_frame(bundle, tmp_path):
     with serving(bundle, colour_source()) as (_, base), sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(base + "/")
+        with page_at(pw, base) as (page, errors):
             page.wait_for_function("document.getElementById('frame').naturalWidth > 0", timeout=TIMEOUT_MS)
             assert page.evaluate(PAINTED) == 0  # nothing drawn before a map was asked for
             page.check("#explain-toggle")
@@ -54,18 +49,11 @@ def test_the_toggle_draws_the_answers_heat_map_over_the_frame(bundle, tmp_path):
             page.check("#explain-toggle")  # the last map comes back without asking again
             assert page.evaluate(PAINTED) == painted
             assert not errors, errors
-        finally:
-            browser.close()
 
 
 def test_the_watch_cards_toggle_draws_the_latest_watch_answers_map(bundle):
     with serving(bundle, colour_source(), watch=[QUESTION]) as (server, base), sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(base + "/")
+        with page_at(pw, base) as (page, errors):
             page.wait_for_function("document.getElementById('frame').naturalWidth > 0", timeout=TIMEOUT_MS)
             assert not server.hub.explain_wanted  # maps are not computed for a page that did not ask
             page.check("#watch-explain-toggle")
@@ -77,5 +65,3 @@ def test_the_watch_cards_toggle_draws_the_latest_watch_answers_map(bundle):
             page.uncheck("#watch-explain-toggle")
             assert page.evaluate(PAINTED) == 0
             assert not errors, errors
-        finally:
-            browser.close()

@@ -77,6 +77,12 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode()
 
 
+def colour_question(colour: str = "red") -> list[dict]:
+    """Chat messages asking QUESTION about one of the tiny bundle's colour frames, sent as a PNG data URI."""
+    return [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                         {"type": "image_url", "image_url": {"url": png_data_uri(colour_image(colour, 42))}}]}]
+
+
 class ColourCamera:
     """A cv2.VideoCapture-like camera showing the tiny bundle's colour frames (red, green, blue in turn, `hold`
     frames each) at `fps`."""

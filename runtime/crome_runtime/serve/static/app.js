@@ -97,6 +97,7 @@ async function frames() {
         await new Promise((resolve) => { $("frame").onload = resolve; $("frame").onerror = resolve; $("frame").src = url; });
         if (shown) URL.revokeObjectURL(shown);
         shown = url;
+        if ($("frame").naturalWidth) state.frameSize = [$("frame").naturalWidth, $("frame").naturalHeight];
         $("no-frame").hidden = true;
         $("frame-info").textContent = "frame " + response.headers.get("X-Frame-Id") + " · "
           + fmt(parseFloat(response.headers.get("X-Frame-Age-Ms"))) + " ms old when fetched";
@@ -329,11 +330,13 @@ $("watch-explain-toggle").onchange = () => {
 };
 
 function drawOverlay() {
-  const canvas = $("overlay"), img = $("frame");
+  const canvas = $("overlay");
   // the watch card's map when its toggle is on (the live one), else the ask box's
   const watching = $("watch-explain-toggle").checked && state.watchMap;
   const map = watching ? state.watchMap : ($("explain-toggle").checked ? state.map : null);
-  if (!map || !img.naturalWidth) {
+  // the last loaded frame's size: while the next frame loads the <img> may report none, and the map must not blink
+  const size = state.frameSize;
+  if (!map || !size) {
     canvas.hidden = true;
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     return;
@@ -341,8 +344,8 @@ function drawOverlay() {
   canvas.hidden = false;
   canvas.width = canvas.clientWidth;
   canvas.height = canvas.clientHeight;
-  const scale = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
-  const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
+  const scale = Math.min(canvas.width / size[0], canvas.height / size[1]);
+  const w = size[0] * scale, h = size[1] * scale;
   const x0 = (canvas.width - w) / 2, y0 = (canvas.height - h) / 2;
   const [rows, cols] = map.grid_shape;
   const max = Math.max(...map.grid.flat(), 1e-9);
