@@ -6,6 +6,7 @@ Set CROME_SERVE_SCREENSHOT_EXPLAIN=path.png to keep a screenshot of the page wit
 import os
 import shutil
 
+import httpx
 import pytest
 from tests.support.bundles import tiny_bundle
 from tests.support.serve import QUESTION, colour_source, serving
@@ -61,7 +62,16 @@ def test_the_watch_cards_toggle_draws_the_latest_watch_answers_map(bundle):
                                    timeout=TIMEOUT_MS)
             assert server.hub.explain_wanted
             assert QUESTION in page.locator("#watch-explain-info").text_content()
+            # the map is drawn over the frame the answer was about, not the newest one
+            page.wait_for_function("document.getElementById('frame-info').textContent.includes('the watch answer is about')",
+                                   timeout=TIMEOUT_MS)
             assert page.evaluate(PAINTED) > 0
+            shown = int(page.locator("#frame-info").text_content().split()[1])
+            kept = httpx.get(f"{base}/v1/frame.jpg", params={"id": shown}, timeout=30)
+            assert kept.status_code == 200 and kept.headers["X-Frame-Id"] == str(shown)
+            for bad, status in (("-1", 400), ("x", 400), ("1" * 19, 400), (str(10**9), 404)):
+                refused = httpx.get(f"{base}/v1/frame.jpg", params={"id": bad}, timeout=30)
+                assert refused.status_code == status and refused.json()["error"]["message"], (bad, refused.text)
             page.uncheck("#watch-explain-toggle")
             assert page.evaluate(PAINTED) == 0
             assert not errors, errors

@@ -7,7 +7,7 @@ metrics, and the web page.
     GET  /v1/models             the model this server serves (and MODEL/NAME per adapter, MODEL/none)
     GET  /v1/adapters           the bundle's adapters and their routes
     POST /v1/adapters/reload    admin (needs the API key): take the bundle's adapters after `bundle add/remove`
-    GET  /v1/frame.jpg          the camera's newest frame (X-Frame-Id, X-Frame-Age-Ms)
+    GET  /v1/frame.jpg          the camera's newest frame (X-Frame-Id, X-Frame-Age-Ms); ?id=N an explained answer's
     POST /v1/chat/completions   OpenAI chat completions, streaming (SSE) or not
     GET  /v1/watch              SSE: every watch answer as it is made (recent ones first)
     GET|POST /v1/watch/prompts, DELETE /v1/watch/prompts/{id}
@@ -40,6 +40,7 @@ from crome_runtime.serve import jobs, protocol
 from crome_runtime.serve.guard import Guard, error_response
 from crome_runtime.serve.images import decode_data_uri
 from crome_runtime.serve.protocol import ApiError, bad
+from crome_runtime.serve.reader import EXPLAINED_FRAMES_KEPT
 from crome_runtime.serve.watch import WatchError
 from crome_runtime.serve.worker import AnswerFailed, Job
 
@@ -133,12 +134,22 @@ def create_app(server: "Server") -> FastAPI:
         return {**report, "adapters": server.adapter_names}
 
     @app.get("/v1/frame.jpg")
-    async def frame_jpg():
+    async def frame_jpg(request: Request):
         if server.slot is None:
             raise ApiError(404, "this server has no camera", code="no_camera")
-        frame = server.slot.latest()
-        if frame is None:
-            raise ApiError(503, "the camera has not delivered a frame yet", code="no_frame", headers={"Retry-After": "1"})
+        wanted = request.query_params.get("id")
+        if wanted is None:
+            frame = server.slot.latest()
+            if frame is None:
+                raise ApiError(503, "the camera has not delivered a frame yet", code="no_frame",
+                               headers={"Retry-After": "1"})
+        else:
+            if not (wanted.isascii() and wanted.isdigit() and len(wanted) <= 18):
+                raise ApiError(400, f"id must be a frame id (a whole number >= 0), got {wanted[:40]!r}", param="id")
+            frame = server.slot.kept(int(wanted))
+            if frame is None:
+                raise ApiError(404, f"frame {wanted} is not kept: only the newest frame and those of the last "
+                               f"{EXPLAINED_FRAMES_KEPT} explained answers are", code="frame_not_kept")
         jpeg = await run_in_threadpool(server.jpeg, frame)
         return Response(jpeg, media_type="image/jpeg", headers={
             "Cache-Control": "no-store", "X-Frame-Id": str(frame.id), "X-Frame-Age-Ms": f"{frame.age_ms():.1f}",

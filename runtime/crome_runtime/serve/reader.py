@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +27,7 @@ from crome_runtime.serve.config import CameraConfig
 from crome_runtime.serve.sources import Capture, CameraError, CameraSource
 
 log = logging.getLogger("crome_runtime.serve")
+EXPLAINED_FRAMES_KEPT = 8  # frames of the last explained answers kept for GET /v1/frame.jpg?id= (~1 MB each at 640x480)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class FrameSlot:
         self.captured = 0
         self.dropped = 0  # replaced before anything answered them
         self.answered = 0  # distinct frames an answer was about
+        self._explained: OrderedDict[int, CapturedFrame] = OrderedDict()  # frames of the last explained answers
 
     def put(self, image: np.ndarray) -> CapturedFrame:
         with self._cond:
@@ -77,6 +80,22 @@ class FrameSlot:
                 self._taken = True
                 self.answered += 1
             return self._frame
+
+    def keep(self, frame: CapturedFrame) -> None:
+        """Keeps `frame` (an explained answer's) for `kept`: a heat map is drawn over the frame it was computed on,
+        not over the newest one, where a moving part has moved on. Bounded: the last EXPLAINED_FRAMES_KEPT."""
+        with self._cond:
+            self._explained[frame.id] = frame
+            self._explained.move_to_end(frame.id)
+            while len(self._explained) > EXPLAINED_FRAMES_KEPT:
+                self._explained.popitem(last=False)
+
+    def kept(self, frame_id: int) -> CapturedFrame | None:
+        """Frame `frame_id` if it is the newest or one `keep` still holds, else None."""
+        with self._cond:
+            if self._frame is not None and self._frame.id == frame_id:
+                return self._frame
+            return self._explained.get(frame_id)
 
     def newer(self, after_id: int | None) -> CapturedFrame | None:
         """The newest frame if its id is above `after_id` (None: any frame), else None."""

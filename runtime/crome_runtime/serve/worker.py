@@ -229,8 +229,11 @@ class EngineWorker:
         if captured is not None:
             frame_info = {"id": captured.id, "captured_at": captured.unix_s, "age_ms": captured.age_ms(done),
                           "age_at_start_ms": captured.age_ms(started)}
+        explained = _explain(engine, frame, job, answer) if job.explain else None
+        if captured is not None and explained is not None and self.slot is not None:
+            self.slot.keep(captured)  # the page draws the map over this frame (GET /v1/frame.jpg?id=)
         result = JobResult(answer, frame_info, (started - job.submitted_ns) / 1e6, (done - job.submitted_ns) / 1e6,
-                           preprocess_ms, _explain(engine, frame, job, answer) if job.explain else None)
+                           preprocess_ms, explained)
         self.answered += 1
         if self._on_result is not None:
             self._on_result(job, result)

@@ -87,18 +87,12 @@ async function health() {
 
 // --- the live frame -----------------------------------------------------------------------------------
 async function frames() {
-  let shown = null;
   for (;;) {
-    if (document.hidden) { await sleep(1000); continue; }
+    // while the watch card's map is on, the picture is the frame of the answer it explains (showWatchMap)
+    if (document.hidden || watchMapShown()) { await sleep(document.hidden ? 1000 : 200); continue; }
     try {
-      const response = await api("/v1/frame.jpg");
+      const response = await showFrame("/v1/frame.jpg");
       if (response.ok) {
-        const url = URL.createObjectURL(await response.blob());
-        await new Promise((resolve) => { $("frame").onload = resolve; $("frame").onerror = resolve; $("frame").src = url; });
-        if (shown) URL.revokeObjectURL(shown);
-        shown = url;
-        if ($("frame").naturalWidth) state.frameSize = [$("frame").naturalWidth, $("frame").naturalHeight];
-        $("no-frame").hidden = true;
         $("frame-info").textContent = "frame " + response.headers.get("X-Frame-Id") + " · "
           + fmt(parseFloat(response.headers.get("X-Frame-Age-Ms"))) + " ms old when fetched";
       } else {
@@ -111,6 +105,23 @@ async function frames() {
     }
     await sleep(FRAME_INTERVAL_MS);
   }
+}
+
+// Fetches a frame (the newest, or ?id=N an explained answer's) into the <img>; the response, for its headers.
+async function showFrame(path) {
+  const response = await api(path);
+  if (!response.ok) return response;
+  const url = URL.createObjectURL(await response.blob());
+  await new Promise((resolve) => { $("frame").onload = resolve; $("frame").onerror = resolve; $("frame").src = url; });
+  if (state.frameUrl) URL.revokeObjectURL(state.frameUrl);
+  state.frameUrl = url;
+  if ($("frame").naturalWidth) state.frameSize = [$("frame").naturalWidth, $("frame").naturalHeight];
+  $("no-frame").hidden = true;
+  return response;
+}
+
+function watchMapShown() {
+  return $("watch-explain-toggle").checked && state.watchMap != null;
 }
 
 // --- watch prompts and their answers ------------------------------------------------------------------
@@ -319,6 +330,21 @@ function showWatchMap(e) {
     state.watchMap = e.explain;
     $("watch-explain-info").textContent = "heat map of “" + e.prompt + "” → " + e.answer + " (frame " + e.frame_id
       + ", " + (e.explain.adapter || "the frozen backbone") + ")";
+    showAnsweredFrame(e.frame_id);
+  }
+  drawOverlay();
+}
+
+// The map over the frame it was computed on: on a moving belt the newest frame has the part elsewhere.
+async function showAnsweredFrame(frameId) {
+  const seq = (state.answeredFrameSeq = (state.answeredFrameSeq || 0) + 1);
+  try {
+    const response = await showFrame("/v1/frame.jpg?id=" + frameId);
+    if (seq !== state.answeredFrameSeq || !watchMapShown()) return; // a newer answer, or the toggle went off
+    $("frame-info").textContent = response.ok ? "frame " + frameId + " · the frame the watch answer is about"
+      : "the watch answer's frame " + frameId + " is gone (" + await errorText(response) + "): map over an older frame";
+  } catch (error) {
+    $("frame-info").textContent = String(error.message || error);
   }
   drawOverlay();
 }
