@@ -12,6 +12,7 @@ import json
 import platform
 import threading
 import urllib.request
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -56,6 +57,34 @@ def server(repository, tmp_path_factory):
 def both(tmp_path_factory):
     """The bundle of two tiny adapters (colour, warm), each routed its training question."""
     return multi_bundle(tmp_path_factory)["both"]
+
+
+@contextmanager
+def _serving(repository, tmp_path):
+    """A tritonserver on `repository` (ephemeral ports, its log in tmp_path), ready, and a client of it."""
+    with triton.TritonServer(triton.locate(), repository, triton.ServerConfig(ports=triton.Ports(0, 0, 0)),
+                             log=tmp_path / "tritonserver.log") as srv:
+        srv.wait_ready(WAIT_S)
+        with TritonClient(srv.url) as client:
+            yield srv, client
+
+
+def _cameras_at_once(url: str, images: list) -> list:
+    """QUESTION about each image, one client thread per image, released together (a barrier) so that Triton can
+    batch them; each thread's result, None where it got none within WAIT_S."""
+    start, results = threading.Barrier(len(images)), [None] * len(images)
+
+    def camera(i: int) -> None:
+        with TritonClient(url) as client:
+            start.wait(timeout=30)
+            results[i] = client.infer(QUESTION, image=_png(images[i]))
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    return results
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -107,24 +136,21 @@ def test_a_bundle_of_several_adapters_answers_like_crome_edge_run_per_adapter(bo
     out = tmp_path_factory.mktemp("triton-both") / "models"
     assert main(["triton-repo", str(both), str(out), "--max-batch-size", "8"]) == 0
     prompts = [QUESTION, WARM_QUESTION, "How many parts are there?"]
-    with triton.TritonServer(triton.locate(), out, triton.ServerConfig(ports=triton.Ports(0, 0, 0)),
-                             log=tmp_path / "tritonserver.log") as srv:
-        srv.wait_ready(WAIT_S)
-        with TritonClient(srv.url) as client:
-            for i, name in enumerate(COLOURS):
-                path = tmp_path / f"{name}.png"
-                path.write_bytes(_png(colour_image(name, 300 + i)))
-                expected = _run_cli(capsys, both, path, prompts)
-                assert [e["adapter"] for e in expected] == ["colour", "warm", None]
-                for want in expected:
-                    got = client.infer(want["prompt"], image=path.read_bytes())
-                    assert (got.text, got.token_ids, got.timings["adapter"]) == (want["answer"], want["tokens"],
-                                                                                want["adapter"])
-                named = _run_cli(capsys, both, path, [QUESTION], "--adapter", "warm")[0]
-                got = client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="warm"))
-                assert (got.token_ids, got.timings["adapter"]) == (named["tokens"], "warm")
-            with pytest.raises(TritonRequestError, match="no adapter 'nope'"):
-                client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="nope"))
+    with _serving(out, tmp_path) as (srv, client):
+        for i, name in enumerate(COLOURS):
+            path = tmp_path / f"{name}.png"
+            path.write_bytes(_png(colour_image(name, 300 + i)))
+            expected = _run_cli(capsys, both, path, prompts)
+            assert [e["adapter"] for e in expected] == ["colour", "warm", None]
+            for want in expected:
+                got = client.infer(want["prompt"], image=path.read_bytes())
+                assert (got.text, got.token_ids, got.timings["adapter"]) == (want["answer"], want["tokens"],
+                                                                            want["adapter"])
+            named = _run_cli(capsys, both, path, [QUESTION], "--adapter", "warm")[0]
+            got = client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="warm"))
+            assert (got.token_ids, got.timings["adapter"]) == (named["tokens"], "warm")
+        with pytest.raises(TritonRequestError, match="no adapter 'nope'"):
+            client.infer(QUESTION, image=path.read_bytes(), options=GenerationOptions(adapter="nope"))
 
 
 def test_the_batched_vision_stage_primes_each_adapters_cache(both, bundle):
@@ -208,36 +234,22 @@ def test_llava_and_smolvlm_bundles_answer_through_triton_as_crome_edge_run(famil
     engine = Engine.load(bundle, EngineConfig(threads=1))
     prompts = [QUESTION, "How many parts are there?"]
     images = [colour_image(name, 400 + i, size=48) for i, name in enumerate(COLOURS)]
-    with triton.TritonServer(triton.locate(), out, triton.ServerConfig(ports=triton.Ports(0, 0, 0)),
-                             log=tmp_path / "tritonserver.log") as srv:
-        srv.wait_ready(WAIT_S)
-        with TritonClient(srv.url) as client:
-            for i, image in enumerate(images):
-                path = tmp_path / f"frame{i}.png"
-                path.write_bytes(_png(image))
-                expected = _run_cli(capsys, bundle, path, prompts)
-                assert [e["adapter"] for e in expected] == ["colour", None]
-                pixels = engine.frame(str(path)).pixels  # what `run` feeds the vision graph
-                for want in expected:
-                    got = client.infer(want["prompt"], image=path.read_bytes())
-                    assert (got.text, got.token_ids, got.finish_reason, got.timings["adapter"]) == (
-                        want["answer"], want["tokens"], want["finish_reason"], want["adapter"]), (family, i)
-                    assert client.infer(want["prompt"], pixels=pixels).token_ids == want["tokens"], (family, i)
+    with _serving(out, tmp_path) as (srv, client):
+        for i, image in enumerate(images):
+            path = tmp_path / f"frame{i}.png"
+            path.write_bytes(_png(image))
+            expected = _run_cli(capsys, bundle, path, prompts)
+            assert [e["adapter"] for e in expected] == ["colour", None]
+            pixels = engine.frame(str(path)).pixels  # what `run` feeds the vision graph
+            for want in expected:
+                got = client.infer(want["prompt"], image=path.read_bytes())
+                assert (got.text, got.token_ids, got.finish_reason, got.timings["adapter"]) == (
+                    want["answer"], want["tokens"], want["finish_reason"], want["adapter"]), (family, i)
+                assert client.infer(want["prompt"], pixels=pixels).token_ids == want["tokens"], (family, i)
 
         images = [colour_image(name, 600 + i, size=48) for i, name in enumerate(COLOURS)]  # not in the vision cache
         expected = [engine.answer(engine.frame(image), QUESTION).token_ids for image in images]
-        start, results = threading.Barrier(len(images)), [None] * len(images)
-
-        def camera(i: int) -> None:
-            with TritonClient(srv.url) as client:
-                start.wait(timeout=30)
-                results[i] = client.infer(QUESTION, image=_png(images[i]))
-
-        threads = [threading.Thread(target=camera, args=(i,)) for i in range(len(images))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT_S)
+        results = _cameras_at_once(srv.url, images)
     assert all(r is not None for r in results), "every camera got an answer"
     assert [r.token_ids for r in results] == expected
     assert max(r.timings["vision_batch"] for r in results) > 1, [r.timings for r in results]
@@ -268,19 +280,7 @@ def test_concurrent_cameras_are_batched_into_one_vision_run(server, bundle):
     images = [colour_image(list(COLOURS)[i % 3], 200 + i) for i in range(cameras)]
     engine = Engine.load(bundle, EngineConfig(threads=1))
     expected = [engine.answer(engine.frame(image), QUESTION).token_ids for image in images]
-    start = threading.Barrier(cameras)
-    results: list = [None] * cameras
-
-    def camera(i: int) -> None:
-        with TritonClient(server.url) as client:
-            start.wait(timeout=30)
-            results[i] = client.infer(QUESTION, image=_png(images[i]))
-
-    threads = [threading.Thread(target=camera, args=(i,)) for i in range(cameras)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT_S)
+    results = _cameras_at_once(server.url, images)
     assert all(r is not None for r in results), "every camera got an answer"
     assert [r.token_ids for r in results] == expected
     batches = [r.timings["requests_in_batch"] for r in results]
