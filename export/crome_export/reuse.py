@@ -23,6 +23,7 @@ Not here: computing any of it (fidelity.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ def _files_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+@functools.cache  # the sources do not change within a process; hashing them is per call otherwise
 def _runtime_sha256() -> str:
     """sha256 of the runtime an engine answers with: crome_runtime's Python sources and its C core's build."""
     import crome_runtime
@@ -57,6 +59,7 @@ def _runtime_sha256() -> str:
     return _files_sha256(sorted(here.rglob("*.py")) + sorted(here.glob("_crome_core*")))
 
 
+@functools.cache
 def _sources_sha256() -> str:
     """sha256 of the code PyTorch's references run through: crome_edge (model, adapter, backbones, prompt use),
     the reference computation and the runtime's prompt template."""
