@@ -35,12 +35,11 @@ def adapter_dims(config_json: str) -> tuple[int, int]:
     return dims
 
 
-def load_c_adapter(path: Path, d_model: int) -> dict:
-    """modality -> ccore.GatedProjection for the adapter file at `path`; BundleError if it does not fit."""
+def read_adapter_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The adapter tensors (formats.ADAPTER_TENSORS) of a bundle's adapter weights file, float32 and contiguous;
+    BundleError when it cannot be read or lacks one."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
-
-    from crome_runtime.ccore import GatedProjection
 
     try:
         tensors = load_file(str(path))
@@ -49,7 +48,15 @@ def load_c_adapter(path: Path, d_model: int) -> dict:
     missing = sorted(set(formats.ADAPTER_TENSORS) - set(tensors))
     if missing:
         raise BundleError(f"{path.name} lacks the adapter tensors {missing}; re-export the bundle")
-    up = np.ascontiguousarray(tensors["up"], dtype=np.float32)  # (r, d)
+    return {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in formats.ADAPTER_TENSORS}
+
+
+def load_c_adapter(path: Path, d_model: int) -> dict:
+    """modality -> ccore.GatedProjection for the adapter file at `path`; BundleError if it does not fit."""
+    from crome_runtime.ccore import GatedProjection
+
+    tensors = read_adapter_tensors(path)
+    up = tensors["up"]  # (r, d)
     rank = up.shape[0]
     projections = {}
     for modality in MODALITIES:

@@ -36,18 +36,10 @@ class VisualWeights:
 
     @classmethod
     def read(cls, path: Path) -> "VisualWeights":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        from crome_runtime.adapter_kernel import read_adapter_tensors
 
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as error:
-            raise EngineError(f"{path.name} cannot be read for --explain ({error}); re-export the bundle") from None
-        missing = sorted({"visual.down", "visual.gate", "up"} - set(tensors))
-        if missing:
-            raise EngineError(f"{path.name} lacks the adapter tensors {missing}; re-export the bundle")
-        as32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-        return cls(as32(tensors["visual.down"]), as32(tensors["visual.gate"]), as32(tensors["up"]))
+        tensors = read_adapter_tensors(path)  # BundleError when unreadable or incomplete
+        return cls(tensors["visual.down"], tensors["visual.gate"], tensors["up"])
 
 
 def query_stats(x: np.ndarray, weights: VisualWeights) -> tuple[np.ndarray, np.ndarray]:
