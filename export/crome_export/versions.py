@@ -22,7 +22,7 @@ from crome_runtime.adapter_entries import AdapterEntry
 from crome_runtime.adapter_versions import (KeptVersion, find, restored, retire, short, succession, unkeepable, utc_now,
                                             version_of)
 from crome_runtime.manifest import BundleError, Manifest, read_manifest, read_report
-from crome_runtime.safetensors_header import SafetensorsHeaderError, read_header
+from crome_runtime.safetensors_header import SafetensorsHeaderError, read_metadata
 
 
 def succeed(current: Member, new: Member, keep: int) -> Member:
@@ -93,7 +93,7 @@ def _row(path: Path, entry: AdapterEntry, replaced: str | None, section) -> dict
 def _data_recipe(weights: Path) -> dict | None:
     """The `crome-edge data synth` recipe the adapter file records (None: trained on other data, or older)."""
     try:
-        text = read_header(weights).get("__metadata__", {}).get(formats.META_TRAIN_DATA_RECIPE)
+        text = read_metadata(weights).get(formats.META_TRAIN_DATA_RECIPE)
         return input_files.loads(text, f"{weights.name}'s data recipe") if isinstance(text, str) else None
     except (OSError, SafetensorsHeaderError, json.JSONDecodeError) as error:
         return {"unreadable": f"{weights.name}: {error}"}
