@@ -126,3 +126,77 @@ def test_a_full_disk_while_building_says_what_to_do(tmp_path):
     with pytest.raises(CromeError, match="no space left for the export cache.*CROME_EDGE_CACHE"):
         cache.build("k", FIELDS, full)
     assert _debris(cache.root) == [] and not (cache.root / "k").exists()
+
+
+def _staged(tmp_path: Path, source: Path, sha256: str, link=os.link):
+    """add_cached of `source` into a BundleWriter's staging directory -> (writer, staged path)."""
+    from crome_export.bundle import BundleWriter
+
+    writer = BundleWriter(tmp_path / "out.bundle")
+    writer.__enter__()
+    return writer, writer.add_cached(source, "part.bin", "fp32", sha256)
+
+
+def test_a_bundle_links_the_cache_file_and_hashes_it_once(tmp_path, monkeypatch):
+    import hashlib
+
+    cache = PartsCache(tmp_path / "cache")
+    directory, entry = cache.build("k", FIELDS, _builder(b"weights"))
+    source = directory / "part.bin"
+    sha256 = cache.recorded_sha256(source)
+    assert sha256 == entry["files"]["part.bin"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert cache.recorded_sha256(tmp_path / "elsewhere.bin") is None
+    writer, staged = _staged(tmp_path, source, sha256)
+    assert os.path.samefile(writer.staging / "part.bin", source)  # a hard link: no copy
+    assert staged.sha256 == sha256 and staged.bytes == len(b"weights")
+    writer.__exit__(None, None, None)
+
+    def no_links(src, dst):  # another file system
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    writer, staged = _staged(tmp_path, source, sha256)
+    assert not os.path.samefile(writer.staging / "part.bin", source)  # a copy, hashed as it was written
+    assert (writer.staging / "part.bin").read_bytes() == b"weights" and staged.sha256 == sha256
+    writer.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_a_cache_file_whose_bytes_changed_is_not_staged(tmp_path, monkeypatch, linked):
+    """An edit in place that kept the file's mtime (the lookup cannot see it) is caught by the sha256 the writer
+    computes as it links (or copies): nothing is staged under the name."""
+    from crome_export.bundle import CachedFileAltered
+
+    cache = PartsCache(tmp_path / "cache")
+    directory, entry = cache.build("k", FIELDS, _builder(b"weights"))
+    source = directory / "part.bin"
+    with open(source, "r+b") as f:
+        f.write(b"W")
+    if not linked:
+        monkeypatch.setattr(os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+    with pytest.raises(CachedFileAltered, match="changed after it was cached"):
+        _staged(tmp_path, source, entry["files"]["part.bin"]["sha256"])
+    staging = next((tmp_path).glob(".out.bundle.partial-*"))
+    assert not (staging / "part.bin").exists()
+    cache.discard(source)
+    assert cache.lookup("k") is None and not directory.exists()
+
+
+def test_an_entry_with_a_file_changed_after_it_was_recorded_is_a_miss_and_is_removed(tmp_path):
+    """A bundle file is the cache's inode: a user's edit of it in place changes the entry's file (and its mtime). The
+    lookup then misses and removes the entry, so the next build starts clean; an untouched entry is found."""
+    cache = PartsCache(tmp_path)
+    directory, entry = cache.build("k", FIELDS, _builder(b"weights"))
+    bundle = tmp_path / "a.bundle"
+    bundle.mkdir()
+    os.link(directory / "part.bin", bundle / "part.bin")  # what export does
+    recorded = (directory / "entry.json").stat().st_mtime_ns
+    os.utime(directory / "entry.json", ns=(recorded - 10**9, recorded - 10**9))  # the entry was written a while ago
+    os.utime(directory / "part.bin", ns=(recorded - 2 * 10**9, recorded - 2 * 10**9))
+    assert cache.lookup("k") == (directory, entry)
+    with open(bundle / "part.bin", "r+b") as f:  # the user's edit, through the bundle
+        f.write(b"W")
+    assert cache.lookup("k") is None and not directory.exists()
+    assert (bundle / "part.bin").read_bytes() == b"Weights"  # the bundle keeps its (edited) file
+    rebuilt, _ = cache.build("k", FIELDS, _builder(b"weights"))
+    assert cache.lookup("k") is not None and (rebuilt / "part.bin").read_bytes() == b"weights"

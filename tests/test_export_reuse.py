@@ -174,3 +174,112 @@ def test_decoder_blocks_files_come_out_byte_for_byte_the_same_in_another_process
                        check=True)
         copies.append((tmp_path / f"{name}.safetensors").read_bytes())
     assert copies[0] == copies[1] == (tmp_path / "a.safetensors").read_bytes()
+
+
+def _parts_file(cache: Path, precision: str, name: str) -> Path:
+    (found,) = [p / name for p in (cache / "export-parts").iterdir() if f"-{precision}-" in p.name and (p / name).is_file()]
+    return found
+
+
+@pytest.mark.slow  # four exports, two of them rebuilding backbone parts
+def test_backbone_files_are_hard_links_into_the_cache_and_an_edited_bundle_file_is_never_reused(ws, tmp_path):
+    """The bundle's backbone files are the export cache's (hard links: no copy), so an edit of one in place changes the
+    cache entry too; the next export then rebuilds the entry (a file newer than its entry) instead of shipping or
+    measuring the edited bytes, and an edit that kept the old mtime is caught by the writer's sha256 (the entry is
+    removed, the export stops and says so, the one after rebuilds it). The edited bundle's own load refuses it."""
+    import os
+
+    from crome_edge.errors import CromeError
+    from crome_runtime.manifest import BundleError, read_manifest
+
+    import shutil
+
+    cache, first = tmp_path / "cache", ws["first"]
+    shutil.copytree(ws["cache"], cache)  # other inodes: the module's bundles stay as they are
+    _export(ws["adapter"], tmp_path / "a.bundle", cache)
+    bundle = tmp_path / "a.bundle"
+    decoder = _parts_file(cache, "int8", "decoder.onnx")
+    embeddings = _parts_file(cache, "fp32", "embed_tokens.npy")
+    assert os.path.samefile(bundle / "decoder.onnx", decoder) and os.path.samefile(bundle / "embed_tokens.npy", embeddings)
+    original = decoder.read_bytes()
+    manifest = read_manifest(bundle, verify=True)  # the linked files hash to what the manifest says
+
+    with open(bundle / "decoder.onnx", "r+b") as f:  # a user's tool rewriting the bundle's decoder in place
+        f.seek(len(original) // 2)
+        f.write(bytes(b ^ 0xFF for b in original[len(original) // 2 : len(original) // 2 + 64]))
+    assert decoder.read_bytes() != original  # the cache's inode: the edit reached the entry
+    with pytest.raises(BundleError, match="altered"):
+        read_manifest(bundle, verify=True)
+    again = _export(ws["adapter"], tmp_path / "b.bundle", cache)
+    assert not again["backbone_parts_cached"]["int8"]  # the altered entry was rebuilt, not reused
+    rebuilt = _parts_file(cache, "int8", "decoder.onnx")
+    assert rebuilt.read_bytes() == original and not os.path.samefile(rebuilt, bundle / "decoder.onnx")
+    assert read_manifest(tmp_path / "b.bundle", verify=True).files["decoder.onnx"] == manifest.files["decoder.onnx"]
+    for key in MEASURED:
+        assert again[key] == first[key], key
+
+    stamp = embeddings.stat()  # now an edit that puts the old mtime back: only the bytes tell
+    with open(tmp_path / "b.bundle" / "embed_tokens.npy", "r+b") as f:
+        f.seek(stamp.st_size - 8)
+        f.write(b"\x01" * 8)
+    os.utime(embeddings, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    with pytest.raises(CromeError, match="changed after it was cached"):
+        _export(ws["adapter"], tmp_path / "c.bundle", cache)
+    assert not (tmp_path / "c.bundle").exists() and not embeddings.parent.exists()  # nothing written, entry removed
+    healed = _export(ws["adapter"], tmp_path / "d.bundle", cache)
+    assert not healed["backbone_parts_cached"]["fp32"]
+    read_manifest(tmp_path / "d.bundle", verify=True)
+    for key in MEASURED:
+        assert healed[key] == first[key], key
+
+
+def test_two_engines_on_the_same_graph_bytes_share_its_session_and_answer_as_alone(ws):
+    """export's FP32 and INT8 candidates hold one decoder.onnx: SharedSessions opens it once (same sha256, providers,
+    threads), and each engine still answers exactly as an engine with its own sessions."""
+    from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
+    from crome_runtime.shared_sessions import SharedSessions
+    from tests.support.bundles import QUESTION, colour_image
+
+    config = EngineConfig(threads=1)
+    sessions = SharedSessions()
+    a = Engine.load(ws["first_bundle"], config, sessions=sessions)
+    b = Engine.load(ws["first_bundle"], config, sessions=sessions)
+    assert a.sessions["decoder"] is b.sessions["decoder"] and a.sessions["vision"] is b.sessions["vision"]
+    assert sessions.opened == sessions.shared >= 2  # vision, decoder (and the adapter graphs when they run on ONNX)
+    c = Engine.load(ws["first_bundle"], EngineConfig(threads=2), sessions=sessions)  # other threads: its own
+    assert c.sessions["decoder"] is not a.sessions["decoder"]
+    alone = Engine.load(ws["first_bundle"], config)
+    options = GenerationOptions(temperature=0.0, max_new_tokens=4)
+    for seed, colour in enumerate(("red", "green", "blue")):
+        frame = alone.frame(colour_image(colour, seed))
+        want = alone.answer(frame, QUESTION, options).token_ids
+        assert a.answer(frame, QUESTION, options).token_ids == want
+        assert b.answer(frame, QUESTION, options).token_ids == want
+
+
+def test_pytorch_margins_are_kept_under_the_references_key(tmp_path):
+    """Where a candidate's answer diverged, PyTorch's top-2 margins come from the cache the next time the same
+    references (same key fields) are asked about, and a changed field (another adapter) computes them again."""
+    from crome_export.reuse import Reuse
+
+    calls = []
+
+    def compute(values):
+        def run():
+            calls.append(values)
+            return values
+        return run
+
+    fields = {"what": "pytorch references", "adapter": "a", "prompts": [[0, "q", "x"]]}
+    first = Reuse(tmp_path)
+    assert first.margins(fields, 3, compute([0.5, 0.25])) == [0.5, 0.25]
+    assert first.report["pytorch_margins"] == {"reused": False, "prompts": 1, "from_cache": 0,
+                                               "why": first.report["pytorch_margins"]["why"]}
+    second = Reuse(tmp_path)
+    assert second.margins(fields, 3, compute([9.0])) == [0.5, 0.25]  # not recomputed
+    assert second.report["pytorch_margins"]["reused"] is True and second.report["pytorch_margins"]["from_cache"] == 1
+    assert second.margins(fields, 4, compute([1.0])) == [1.0]  # another prompt
+    assert second.report["pytorch_margins"]["reused"] is False  # one of the two was computed
+    assert Reuse(tmp_path).margins({**fields, "adapter": "b"}, 3, compute([2.0])) == [2.0]
+    assert Reuse(tmp_path, enabled=False).margins(fields, 3, compute([3.0])) == [3.0]
+    assert calls == [[0.5, 0.25], [1.0], [2.0], [3.0]]

@@ -12,7 +12,6 @@ the file format (decoder_blocks_file.py), the export gates (pipeline / fidelity)
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +170,8 @@ DECODER_BLOCKS = ("auto", "q8_0")  # `crome-edge export --decoder-blocks`: the G
 
 
 def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto", cache=None) -> Path | None:
-    """directory/DECODER_BLOCKS_FILE, or None when the backbone gets none (its decode steps then run on the ONNX
+    """directory/DECODER_BLOCKS_FILE (with `cache`: the cache entry's file, never to be written), or None when the
+    backbone gets none (its decode steps then run on the ONNX
     decoder). form "auto": the backbone's exact GGUF blocks (bit-identity checked) when it has a GGUF, else none
     (a weight-only Q8_0 form changes the weights). form "q8_0": a float backbone's weight-only Q8_0 blocks, their
     source marked `"gate": "passed"` provisionally so the export can measure them on the C path; the export
@@ -212,10 +212,9 @@ def write_bundle_blocks(backbone, directory: Path, say, form: str = "auto", cach
 
     if cache is None:
         notes = build(directory)
-    else:
+    else:  # the cache's own file: the bundle writer hard-links it (BundleWriter.add_cached)
         built, entry = _cached_blocks(cache, backbone, gguf_sha256, build)
-        notes = entry["notes"]
-        shutil.copyfile(built / formats.DECODER_BLOCKS_FILE, path)
+        notes, path = entry["notes"], built / formats.DECODER_BLOCKS_FILE
     say(f"decoder blocks: {gguf_path.name}'s own {'/'.join(notes['qtypes'])} blocks, {notes['bytes'] / 1e6:.0f} MB, "
         "bit-identical to the PyTorch weights dequantised")
     return path

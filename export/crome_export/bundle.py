@@ -14,6 +14,8 @@ replacing one, `build-engines` — holds an advisory lock (fcntl.flock on `.NAME
 directory itself is exchanged) from reading the bundle to committing it; a second writer waits up to
 BUNDLE_LOCK_WAIT_S, then is refused with a message naming the first. Two `bundle add`s at once both said "added"
 and one adapter was lost (issue 21); now the second adds to the first's bundle, or changes nothing and says so.
+Files from the export cache are hard-linked into the bundle (add_cached: the cache replaces its files only whole,
+and every linked file is hashed once on the way in); a file system without hard links gets copies.
 Not here: what goes into the bundle (pipeline.py) or the manifest schema (crome_runtime.manifest).
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 from crome_edge.errors import CromeError
 from crome_runtime import formats
 from crome_runtime.limits import BUNDLE_LOCK_WAIT_S
-from crome_runtime.manifest import FileEntry, Manifest
+from crome_runtime.manifest import FileEntry, Manifest, sha256_file
 from crome_runtime import input_files
 
 CHUNK = 1 << 20
@@ -158,6 +160,16 @@ def _acquire(lock: Path, target: Path, command: str, wait_s: float) -> int:
         os.close(fd)
 
 
+class CachedFileAltered(CromeError):
+    """A file of the export cache no longer holds the bytes its entry recorded (edited in place, e.g. through a
+    bundle that hard-links it)."""
+
+    def __init__(self, source: Path):
+        super().__init__(f"{source} in the export cache was changed after it was cached (sha256 differs; a bundle file "
+                         "linked to it edited in place?); its entry was removed: export again to rebuild it")
+        self.source = source
+
+
 class BundleWriter:
     def __init__(self, target: Path, force: bool = False):
         self.target = Path(target).absolute()
@@ -211,6 +223,26 @@ class BundleWriter:
             return self.add_file(source, name, entry.precision, entry.sha256)
         self.files[name] = FileEntry(sha256=entry.sha256, bytes=entry.bytes, precision=entry.precision)
         return self.files[name]
+
+    def add_cached(self, source: Path, name: str, precision: str, sha256: str) -> FileEntry:
+        """A file of the export cache (crome_export.parts_cache: never written in place) whose entry recorded `sha256`:
+        hard-linked where the file system allows (no copy of the backbone's hundreds of MB), else copied; hashed
+        either way, so every byte the bundle ships is checked once. CachedFileAltered when the bytes are not the
+        recorded ones (nothing is staged under `name` then)."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        target = self.staging / name
+        try:
+            os.link(source, target)
+        except OSError:  # another file system, or no hard links there: a copy, hashed as it is written
+            entry = self._write(name, _read_chunks(source), precision)
+        else:
+            entry = FileEntry(sha256=sha256_file(target), bytes=target.stat().st_size, precision=precision)
+        if entry.sha256 != sha256:
+            target.unlink()
+            self.files.pop(name, None)
+            raise CachedFileAltered(source)
+        self.files[name] = entry
+        return entry
 
     def add_bytes(self, name: str, data: bytes, precision: str = "data") -> FileEntry:
         return self._write(name, (data[i : i + CHUNK] for i in range(0, len(data), CHUNK)), precision)

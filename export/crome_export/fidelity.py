@@ -150,8 +150,12 @@ def measure(model: CromeModel, engines: dict, data: ExportData, config: Fidelity
     def margin(index: int, step: int) -> float:  # computed only where an engine's answer diverges
         if index not in margins:
             ref = refs[index]
-            visual = visual_outputs(model, [pixels[ref.frame]], [(0, ref.question, None)])[0]
-            margins[index] = top2_margins(model, visual, ref.question, ref.token_ids)
+
+            def compute_margins() -> list[float]:
+                visual = visual_outputs(model, [pixels[ref.frame]], [(0, ref.question, None)])[0]
+                return top2_margins(model, visual, ref.question, ref.token_ids)
+
+            margins[index] = reuse.margins(fields, index, compute_margins)
         return margins[index][min(step, len(margins[index]) - 1)]
 
     frames = [Frame.from_pixels(p) for p in pixels]

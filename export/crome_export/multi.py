@@ -125,12 +125,13 @@ def choose_route(name: str, trained, patterns: dict, questions: dict) -> Route:
     return trained()
 
 
-def read_contents(path: Path, trained_routes: bool = True) -> Contents:
-    """A bundle's files (every sha256 checked) as backbone files + adapters. trained_routes: an adapter that answers
-    every question (a version-1 bundle's) gets the routes of its training data instead (it answered every question
-    alone; in a bundle of several it answers its own)."""
+def read_contents(path: Path, trained_routes: bool = True, verify: bool = True) -> Contents:
+    """A bundle's files (every sha256 checked, unless `verify` is False: a bundle this process has just written,
+    hashing every file as it did) as backbone files + adapters. trained_routes: an adapter that answers every
+    question (a version-1 bundle's) gets the routes of its training data instead (it answered every question alone;
+    in a bundle of several it answers its own)."""
     path = Path(path).expanduser().absolute()
-    manifest = read_manifest(path, verify=True)
+    manifest = read_manifest(path, verify=verify)
     report = _report(path, manifest)
     sections = (report or {}).get("adapters", {})
     kept_sections = (report or {}).get(formats.REPORT_KEPT_VERSIONS, {})
@@ -284,7 +285,7 @@ def _export_alone(config, adapter: Path, route: Route, directory: Path, quiet: b
     out = directory / f"{adapter_name(adapter)}.bundle"
     export_bundle(dataclasses.replace(config, adapter=adapter, out=out, force=False, route=route),
                   Progress(7, enabled=not quiet))
-    return read_contents(out, trained_routes=False)
+    return read_contents(out, trained_routes=False, verify=False)  # its writer hashed every file a moment ago
 
 
 def export_adapters(config, adapters: list[Path], routes: dict[str, list[str]] | None = None,

@@ -8,6 +8,14 @@ inside the cache and renamed into place (complete or absent; a concurrent export
 build directories of killed exports are removed after a day).
 With the cache disabled (`export --no-cache`) parts are built into temporary directories that the cache owns
 and removes on close() (use it as a context manager; a failed build removes its directory at once).
+Bundles hard-link the entries' files (BundleWriter.add_cached) instead of copying them: the cache never writes a
+file in place (an entry is only ever replaced whole), but a bundle file is the cache's inode, so a user's edit of it
+in place (e.g. onnx.save over bundle/decoder.onnx) changes the entry too. Such an entry is never used: a file
+modified after its entry was recorded (newer than entry.json) makes the lookup a miss that removes the entry (it is
+built again), and an edit that kept the old mtime is caught by the sha256 the writer computes as it links (the
+entry is then removed and the export stops, saying so). Read-only files (0444) were not chosen: the mode travels
+with the inode into every bundle, and with `cp -a` / copytree into every copy of one, so editing a copy of a
+bundle, an ordinary thing to do, would fail; ext4 has no copy-on-write clones.
 `<cache>` is crome_runtime.user_cache_dir.cache_root(), as for the model store.
 Not here: what goes into an entry (backbone_parts.py).
 """
@@ -70,18 +78,36 @@ class PartsCache:
         _remove_all(self._temporary)
 
     def lookup(self, key: str) -> tuple[Path, dict] | None:
-        """The entry's directory and entry.json when it is complete (every file there, sizes match)."""
+        """The entry's directory and entry.json when it is complete (every file there, sizes match) and unaltered
+        (no file modified after entry.json was written: an altered entry is removed, so it is built again)."""
         if not self.enabled:
             return None
         directory = self.root / key
         try:
+            recorded = (directory / ENTRY_FILE).stat().st_mtime_ns
             entry = input_files.read_json(directory / ENTRY_FILE)
+            altered = False
             for name, record in entry["files"].items():
-                if (directory / name).stat().st_size != record["bytes"]:
+                status = (directory / name).stat()
+                if status.st_size != record["bytes"]:
                     return None
+                altered = altered or status.st_mtime_ns > recorded
         except (OSError, ValueError, KeyError):
             return None
+        if altered:
+            self.invalidate(key)
+            return None
         return directory, entry
+
+    def recorded_sha256(self, path: Path) -> str | None:
+        """The sha256 the entry holding `path` recorded for it (a file of this cache), else None."""
+        path = Path(path)
+        if not self.enabled or path.parent.parent != self.root:
+            return None
+        try:
+            return input_files.read_json(path.parent / ENTRY_FILE)["files"][path.name]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def build(self, key: str, fields: dict, builder: Callable[[Path], dict]) -> tuple[Path, dict]:
         """Runs builder(dir) -> notes into a fresh directory and stores it under `key`. With the cache
@@ -111,7 +137,12 @@ class PartsCache:
         return target, entries[0]
 
     def invalidate(self, key: str) -> None:
-        shutil.rmtree(self.root / key, ignore_errors=True)
+        shutil.rmtree(self.root / key, ignore_errors=True)  # bundles linked to its files keep them (hard links)
+
+    def discard(self, path: Path) -> None:
+        """Removes the entry holding `path` (a file found altered), so the next export builds it again."""
+        if Path(path).parent.parent == self.root:
+            self.invalidate(Path(path).parent.name)
 
     @staticmethod
     def _record(directory: Path, fields: dict, notes: dict) -> dict:

@@ -198,16 +198,17 @@ def export_bundle(config: ExportConfig, progress: Progress | None = None) -> Exp
         # the C decode step's weights: the GGUF's exact blocks, or (--decoder-blocks q8_0) a lowered form
         blocks = write_bundle_blocks(backbone, work, progress.note, config.decoder_blocks, parts_cache)
         lowered = config.decoder_blocks == "q8_0" and blocks is not None
-        for file in _bundle_files(adapter_path, parts, work, config, name):
-            writer.add_file(file.source, file.name, file.precision, file.sha256)
+        files = _bundle_files(adapter_path, parts, work, config, name)
         if blocks is not None:
-            writer.add_file(blocks, blocks.name, "int8" if lowered else "data")
+            files.append(BundleFile(blocks, blocks.name, "int8" if lowered else "data",
+                                    parts_cache.recorded_sha256(blocks)))
+        _add_files(writer, files, parts_cache)
         shipped = "int8" if lowered and config.precision == "fp32" else config.precision  # the pipeline's gates
         decoders = {"fp32": "onnx", shipped: "c"} if lowered else {}  # lowered blocks: parity on ONNX, gates on C
         with tempfile.TemporaryDirectory(prefix=f".{writer.target.name}.fp32-candidate-", dir=writer.target.parent) as ref:
             candidates = {"fp32": writer.candidate(manifest)}  # the files as they will ship
             if config.precision != "fp32":  # the parity reference: the same files with the FP32 graphs
-                candidates = {"fp32": _fp32_candidate(Path(ref), writer, parts, manifest),
+                candidates = {"fp32": _fp32_candidate(Path(ref), writer, parts, manifest, parts_cache),
                               config.precision: candidates["fp32"]}
             elif lowered:  # the same files twice: FP32 parity on the ONNX decoder, the Q8_0 blocks' gates on C
                 candidates["int8"] = candidates["fp32"]
@@ -269,11 +270,16 @@ def _measure(model, data, candidates: dict[str, Path], manifest, config: ExportC
     from crome_export.fidelity import FidelityConfig, measure
     from crome_runtime.engine import Engine, EngineConfig
 
+    from crome_runtime.shared_sessions import SharedSessions
+
     engines = {}
+    sessions = SharedSessions()  # a graph file both candidates hold (the decoder, an int8 export's) is opened once
     with ExitStack() as pins:
         for precision, directory in candidates.items():
             decoder = (decoders or {}).get(precision, "auto")
-            engines[precision] = Engine.load(directory, EngineConfig(threads=config.threads or 0, decoder=decoder))
+            # verify=False: every file of a candidate was hashed once as it was staged (BundleWriter, _fp32_candidate)
+            engine_config = EngineConfig(threads=config.threads or 0, decoder=decoder, verify=False)
+            engines[precision] = Engine.load(directory, engine_config, sessions=sessions)
             engine = engines[precision]
             pins.enter_context(engine.pin(adapter))
             progress.note(f"{precision} candidate: {engine.adapter_backend} adapter kernel, {engine.decoder_backend} "
@@ -415,12 +421,30 @@ def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig, n
     return files
 
 
-def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
+def _add_files(writer, files: list["BundleFile"], parts_cache) -> None:
+    """Stages `files`: those of the export cache (sha256 known) hard-linked and hashed, the others copied and hashed.
+    A cache file found altered removes its entry (the next export rebuilds it) and stops the export."""
+    from crome_export.bundle import CachedFileAltered
+
+    try:
+        for file in files:
+            if file.sha256 is None:
+                writer.add_file(file.source, file.name, file.precision)
+            else:
+                writer.add_cached(file.source, file.name, file.precision, file.sha256)
+    except CachedFileAltered as altered:
+        parts_cache.discard(altered.source)
+        raise
+
+
+def _fp32_candidate(directory: Path, writer, parts, manifest, parts_cache) -> Path:
     """A lowered export's parity reference in `directory`: the staged bundle's files with the FP32 graphs in place
-    of the lowered ones (hard links where the filesystem allows, else copies) and a manifest listing them."""
+    of the lowered ones (hard links where the filesystem allows, else copies) and a manifest listing them. The FP32
+    graphs from the export cache are hashed here (the staged files were, as they were staged)."""
     import shutil
 
-    from crome_runtime.manifest import FileEntry
+    from crome_export.bundle import CachedFileAltered
+    from crome_runtime.manifest import FileEntry, sha256_file
 
     entries = {}
     for name, entry in writer.files.items():
@@ -432,6 +456,9 @@ def _fp32_candidate(directory: Path, writer, parts, manifest) -> Path:
             os.link(source, directory / name)
         except OSError:  # another filesystem (the export cache), or no hard links there
             shutil.copyfile(source, directory / name)
+        if source.parent == parts.fp32_dir and sha256_file(directory / name) != entry.sha256:
+            parts_cache.discard(source)
+            raise CachedFileAltered(source)
         entries[name] = entry
     candidate = dataclasses.replace(manifest, precision="fp32", files=dict(sorted(entries.items())))
     (directory / formats.MANIFEST_FILE).write_text(candidate.to_json())

@@ -15,6 +15,8 @@
   CPU, the frames, questions and generation cap: a re-export whose candidate is byte for byte one measured
   before gets that measurement's answers, after SPOT_ANSWERS of them, spread over the set, come out token for
   token again when answered live (else every answer is computed).
+  PyTorch's top-2 margins along an answer where a candidate diverged (fidelity.top2_margins, the near-tie rule) are a
+  function of the same fields as the references plus the prompt's index: they are kept under those.
   A graph's TensorRT compatibility check (trt_check.check_graph) is a function of the graph's bytes (sha256), the
   checker's code and onnx's version.
 Every decision lands in the report's `reused` section (`reused`/`why`), shown by the export's table and
@@ -39,6 +41,7 @@ from crome_runtime.fidelity import Reference, StageReference
 REFERENCES_VERSION = 1  # bump when what fidelity.references computes changes in a way the key does not see
 VISION_VERSION = 1
 ANSWERS_VERSION = 1
+MARGINS_VERSION = 1
 SPOT_ANSWERS = 4  # answers of a reused set computed again (first, last and between)
 
 
@@ -180,6 +183,7 @@ class Reuse:
         self.vision_cache = ResultCache("export-vision", self.root, self.enabled)
         self.answers_cache = ResultCache("export-answers", self.root, self.enabled)
         self.checks_cache = ResultCache("export-graph-checks", self.root, self.enabled)
+        self.margins_cache = ResultCache("export-margins", self.root, self.enabled)
 
     def references(self, name: str, fields: dict, compute) -> list[Reference]:
         """PyTorch's references for `fields` (reference_fields): from the cache, else compute() stored there."""
@@ -198,6 +202,31 @@ class Reuse:
                                                      "and prompts, or the cache is off)" if self.enabled else
                              "--no-cache"}
         return refs
+
+    def margins(self, fields: dict, index: int, compute) -> list[float]:
+        """PyTorch's top-2 margins along prompt `index`'s answer (fidelity.top2_margins), for the references of
+        `fields` (reference_fields): from the cache, else compute() stored there. Asked only where an engine's answer
+        diverged; the report's `pytorch_margins` counts how many came from the cache."""
+        key = {**fields, "what": "pytorch top-2 margins", "margins_version": MARGINS_VERSION, "index": index}
+        found = self.margins_cache.get(key)
+        report = self.report.setdefault("pytorch_margins", {"reused": False, "prompts": 0, "from_cache": 0,
+                                                            "why": MARGINS_WHY})
+        report["prompts"] += 1
+        if found is not None:
+            try:
+                values = [float(v) for v in found[0]["margins"]]
+            except (KeyError, TypeError, ValueError):
+                values = []
+            if values:
+                report["from_cache"] += 1
+                report["reused"] = report["from_cache"] == report["prompts"]
+                return values
+        values = [float(v) for v in compute()]
+        self.margins_cache.put(key, {"margins": values}, {})
+        report["reused"] = False
+        if not self.enabled:
+            report["why"] = "--no-cache"
+        return values
 
     def engine_vision(self, name: str, engine, frames: list, refs: list[Reference], compute) -> dict:
         """The engine's vision outputs on the references' frames (fidelity.engine_vision's dict): from the cache
@@ -283,4 +312,6 @@ VISION_WHY = ("the same vision.onnx (sha256), frames, onnxruntime, providers, th
 ANSWERS_WHY = ("every file of the candidate bundle (sha256), its adapter, backends, providers and threads, "
                "onnxruntime, the C core and runtime code, the CPU and the prompts are those of an earlier export's "
                f"measurement; {SPOT_ANSWERS} of its answers recomputed live token for token")
+MARGINS_WHY = ("PyTorch's top-2 logit margins where a candidate's answer diverged, for the same references (backbone "
+               "fingerprint, adapter tensors, frames, prompts, code, torch threads and CPU) as an earlier export")
 CHECKS_WHY = "the same graph bytes (sha256), checker code and onnx version as a check made before"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generator, Iterator
 
@@ -42,6 +43,7 @@ from crome_runtime.errors import EngineError, PromptTooLong
 from crome_runtime.limits import TextError, check_text, context_problem
 from crome_runtime.profiler import Profiler, Run, now
 from crome_runtime.sampling import SamplingParams, sample_next_token
+from crome_runtime.shared_sessions import SharedSessions
 from crome_runtime.vision_inputs import vision_feeds
 
 if TYPE_CHECKING:
@@ -176,8 +178,12 @@ class _State:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, config: EngineConfig | None = None, profiler: Profiler | None = None):
+    def __init__(self, bundle: Bundle, config: EngineConfig | None = None, profiler: Profiler | None = None,
+                 sessions: SharedSessions | None = None):
+        """sessions: where sessions over graph bytes another engine opened the same way are taken from (export's
+        candidates); None: this engine opens its own."""
         self.bundle, self.config = bundle, config or EngineConfig()
+        self._shared = sessions
         self.manifest = bundle.manifest
         self.profiler = profiler or Profiler()
         self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
@@ -213,7 +219,14 @@ class Engine:
         self._explain_weights: dict[str, explain_module.VisualWeights] = {}  # sha256 -> weights (explain())
 
     def _open(self, path):
-        return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
+        def create(path):
+            return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
+
+        if self._shared is None:
+            return create(path)
+        entry = self.manifest.files.get(Path(path).name)
+        how = (repr(self.plan.session_arguments()), self.config.threads, self.config.spin)
+        return self._shared.open(path, entry.sha256 if entry is not None else None, how, create)
 
     def _cache_sizes(self) -> tuple[int, int]:
         return self.config.vision_cache, self.config.text_cache
@@ -282,10 +295,11 @@ class Engine:
 
     @classmethod
     def load(cls, bundle: str | os.PathLike, config: EngineConfig | None = None,
-             profiler: Profiler | None = None) -> "Engine":
-        """Reads and verifies the bundle (BundleError on any problem), opens its sessions, checks their dims."""
+             profiler: Profiler | None = None, sessions: SharedSessions | None = None) -> "Engine":
+        """Reads and verifies the bundle (BundleError on any problem), opens its sessions (or takes them from
+        `sessions`, shared_sessions.py), checks their dims."""
         config = config or EngineConfig()
-        return cls(load_bundle(bundle, verify=config.verify), config, profiler)
+        return cls(load_bundle(bundle, verify=config.verify), config, profiler, sessions)
 
     # --- frames -------------------------------------------------------------------------------------
     def frame(self, image, pixfmt: str = "bgr", key: str | None = None) -> Frame:
