@@ -53,18 +53,36 @@ def _c_greedy(decoder, embeds, table, n):
     return tokens, logits
 
 
+@pytest.fixture(scope="module")
+def pytorch_answers(smol):
+    """{prompt: (ids, tokens, logits)} of fp32 PyTorch, computed once for every ISA / thread case."""
+    backbone, llm, _ = smol
+    torch.set_num_threads(1)
+    table = llm.get_input_embeddings().weight.detach().numpy()
+    answers = {}
+    for prompt in PROMPTS:
+        ids = backbone.info.prompt.prompt_ids(backbone.llm_tokenizer, prompt)
+        answers[prompt] = (ids, *_torch_greedy(llm, np.ascontiguousarray(table[ids][None]), 32))
+    return answers
+
+
+def _isas():
+    """auto (the best path here) and AVX2 where it is not already auto (its repacked layer copy, qblock.h)."""
+    from crome_runtime import ccore
+
+    return ["auto"] + (["avx2"] if ccore.isa_supported("avx2") and ccore.isa_best() != "avx2" else [])
+
+
+@pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("threads", [1, 2])
-def test_smol_blocks_decode_like_fp32_pytorch(smol, threads):
+def test_smol_blocks_decode_like_fp32_pytorch(smol, pytorch_answers, threads, isa):
     from crome_runtime.cdecoder import CDecoder
 
     backbone, llm, blocks = smol
-    torch.set_num_threads(1)
     table = np.ascontiguousarray(llm.get_input_embeddings().weight.detach().numpy())
-    decoder = CDecoder(blocks, threads=threads)
-    for prompt in PROMPTS:
-        ids = backbone.info.prompt.prompt_ids(backbone.llm_tokenizer, prompt)
+    decoder = CDecoder(blocks, threads=threads, isa=isa)
+    for prompt, (ids, expected, expected_logits) in pytorch_answers.items():
         embeds = np.ascontiguousarray(table[ids][None])  # (1, L, d)
-        expected, expected_logits = _torch_greedy(llm, embeds, 32)
         tokens, logits = _c_greedy(decoder, embeds, table, 32)
         assert tokens == expected, prompt
         for a, b in zip(logits, expected_logits):

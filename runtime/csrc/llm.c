@@ -2,9 +2,10 @@
  *
  * A step is one pool job: every thread walks the layers, computing its share of each matrix (rows, or
  * whole heads for q/k/v so that it can apply RoPE to what it produced) with barriers where the next
- * stage reads everything the last one wrote (5 per layer). RMSNorm and the block sums of a matrix's input (which
- * the split-form kernels share across rows, qblock.c) are cheap (d values) and are computed by every thread into
- * its own scratch instead of paying a barrier. The KV cache is float32
+ * stage reads everything the last one wrote (5 per layer). RMSNorm and a matrix's input as the kernels read it
+ * (block sums the split-form kernels share across rows, and for AVX2 a prescaled copy: crome_qpack_input) are cheap
+ * (d values) and are computed by every thread into its own scratch instead of paying a barrier. The weights are a
+ * copy made at init in the layout the kernel reads (crome_qpack: AVX2 repacks, others copy). The KV cache is float32
  * [layer][kv_head][position][head_dim], owned by the handle. Not here: prefill (the caller's ONNX decoder
  * fills the cache through crome_llm_set_kv), sampling (sampler.c), the kernels (qblock.c).
  */
@@ -47,7 +48,7 @@ struct crome_llm {
     float *inv_freq;          /* (hd / 2) */
     float *rope_cos, *rope_sin; /* (hd / 2): this step's angles */
     float *h, *q, *att, *act, *tmp; /* (d), (heads * hd), (heads * hd), (d_ff), (max(d, d_ff) * 2) */
-    float *scratch;           /* per thread: xn (d) + xsum (block sums of xn, att or act) + scores (capacity) */
+    float *scratch;           /* per thread: xn (d) + xsum (xn, att or act prepared: crome_qpack_input) + scores */
     int64_t scratch_stride;
     /* the step in flight */
     const float *x;
@@ -56,11 +57,11 @@ struct crome_llm {
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-/* floats of a thread's xsum scratch: one per block of the widest input (d, heads * hd or d_ff) */
+/* floats of a thread's xsum scratch: the widest input (d, heads * hd or d_ff) as the kernels read it */
 static int64_t sums_room(const crome_llm_params *p) {
     int64_t widest = p->d_model > p->d_ff ? p->d_model : p->d_ff;
     if ((int64_t)p->n_heads * p->head_dim > widest) widest = (int64_t)p->n_heads * p->head_dim;
-    return round_up(widest / CROME_QK, ALIGN / 4);
+    return round_up(crome_qpack_input_floats(p->isa, widest / CROME_QK), ALIGN / 4);
 }
 
 static void *alloc_aligned(size_t bytes) {
@@ -89,14 +90,14 @@ static crome_status check_params(const crome_llm_params *p) {
 
 static crome_status copy_qmat(const crome_qtensor *t, int64_t rows, int64_t cols, int32_t isa, qmat *out) {
     if (!t->data) return CROME_ERR_NULL;
-    const int64_t row_bytes = crome_qrow_bytes(t->qtype, cols);
+    const int64_t row_bytes = crome_qpack_row_bytes(isa, t->qtype, cols);
     if (t->qtype != CROME_QTYPE_Q4_1 && t->qtype != CROME_QTYPE_Q8_0) return CROME_ERR_PARAM;
     if (row_bytes < 0) return CROME_ERR_SHAPE;
-    out->kernel = crome_qrows_kernel(isa, t->qtype);
+    out->kernel = crome_qpack_kernel(isa, t->qtype);
     if (!out->kernel) return CROME_ERR_PARAM;
     out->data = alloc_aligned((size_t)(rows * row_bytes));
     if (!out->data) return CROME_ERR_NOMEM;
-    memcpy(out->data, t->data, (size_t)(rows * row_bytes));
+    crome_qpack(isa, t->qtype, t->data, rows, cols, out->data); /* the layout its kernel reads (qblock.h) */
     out->rows = rows, out->row_bytes = row_bytes, out->nb = cols / CROME_QK;
     return CROME_OK;
 }
@@ -276,7 +277,7 @@ static void rope(float *x, const float *c, const float *s, int64_t half) {
     }
 }
 
-/* y[0 .. r1 - r0) = rows [r0, r1) of w times x; xsum: x's block sums (crome_block_sums) */
+/* y[0 .. r1 - r0) = rows [r0, r1) of w times x (r0 even: qblock.h); xsum: x as crome_qpack_input prepared it */
 static void rows(const qmat *w, int64_t r0, int64_t r1, const float *x, const float *xsum, float *y) {
     if (r1 > r0) w->kernel(w->data + r0 * w->row_bytes, w->row_bytes, w->nb, x, xsum, y, r1 - r0);
 }
@@ -294,7 +295,7 @@ static void step_part(void *ctx, int t, int nt) {
         const layer *L = &m->layers[l];
         float *kc = m->k_cache + (int64_t)l * KV * cap * hd, *vc = m->v_cache + (int64_t)l * KV * cap * hd;
         rmsnorm(h, L->attn_norm, xn, d, p->rms_eps);
-        crome_block_sums(xn, d / CROME_QK, xsum);
+        crome_qpack_input(p->isa, xn, d / CROME_QK, xsum);
         crome_split(H + 2 * KV, 1, t, nt, &a, &b); /* whole heads of q, then k, then v */
         for (int64_t u = a; u < b; u++) {
             if (u < H) {
@@ -330,12 +331,12 @@ static void step_part(void *ctx, int t, int nt) {
         }
         crome_pool_barrier(m->pool);
         crome_split(d, ROW_GRAIN, t, nt, &a, &b); /* h += att . Wo^T */
-        if (b > a) crome_block_sums(m->att, H * hd / CROME_QK, xsum); /* each thread its own: no barrier */
+        if (b > a) crome_qpack_input(p->isa, m->att, H * hd / CROME_QK, xsum); /* each thread its own: no barrier */
         rows(&L->o, a, b, m->att, xsum, tmp + a);
         for (int64_t r = a; r < b; r++) h[r] += tmp[r];
         crome_pool_barrier(m->pool);
         rmsnorm(h, L->ffn_norm, xn, d, p->rms_eps);
-        crome_block_sums(xn, d / CROME_QK, xsum);
+        crome_qpack_input(p->isa, xn, d / CROME_QK, xsum);
         crome_split(ff, ROW_GRAIN, t, nt, &a, &b); /* act = SiLU(gate) * up */
         rows(&L->gate, a, b, xn, xsum, tmp + a);
         rows(&L->up, a, b, xn, xsum, tmp + ff + a);
@@ -345,13 +346,13 @@ static void step_part(void *ctx, int t, int nt) {
         }
         crome_pool_barrier(m->pool);
         crome_split(d, ROW_GRAIN, t, nt, &a, &b); /* h += act . Wd^T */
-        if (b > a) crome_block_sums(m->act, ff / CROME_QK, xsum);
+        if (b > a) crome_qpack_input(p->isa, m->act, ff / CROME_QK, xsum);
         rows(&L->down, a, b, m->act, xsum, tmp + a);
         for (int64_t r = a; r < b; r++) h[r] += tmp[r];
         crome_pool_barrier(m->pool);
     }
     rmsnorm(h, m->final_norm, xn, d, p->rms_eps);
-    crome_block_sums(xn, d / CROME_QK, xsum);
+    crome_qpack_input(p->isa, xn, d / CROME_QK, xsum);
     crome_split(p->vocab, ROW_GRAIN, t, nt, &a, &b);
     rows(&m->head, a, b, xn, xsum, m->logits + a);
 }

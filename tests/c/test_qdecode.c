@@ -7,6 +7,7 @@
  * parity of the decode step with PyTorch is in tests/test_cdecoder.py.
  */
 #include "crome_core.h"
+#include "qblock.h" /* the decode step's repacked copy (internal) */
 
 #include <math.h>
 #include <stdio.h>
@@ -90,6 +91,73 @@ static void test_qmatvec_case(int32_t qtype, int64_t rows, int64_t cols, crome_p
         }
     }
     free(w), free(x), free(y), free(ref), free(mag);
+}
+
+/* The decode step's copy (crome_qpack) read by its kernel, for every ISA: the whole matrix and calls that start at
+ * an even row (as the step splits rows), odd row counts, odd block counts and partial chunks of 8 blocks. */
+static void test_qpack_case(int32_t qtype, int64_t rows, int64_t cols) {
+    uint8_t *w = random_matrix(qtype, rows, cols);
+    const int64_t nb = cols / 32, row_bytes = crome_qrow_bytes(qtype, cols);
+    float *x = malloc(sizeof(float) * (size_t)cols), *y = malloc(sizeof(float) * (size_t)rows);
+    double *ref = malloc(sizeof(double) * (size_t)rows), *mag = malloc(sizeof(double) * (size_t)rows);
+    for (int64_t c = 0; c < cols; c++) x[c] = rndf();
+    for (int64_t r = 0; r < rows; r++) {
+        ref[r] = mag[r] = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            const double wv = weight(qtype, w, row_bytes, r, c);
+            ref[r] += wv * x[c];
+            mag[r] += fabs(wv * x[c]);
+        }
+    }
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!crome_isa_supported(ISAS[i])) continue;
+        const int64_t rb = crome_qpack_row_bytes(ISAS[i], qtype, cols);
+        CHECK(rb >= row_bytes && rb <= row_bytes + row_bytes / 5 + 32); /* ~10 % more than the GGUF rows, + padding */
+        uint8_t *packed = malloc((size_t)(rows * rb));
+        float *in = malloc(sizeof(float) * (size_t)crome_qpack_input_floats(ISAS[i], nb));
+        crome_qpack(ISAS[i], qtype, w, rows, cols, packed);
+        crome_qpack_input(ISAS[i], x, nb, in);
+        crome_qrows_fn kernel = crome_qpack_kernel(ISAS[i], qtype);
+        CHECK(kernel != NULL);
+        for (int64_t split = 0; split < rows && kernel; split += 2) { /* rows [0, split) then [split, rows) */
+            for (int64_t r = 0; r < rows; r++) y[r] = NAN;
+            if (split) kernel(packed, rb, nb, x, in, y, split);
+            kernel(packed + split * rb, rb, nb, x, in, y + split, rows - split);
+            for (int64_t r = 0; r < rows; r++) {
+                const double err = fabs(y[r] - ref[r]), bound = 1e-6 * mag[r] + 1e-30;
+                if (!(err <= bound)) {
+                    fprintf(stderr, "qpack isa %d qtype %d %lldx%lld split %lld row %lld: %g vs %g\n", ISAS[i], qtype,
+                            (long long)rows, (long long)cols, (long long)split, (long long)r, y[r], ref[r]);
+                    failures++;
+                    split = rows;
+                    break;
+                }
+            }
+        }
+        free(packed), free(in);
+    }
+    free(w), free(x), free(y), free(ref), free(mag);
+}
+
+static void test_qpack(void) {
+    /* nb = 1, 3 (odd, one partial chunk), 8, 9 (odd), 18 (chunks 8 + 8 + 2: the smol gate), 48 */
+    const int64_t shapes[][2] = {{1, 32}, {2, 96}, {7, 256}, {5, 288}, {37, 576}, {6, 1536}, {3, 32}};
+    for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        test_qpack_case(CROME_QTYPE_Q4_1, shapes[s][0], shapes[s][1]);
+        test_qpack_case(CROME_QTYPE_Q8_0, shapes[s][0], shapes[s][1]);
+    }
+    offset_minima = 1;
+    test_qpack_case(CROME_QTYPE_Q4_1, 9, 288);
+    test_qpack_case(CROME_QTYPE_Q4_1, 4, 1536);
+    offset_minima = 0;
+    /* AVX2's Q4_1 copy: float32 d (+2 bytes a block), rows padded to 16 bytes; others: the GGUF rows */
+    CHECK(crome_qpack_row_bytes(CROME_ISA_AVX2, CROME_QTYPE_Q4_1, 576) == 400);
+    CHECK(crome_qpack_row_bytes(CROME_ISA_AVX2, CROME_QTYPE_Q4_1, 1536) == 1056);
+    CHECK(crome_qpack_row_bytes(CROME_ISA_AVX2, CROME_QTYPE_Q4_1, 96) == 96); /* 3 blocks: 66 + 16, padded */
+    CHECK(crome_qpack_row_bytes(CROME_ISA_AVX2, CROME_QTYPE_Q8_0, 576) == 612);
+    CHECK(crome_qpack_row_bytes(CROME_ISA_SCALAR, CROME_QTYPE_Q4_1, 576) == 360);
+    CHECK(crome_qpack_row_bytes(CROME_ISA_AVX2, CROME_QTYPE_Q4_1, 48) == -1);
+    CHECK(crome_qpack_input_floats(CROME_ISA_SCALAR, 18) == 18 && crome_qpack_input_floats(CROME_ISA_AVX2, 18) == 600);
 }
 
 static void test_qmatvec(void) {
@@ -304,6 +372,7 @@ static void test_memread(void) {
 
 int main(void) {
     test_qmatvec();
+    test_qpack();
     test_memread();
     test_llm();
     if (failures) {
