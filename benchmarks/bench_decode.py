@@ -2,13 +2,15 @@
 
     python benchmarks/bench_decode.py BUNDLE [--threads 1 2] [--runs 20] [--new-tokens 32] [--json out.json]
                                             [--results benchmarks/RESULTS.md] [--plot benchmarks/decode.png]
+                                            [--isa avx2] [--c-lib ours-v3.so]
 
 BUNDLE: a bundle of a GGUF-converted backbone (the embedded smol: `crome-edge export --adapter line3
 --precision fp32`), so it carries decoder_blocks.safetensors. The prefix is the product's own: a frame and a
 question through Engine.frame / vision / adapt / prompt_ids (8 visual queries + the prompt), built once. Columns,
 each timed around the same calls the product makes, interleaved run by run (the order rotates), after a warm-up
 of each, with the same thread count:
-  - ours, C path: Engine(decoder="c") -> Engine.prefill (ONNX) and Engine.step (crome_llm on the GGUF blocks)
+  - ours, C path: Engine(decoder="c") -> Engine.prefill (ONNX) and Engine.step (crome_llm on the GGUF blocks);
+    --isa forces its kernel path (avx2 on an AVX-512 machine), --c-lib loads another build of the C core
   - ours, ONNX fp32: Engine(decoder="onnx") -> the fp32 decoder graph for both
   - llama.cpp: llama-cpp-python on the bundle backbone's GGUF, fed the same prefix as embeddings
     (llama_batch_init(n, d, 1)), then token ids; skipped with the reason when not installed
@@ -43,12 +45,26 @@ SECTION = "## Decode vs llama.cpp — `benchmarks/bench_decode.py`"
 
 
 class EngineColumn:
-    def __init__(self, bundle: Path, threads: int, decoder: str):
+    def __init__(self, bundle: Path, threads: int, decoder: str, isa: str = "auto", c_lib: Path | None = None):
         from crome_runtime.engine import Engine, EngineConfig
 
         self.engine = Engine.load(bundle, EngineConfig(threads=threads, decoder=decoder))
         assert self.engine.decoder_backend == decoder, self.engine.decoder_backend
         self.name = {"c": "ours, C path", "onnx": "ours, ONNX fp32"}[decoder]
+        if decoder == "c" and (isa != "auto" or c_lib is not None):
+            self._force_c_decoder(isa, c_lib)
+
+    def _force_c_decoder(self, isa: str, c_lib: Path | None) -> None:
+        """The engine's C decoder again with one kernel path forced (--isa avx2 on an AVX-512 machine runs the AVX2
+        kernels) and/or from another build of the C core (--c-lib: e.g. built with -march=x86-64-v3, what an
+        AVX2-only machine's native build runs), same blocks, same ONNX prefill."""
+        from bench_decode_isa import load_library, make_decoder
+
+        old = self.engine.decoder
+        lib = load_library(c_lib)
+        self.engine.decoder = make_decoder(old.blocks, old.threads, isa, lib)
+        self.engine.decoder.prefill_decoder = old.prefill_decoder
+        old.close()
 
     def prefill(self, prefix: np.ndarray, room: int) -> np.ndarray:
         return self.engine.prefill(prefix, room)
@@ -148,21 +164,24 @@ SETTLE_S = 0.25  # idle before each timed run: the previous column's spinning wo
 
 
 def run_once(column, prefix: np.ndarray, new_tokens: int):
-    """-> (prefill ms, [step ms], tokens, [logits]) for one greedy answer of exactly new_tokens."""
+    """-> (prefill ms, [step ms], [step CPU ms], tokens, [logits]) for one greedy answer of exactly new_tokens.
+    CPU ms: the process's CPU time over the step (all its threads: at 2 threads it includes what a pool spins while
+    waiting); on a shared machine it leaves out the time the step waited for a core."""
     gc.collect()
     time.sleep(SETTLE_S)
     t = time.perf_counter_ns()
     logits = column.prefill(prefix, new_tokens + 1)
     prefill_ms = (time.perf_counter_ns() - t) / 1e6
-    tokens, steps, all_logits = [], [], [np.array(logits, np.float32)]
+    tokens, steps, cpu, all_logits = [], [], [], [np.array(logits, np.float32)]
     for _ in range(new_tokens):
         token = int(np.argmax(logits))
         tokens.append(token)
-        t = time.perf_counter_ns()
+        c, t = time.process_time_ns(), time.perf_counter_ns()
         logits = column.step(token)
         steps.append((time.perf_counter_ns() - t) / 1e6)
+        cpu.append((time.process_time_ns() - c) / 1e6)
         all_logits.append(np.array(logits, np.float32))
-    return prefill_ms, steps, tokens, all_logits
+    return prefill_ms, steps, cpu, tokens, all_logits
 
 
 def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> dict:
@@ -193,7 +212,7 @@ def _cos(a, b) -> float:
 
 
 def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> dict:
-    columns = [EngineColumn(bundle, threads, "c"), EngineColumn(bundle, threads, "onnx")]
+    columns = [EngineColumn(bundle, threads, "c", args.isa, args.c_lib), EngineColumn(bundle, threads, "onnx")]
     skipped = {}
     if gguf is None:
         skipped["llama.cpp"] = "no GGUF for this bundle's backbone"
@@ -208,15 +227,16 @@ def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> d
     else:
         skipped["PyTorch eager"] = "torch / the backbone is not available (--no-torch)"
     prefix = product_prefix(columns[0].engine)
-    samples = {c.name: {"prefill": [], "decode": []} for c in columns}
+    samples = {c.name: {"prefill": [], "decode": [], "decode_cpu": []} for c in columns}
     reference = {}
     for run in range(args.warmup + args.runs):
         order = columns[run % len(columns):] + columns[:run % len(columns)]  # rotate who goes first
         for column in order:
-            prefill_ms, steps, tokens, logits = run_once(column, prefix, args.new_tokens)
+            prefill_ms, steps, cpu, tokens, logits = run_once(column, prefix, args.new_tokens)
             if run >= args.warmup:
                 samples[column.name]["prefill"].append(prefill_ms)
                 samples[column.name]["decode"].extend(steps)
+                samples[column.name]["decode_cpu"].extend(cpu)
             reference.setdefault(column.name, (tokens, logits))
     ref_tokens, ref_logits = reference["ours, ONNX fp32"]
     blocks_bytes = columns[0].engine.decoder.blocks.nbytes
@@ -229,6 +249,8 @@ def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> d
         tokens, logits = reference[column.name]
         median = float(np.median(s["decode"]))
         row = {"decode_ms_median": median, "decode_ms_p90": _pct(s["decode"], 90), "decode_ms_p99": _pct(s["decode"], 99),
+               "decode_cpu_ms_median": float(np.median(s["decode_cpu"])),
+               "decode_cpu_ms_p90": _pct(s["decode_cpu"], 90),
                "tokens_per_s": 1000.0 / median, "prefill_ms_median": float(np.median(s["prefill"])),
                "prefill_ms_p90": _pct(s["prefill"], 90), "prefill_ms_p99": _pct(s["prefill"], 99),
                "tokens_equal_onnx_fp32": tokens == ref_tokens,
@@ -288,30 +310,36 @@ def machine() -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
+    forced = m.get("c_decode_isa_forced", "auto")
+    decode_path = m["c_decode_isa"] if forced == "auto" else f"{forced} (forced)"
     features = ", ".join(k for k, v in m["cpu"]["features"].items() if v)
     lines = [SECTION, "", f"Command: `{result['command']}`  ", f"Machine: {m['cpu']['model']} ({m['cpu']['arch']}, "
              f"{m['cores']} cores; {features}); load average {m.get('load_average')}  ",
              f"Versions: Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m.get('torch', '-')}, "
              f"llama-cpp-python {result['runs'][0].get('llama_cpp_version') or '-'}; C core {m['c_core']}, "
-             f"decode path {m['c_decode_isa']}", ""]
+             f"decode path {decode_path}"
+             + (f", C core from {m['c_lib']}" if m.get("c_lib") else ""), ""]
     for run in result["runs"]:
         lines += [f"**{run['threads']} thread(s)**, prefix {run['prefix_tokens']} tokens, {run['new_tokens']} new "
                   f"tokens, {run['runs']} interleaved runs after warm-up; read bandwidth (crome_memread, {run['threads']} "
                   f"thread(s)) best {run['read_bandwidth_gbs']:.1f} GB/s, median {run['read_bandwidth_median_gbs']:.1f}",
-                  "", "| column | decode ms/token (p50 / p90 / p99) | tokens/s | prefill ms (p50 / p90) | tokens = ONNX fp32 | "
-                  "logit cos min | vs bandwidth bound |", "|---|---|---|---|---|---|---|"]
+                  "", "| column | decode ms/token (p50 / p90 / p99) | decode CPU ms/token (p50 / p90) | tokens/s | "
+                  "prefill ms (p50 / p90) | tokens = ONNX fp32 | logit cos min | vs bandwidth bound |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, r in run["columns"].items():
             same = "yes" if r["tokens_equal_onnx_fp32"] else f"no (from token {r['first_divergence']})"
             cos = f"{r['logits_cos_min_vs_onnx_fp32']:.8f}" if r["logits_cos_min_vs_onnx_fp32"] is not None else "-"
             bound = (f"{r['bandwidth_bound_ms']:.1f} ms bound ({r['bytes_per_token'] / 1e6:.0f} MB), "
                      f"{100 * r['fraction_of_bound']:.0f}%") if "bandwidth_bound_ms" in r else "-"
             lines.append(f"| {name} | {r['decode_ms_median']:.1f} / {r['decode_ms_p90']:.1f} / {r['decode_ms_p99']:.1f} | "
-                         f"{r['tokens_per_s']:.1f} | {r['prefill_ms_median']:.0f} / {r['prefill_ms_p90']:.0f} | {same} | "
+                         f"{r['decode_cpu_ms_median']:.2f} / {r['decode_cpu_ms_p90']:.2f} | {r['tokens_per_s']:.1f} | "
+                         f"{r['prefill_ms_median']:.0f} / {r['prefill_ms_p90']:.0f} | {same} | "
                          f"{cos} | {bound} |")
         cols = run["columns"]
         if "llama.cpp" in cols:
             c, l = cols["ours, C path"], cols["llama.cpp"]
-            lines += ["", f"Ratios: decode tokens/s C path / llama.cpp = {c['tokens_per_s'] / l['tokens_per_s']:.2f}x; "
+            lines += ["", f"Ratios: decode tokens/s C path / llama.cpp = {c['tokens_per_s'] / l['tokens_per_s']:.2f}x "
+                      f"(CPU ms per step: {l['decode_cpu_ms_median'] / c['decode_cpu_ms_median']:.2f}x); "
                       f"prefill llama.cpp / ours = {l['prefill_ms_median'] / c['prefill_ms_median']:.2f}x"]
         for name, why in run["skipped"].items():
             lines += ["", f"{name}: skipped ({why})"]
@@ -340,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path, help="the backbone's GGUF for the llama.cpp column (default: the "
                         "embedded smol's, from the model store)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--isa", default="auto", help="the C path's kernels (auto: the best this CPU runs; avx2 on "
+                        "an AVX-512 machine measures the AVX2 kernels)")
+    parser.add_argument("--c-lib", type=Path, help="the C path from this build of the C core (default: the one "
+                        "crome_runtime loads), e.g. one built with -march=x86-64-v3")
     parser.add_argument("--bandwidth-mb", type=int, default=512, help="buffer of the read-bandwidth probe (far "
                         "larger than the caches; default %(default)s)")
     add_output_arguments(parser, plot="tokens/s and prefill ms")
@@ -354,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         llm = load_backbone(manifest.backbone.name).llm
     gguf = args.gguf or default_gguf(args.bundle)
     result = {"command": command_line(argv), "machine": machine(), "runs": []}
+    result["machine"]["c_decode_isa_forced"] = args.isa
+    result["machine"]["c_lib"] = str(args.c_lib) if args.c_lib else None
+    result["load_average_start"] = list(__import__("os").getloadavg())
     for threads in args.threads:
         result["runs"].append(bench_threads(args.bundle, threads, args, llm, gguf))
+        result["runs"][-1]["load_average"] = list(__import__("os").getloadavg())
         print(json.dumps(result["runs"][-1]["columns"], indent=1), file=sys.stderr)
     publish(result, args, SECTION, markdown, plot)
     return 0
