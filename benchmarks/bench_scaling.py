@@ -61,7 +61,7 @@ def sweep(columns, cases, runs: int, warmup: int) -> dict:
         for key, prefix, new_tokens in cases:
             order = columns[run % len(columns):] + columns[:run % len(columns)]
             for column in order:
-                prefill_ms, steps, _, _ = bd.run_once(column, prefix, new_tokens)
+                prefill_ms, steps, _, _, _ = bd.run_once(column, prefix, new_tokens)
                 if run >= warmup:
                     out[column.name][key]["prefill"].append(prefill_ms)
                     out[column.name][key]["steps"].append(steps)

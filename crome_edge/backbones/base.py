@@ -206,5 +206,5 @@ def tensor_fingerprint(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().contiguous().cpu()
         digest.update(json.dumps([name, list(tensor.shape), str(tensor.dtype)]).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of 540 MB
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the buffer itself: no copy of 540 MB
     return digest.hexdigest()
