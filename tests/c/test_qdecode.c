@@ -57,6 +57,19 @@ static double weight(int32_t qtype, const uint8_t *w, int64_t row_bytes, int64_t
     return half_value(d) * q + half_value(m);
 }
 
+/* ref[r] = the row's exact product with x (in double), mag[r] = the sum of its terms' magnitudes (the error scale) */
+static void exact_products(int32_t qtype, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t cols,
+                           const float *x, double *ref, double *mag) {
+    for (int64_t r = 0; r < rows; r++) {
+        ref[r] = mag[r] = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            const double wv = weight(qtype, w, row_bytes, r, c);
+            ref[r] += wv * x[c];
+            mag[r] += fabs(wv * x[c]);
+        }
+    }
+}
+
 static const int32_t ISAS[] = {CROME_ISA_SCALAR, CROME_ISA_AVX2, CROME_ISA_AVX512, CROME_ISA_NEON, CROME_ISA_AUTO};
 enum { N_ISAS = sizeof ISAS / sizeof ISAS[0] };
 
@@ -66,14 +79,7 @@ static void test_qmatvec_case(int32_t qtype, int64_t rows, int64_t cols, crome_p
     double *ref = malloc(sizeof(double) * (size_t)rows), *mag = malloc(sizeof(double) * (size_t)rows);
     for (int64_t c = 0; c < cols; c++) x[c] = rndf();
     const int64_t row_bytes = crome_qrow_bytes(qtype, cols);
-    for (int64_t r = 0; r < rows; r++) {
-        ref[r] = mag[r] = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            const double wv = weight(qtype, w, row_bytes, r, c);
-            ref[r] += wv * x[c];
-            mag[r] += fabs(wv * x[c]);
-        }
-    }
+    exact_products(qtype, w, row_bytes, rows, cols, x, ref, mag);
     for (int i = 0; i < N_ISAS; i++) {
         if (!crome_isa_supported(ISAS[i])) {
             CHECK(crome_qmatvec(pool, ISAS[i], qtype, w, rows, cols, x, y) == CROME_ERR_PARAM);
@@ -101,14 +107,7 @@ static void test_qpack_case(int32_t qtype, int64_t rows, int64_t cols) {
     float *x = malloc(sizeof(float) * (size_t)cols), *y = malloc(sizeof(float) * (size_t)rows);
     double *ref = malloc(sizeof(double) * (size_t)rows), *mag = malloc(sizeof(double) * (size_t)rows);
     for (int64_t c = 0; c < cols; c++) x[c] = rndf();
-    for (int64_t r = 0; r < rows; r++) {
-        ref[r] = mag[r] = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            const double wv = weight(qtype, w, row_bytes, r, c);
-            ref[r] += wv * x[c];
-            mag[r] += fabs(wv * x[c]);
-        }
-    }
+    exact_products(qtype, w, row_bytes, rows, cols, x, ref, mag);
     for (int i = 0; i < N_ISAS; i++) {
         if (!crome_isa_supported(ISAS[i])) continue;
         const int64_t rb = crome_qpack_row_bytes(ISAS[i], qtype, cols);
