@@ -161,7 +161,7 @@ def test_adapters_without_a_recipe_still_load_and_a_malformed_one_is_refused(tmp
         read_metadata(bad)
 
 
-@pytest.mark.parametrize("name, frames", [("line3", 5000), ("line5", 5000)])
+@pytest.mark.parametrize("name, frames", [("line3", 1500), ("line5", 1500)])
 def test_each_shipped_adapter_regenerates_its_training_set(cache, name, frames):
     meta = read_metadata(shipped_adapter(name))
     recipe = SynthRecipe.from_dict(meta.train_data_recipe["recipe"])
