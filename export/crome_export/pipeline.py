@@ -19,8 +19,10 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from crome_edge.errors import CromeError
 from crome_runtime import formats
@@ -421,20 +423,28 @@ def _bundle_files(adapter_path: Path, parts, work: Path, config: ExportConfig, n
     return files
 
 
-def _add_files(writer, files: list["BundleFile"], parts_cache) -> None:
-    """Stages `files`: those of the export cache (sha256 known) hard-linked and hashed, the others copied and hashed.
-    A cache file found altered removes its entry (the next export rebuilds it) and stops the export."""
+@contextmanager
+def _discarding_altered(parts_cache) -> Iterator[None]:
+    """A file of the export cache found altered (CachedFileAltered) removes its entry, so the next export builds it
+    again; the export stops with the error."""
     from crome_export.bundle import CachedFileAltered
 
     try:
+        yield
+    except CachedFileAltered as altered:
+        parts_cache.discard(altered.source)
+        raise
+
+
+def _add_files(writer, files: list["BundleFile"], parts_cache) -> None:
+    """Stages `files`: those of the export cache (sha256 known) hard-linked and hashed, the others copied and hashed.
+    A cache file found altered removes its entry (the next export rebuilds it) and stops the export."""
+    with _discarding_altered(parts_cache):
         for file in files:
             if file.sha256 is None:
                 writer.add_file(file.source, file.name, file.precision)
             else:
                 writer.add_cached(file.source, file.name, file.precision, file.sha256)
-    except CachedFileAltered as altered:
-        parts_cache.discard(altered.source)
-        raise
 
 
 def _fp32_candidate(directory: Path, writer, parts, manifest, parts_cache) -> Path:
@@ -447,19 +457,19 @@ def _fp32_candidate(directory: Path, writer, parts, manifest, parts_cache) -> Pa
     from crome_runtime.manifest import FileEntry, sha256_file
 
     entries = {}
-    for name, entry in writer.files.items():
-        source = writer.staging / name
-        if name in (formats.VISION_ONNX, formats.DECODER_ONNX) and entry.precision != "fp32":
-            source = parts.fp32_dir / name
-            entry = FileEntry(parts.fp32_entry["files"][name]["sha256"], source.stat().st_size, "fp32")
-        try:
-            os.link(source, directory / name)
-        except OSError:  # another filesystem (the export cache), or no hard links there
-            shutil.copyfile(source, directory / name)
-        if source.parent == parts.fp32_dir and sha256_file(directory / name) != entry.sha256:
-            parts_cache.discard(source)
-            raise CachedFileAltered(source)
-        entries[name] = entry
+    with _discarding_altered(parts_cache):
+        for name, entry in writer.files.items():
+            source = writer.staging / name
+            if name in (formats.VISION_ONNX, formats.DECODER_ONNX) and entry.precision != "fp32":
+                source = parts.fp32_dir / name
+                entry = FileEntry(parts.fp32_entry["files"][name]["sha256"], source.stat().st_size, "fp32")
+            try:
+                os.link(source, directory / name)
+            except OSError:  # another filesystem (the export cache), or no hard links there
+                shutil.copyfile(source, directory / name)
+            if source.parent == parts.fp32_dir and sha256_file(directory / name) != entry.sha256:
+                raise CachedFileAltered(source)
+            entries[name] = entry
     candidate = dataclasses.replace(manifest, precision="fp32", files=dict(sorted(entries.items())))
     (directory / formats.MANIFEST_FILE).write_text(candidate.to_json())
     return directory
