@@ -227,7 +227,7 @@ def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> d
     else:
         skipped["PyTorch eager"] = "torch / the backbone is not available (--no-torch)"
     prefix = product_prefix(columns[0].engine)
-    samples = {c.name: {"prefill": [], "decode": [], "decode_cpu": []} for c in columns}
+    samples = {c.name: {"prefill": [], "decode": [], "decode_cpu": [], "answer": []} for c in columns}
     reference = {}
     for run in range(args.warmup + args.runs):
         order = columns[run % len(columns):] + columns[:run % len(columns)]  # rotate who goes first
@@ -237,6 +237,7 @@ def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> d
                 samples[column.name]["prefill"].append(prefill_ms)
                 samples[column.name]["decode"].extend(steps)
                 samples[column.name]["decode_cpu"].extend(cpu)
+                samples[column.name]["answer"].append(prefill_ms + sum(steps))  # a whole answer of new_tokens
             reference.setdefault(column.name, (tokens, logits))
     ref_tokens, ref_logits = reference["ours, ONNX fp32"]
     blocks_bytes = columns[0].engine.decoder.blocks.nbytes
@@ -253,6 +254,8 @@ def bench_threads(bundle: Path, threads: int, args, llm, gguf: Path | None) -> d
                "decode_cpu_ms_p90": _pct(s["decode_cpu"], 90),
                "tokens_per_s": 1000.0 / median, "prefill_ms_median": float(np.median(s["prefill"])),
                "prefill_ms_p90": _pct(s["prefill"], 90), "prefill_ms_p99": _pct(s["prefill"], 99),
+               "answer_ms_median": float(np.median(s["answer"])), "answer_ms_p90": _pct(s["answer"], 90),
+               "answer_ms_p99": _pct(s["answer"], 99),
                "tokens_equal_onnx_fp32": tokens == ref_tokens,
                "first_divergence": next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None),
                "logits_cos_min_vs_onnx_fp32": min(_cos(a, b) for a, b in zip(logits, ref_logits))
@@ -324,8 +327,9 @@ def markdown(result: dict) -> str:
                   f"tokens, {run['runs']} interleaved runs after warm-up; read bandwidth (crome_memread, {run['threads']} "
                   f"thread(s)) best {run['read_bandwidth_gbs']:.1f} GB/s, median {run['read_bandwidth_median_gbs']:.1f}",
                   "", "| column | decode ms/token (p50 / p90 / p99) | decode CPU ms/token (p50 / p90) | tokens/s | "
-                  "prefill ms (p50 / p90) | tokens = ONNX fp32 | logit cos min | vs bandwidth bound |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "prefill ms (p50 / p90) | answer ms, prefill + new tokens (p50 / p90 / p99) | tokens = ONNX fp32 | "
+                  "logit cos min | vs bandwidth bound |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, r in run["columns"].items():
             same = "yes" if r["tokens_equal_onnx_fp32"] else f"no (from token {r['first_divergence']})"
             cos = f"{r['logits_cos_min_vs_onnx_fp32']:.8f}" if r["logits_cos_min_vs_onnx_fp32"] is not None else "-"
@@ -333,14 +337,17 @@ def markdown(result: dict) -> str:
                      f"{100 * r['fraction_of_bound']:.0f}%") if "bandwidth_bound_ms" in r else "-"
             lines.append(f"| {name} | {r['decode_ms_median']:.1f} / {r['decode_ms_p90']:.1f} / {r['decode_ms_p99']:.1f} | "
                          f"{r['decode_cpu_ms_median']:.2f} / {r['decode_cpu_ms_p90']:.2f} | {r['tokens_per_s']:.1f} | "
-                         f"{r['prefill_ms_median']:.0f} / {r['prefill_ms_p90']:.0f} | {same} | "
+                         f"{r['prefill_ms_median']:.0f} / {r['prefill_ms_p90']:.0f} | "
+                         f"{r['answer_ms_median']:.0f} / {r['answer_ms_p90']:.0f} / {r['answer_ms_p99']:.0f} | {same} | "
                          f"{cos} | {bound} |")
         cols = run["columns"]
         if "llama.cpp" in cols:
             c, l = cols["ours, C path"], cols["llama.cpp"]
             lines += ["", f"Ratios: decode tokens/s C path / llama.cpp = {c['tokens_per_s'] / l['tokens_per_s']:.2f}x "
                       f"(CPU ms per step: {l['decode_cpu_ms_median'] / c['decode_cpu_ms_median']:.2f}x); "
-                      f"prefill llama.cpp / ours = {l['prefill_ms_median'] / c['prefill_ms_median']:.2f}x"]
+                      f"prefill llama.cpp / ours = {l['prefill_ms_median'] / c['prefill_ms_median']:.2f}x; "
+                      f"whole answer ({run['new_tokens']} tokens) llama.cpp / ours = "
+                      f"{l['answer_ms_median'] / c['answer_ms_median']:.2f}x"]
         for name, why in run["skipped"].items():
             lines += ["", f"{name}: skipped ({why})"]
         lines.append("")

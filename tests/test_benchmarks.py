@@ -56,6 +56,8 @@ def test_bench_decode_short(bundle, tmp_path):
         assert set(run["columns"]) == {"ours, C path", "ours, ONNX fp32", "PyTorch eager"}
         assert run["read_bandwidth_gbs"] > 0 and run["columns"]["ours, ONNX fp32"]["tokens_equal_onnx_fp32"]
         assert run["columns"]["ours, C path"]["bytes_per_token"] > 0
+        for row in run["columns"].values():  # a whole answer is its prefill and its steps, run by run
+            assert row["answer_ms_median"] >= row["prefill_ms_median"] > 0
 
 
 def test_bench_scaling_short(bundle, tmp_path):
