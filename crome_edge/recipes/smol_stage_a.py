@@ -3,8 +3,11 @@
 Frames: conveyor scenes (world.py, no-part frames included) and the general curriculum (general.py). The eye
 (EfficientNet-Lite0, frozen) sees each frame once; its tokens are cached in memory (and in `--cache`, so a rerun
 skips them). Classification heads on the flattened Q-Former queries predict every closed-set answer a frame has
-(conveyor: kind, colour, defect; general: count, shape, colour, position, size, word, pattern); the heads are
-thrown away afterwards. Output: a backbone-parts file bound to the frozen SmolLM2 (query tokens, Q-Former, the
+(conveyor: kind, colour, defect; general: count, shape, colour, position, size, word, pattern). A task-free
+"keep the eye" head beside them asks the flattened queries to hold the eye's pooled features (mean and max over the
+positions, standardised; mean-squared error, weight `--keep-eye`): without it the queries keep only what the heads
+ask, and real photographs, which none of the heads describe, lose most of what the eye sees in them. All heads
+are thrown away afterwards. Output: a backbone-parts file bound to the frozen SmolLM2 (query tokens, Q-Former, the
 untrained projection), the input of stage B (`crome-edge train --stage pretrain`). Commands and times:
 crome_edge/recipes/README.md.
 """
@@ -21,7 +24,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crome_edge.backbones.smol import IMAGE_SIZE, SMOL_MEAN, SMOL_STD, LiteEye, build_vision_parts, load_eye
+from crome_edge.backbones.smol import (
+    EYE_CHANNELS,
+    IMAGE_SIZE,
+    POSITION_CHANNELS,
+    SMOL_MEAN,
+    SMOL_STD,
+    LiteEye,
+    build_vision_parts,
+    load_eye,
+)
 from crome_edge.synth.general import GENERAL_ANSWERS, render_general
 from crome_edge.synth.qa import ANSWERS, Q_COLOUR, Q_DEFECT, Q_KIND, answer
 from crome_edge.synth.world import render_scene
@@ -81,18 +93,27 @@ def cached_tokens(eye: LiteEye, cache: Path | None, name: str, make) -> tuple[to
     return tokens, torch.from_numpy(labels)
 
 
+def pooled(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T, C) eye tokens -> (N, 2C): mean and max over the positions, what the "keep the eye" head predicts."""
+    tokens = tokens.float()
+    return torch.cat([tokens.mean(1), tokens.amax(1)], 1)
+
+
 class StageAModel(nn.Module):
-    def __init__(self, eye: LiteEye, seed: int):
+    def __init__(self, eye: LiteEye, seed: int, keep_eye: bool):
         super().__init__()
         _, self.query_tokens, self.qformer, self.projection = build_vision_parts(seed, eye=eye)
         width = self.query_tokens.shape[1] * self.query_tokens.shape[2]
         self.heads = nn.ModuleList([nn.Linear(width, len(answers)) for answers in HEADS.values()])
+        # made only when asked for: its initialisation draws from the RNG the Q-Former's dropout uses after it
+        self.keep_eye = nn.Linear(width, 2 * (EYE_CHANNELS + POSITION_CHANNELS)) if keep_eye else None
 
-    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """-> (logits per head, the predicted standardised pooled eye features when the model keeps the eye)"""
         queries = self.query_tokens.expand(tokens.shape[0], -1, -1)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=tokens, return_dict=True)
         flat = out.last_hidden_state.flatten(1)  # (B, Nq·Dq)
-        return [head(flat) for head in self.heads]
+        return [head(flat) for head in self.heads], self.keep_eye(flat) if self.keep_eye is not None else None
 
 
 def masked_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -109,7 +130,7 @@ def accuracy(model: StageAModel, tokens: torch.Tensor, labels: torch.Tensor, bat
     model.eval()
     correct, asked = np.zeros(len(HEADS)), np.zeros(len(HEADS))
     for start in range(0, len(tokens), batch):
-        logits = model(tokens[start : start + batch].float())
+        logits, _ = model(tokens[start : start + batch].float())
         target = labels[start : start + batch]
         for column, head_logits in enumerate(logits):
             mask = target[:, column] >= 0
@@ -128,6 +149,8 @@ def main() -> None:
     parser.add_argument("--conveyor", type=int, default=8000, help="conveyor training frames")
     parser.add_argument("--general", type=int, default=8000, help="general-curriculum training frames")
     parser.add_argument("--eval-frames", type=int, default=500, help="per world")
+    parser.add_argument("--keep-eye", type=float, default=0.0,
+                        help="weight of the task-free head that keeps the eye's pooled features (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="directory for the eye's tokens of each pool (reused by reruns)")
@@ -148,7 +171,12 @@ def main() -> None:
     eval_tokens = torch.cat([pools[("conveyor", "eval")][0], pools[("general", "eval")][0]])
     eval_labels = torch.cat([pools[("conveyor", "eval")][1], pools[("general", "eval")][1]])
 
-    model = StageAModel(eye, args.seed)
+    # the "keep the eye" target: pooled features standardised by the training frames' statistics
+    train_pooled = torch.cat([pooled(train_tokens[i : i + 1000]) for i in range(0, len(train_tokens), 1000)])
+    pooled_mean, pooled_std = train_pooled.mean(0), train_pooled.std(0) + 1e-3
+    train_target = (train_pooled - pooled_mean) / pooled_std
+
+    model = StageAModel(eye, args.seed, keep_eye=args.keep_eye > 0)
     trained = [p for name, p in model.named_parameters() if not name.startswith("projection.")]
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.05)
     warmup = 100
@@ -159,7 +187,10 @@ def main() -> None:
     history = []
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(train_tokens), (args.batch_size,), generator=generator)
-        loss = masked_loss(model(train_tokens[index].float()), train_labels[index])
+        logits, kept = model(train_tokens[index].float())
+        loss = masked_loss(logits, train_labels[index])
+        if kept is not None:
+            loss = loss + args.keep_eye * F.mse_loss(kept, train_target[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -171,7 +202,7 @@ def main() -> None:
             print(f"eval {json.dumps(history[-1])}", flush=True)
     summary = {"stage": "A", "steps": args.steps, "seconds": round(time.time() - start), "eval": history,
                "batch_size": args.batch_size, "lr": args.lr, "conveyor_frames": args.conveyor,
-               "general_frames": args.general, "seed": args.seed}
+               "general_frames": args.general, "keep_eye": args.keep_eye, "seed": args.seed}
     save_parts(model, args.out, summary)
     print(json.dumps(summary), flush=True)
 
