@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 class EngineConfig:
     provider: str = "auto"  # auto | cpu | cuda | tensorrt (providers.py)
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = one per core
-    spin: bool = True  # idle ORT worker threads spin (lower latency; set False on a shared CPU)
+    # idle ORT worker threads spin (lower latency; set False on a shared CPU). Off whatever this says when the C
+    # decoder runs on the CPU: ORT's spinning workers kept the cores from its pool after every prefill
+    spin: bool = True
     verify: bool = True  # sha256 of every bundle file at load
     adapter: str = "auto"  # "c" (C core kernel), "onnx" (the adapter graphs), auto: c when the decoder runs on CPU
     # "c": decode steps in the C core on the bundle's GGUF blocks (cdecoder.py; ONNX still prefills), "onnx": the
@@ -187,6 +189,7 @@ class Engine:
         self.manifest = bundle.manifest
         self.profiler = profiler or Profiler()
         self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
+        self.spin = self.config.spin and not (self.plan.device == "cpu" and self._use_c_decoder(on_gpu=False))
         self.sessions = {graph: self._open(bundle.graph_path(graph)) for graph in ("vision", "decoder")}
         self._signatures = {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()}
         check_graphs(bundle, self._signatures)
@@ -220,12 +223,12 @@ class Engine:
 
     def _open(self, path):
         def create(path):
-            return providers.open_session(path, self.plan, self.config.threads, self.config.spin)
+            return providers.open_session(path, self.plan, self.config.threads, self.spin)
 
         if self._shared is None:
             return create(path)
         entry = self.manifest.files.get(Path(path).name)
-        how = (repr(self.plan.session_arguments()), self.config.threads, self.config.spin)
+        how = (repr(self.plan.session_arguments()), self.config.threads, self.spin)
         return self._shared.open(path, entry.sha256 if entry is not None else None, how, create)
 
     def _cache_sizes(self) -> tuple[int, int]:
