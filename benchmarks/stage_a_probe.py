@@ -34,30 +34,6 @@ ELPV_TRAIN, ELPV_TEST = 500, 1000
 FRAME_SIZE = 128  # the line datasets' frame size
 
 
-def _eye_tokens(images) -> torch.Tensor:
-    """(N, T, C) float16 tokens of the frozen eye for an iterable of BGR frames."""
-    from crome_edge.backbones.smol import IMAGE_SIZE, SMOL_MEAN, SMOL_STD, load_eye
-    from crome_runtime.preprocess import preprocess_image
-
-    eye = load_eye().eval()
-    out: list[torch.Tensor] = []
-    batch: list[np.ndarray] = []
-
-    def flush():
-        pixels = np.stack([preprocess_image(image, IMAGE_SIZE, SMOL_MEAN, SMOL_STD) for image in batch])
-        with torch.no_grad():
-            out.append(eye(torch.from_numpy(pixels)).half())
-        batch.clear()
-
-    for image in images:
-        batch.append(image)
-        if len(batch) == 32:
-            flush()
-    if batch:
-        flush()
-    return torch.cat(out)
-
-
 def _cached(cache: Path, name: str, make) -> tuple[torch.Tensor, list[str]]:
     """(tokens, answers) of a frame set, from cache/<name>.safetensors (+ .json) when a previous run left them."""
     from safetensors.torch import load_file, save_file
@@ -65,8 +41,11 @@ def _cached(cache: Path, name: str, make) -> tuple[torch.Tensor, list[str]]:
     tokens_path, answers_path = cache / f"{name}.safetensors", cache / f"{name}.json"
     if tokens_path.is_file() and answers_path.is_file():
         return load_file(str(tokens_path))["tokens"], json.loads(answers_path.read_text())
+    from crome_edge.backbones.smol import load_eye
+    from crome_edge.recipes.smol_stage_a import eye_tokens
+
     images, answers = make()
-    tokens = _eye_tokens(images)
+    tokens = eye_tokens(load_eye().eval(), images)  # what stage A trains on: the same eye, preprocessing, dtype
     cache.mkdir(parents=True, exist_ok=True)
     save_file({"tokens": tokens}, str(tokens_path))
     answers_path.write_text(json.dumps(answers))
