@@ -99,6 +99,12 @@ def pooled(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens.mean(1), tokens.amax(1)], 1)
 
 
+def keep_eye_target(tokens: torch.Tensor) -> torch.Tensor:
+    """What the "keep the eye" head learns: pooled() of every frame, standardised by these frames' statistics."""
+    features = torch.cat([pooled(tokens[i : i + 1000]) for i in range(0, len(tokens), 1000)])
+    return (features - features.mean(0)) / (features.std(0) + 1e-3)
+
+
 class StageAModel(nn.Module):
     def __init__(self, eye: LiteEye, seed: int, keep_eye: bool):
         super().__init__()
@@ -171,10 +177,7 @@ def main() -> None:
     eval_tokens = torch.cat([pools[("conveyor", "eval")][0], pools[("general", "eval")][0]])
     eval_labels = torch.cat([pools[("conveyor", "eval")][1], pools[("general", "eval")][1]])
 
-    # the "keep the eye" target: pooled features standardised by the training frames' statistics
-    train_pooled = torch.cat([pooled(train_tokens[i : i + 1000]) for i in range(0, len(train_tokens), 1000)])
-    pooled_mean, pooled_std = train_pooled.mean(0), train_pooled.std(0) + 1e-3
-    train_target = (train_pooled - pooled_mean) / pooled_std
+    train_target = keep_eye_target(train_tokens) if args.keep_eye > 0 else None
 
     model = StageAModel(eye, args.seed, keep_eye=args.keep_eye > 0)
     trained = [p for name, p in model.named_parameters() if not name.startswith("projection.")]
@@ -189,7 +192,7 @@ def main() -> None:
         index = torch.randint(0, len(train_tokens), (args.batch_size,), generator=generator)
         logits, kept = model(train_tokens[index].float())
         loss = masked_loss(logits, train_labels[index])
-        if kept is not None:
+        if kept is not None and train_target is not None:
             loss = loss + args.keep_eye * F.mse_loss(kept, train_target[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -189,7 +189,9 @@ class Engine:
         self.manifest = bundle.manifest
         self.profiler = profiler or Profiler()
         self.plan = providers.plan(self.config.provider, bundle.path, self.manifest.precision)
-        self.spin = self.config.spin and not (self.plan.device == "cpu" and self._use_c_decoder(on_gpu=False))
+        # on a CPU-only plan the decode path is known before any session opens (it reads the blocks file's header once)
+        c_on_cpu = self.plan.device == "cpu" and self._use_c_decoder(on_gpu=False)
+        self.spin = self.config.spin and not c_on_cpu
         self.sessions = {graph: self._open(bundle.graph_path(graph)) for graph in ("vision", "decoder")}
         self._signatures = {graph: GraphSignature.of_session(s) for graph, s in self.sessions.items()}
         check_graphs(bundle, self._signatures)
@@ -210,7 +212,7 @@ class Engine:
         self.decoder: KVDecoder | CDecoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
         self.decoder_backend = "onnx"
-        if self._use_c_decoder(on_gpu):
+        if c_on_cpu or (self.plan.device != "cpu" and self._use_c_decoder(on_gpu)):
             from crome_runtime.cdecoder import open_cdecoder
 
             self.decoder, self.decoder_backend = open_cdecoder(bundle, self.decoder, self.config.threads), "c"
