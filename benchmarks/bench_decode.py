@@ -52,19 +52,9 @@ class EngineColumn:
         assert self.engine.decoder_backend == decoder, self.engine.decoder_backend
         self.name = {"c": "ours, C path", "onnx": "ours, ONNX fp32"}[decoder]
         if decoder == "c" and (isa != "auto" or c_lib is not None):
-            self._force_c_decoder(isa, c_lib)
+            from bench_decode_isa import force_c_decoder
 
-    def _force_c_decoder(self, isa: str, c_lib: Path | None) -> None:
-        """The engine's C decoder again with one kernel path forced (--isa avx2 on an AVX-512 machine runs the AVX2
-        kernels) and/or from another build of the C core (--c-lib: e.g. built with -march=x86-64-v3, what an
-        AVX2-only machine's native build runs), same blocks, same ONNX prefill."""
-        from bench_decode_isa import load_library, make_decoder
-
-        old = self.engine.decoder
-        lib = load_library(c_lib)
-        self.engine.decoder = make_decoder(old.blocks, old.threads, isa, lib)
-        self.engine.decoder.prefill_decoder = old.prefill_decoder
-        old.close()
+            force_c_decoder(self.engine, isa, c_lib)
 
     def prefill(self, prefix: np.ndarray, room: int) -> np.ndarray:
         return self.engine.prefill(prefix, room)
@@ -313,15 +303,12 @@ def machine() -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    forced = m.get("c_decode_isa_forced", "auto")
-    decode_path = m["c_decode_isa"] if forced == "auto" else f"{forced} (forced)"
     features = ", ".join(k for k, v in m["cpu"]["features"].items() if v)
     lines = [SECTION, "", f"Command: `{result['command']}`  ", f"Machine: {m['cpu']['model']} ({m['cpu']['arch']}, "
              f"{m['cores']} cores; {features}); load average {m.get('load_average')}  ",
              f"Versions: Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m.get('torch', '-')}, "
              f"llama-cpp-python {result['runs'][0].get('llama_cpp_version') or '-'}; C core {m['c_core']}, "
-             f"decode path {decode_path}"
-             + (f", C core from {m['c_lib']}" if m.get("c_lib") else ""), ""]
+             f"decode path {decode_path(m)}", ""]
     for run in result["runs"]:
         lines += [f"**{run['threads']} thread(s)**, prefix {run['prefix_tokens']} tokens, {run['new_tokens']} new "
                   f"tokens, {run['runs']} interleaved runs after warm-up; read bandwidth (crome_memread, {run['threads']} "
@@ -368,6 +355,26 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+def add_isa_arguments(parser) -> None:
+    """--isa / --c-lib: the C path's kernels forced, or from another build of the C core (bench_e2e shares them)."""
+    parser.add_argument("--isa", default="auto", help="the C path's kernels (auto: the best this CPU runs; avx2 on "
+                        "an AVX-512 machine measures the AVX2 kernels)")
+    parser.add_argument("--c-lib", type=Path, help="the C path from this build of the C core (default: the one "
+                        "crome_runtime loads), e.g. one built with -march=x86-64-v3")
+
+
+def record_isa(machine_info: dict, args) -> None:
+    machine_info["c_decode_isa_forced"] = args.isa
+    machine_info["c_lib"] = str(args.c_lib) if args.c_lib else None
+
+
+def decode_path(m: dict) -> str:
+    """The C decode path a result ran, as the Markdown says it: the CPU's best, or the forced one and its build."""
+    forced = m.get("c_decode_isa_forced", "auto")
+    path = m["c_decode_isa"] if forced == "auto" else f"{forced} (forced)"
+    return path + (f", C core from {m['c_lib']}" if m.get("c_lib") else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, runs=20, warmup=2)
@@ -375,10 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path, help="the backbone's GGUF for the llama.cpp column (default: the "
                         "embedded smol's, from the model store)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
-    parser.add_argument("--isa", default="auto", help="the C path's kernels (auto: the best this CPU runs; avx2 on "
-                        "an AVX-512 machine measures the AVX2 kernels)")
-    parser.add_argument("--c-lib", type=Path, help="the C path from this build of the C core (default: the one "
-                        "crome_runtime loads), e.g. one built with -march=x86-64-v3")
+    add_isa_arguments(parser)
     parser.add_argument("--bandwidth-mb", type=int, default=512, help="buffer of the read-bandwidth probe (far "
                         "larger than the caches; default %(default)s)")
     add_output_arguments(parser, plot="tokens/s and prefill ms")
@@ -393,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         llm = load_backbone(manifest.backbone.name).llm
     gguf = args.gguf or default_gguf(args.bundle)
     result = {"command": command_line(argv), "machine": machine(), "runs": []}
-    result["machine"]["c_decode_isa_forced"] = args.isa
-    result["machine"]["c_lib"] = str(args.c_lib) if args.c_lib else None
+    record_isa(result["machine"], args)
     result["load_average_start"] = list(__import__("os").getloadavg())
     for threads in args.threads:
         result["runs"].append(bench_threads(args.bundle, threads, args, llm, gguf))

@@ -55,6 +55,16 @@ def make_decoder(blocks, threads: int, isa: str, lib):
         ccore.library = saved
 
 
+def force_c_decoder(engine, isa: str, c_lib: Path | None) -> None:
+    """Replaces a loaded Engine's C decoder by one with a kernel path forced (isa "avx2" on an AVX-512 machine runs
+    the AVX2 kernels) and/or from another build of the C core (c_lib: e.g. built with -march=x86-64-v3, what an
+    AVX2-only machine's native build runs): same blocks, same threads, same ONNX prefill."""
+    old = engine.decoder
+    engine.decoder = make_decoder(old.blocks, old.threads, isa, load_library(c_lib))
+    engine.decoder.prefill_decoder = old.prefill_decoder
+    old.close()
+
+
 def run_once(decoder, table: np.ndarray, prefix_ids: list[int], new_tokens: int):
     """-> ([step ms], [step CPU ms], tokens, [logits]): the prefix stepped through untimed, then new_tokens greedy
     steps. CPU ms is the process's CPU time over the step: on a loaded machine it leaves out the time the step

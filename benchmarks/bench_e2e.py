@@ -2,6 +2,7 @@
 
     python benchmarks/bench_e2e.py BUNDLE [--threads 1 2] [--runs 20] [--max-new-tokens 16] [--json out.json]
                                          [--results benchmarks/RESULTS.md] [--plot e2e.png]
+                                         [--isa avx2] [--c-lib ours-v3.so]
 
 Columns, in one process, interleaved run by run after a warm-up of each, the same threads:
   - ours, default: Engine.load(BUNDLE) as shipped (on CPU the C decode path where the bundle has gated decoder
@@ -14,6 +15,11 @@ Columns, in one process, interleaved run by run after a warm-up of each, the sam
 All decode exactly N greedy tokens (stop tokens ignored). Reported: p50/p90/p99 of the whole answer and of
 time to first token, the ratio PyTorch / ours, and whether each column's tokens equal PyTorch's. Writes JSON,
 a Markdown section into RESULTS.md and a PNG (needs matplotlib).
+
+--isa / --c-lib force the C decode path's kernels or load another build of the C core, as in bench_decode.py (an
+AVX2-only machine's path on an AVX-512 one). PyTorch follows `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` in the
+environment; ONNX Runtime (vision, prefill) always runs the best kernels of this CPU, so a forced run is not an
+AVX2-only machine's prefill.
 """
 from __future__ import annotations
 
@@ -37,10 +43,15 @@ QUESTION = bd.QUESTION
 
 
 class EngineE2E:
-    def __init__(self, bundle: Path, threads: int, max_new: int, decoder: str):
+    def __init__(self, bundle: Path, threads: int, max_new: int, decoder: str, isa: str = "auto",
+                 c_lib: Path | None = None):
         from crome_runtime.engine import Engine, EngineConfig, GenerationOptions
 
         self.engine = Engine.load(bundle, EngineConfig(threads=threads, decoder=decoder))
+        if self.engine.decoder_backend == "c" and (isa != "auto" or c_lib is not None):
+            from bench_decode_isa import force_c_decoder
+
+            force_c_decoder(self.engine, isa, c_lib)
         self.engine.bundle.stop_ids = frozenset()  # every run decodes exactly max_new tokens
         self.options = GenerationOptions(max_new_tokens=max_new, temperature=0.0, repetition_penalty=1.0,
                                          adapter=br.first_adapter(bundle)[0] or "none")
@@ -70,7 +81,7 @@ def stats(values: list[float]) -> dict:
 
 
 def bench_threads(bundle: Path, threads: int, args, image: Path) -> dict:
-    columns: list = [EngineE2E(bundle, threads, args.max_new_tokens, "auto"),
+    columns: list = [EngineE2E(bundle, threads, args.max_new_tokens, "auto", args.isa, args.c_lib),
                      EngineE2E(bundle, threads, args.max_new_tokens, "onnx")]
     skipped = {}
     if args.no_torch:
@@ -107,7 +118,7 @@ def markdown(result: dict) -> str:
     lines = [SECTION, "", f"Command: `{result['command']}`  ", f"Machine: {m['cpu']['model']} ({m['cpu']['arch']}, "
              f"{m['cores']} cores; {features}); load average {m.get('load_average')}  ",
              f"Versions: Python {m['python']}, onnxruntime {m['onnxruntime']}, torch {m.get('torch', '-')}; C core "
-             f"{m['c_core']}, decode path {m['c_decode_isa']}", ""]
+             f"{m['c_core']}, decode path {bd.decode_path(m)}", ""]
     for run in result["runs"]:
         lines += [f"**{run['threads']} thread(s)**, frame file -> {run['max_new_tokens']}-token answer, "
                   f"{run['runs']} interleaved runs after warm-up", "",
@@ -142,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser, runs=20, warmup=1)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    bd.add_isa_arguments(parser)
     add_output_arguments(parser, plot="the answer times")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.max_new_tokens < 1:
         parser.error("--runs and --max-new-tokens must be >= 1, --warmup >= 0")
     result = {"command": command_line(argv), "machine": bd.machine(), "runs": []}
+    bd.record_isa(result["machine"], args)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         image = br._frame_file(Path(tmp))
         for threads in args.threads:

@@ -72,15 +72,19 @@ def test_bench_scaling_short(bundle, tmp_path):
 
 
 def test_bench_e2e_short(bundle, tmp_path):
+    """With the C path's portable kernels forced (--isa scalar), as an AVX2 run forces AVX2 on an AVX-512 machine."""
     import bench_e2e
 
     with torch_threads(1):
         assert bench_e2e.main([str(bundle), "--threads", "1", "--runs", "2", "--warmup", "1", "--max-new-tokens",
-                               "4", *_outputs(tmp_path, "e2e")]) == 0
-    run = _check(tmp_path, "e2e", bench_e2e.SECTION)["runs"][0]
+                               "4", "--isa", "scalar", *_outputs(tmp_path, "e2e")]) == 0
+    result = _check(tmp_path, "e2e", bench_e2e.SECTION)
+    run = result["runs"][0]
     assert set(run["columns"]) == {"ours, default (c)", "ours, ONNX decoder (onnx)", "PyTorch eager fp32"}
     assert all(len(r["tokens"]) == 4 for r in run["columns"].values())
-    assert run["columns"]["ours, ONNX decoder (onnx)"]["tokens_equal_pytorch"] is True
+    assert all(r["tokens_equal_pytorch"] is True for r in run["columns"].values())
+    assert result["machine"]["c_decode_isa_forced"] == "scalar"
+    assert "decode path scalar (forced)" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_bench_decode_isa_short(bundle, tmp_path):
