@@ -212,7 +212,8 @@ class Engine:
         self.decoder: KVDecoder | CDecoder = KVDecoder(self.sessions["decoder"], llm.num_layers, llm.num_kv_heads, llm.head_dim, d,
                                  llm.vocab_size, "cuda" if on_gpu else "cpu")
         self.decoder_backend = "onnx"
-        if c_on_cpu or (self.plan.device != "cpu" and self._use_c_decoder(on_gpu)):
+        use_c = c_on_cpu if self.plan.device == "cpu" else self._use_c_decoder(on_gpu)  # CPU: decided above
+        if use_c:
             from crome_runtime.cdecoder import open_cdecoder
 
             self.decoder, self.decoder_backend = open_cdecoder(bundle, self.decoder, self.config.threads), "c"
