@@ -168,7 +168,7 @@ def run_task(name: str, question: str, train_sets: dict[int, Path], test: Path, 
         cli("train", "--stage", "finetune", "--backbone", "smol", "--data", str(data), "--question", question,
             "--out", str(adapter), "--force", "--rank", "64", "--steps", str(args.steps), "--batch-size", "16",
             "--lr", "2e-3", "--val-fraction", "0", "--threads", str(args.threads), "--no-progress",
-            *(["--bf16"] if args.bf16 else []), *(["--augment", "flips"] if name == "line3" else []))
+            *(["--bf16"] if args.bf16 else []), "--augment", args.augment)
         seconds = time.perf_counter() - start
         accuracy = evaluate(test, question, adapter, args.threads)
         result["points"].append({"n": n, "accuracy": accuracy, "train_seconds": round(seconds, 1)})
@@ -178,7 +178,7 @@ def run_task(name: str, question: str, train_sets: dict[int, Path], test: Path, 
 
 def markdown(result: dict) -> str:
     lines = [HEADING, "", f"`{result['command']}` on {result['machine']} ({result['date']}); adapter r=64, "
-             f"{result['steps']} steps of batch 16, lr 2e-3, everything else frozen; exact-match accuracy on held-out "
+             f"{result['steps']} steps of batch 16, lr 2e-3, augment {result['augment']}, everything else frozen; exact-match accuracy on held-out "
              "images, through `crome-edge train` / `crome-edge eval`.", ""]
     sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
     lines.append("| task | held out | majority class | frozen backbone | " + " | ".join(f"N={n}" for n in sizes) + " |")
@@ -224,13 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fast only on CPUs with native bf16)")
     parser.add_argument("--seed", type=int, default=0)
+    # Mirroring keeps both tasks' answers true: a part's bin and a cell's type and defects do not depend on handedness.
+    parser.add_argument("--augment", choices=("none", "flips"), default="flips")
     add_output_arguments(parser, plot="accuracy against training-set size")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     from crome_runtime.machine import describe_cpu
 
     result = {"command": command_line(argv), "machine": f"{platform.node() or 'host'}: {describe_cpu()}",
-              "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "tasks": {}}
+              "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+              "augment": args.augment, "tasks": {}}
     if "elpv" in args.tasks:
         train_sets, test, counts = elpv_sets(args.work, args.sizes, args.test, args.seed)
         result["tasks"]["elpv"] = run_task("elpv", ELPV_QUESTION, train_sets, test, counts, args)
