@@ -14,6 +14,8 @@ held-out set; the frozen backbone and the majority class beside it. Everything g
 
     python benchmarks/data_efficiency.py --work runs/data_eff --sizes 25 50 100 200 500 --test 1000 \\
         --results benchmarks/RESULTS.md --plot benchmarks/data_efficiency.png --json runs/data_eff.json
+    python benchmarks/data_efficiency.py --from-json runs/elpv.json runs/line3.json --results benchmarks/RESULTS.md \
+        --plot benchmarks/data_efficiency.png    # one table and plot of runs made one task at a time
 """
 from __future__ import annotations
 
@@ -214,9 +216,24 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def merged(results: list[dict]) -> dict:
+    """One result holding every task of `results` (each run's command kept beside its task)."""
+    settings = {(r["steps"], r.get("augment", "none"), r["machine"]) for r in results}
+    if len(settings) != 1:
+        raise SystemExit(f"--from-json: the runs differ in steps, augment or machine ({sorted(settings)}): one table "
+                         "would mix them")
+    out = dict(results[0], tasks={}, command=" ; ".join(r["command"] for r in results))
+    for result in results:
+        for name, task in result["tasks"].items():
+            if name in out["tasks"]:
+                raise SystemExit(f"--from-json: two runs measured {name}; give one of them")
+            out["tasks"][name] = task
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="directory for data, adapters and the ELPV wheel")
+    parser.add_argument("--work", type=Path, help="directory for data, adapters and the ELPV wheel (required to run)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 500])
     parser.add_argument("--test", type=int, default=1000, help="held-out images per task")
     parser.add_argument("--steps", type=int, default=300)
@@ -226,8 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     # Mirroring keeps both tasks' answers true: a part's bin and a cell's type and defects do not depend on handedness.
     parser.add_argument("--augment", choices=("none", "flips"), default="flips")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: one table and plot of the tasks of earlier runs' --json files")
     add_output_arguments(parser, plot="accuracy against training-set size")
     args = parser.parse_args(argv)
+    if args.from_json:
+        publish(merged([json.loads(path.read_text()) for path in args.from_json]), args, HEADING, markdown, plot)
+        return
+    if args.work is None:
+        parser.error("--work is required to run the tasks (or give --from-json)")
     args.work.mkdir(parents=True, exist_ok=True)
     from crome_runtime.machine import describe_cpu
 

@@ -6,13 +6,21 @@ For each input size and each candidate map (stage 5: 14×14×112 at 224 px; stag
 accuracies. Also the eye's latency up to each map (torch, one thread, batch 16). The decision and its numbers are in
 docs/architecture.md §3.
 
+With `--elpv-work DIR`, the same maps of real photographs too: qformer_probe.py's linear probe (its ELPV split, 500
+training / 1000 held-out images) on each map, mean and max pooled over the positions, so the choice can be weighed
+against what a map keeps of a world the project does not draw.
+
     python benchmarks/eye_probe.py --frames 2500 --sizes 160 192 224 --json runs/eye_probe.json
+    python benchmarks/eye_probe.py --frames 0 --sizes 224 300 --elpv-work runs/data_eff
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +29,11 @@ from torch import nn
 import crome_runtime.preprocess  # noqa: F401  (before cv2: its decoders then enforce the pixel limit)
 from crome_edge.backbones.smol import SMOL_MEAN, SMOL_STD, load_eye
 from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, render_scene
-from crome_runtime.preprocess import preprocess_image
+from crome_runtime.preprocess import decode_image, preprocess_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_efficiency import elpv_labels, elpv_wheel  # noqa: E402
+from qformer_probe import linear_probe  # noqa: E402
 
 TAPS = {"stage5": 11, "stage6": 15, "head": None}  # blocks[:n], or the full network + head
 PROBE_SEED_BASE = 5_000_000  # pretrain/train seeds: frames the shipped Q-Former never trained on (stage A uses 50M+)
@@ -73,12 +85,39 @@ def probe(features: torch.Tensor, labels: torch.Tensor, steps: int) -> list[floa
     return [float((o.argmax(-1) == labels[n_train:, k]).float().mean()) for k, o in enumerate(out)]
 
 
+def elpv_rows(eye, sizes: list[int], work: Path, n_train: int = 500, n_test: int = 1000) -> list[dict]:
+    """ELPV accuracy of a linear probe on each map, mean + max pooled, per input size (qformer_probe.py's split)."""
+    wheel = elpv_wheel(work)
+    items = elpv_labels(wheel)
+    chosen = [items[i] for i in np.random.default_rng(0).permutation(len(items))[: n_train + n_test]]
+    classes = sorted({answer for _, answer in chosen})
+    labels = np.array([classes.index(answer) for _, answer in chosen])
+    with zipfile.ZipFile(wheel) as archive:
+        images = [decode_image(archive.read(member), member) for member, _ in chosen]
+    rows = []
+    for size in sizes:
+        pooled: dict[str, list[np.ndarray]] = {name: [] for name in TAPS}
+        with torch.no_grad():
+            for start in range(0, len(images), 32):
+                pixels = torch.from_numpy(np.stack([preprocess_image(image, size, SMOL_MEAN, SMOL_STD)
+                                                    for image in images[start : start + 32]]))
+                for name, value in maps(eye, pixels).items():
+                    pooled[name].append(torch.cat([value.mean((2, 3)), value.amax((2, 3))], 1).numpy())
+        for name in TAPS:
+            features = np.concatenate(pooled[name])
+            rows.append({"size": size, "map": name, "dims": features.shape[1],
+                         "elpv": linear_probe(features, labels, n_train), "elpv_test": n_test})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2500)
     parser.add_argument("--sizes", type=int, nargs="+", default=[160, 192, 224])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--json")
+    parser.add_argument("--elpv-work", type=Path, help="also probe each map on ELPV real photographs (wheel kept here)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from crome_edge.backbones.efficientnet_lite import EfficientNetLite0
@@ -96,7 +135,7 @@ def main() -> None:
                            (*DEFECTS, NO_DEFECT).index(scene.defect)))
     labels_t = torch.tensor(labels)
     results = []
-    for size in args.sizes:
+    for size in args.sizes if frames else []:  # --frames 0: the real photographs only
         pixels = torch.from_numpy(np.stack([preprocess_image(f, size, SMOL_MEAN, SMOL_STD) for f in frames]))
         with torch.no_grad():
             collected: dict[str, list] = {name: [] for name in TAPS}
@@ -114,9 +153,10 @@ def main() -> None:
             results.append({"size": size, "map": name, "shape": list(features.shape[1:]), "kind": kind,
                             "colour": colour, "defect5": defect, "eye_ms_full_network": round(ms, 1)})
             print(json.dumps(results[-1]), flush=True)
+    real = elpv_rows(eye, args.sizes, args.elpv_work) if args.elpv_work else []
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"frames": len(frames), "results": results}, out, indent=2)
+            json.dump({"frames": len(frames), "results": results, "elpv": real}, out, indent=2)
 
 
 if __name__ == "__main__":
