@@ -1,0 +1,53 @@
+"""benchmarks/data_efficiency.py --from-json: runs made one task at a time become one table and plot, and runs that
+cannot share a table (other steps, augment or machine; the same task twice) are refused with the reason."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import data_efficiency  # noqa: E402
+
+MACHINE = "host: x86_64 avx2"
+
+
+def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips") -> Path:
+    result = {"command": f"python benchmarks/data_efficiency.py --tasks {task}", "machine": MACHINE,
+              "date": "2026-12-06", "steps": 200, "augment": augment,
+              "tasks": {task: {"question": f"{task}?", "test_n": 500, "test_classes": {"a": 300, "b": 200},
+                               "chance": 0.6, "frozen": 0.0,
+                               "points": [{"n": n, "accuracy": a, "train_seconds": 1.0} for n, a in points]}}}
+    path = tmp_path / name
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_from_json_merges_tasks_into_one_table(tmp_path, capsys):
+    elpv = _run(tmp_path, "elpv.json", "elpv", [(25, 0.598), (500, 0.734)])
+    line3 = _run(tmp_path, "line3.json", "line3", [(25, 0.77), (50, 0.81)])
+    out = tmp_path / "merged.json"
+    data_efficiency.main(["--from-json", str(elpv), str(line3), "--json", str(out)])
+    merged = json.loads(out.read_text())
+    assert set(merged["tasks"]) == {"elpv", "line3"}
+    assert merged["augment"] == "flips" and "--tasks elpv" in merged["command"] and "--tasks line3" in merged["command"]
+    table = capsys.readouterr().out
+    assert "| N=25 | N=50 | N=500 |" in table
+    assert '| elpv ("elpv?") | 500 | 60.0% | 0.0% | 59.8% | not run | 73.4% |' in table
+    assert '| line3 ("line3?") | 500 | 60.0% | 0.0% | 77.0% | 81.0% | not run |' in table
+
+
+def test_from_json_refuses_runs_that_cannot_share_a_table(tmp_path):
+    flips = _run(tmp_path, "a.json", "elpv", [(25, 0.6)])
+    plain = _run(tmp_path, "b.json", "line3", [(25, 0.7)], augment="none")
+    with pytest.raises(SystemExit, match="differ in steps, augment or machine"):
+        data_efficiency.main(["--from-json", str(flips), str(plain)])
+    again = _run(tmp_path, "c.json", "elpv", [(50, 0.6)])
+    with pytest.raises(SystemExit, match="two runs measured elpv"):
+        data_efficiency.main(["--from-json", str(flips), str(again)])
+
+
+def test_running_needs_a_work_directory(capsys):
+    with pytest.raises(SystemExit):
+        data_efficiency.main(["--tasks", "elpv"])
+    assert "--work is required" in capsys.readouterr().err
