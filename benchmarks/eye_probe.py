@@ -6,7 +6,7 @@ For each input size and each candidate map (stage 5: 14×14×112 at 224 px; stag
 accuracies. Also the eye's latency up to each map (torch, one thread, batch 16). The decision and its numbers are in
 docs/architecture.md §3.
 
-With `--elpv-work DIR`, the same maps of real photographs too: qformer_probe.py's linear probe (its ELPV split, 500
+With `--elpv-work DIR`, the same maps of real photographs too: qformer_probe.py's linear probe (stage_a_probe.py's ELPV split, 500
 training / 1000 held-out images) on each map, mean and max pooled over the positions, so the choice can be weighed
 against what a map keeps of a world the project does not draw.
 
@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,11 @@ from torch import nn
 import crome_runtime.preprocess  # noqa: F401  (before cv2: its decoders then enforce the pixel limit)
 from crome_edge.backbones.smol import SMOL_MEAN, SMOL_STD, load_eye
 from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, render_scene
-from crome_runtime.preprocess import decode_image, preprocess_image
+from crome_runtime.preprocess import preprocess_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_efficiency import elpv_labels, elpv_wheel  # noqa: E402
 from qformer_probe import linear_probe  # noqa: E402
+from stage_a_probe import ELPV_TRAIN, elpv_frames  # noqa: E402
 
 TAPS = {"stage5": 11, "stage6": 15, "head": None}  # blocks[:n], or the full network + head
 PROBE_SEED_BASE = 5_000_000  # pretrain/train seeds: frames the shipped Q-Former never trained on (stage A uses 50M+)
@@ -85,15 +84,11 @@ def probe(features: torch.Tensor, labels: torch.Tensor, steps: int) -> list[floa
     return [float((o.argmax(-1) == labels[n_train:, k]).float().mean()) for k, o in enumerate(out)]
 
 
-def elpv_rows(eye, sizes: list[int], work: Path, n_train: int = 500, n_test: int = 1000) -> list[dict]:
-    """ELPV accuracy of a linear probe on each map, mean + max pooled, per input size (qformer_probe.py's split)."""
-    wheel = elpv_wheel(work)
-    items = elpv_labels(wheel)
-    chosen = [items[i] for i in np.random.default_rng(0).permutation(len(items))[: n_train + n_test]]
-    classes = sorted({answer for _, answer in chosen})
-    labels = np.array([classes.index(answer) for _, answer in chosen])
-    with zipfile.ZipFile(wheel) as archive:
-        images = [decode_image(archive.read(member), member) for member, _ in chosen]
+def elpv_rows(eye, sizes: list[int], work: Path) -> list[dict]:
+    """ELPV accuracy of a linear probe on each map, mean + max pooled, per input size (stage_a_probe.py's split)."""
+    images, answers = elpv_frames(work)
+    classes = sorted(set(answers))
+    labels = np.array([classes.index(answer) for answer in answers])
     rows = []
     for size in sizes:
         pooled: dict[str, list[np.ndarray]] = {name: [] for name in TAPS}
@@ -106,7 +101,7 @@ def elpv_rows(eye, sizes: list[int], work: Path, n_train: int = 500, n_test: int
         for name in TAPS:
             features = np.concatenate(pooled[name])
             rows.append({"size": size, "map": name, "dims": features.shape[1],
-                         "elpv": linear_probe(features, labels, n_train), "elpv_test": n_test})
+                         "elpv": linear_probe(features, labels, ELPV_TRAIN), "elpv_test": len(labels) - ELPV_TRAIN})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
