@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,14 +59,20 @@ def pyplot():
 
 
 def write_results(path: Path, section: str, heading: str) -> None:
-    """Replace the section under `heading` in RESULTS.md (or append it), leaving every other section as it is."""
+    """Replace the section under `heading` in RESULTS.md (or append it), leaving every other section as it is.
+
+    The heading must fill its line at any level (`## X` also matches `### X`); the section ends at the next heading
+    of the same or a higher level, so the subsections after it are kept."""
     text = path.read_text() if path.is_file() else "# Benchmark results\n\n"
-    start = text.find(heading)
-    if start < 0:
+    title = heading.lstrip("#").strip()
+    found = re.search(rf"^(#+) {re.escape(title)}$", text, re.MULTILINE)
+    if found is None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + ("" if end < 0 else text[end + 1:])
+        level = len(found.group(1))
+        section = found.group(1) + section[len(heading) - len(heading.lstrip("#")):]  # the level it has there
+        after = re.compile(rf"^#{{1,{level}}} ", re.MULTILINE).search(text, found.end())
+        text = text[:found.start()] + section + ("" if after is None else "\n" + text[after.start():])
     path.write_text(text)
 
 

@@ -51,3 +51,18 @@ def test_running_needs_a_work_directory(capsys):
     with pytest.raises(SystemExit):
         data_efficiency.main(["--tasks", "elpv"])
     assert "--work is required" in capsys.readouterr().err
+
+
+def test_results_section_replaced_at_its_own_level(tmp_path):
+    """RESULTS.md keeps this table as a subsection: replacing it keeps the subsections and sections after it."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## A real eye\n\n"
+                       "### Data efficiency: adapter-only accuracy against training-set size\n\nold table\n\n"
+                       "### Which eye map\n\nkept 1\n\n## Serve\n\nkept 2\n")
+    elpv = _run(tmp_path, "elpv.json", "elpv", [(25, 0.598)])
+    data_efficiency.main(["--from-json", str(elpv), "--results", str(results)])
+    text = results.read_text()
+    assert "old table" not in text and "| 59.8% |" in text
+    assert "\n### Data efficiency: adapter-only accuracy against training-set size\n" in text
+    assert "\n## Data efficiency" not in text
+    assert text.index("59.8%") < text.index("### Which eye map\n\nkept 1") < text.index("## Serve\n\nkept 2")
