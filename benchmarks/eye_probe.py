@@ -27,6 +27,7 @@ from torch import nn
 
 import crome_runtime.preprocess  # noqa: F401  (before cv2: its decoders then enforce the pixel limit)
 from crome_edge.backbones.smol import SMOL_MEAN, SMOL_STD, load_eye
+from crome_edge.recipes.smol_stage_a import pooled
 from crome_edge.synth.world import COLOUR_NAMES, DEFECTS, KINDS, NO_DEFECT, render_scene
 from crome_runtime.preprocess import preprocess_image
 
@@ -91,15 +92,15 @@ def elpv_rows(eye, sizes: list[int], work: Path) -> list[dict]:
     labels = np.array([classes.index(answer) for answer in answers])
     rows = []
     for size in sizes:
-        pooled: dict[str, list[np.ndarray]] = {name: [] for name in TAPS}
+        per_map: dict[str, list[np.ndarray]] = {name: [] for name in TAPS}
         with torch.no_grad():
             for start in range(0, len(images), 32):
                 pixels = torch.from_numpy(np.stack([preprocess_image(image, size, SMOL_MEAN, SMOL_STD)
                                                     for image in images[start : start + 32]]))
                 for name, value in maps(eye, pixels).items():
-                    pooled[name].append(torch.cat([value.mean((2, 3)), value.amax((2, 3))], 1).numpy())
+                    per_map[name].append(pooled(value.flatten(2).transpose(1, 2)).numpy())
         for name in TAPS:
-            features = np.concatenate(pooled[name])
+            features = np.concatenate(per_map[name])
             rows.append({"size": size, "map": name, "dims": features.shape[1],
                          "elpv": linear_probe(features, labels, ELPV_TRAIN), "elpv_test": len(labels) - ELPV_TRAIN})
             print(json.dumps(rows[-1]), flush=True)

@@ -28,6 +28,7 @@ from data_efficiency import elpv_labels, elpv_wheel  # noqa: E402
 
 def features(items: list[tuple[str, str]], wheel: Path) -> tuple[np.ndarray, np.ndarray]:
     from crome_edge.backbones.registry import load_backbone
+    from crome_edge.recipes.smol_stage_a import pooled
     from crome_runtime.preprocess import decode_image, preprocess_image
 
     backbone = load_backbone("smol")
@@ -40,7 +41,7 @@ def features(items: list[tuple[str, str]], wheel: Path) -> tuple[np.ndarray, np.
                 preprocess_image(decode_image(archive.read(member), member), info.image_size, info.image_mean,
                                  info.image_std) for member, _ in chunk]))
             tokens = backbone.image_features(pixels)  # (B, 196, 118)
-            eye.append(torch.cat([tokens.mean(1), tokens.amax(1)], 1).numpy())
+            eye.append(pooled(tokens).numpy())
             queries.append(backbone.encode_features(tokens).flatten(1).numpy())
     return np.concatenate(eye), np.concatenate(queries)
 

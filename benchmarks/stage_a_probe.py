@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import crome_runtime.preprocess  # noqa: E402,F401  (before cv2: its decoders then enforce the pixel limit)
 from data_efficiency import elpv_labels, elpv_wheel  # noqa: E402
 from qformer_probe import linear_probe  # noqa: E402
+from crome_edge.recipes.smol_stage_a import pooled  # noqa: E402
 
 LINE_TRAIN, LINE_TEST = 1500, 1000
 ELPV_TRAIN, ELPV_TEST = 500, 1000
@@ -116,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             tokens, answers, n_train = torch.cat([train, test]), train_answers + test_answers, len(train_answers)
         classes = sorted(set(answers))
         y = np.array([classes.index(a) for a in answers])
-        pooled = torch.cat([tokens.float().mean(1), tokens.float().amax(1)], 1).numpy()
+        eye_pooled = pooled(tokens).numpy()
         row = {"task": task, "train": n_train, "test": len(answers) - n_train,
                "majority": float(np.bincount(y[n_train:]).max() / (len(y) - n_train)),
-               "eye_pooled": linear_probe(pooled, y, n_train)}
+               "eye_pooled": linear_probe(eye_pooled, y, n_train)}
         for parts in args.parts:
             row[str(parts)] = linear_probe(qformer_output(parts, tokens), y, n_train)
         results.append(row)
