@@ -2,7 +2,8 @@
 
 Holds the parts in one shape for every source (HF BLIP-2/InstructBLIP, `tiny`, `smol`, HF LLaVA and
 SmolVLM/Idefics3): vision tower (pixels -> patch features), learned query tokens, Q-Former, projection to the
-LLM width, and the decoder LLM with its tokenizer. LLaVA-style backbones have no queries and no Q-Former: their
+LLM width, optionally a pooled token (one more visual token made from the whole feature map, smol), and the decoder
+LLM with its tokenizer. LLaVA-style backbones have no queries and no Q-Former: their
 connector (LLaVA's MLP projector, Idefics3's pixel shuffle + linear) is the projection, and the visual tokens it
 makes are what the adapter sees. It is not the adapter and not the training loop.
 """
@@ -58,6 +59,7 @@ class CromeBackbone(nn.Module):
         self.query_tokens = parts.query_tokens
         self.qformer = parts.qformer
         self.projection = parts.projection
+        self.pooled_token = parts.pooled_token
         self.llm = parts.llm
         self.llm_tokenizer = llm_tokenizer
         self.qformer_tokenizer = qformer_tokenizer
@@ -136,7 +138,10 @@ class CromeBackbone(nn.Module):
         out = self.qformer(query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=image_mask,
                            return_dict=True, **instruction)
         query_output = out.last_hidden_state[:, : queries.shape[1]]  # (B, Nq, Dq)
-        return self.projection(query_output), (out.cross_attentions if attentions else None)  # (B, Nq, d)
+        visual = self.projection(query_output)  # (B, Nq, d)
+        if self.pooled_token is not None:  # after the queries: (B, Nq + 1, d)
+            visual = torch.cat([visual, self.pooled_token(features)], dim=1)
+        return visual, (out.cross_attentions if attentions else None)
 
     def qformer_parts(self) -> tuple[nn.Parameter, nn.Module]:
         """(query tokens, Q-Former) of a BLIP-2-style backbone; ValueError for one without (LLaVA, Idefics3)."""
@@ -199,6 +204,8 @@ class BackboneParts:
     qformer: nn.Module | None
     projection: nn.Module  # Q-Former width -> d, or the connector: tower features -> visual tokens (B, Nq, d)
     llm: PreTrainedModel  # a Hugging Face decoder-only CausalLM
+    # Q-Former backbones may add one visual token made from the tower's whole map: features (B, Np, Dv) -> (B, 1, d)
+    pooled_token: nn.Module | None = None
 
 
 def tensor_fingerprint(state: dict[str, torch.Tensor]) -> str:

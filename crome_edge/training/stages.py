@@ -2,7 +2,8 @@
 
 - finetune: the CROME adapter alone (docs/architecture.md §2). The whole backbone stays frozen, so the visual
   prefix V of every (image, instruction) is computed once up front and reused by every epoch.
-- pretrain: query tokens, Q-Former and projection (+ the vision tower with --train-vision), no adapter;
+- pretrain: query tokens, Q-Former and projection (and a pooled token where the backbone has one; + the vision
+  tower with --train-vision), no adapter;
   one optimizer group per trained module; the LLM stays frozen. Saves backbone parts. With the tower frozen its
   features of every image are computed once up front, like finetune's V.
 
@@ -123,6 +124,8 @@ class PretrainStage:
         self.trainable = nn.Module()
         self.trainable.query_tokens, self.trainable.qformer = backbone.qformer_parts()
         self.trainable.projection = backbone.projection
+        if backbone.pooled_token is not None:
+            self.trainable.pooled_token = backbone.pooled_token
         if config.train_vision:
             self.trainable.vision = backbone.vision
         self.trainable.requires_grad_(True)
@@ -137,6 +140,8 @@ class PretrainStage:
             {"name": "qformer", "params": list(qformer.parameters()), "lr": encoder_lr},
             {"name": "projection", "params": list(self.backbone.projection.parameters()), "lr": lr},
         ]  # the very modules `trainable` holds
+        if self.backbone.pooled_token is not None:  # a projection too: the projection's rate
+            groups.append({"name": "pooled_token", "params": list(self.backbone.pooled_token.parameters()), "lr": lr})
         if self.config.train_vision:
             groups.append({"name": "vision", "params": list(self.backbone.vision.parameters()), "lr": encoder_lr})
         return groups
