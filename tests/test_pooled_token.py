@@ -1,6 +1,8 @@
 """A pooled token after the queries (smol's 9th visual token): what it computes, and that every consumer of the
 visual tokens carries it — V, the query maps, backbone-parts files and stage B's optimizer — on the tiny backbone
 with a pooled token attached, and smol's own PooledToken on random eye tokens."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ def pooled_tiny():
     from crome_edge.backbones.tiny import build_tiny
 
     backbone = build_tiny()  # a fresh one: the session's shared tiny must not change
+    backbone.info = dataclasses.replace(backbone.info, num_query_tokens=backbone.info.num_query_tokens + 1)
     with torch.random.fork_rng():
         torch.manual_seed(3)
         backbone.pooled_token = MeanToken()
@@ -99,3 +102,32 @@ def test_stage_b_trains_the_pooled_token_at_the_projection_rate(pooled_tiny):
     assert all(p.requires_grad for p in pooled_tiny.pooled_token.parameters())
     trained = {id(p) for g in groups.values() for p in g["params"]}
     assert trained == {id(p) for p in stage.trainable.parameters()}  # one group per trained module, nothing missed
+
+
+def test_the_vision_graph_carries_the_pooled_token_with_a_numbered_token_axis(pooled_tiny, tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from crome_export.vision import export_vision
+    from crome_runtime import formats
+
+    path = tmp_path / "vision.onnx"
+    export_vision(pooled_tiny, path, formats.DEFAULT_OPSET)
+    tokens = pooled_tiny.query_tokens.shape[1] + 1
+    shapes = {o.name: [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+              for o in onnx.load(str(path)).graph.output}
+    assert shapes[formats.OUT_VISUAL_EMBEDS][1:] == [tokens, 64]
+    assert shapes[formats.OUT_QUERY_ATTENTION][1:] == [tokens, 4, 4]
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ids = torch.tensor([[5, 6, 7]])
+    feeds = {formats.IN_PIXEL_VALUES: pixels.numpy(), formats.IN_INSTRUCTION_IDS: ids.numpy(),
+             formats.IN_INSTRUCTION_MASK: np.ones_like(ids.numpy())}
+    visual, maps = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    with torch.no_grad():
+        expected = pooled_tiny.encode_image(pixels, ids, torch.ones_like(ids))
+    assert np.abs(visual - expected.numpy()).max() < 1e-4
+    assert np.allclose(maps[0, -1], maps[0, -1, 0, 0])  # the pooled token's map: uniform
+    pooled_tiny.info = dataclasses.replace(pooled_tiny.info, num_query_tokens=tokens - 1)  # info forgetting the token
+    with pytest.raises(ValueError, match=f"declares {tokens - 1} visual tokens, its vision path makes {tokens}"):
+        export_vision(pooled_tiny, tmp_path / "wrong.onnx", formats.DEFAULT_OPSET)

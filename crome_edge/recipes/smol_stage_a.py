@@ -211,7 +211,7 @@ def main() -> None:
 
 
 def save_parts(model: StageAModel, out: Path, summary: dict) -> None:
-    """The trained query tokens and Q-Former (and the fresh projection) as a parts file bound to SmolLM2."""
+    """The trained query tokens and Q-Former (and the fresh projection and pooled token) as a parts file bound to SmolLM2."""
     from crome_edge.backbones.parts_file import save_backbone_parts
     from crome_edge.backbones.smol import load_smol
 

@@ -50,6 +50,10 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool
         dynamic[formats.IN_INSTRUCTION_IDS] = {0: "batch", 1: "instruction_length"}
         dynamic[formats.IN_INSTRUCTION_MASK] = {0: "batch", 1: "instruction_length"}
     outputs = [formats.OUT_VISUAL_EMBEDS]
+    with torch.no_grad():
+        tokens = backbone.encode_image(*args).shape[1]
+    if tokens != info.num_query_tokens:  # the manifest would promise what the graph does not make
+        raise ValueError(f"backbone {info.name} declares {info.num_query_tokens} visual tokens, its vision path makes {tokens}")
     if explain:
         with torch.no_grad():
             explain = backbone.encode_image_explained(*args)[1] is not None  # a tower with no square grid: no map
@@ -63,6 +67,24 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool
             output_names=outputs, dynamic_axes=dynamic, opset=opset,
         )
     fold_pads_into_convs(path)
+    pin_token_axis(path, tokens)
+
+
+def pin_token_axis(path: Path, tokens: int) -> None:
+    """Writes the visual-token axis of the outputs as the number it is. A pooled token concatenated after the queries
+    (smol) leaves the exporter a symbolic dim there, and the bundle's graph check can only hold a number to the manifest."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # weights stay where they are
+    changed = False
+    for output in model.graph.output:
+        if output.name in (formats.OUT_VISUAL_EMBEDS, formats.OUT_QUERY_ATTENTION):
+            axis = output.type.tensor_type.shape.dim[1]
+            if axis.HasField("dim_param"):
+                axis.dim_value = tokens  # replaces the dim_param (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def fold_pads_into_convs(path: Path) -> int:
