@@ -1,0 +1,102 @@
+"""Would a 9th visual token of the eye's pooled features let an ELPV adapter read more through the frozen LLM?
+
+The measurement that chose smol's pooled token (docs/architecture.md §3), before any stage B trained one. An ELPV
+adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye-token cache) is trained on the
+8 queries' V alone (`base`) or with a 9th token appended, made from the eye's stage-5 map pooled:
+  ninth            dataset-standardised mean + max pooling, its own linear map trained beside the adapter (an upper
+                   bound: a real stage B trains it on the synthetic worlds, not on the task)
+  ninth_ln_frozen  what smol's PooledToken computes (eye channels only, per-frame LayerNorm) with a random linear map
+                   that is never trained (a lower bound for a stage B that learned nothing about photographs)
+Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
+V is taken from the first NUM_QUERIES tokens of `--parts` (the shipped smol by default).
+
+    python benchmarks/pooled_token_proxy.py --mode base --cache runs/probe_tokens --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from crome_edge.backbones.smol import EYE_CHANNELS, LLM_WIDTH, NUM_QUERIES, load_smol
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
+from crome_edge.model import CromeModel
+from crome_edge.recipes.smol_stage_a import pooled
+
+QUESTION = "What kind of cell is this?"
+TRAIN = 500
+WARMUP = 10
+
+
+def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "ninth_ln_frozen":
+        eye = tokens[..., :EYE_CHANNELS].float()
+        return torch.nn.functional.layer_norm(torch.cat([eye.mean(1), eye.amax(1)], 1), (2 * EYE_CHANNELS,))
+    features = pooled(tokens)
+    return (features - features[:TRAIN].mean(0)) / (features[:TRAIN].std(0) + 1e-3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen"], required=True)
+    parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
+    parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens = load_file(str(args.cache / "elpv.safetensors"))["tokens"]
+    answers = json.loads((args.cache / "elpv.json").read_text())
+    backbone = load_smol(args.parts)
+    model = CromeModel(backbone, CromeAdapter(AdapterConfig(LLM_WIDTH, 64)))
+    with torch.no_grad():
+        queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :NUM_QUERIES]
+                             for i in range(0, len(tokens), 100)])
+        features = pooled_features(tokens, args.mode)
+    projection = torch.nn.Linear(features.shape[1], LLM_WIDTH)
+    torch.nn.init.normal_(projection.weight, std=0.136 / features.shape[1] ** 0.5)
+    torch.nn.init.zeros_(projection.bias)
+    projection.requires_grad_(args.mode == "ninth")
+    params = list(model.adapter.parameters()) + (list(projection.parameters()) if args.mode == "ninth" else [])
+    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+
+    def visual(index: torch.Tensor) -> torch.Tensor:
+        v = queries[index]
+        return v if args.mode == "base" else torch.cat([v, projection(features[index])[:, None]], 1)
+
+    start = time.time()
+    order = torch.Generator().manual_seed(0)
+    for step in range(args.steps):
+        progress = (step - WARMUP) / (args.steps - WARMUP)
+        scale = (step + 1) / WARMUP if step < WARMUP else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * scale
+        index = torch.randint(0, TRAIN, (16,), generator=order)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model.loss_from_visual(visual(index), [QUESTION] * 16, [answers[i] for i in index])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    seconds = time.time() - start
+    right = 0
+    with torch.no_grad():
+        for first in range(TRAIN, len(answers), 50):
+            index = torch.arange(first, min(first + 50, len(answers)))
+            out = model.generate_from_prefix(model.prefix_from_visual(visual(index), [QUESTION] * len(index)))
+            right += sum(backbone.decode(o).strip() == answers[i] for o, i in zip(out, index.tolist()))
+    held_out = len(answers) - TRAIN
+    print(json.dumps({"mode": args.mode, "steps": args.steps, "elpv_held_out": right / held_out, "n": held_out,
+                      "train_s": round(seconds)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
