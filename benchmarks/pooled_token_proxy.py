@@ -7,8 +7,9 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
                    bound: a real stage B trains it on the synthetic worlds, not on the task)
   ninth_ln_frozen  what smol's PooledToken computes (eye channels only, per-frame LayerNorm) with a random linear map
                    that is never trained (a lower bound for a stage B that learned nothing about photographs)
+  own              every visual token of `--parts` as it is (the shipped smol's own pooled token), nothing appended
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
-V is taken from the first NUM_QUERIES tokens of `--parts` (the shipped smol by default).
+V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`).
 
     python benchmarks/pooled_token_proxy.py --mode base --cache runs/probe_tokens --threads 1
 """
@@ -44,7 +45,7 @@ def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen"], required=True)
+    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own"], required=True)
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
     parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=200)
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     backbone = load_smol(args.parts)
     model = CromeModel(backbone, CromeAdapter(AdapterConfig(LLM_WIDTH, 64)))
     with torch.no_grad():
-        queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :NUM_QUERIES]
+        kept = None if args.mode == "own" else NUM_QUERIES
+        queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :kept]
                              for i in range(0, len(tokens), 100)])
         features = pooled_features(tokens, args.mode)
     projection = torch.nn.Linear(features.shape[1], LLM_WIDTH)
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def visual(index: torch.Tensor) -> torch.Tensor:
         v = queries[index]
-        return v if args.mode == "base" else torch.cat([v, projection(features[index])[:, None]], 1)
+        return v if args.mode in ("base", "own") else torch.cat([v, projection(features[index])[:, None]], 1)
 
     start = time.time()
     order = torch.Generator().manual_seed(0)
