@@ -131,3 +131,24 @@ def test_the_vision_graph_carries_the_pooled_token_with_a_numbered_token_axis(po
     pooled_tiny.info = dataclasses.replace(pooled_tiny.info, num_query_tokens=tokens - 1)  # info forgetting the token
     with pytest.raises(ValueError, match=f"declares {tokens - 1} visual tokens, its vision path makes {tokens}"):
         export_vision(pooled_tiny, tmp_path / "wrong.onnx", formats.DEFAULT_OPSET)
+
+
+@pytest.mark.slow
+def test_recipe_step_adds_a_seeded_pooled_token_to_an_8_query_parts_file_and_nothing_else(tmp_path):
+    from crome_edge.backbones.parts_file import save_backbone_parts
+    from crome_edge.backbones.smol import build_pooled_token, load_smol
+    from crome_edge.errors import CromeError
+    from crome_edge.recipes.smol_pooled_token import add_pooled_token
+
+    shipped = load_smol()
+    eight_queries = load_smol()
+    eight_queries.pooled_token = None  # what smol was before the token
+    save_backbone_parts(tmp_path / "old.safetensors", eight_queries)
+    add_pooled_token(tmp_path / "old.safetensors", tmp_path / "new.safetensors", seed=0)
+    grown = load_smol(tmp_path / "new.safetensors")
+    for name, tensor in shipped.qformer.state_dict().items():
+        assert torch.equal(grown.qformer.state_dict()[name], tensor)
+    assert torch.equal(grown.projection.weight, shipped.projection.weight)
+    assert torch.equal(grown.pooled_token.linear.weight, build_pooled_token(0).linear.weight)
+    with pytest.raises(CromeError, match="not a smol parts file from before the pooled token"):
+        add_pooled_token(tmp_path / "new.safetensors", tmp_path / "again.safetensors")

@@ -33,7 +33,8 @@ def add_pooled_token(parts: Path, out: Path, seed: int = 0) -> None:
             for name, target in expected.items():
                 tensor = f.get_tensor(name)
                 if tensor.shape != target.shape:
-                    raise CromeError(f"{parts}: {name} has shape {tuple(tensor.shape)}, smol needs {tuple(target.shape)}")
+                    raise CromeError(f"{parts}: {name} has shape {tuple(tensor.shape)}, "
+                                     f"smol needs {tuple(target.shape)}")
                 target.copy_(tensor.to(target.dtype))
     training = {"started_from": parts.name, "its_training": meta["training"], "pooled_token": f"fresh, seed {seed}"}
     save_backbone_parts(out, backbone, torch.float32, training)

@@ -53,7 +53,8 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool
     with torch.no_grad():
         tokens = backbone.encode_image(*args).shape[1]
     if tokens != info.num_query_tokens:  # the manifest would promise what the graph does not make
-        raise ValueError(f"backbone {info.name} declares {info.num_query_tokens} visual tokens, its vision path makes {tokens}")
+        raise ValueError(f"backbone {info.name} declares {info.num_query_tokens} visual tokens, "
+                         f"its vision path makes {tokens}")
     if explain:
         with torch.no_grad():
             explain = backbone.encode_image_explained(*args)[1] is not None  # a tower with no square grid: no map
@@ -72,7 +73,8 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool
 
 def pin_token_axis(path: Path, tokens: int) -> None:
     """Writes the visual-token axis of the outputs as the number it is. A pooled token concatenated after the queries
-    (smol) leaves the exporter a symbolic dim there, and the bundle's graph check can only hold a number to the manifest."""
+    (smol) leaves the exporter a symbolic dim there, and the bundle's graph check can only hold a number to the
+    manifest."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)  # weights stay where they are
