@@ -23,7 +23,7 @@ from crome_edge.errors import CromeError
 def add_pooled_token(parts: Path, out: Path, seed: int = 0) -> None:
     meta = read_parts_metadata(parts)
     backbone = load_smol(require_trained=False)
-    backbone.pooled_token.load_state_dict(build_pooled_token(seed).state_dict())
+    backbone.pooled_token = build_pooled_token(seed)
     expected = {name: t for name, t in parts_state(backbone).items() if not name.startswith("pooled_token.")}
     with safe_open(str(parts), framework="pt") as f:
         if set(f.keys()) != set(expected):
