@@ -152,3 +152,9 @@ def test_recipe_step_adds_a_seeded_pooled_token_to_an_8_query_parts_file_and_not
     assert torch.equal(grown.pooled_token.linear.weight, build_pooled_token(0).linear.weight)
     with pytest.raises(CromeError, match="not a smol parts file from before the pooled token"):
         add_pooled_token(tmp_path / "new.safetensors", tmp_path / "again.safetensors")
+    from crome_edge.backbones.tiny import build_tiny
+
+    save_backbone_parts(tmp_path / "tiny.safetensors", build_tiny())
+    with pytest.raises(CromeError, match="trained against another LLM than smol's"):
+        add_pooled_token(tmp_path / "tiny.safetensors", tmp_path / "from_tiny.safetensors")
+    assert not (tmp_path / "again.safetensors").exists() and not (tmp_path / "from_tiny.safetensors").exists()

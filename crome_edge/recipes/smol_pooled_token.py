@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from crome_edge.backbones.parts_file import parts_state, read_parts_metadata, save_backbone_parts
+from crome_edge.backbones.parts_file import llm_fingerprint, parts_state, read_parts_metadata, save_backbone_parts
 from crome_edge.backbones.smol import build_pooled_token, load_smol
 from crome_edge.errors import CromeError
 
@@ -24,6 +24,9 @@ def add_pooled_token(parts: Path, out: Path, seed: int = 0) -> None:
     meta = read_parts_metadata(parts)
     backbone = load_smol(require_trained=False)
     backbone.pooled_token = build_pooled_token(seed)
+    if meta["llm_fingerprint"] != llm_fingerprint(backbone):
+        raise CromeError(f"{parts} was trained against another LLM than smol's ({meta['backbone_name']}); "
+                         "add the pooled token to a smol parts file")
     expected = {name: t for name, t in parts_state(backbone).items() if not name.startswith("pooled_token.")}
     with safe_open(str(parts), framework="pt") as f:
         if set(f.keys()) != set(expected):
