@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from crome_edge.backbones.smol import EYE_CHANNELS, LLM_WIDTH, NUM_QUERIES, load_smol
+from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_smol
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.model import CromeModel
 from crome_edge.recipes.smol_stage_a import pooled
@@ -36,9 +36,8 @@ WARMUP = 10
 
 
 def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "ninth_ln_frozen":
-        eye = tokens[..., :EYE_CHANNELS].float()
-        return torch.nn.functional.layer_norm(torch.cat([eye.mean(1), eye.amax(1)], 1), (2 * EYE_CHANNELS,))
+    if mode == "ninth_ln_frozen":  # PooledToken's own pooling and LayerNorm
+        return PooledToken().normalised(tokens.float())
     features = pooled(tokens)
     return (features - features[:TRAIN].mean(0)) / (features[:TRAIN].std(0) + 1e-3)
 

@@ -91,10 +91,17 @@ class PooledToken(nn.Module):
         nn.init.normal_(self.linear.weight, std=EMBEDDING_STD / (2 * EYE_CHANNELS) ** 0.5)
         nn.init.zeros_(self.linear.bias)
 
+    def normalised(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, 112 + 6) -> (B, 224): what the linear map reads."""
+        return self.norm(mean_max_pool(features[..., :EYE_CHANNELS]))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        eye = features[..., :EYE_CHANNELS]
-        pooled = torch.cat([eye.mean(dim=1), eye.amax(dim=1)], dim=1)  # (B, 224)
-        return self.linear(self.norm(pooled))[:, None]
+        return self.linear(self.normalised(features))[:, None]
+
+
+def mean_max_pool(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) -> (B, 2C): mean, then max, of each channel over the positions."""
+    return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1)
 
 
 def load_eye(weights: Path | None = None) -> LiteEye:

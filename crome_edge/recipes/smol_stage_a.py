@@ -33,6 +33,7 @@ from crome_edge.backbones.smol import (
     LiteEye,
     build_vision_parts,
     load_eye,
+    mean_max_pool,
 )
 from crome_edge.synth.general import GENERAL_ANSWERS, render_general
 from crome_edge.synth.qa import ANSWERS, Q_COLOUR, Q_DEFECT, Q_KIND, answer
@@ -95,8 +96,7 @@ def cached_tokens(eye: LiteEye, cache: Path | None, name: str, make) -> tuple[to
 
 def pooled(tokens: torch.Tensor) -> torch.Tensor:
     """(N, T, C) eye tokens -> (N, 2C): mean and max over the positions, what the "keep the eye" head predicts."""
-    tokens = tokens.float()
-    return torch.cat([tokens.mean(1), tokens.amax(1)], 1)
+    return mean_max_pool(tokens.float())
 
 
 def keep_eye_target(tokens: torch.Tensor) -> torch.Tensor:

@@ -50,14 +50,13 @@ def export_vision(backbone: CromeBackbone, path: Path, opset: int, explain: bool
         dynamic[formats.IN_INSTRUCTION_IDS] = {0: "batch", 1: "instruction_length"}
         dynamic[formats.IN_INSTRUCTION_MASK] = {0: "batch", 1: "instruction_length"}
     outputs = [formats.OUT_VISUAL_EMBEDS]
-    with torch.no_grad():
-        tokens = backbone.encode_image(*args).shape[1]
+    with torch.no_grad():  # one pass tells both how many tokens and whether there is a map
+        visual, maps = backbone.encode_image_explained(*args) if explain else (backbone.encode_image(*args), None)
+    tokens = visual.shape[1]
     if tokens != info.num_query_tokens:  # the manifest would promise what the graph does not make
         raise ValueError(f"backbone {info.name} declares {info.num_query_tokens} visual tokens, "
                          f"its vision path makes {tokens}")
-    if explain:
-        with torch.no_grad():
-            explain = backbone.encode_image_explained(*args)[1] is not None  # a tower with no square grid: no map
+    explain = explain and maps is not None  # a tower with no square grid: no map
     if explain:
         outputs.append(formats.OUT_QUERY_ATTENTION)
         dynamic[formats.OUT_QUERY_ATTENTION] = {0: "batch"}
