@@ -39,9 +39,13 @@ from crome_export.optional_outputs import quantize_around_optional_outputs
 STATIC_OP_TYPES = ("MatMul", "Conv", "Gemm")
 # The INT8 vision recipe (part of the export cache key): change the name when what it builds changes.
 VISION_INT8_RECIPE = "static-qdq-s8s8-w7"
-VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7-mm"  # graphs with a convolutional tower (_quantize_conv_tower)
+VISION_INT8_CONV_RECIPE = "static-qdq-conv-u8s8-w7-mm-fh"  # graphs with a convolutional tower (_quantize_conv_tower)
 CONV_TOWER_MIN_CONVS = 8  # a ViT has one (patch) conv; smol's eye 33
 TOWER_OP_TYPES = ("Clip", "Relu", "Add")
+# A conv that reads at most this many input channels per group (an RGB stem's 3, a depthwise conv's 1) at the tower's
+# full resolution runs faster in float than as QLinearConv on ONNX Runtime's CPU kernels: the int8 product has
+# almost nothing to sum over. The tower's leading run of them stays float (float_head).
+FLOAT_HEAD_MAX_GROUP_CHANNELS = 4
 VISION_INT8_FALLBACK = "dynamic-qint8-w7"  # when the static recipe measures below the cosine floor (backbone_parts.py)
 DECODER_INT8_METHODS = ("fp32", "matmulnbits8", "dynamic-qint8")
 # Measured on smol + line3, 2 CPU threads (benchmarks/RESULTS.md, export section): no INT8 form of SmolLM2's
@@ -93,6 +97,24 @@ def conv_tower_nodes(model: onnx.ModelProto) -> list[str]:
             tower.append(node.name)
             produced_by_tower.update(node.output)
     return tower
+
+
+def float_head(model: onnx.ModelProto, tower: list[str]) -> list[str]:
+    """The tower's leading nodes up to its first conv that reads more than FLOAT_HEAD_MAX_GROUP_CHANNELS input channels
+    per group (on EfficientNet-Lite0: the stem and block 0's depthwise conv, both at 112×112, and their ReLU6s).
+    Measured on smol's vision graph, one thread, AVX-512 VNNI: that head in float makes the INT8 graph ~10% faster
+    (benchmarks/RESULTS.md)."""
+    weights = {t.name: t.dims for t in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    head = []
+    for name in tower:
+        node = nodes[name]
+        if node.op_type == "Conv":
+            dims = weights.get(node.input[1])
+            if dims is None or dims[1] > FLOAT_HEAD_MAX_GROUP_CHANNELS:
+                break
+        head.append(name)
+    return head
 
 
 def quantize_vision_static(source: Path, target: Path, calibration_feeds: list[dict[str, np.ndarray]]) -> dict:
@@ -154,7 +176,8 @@ def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dic
     quantised too they measured slower). Measured on smol's vision graph, one thread, AVX-512 VNNI: inputs-only QDQ
     on convs (the MatMul recipe) ran 2.7x *slower* than FP32 (float convs between Q/DQ pairs); symmetric int8
     activations 1.3x slower (ORT's s8s8 QLinearConv on x86); the tower alone in u8 2.1x faster, with the MatMul
-    inputs too 2.3x (benchmarks/RESULTS.md)."""
+    inputs too 2.3x (benchmarks/RESULTS.md). The tower's float_head (an RGB stem, a depthwise conv at full
+    resolution) stays float: QLinearConv is slower than ONNX Runtime's float conv where it sums over a few inputs."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -163,6 +186,8 @@ def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dic
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         tower = conv_tower_nodes(model)
+        head = set(float_head(model, tower))
+        tower = [name for name in tower if name not in head]
         matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
         quantize_static(
             str(prepared), str(target), _FeedsReader(calibration_feeds),
@@ -177,6 +202,7 @@ def _quantize_conv_tower(source: Path, target: Path, calibration_feeds: list[dic
         "method": "static-qdq",
         "op_types": ["Conv", *TOWER_OP_TYPES, "MatMul"],
         "nodes": len(tower) + len(matmuls),
+        "float_head": sorted(head),
         "activations": "uint8 asymmetric per-tensor (MinMax): the convolutional tower end to end, MatMul inputs",
         "weights": "int8 symmetric per-channel, 7-bit range [-64, 64] (reduce_range)",
         "recipe": VISION_INT8_CONV_RECIPE,
