@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
     parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rank", type=int, default=64, help="the adapter's rank r")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = load_file(str(args.cache / "elpv.safetensors"))["tokens"]
     answers = json.loads((args.cache / "elpv.json").read_text())
     backbone = load_smol(args.parts)
-    model = CromeModel(backbone, CromeAdapter(AdapterConfig(LLM_WIDTH, 64)))
+    model = CromeModel(backbone, CromeAdapter(AdapterConfig(LLM_WIDTH, args.rank)))
     with torch.no_grad():
         kept = None if args.mode == "own" else NUM_QUERIES
         queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :kept]
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             out = model.generate_from_prefix(model.prefix_from_visual(visual(index), [QUESTION] * len(index)))
             right += sum(backbone.decode(o).strip() == answers[i] for o, i in zip(out, index.tolist()))
     held_out = len(answers) - TRAIN
-    print(json.dumps({"mode": args.mode, "steps": args.steps, "elpv_held_out": right / held_out, "n": held_out,
+    print(json.dumps({"mode": args.mode, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out, "n": held_out,
                       "train_s": round(seconds)}))
     return 0
 
