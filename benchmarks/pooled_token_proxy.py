@@ -8,6 +8,8 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
   ninth_ln_frozen  what smol's PooledToken computes (eye channels only, per-frame LayerNorm) with a random linear map
                    that is never trained (a lower bound for a stage B that learned nothing about photographs)
   own              every visual token of `--parts` as it is (the shipped smol's own pooled token), nothing appended
+  own_remap        the same, and the pooled token (the last) re-mapped by a 576 x 576 linear map trained beside the
+                   adapter (zero-initialised, residual): what an adapter that owned a map of the token would read
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
 V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`).
 
@@ -44,7 +46,7 @@ def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own"], required=True)
+    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap"], required=True)
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
     parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=200)
@@ -58,19 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     backbone = load_smol(args.parts)
     model = CromeModel(backbone, CromeAdapter(AdapterConfig(LLM_WIDTH, args.rank)))
     with torch.no_grad():
-        kept = None if args.mode == "own" else NUM_QUERIES
+        kept = None if args.mode.startswith("own") else NUM_QUERIES
         queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :kept]
                              for i in range(0, len(tokens), 100)])
         features = pooled_features(tokens, args.mode)
     projection = torch.nn.Linear(features.shape[1], LLM_WIDTH)
     torch.nn.init.normal_(projection.weight, std=0.136 / features.shape[1] ** 0.5)
     torch.nn.init.zeros_(projection.bias)
-    projection.requires_grad_(args.mode == "ninth")
-    params = list(model.adapter.parameters()) + (list(projection.parameters()) if args.mode == "ninth" else [])
+    remap = torch.nn.Linear(LLM_WIDTH, LLM_WIDTH)
+    torch.nn.init.zeros_(remap.weight)
+    torch.nn.init.zeros_(remap.bias)
+    trained = {"ninth": projection, "own_remap": remap}.get(args.mode)
+    params = list(model.adapter.parameters()) + (list(trained.parameters()) if trained is not None else [])
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
 
     def visual(index: torch.Tensor) -> torch.Tensor:
         v = queries[index]
+        if args.mode == "own_remap":
+            return torch.cat([v[:, :-1], v[:, -1:] + remap(v[:, -1:])], 1)
         return v if args.mode in ("base", "own") else torch.cat([v, projection(features[index])[:, None]], 1)
 
     start = time.time()
