@@ -102,8 +102,8 @@ def conv_tower_nodes(model: onnx.ModelProto) -> list[str]:
 def float_head(model: onnx.ModelProto, tower: list[str]) -> list[str]:
     """The tower's leading nodes up to its first conv that reads more than FLOAT_HEAD_MAX_GROUP_CHANNELS input channels
     per group (on EfficientNet-Lite0: the stem and block 0's depthwise conv, both at 112×112, and their ReLU6s).
-    Measured on smol's vision graph, one thread, AVX-512 VNNI: that head in float makes the INT8 graph ~10% faster
-    (benchmarks/RESULTS.md)."""
+    Measured on smol's vision graph, one thread, AVX-512 VNNI, interleaved on a quiet machine: INT8 4.31 ms with the
+    head in float, 4.36 ms without (FP32 7.79 ms); a small gain, and a larger one under load (benchmarks/RESULTS.md)."""
     weights = {t.name: t.dims for t in model.graph.initializer}
     nodes = {node.name: node for node in model.graph.node}
     head = []
