@@ -11,7 +11,7 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
   own_remap        the same, and the pooled token (the last) re-mapped by a 576 x 576 linear map trained beside the
                    adapter (zero-initialised, residual): what an adapter that owned a map of the token would read
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
-V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`).
+V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`, `own_remap`).
 
     python benchmarks/pooled_token_proxy.py --mode base --cache runs/probe_tokens --threads 1
 """
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     remap = torch.nn.Linear(LLM_WIDTH, LLM_WIDTH)
     torch.nn.init.zeros_(remap.weight)
     torch.nn.init.zeros_(remap.bias)
-    trained = {"ninth": projection, "own_remap": remap}.get(args.mode)
-    params = list(model.adapter.parameters()) + (list(trained.parameters()) if trained is not None else [])
+    projection.requires_grad_(args.mode == "ninth")
+    remap.requires_grad_(args.mode == "own_remap")
+    params = list(model.adapter.parameters()) + [p for p in [*projection.parameters(), *remap.parameters()]
+                                                 if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
 
     def visual(index: torch.Tensor) -> torch.Tensor:
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             out = model.generate_from_prefix(model.prefix_from_visual(visual(index), [QUESTION] * len(index)))
             right += sum(backbone.decode(o).strip() == answers[i] for o, i in zip(out, index.tolist()))
     held_out = len(answers) - TRAIN
-    print(json.dumps({"mode": args.mode, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out, "n": held_out,
-                      "train_s": round(seconds)}))
+    print(json.dumps({"mode": args.mode, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out,
+                      "n": held_out, "train_s": round(seconds)}))
     return 0
 
 
