@@ -10,6 +10,9 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
   own              every visual token of `--parts` as it is (the shipped smol's own pooled token), nothing appended
   own_remap        the same, and the pooled token (the last) re-mapped by a 576 x 576 linear map trained beside the
                    adapter (zero-initialised, residual): what an adapter that owned a map of the token would read
+  own_whiten       the same tokens, the adapter's visual projections trained on whitened tokens (`train --whiten`,
+                   crome_edge/training/whitening.py), statistics per --whiten: of the pooled token (what train
+                   does on smol), of all tokens as one set, or within each position
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
 V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`, `own_remap`).
 
@@ -31,6 +34,7 @@ from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.model import CromeModel
 from crome_edge.recipes.smol_stage_a import pooled
+from crome_edge.training.whitening import whiten_visual
 
 QUESTION = "What kind of cell is this?"
 TRAIN = 500
@@ -46,7 +50,10 @@ def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap"], required=True)
+    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap", "own_whiten"],
+                        required=True)
+    parser.add_argument("--whiten", choices=["all", "pooled", "positions"], default="pooled",
+                        help="own_whiten: the tokens whose statistics whiten the adapter's visual projections")
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
     parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")
     parser.add_argument("--steps", type=int, default=200)
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     remap = torch.nn.Linear(LLM_WIDTH, LLM_WIDTH)
     torch.nn.init.zeros_(remap.weight)
     torch.nn.init.zeros_(remap.bias)
+    if args.mode == "own_whiten":
+        sample = {"all": queries[:TRAIN].reshape(-1, 1, LLM_WIDTH), "positions": queries[:TRAIN],
+                  "pooled": queries[:TRAIN, -1:]}[args.whiten]
+        whiten_visual(model.adapter, sample.float())
     projection.requires_grad_(args.mode == "ninth")
     remap.requires_grad_(args.mode == "own_remap")
     params = list(model.adapter.parameters()) + [p for p in [*projection.parameters(), *remap.parameters()]
