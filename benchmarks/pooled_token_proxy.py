@@ -10,9 +10,10 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
   own              every visual token of `--parts` as it is (the shipped smol's own pooled token), nothing appended
   own_remap        the same, and the pooled token (the last) re-mapped by a 576 x 576 linear map trained beside the
                    adapter (zero-initialised, residual): what an adapter that owned a map of the token would read
-  own_whiten       the same tokens, the adapter's visual projections trained on whitened tokens (`train --whiten`,
-                   crome_edge/training/whitening.py), statistics per --whiten: of the pooled token (what train
-                   does on smol), of all tokens as one set, or within each position
+  own_whiten       the same tokens, the adapter's visual down and gate trained as whitening · V: V reads the training
+                   tokens' centred, whitened coordinates (statistics per --whiten: the pooled token's, all tokens as
+                   one set, or the covariance within each position); tried as `crome-edge train --whiten`, not kept
+                   (benchmarks/RESULTS.md, "Whitened adapter training")
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
 V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`, `own_remap`).
 
@@ -34,7 +35,6 @@ from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
 from crome_edge.model import CromeModel
 from crome_edge.recipes.smol_stage_a import pooled
-from crome_edge.training.whitening import whiten_visual
 
 QUESTION = "What kind of cell is this?"
 TRAIN = 500
@@ -48,11 +48,42 @@ def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
     return (features - features[:TRAIN].mean(0)) / (features[:TRAIN].std(0) + 1e-3)
 
 
+class Whitened(torch.nn.Module):
+    """W = whitening · V for a (d, r) adapter matrix. The adapter has no bias, so the centring keeps only the whitened
+    directions orthogonal to the mean's image (mean · W = 0, so x · W = (x - mean) · W)."""
+
+    def __init__(self, x: torch.Tensor, floor: float = 1e-5):
+        """x: (n, positions, d); the covariance within each position, pooled over positions."""
+        super().__init__()
+        x = x.double()
+        within = (x - x.mean(0)).reshape(-1, x.shape[-1])
+        values, vectors = torch.linalg.eigh(within.T @ within / (within.shape[0] - 1))
+        kept = values > values.max() * floor
+        whitening = vectors[:, kept] / values[kept].sqrt()  # (d, k)
+        m = x.mean((0, 1)) @ whitening
+        m = m / m.norm()
+        complement = torch.linalg.qr(torch.eye(len(m), dtype=m.dtype) - m[:, None] * m[None])[0][:, :-1]
+        self.register_buffer("whitening", (whitening @ complement).float())  # (d, k - 1)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.whitening @ v
+
+
+def whiten_visual(adapter: CromeAdapter, x: torch.Tensor) -> None:
+    from torch.nn.utils import parametrize
+
+    whitened = Whitened(x)
+    k = whitened.whitening.shape[1]
+    for weights in (adapter.down, adapter.gate):
+        weights["visual"] = torch.nn.Parameter(torch.randn(k, adapter.config.rank) * k**-0.5)
+        parametrize.register_parametrization(weights, "visual", whitened, unsafe=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap", "own_whiten"],
                         required=True)
-    parser.add_argument("--whiten", choices=["all", "pooled", "positions"], default="pooled",
+    parser.add_argument("--whiten", choices=["pooled", "all", "positions"], default="pooled",
                         help="own_whiten: the tokens whose statistics whiten the adapter's visual projections")
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
     parser.add_argument("--parts", type=Path, help="smol parts file (default: the shipped one)")

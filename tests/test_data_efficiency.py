@@ -12,15 +12,12 @@ import data_efficiency  # noqa: E402
 MACHINE = "host: x86_64 avx2"
 
 
-def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips",
-         whiten: bool | None = None) -> Path:
+def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips") -> Path:
     result = {"command": f"python benchmarks/data_efficiency.py --tasks {task}", "machine": MACHINE,
               "date": "2026-12-06", "steps": 200, "augment": augment,
               "tasks": {task: {"question": f"{task}?", "test_n": 500, "test_classes": {"a": 300, "b": 200},
                                "chance": 0.6, "frozen": 0.0,
                                "points": [{"n": n, "accuracy": a, "train_seconds": 1.0} for n, a in points]}}}
-    if whiten is not None:  # runs from before --whiten have no such key
-        result["whiten"] = whiten
     path = tmp_path / name
     path.write_text(json.dumps(result))
     return path
@@ -43,11 +40,8 @@ def test_from_json_merges_tasks_into_one_table(tmp_path, capsys):
 def test_from_json_refuses_runs_that_cannot_share_a_table(tmp_path):
     flips = _run(tmp_path, "a.json", "elpv", [(25, 0.6)])
     plain = _run(tmp_path, "b.json", "line3", [(25, 0.7)], augment="none")
-    with pytest.raises(SystemExit, match="differ in steps, augment, whitening or machine"):
+    with pytest.raises(SystemExit, match="differ in steps, augment or machine"):
         data_efficiency.main(["--from-json", str(flips), str(plain)])
-    whitened = _run(tmp_path, "w.json", "line3", [(25, 0.7)], whiten=True)
-    with pytest.raises(SystemExit, match=r"differ in steps, augment, whitening or machine \(\[\(200, 'flips', False"):
-        data_efficiency.main(["--from-json", str(flips), str(whitened)])
     again = _run(tmp_path, "c.json", "elpv", [(50, 0.6)])
     with pytest.raises(SystemExit, match="two runs measured elpv"):
         data_efficiency.main(["--from-json", str(flips), str(again)])

@@ -27,10 +27,8 @@ from crome_edge.data.pixels import PixelStore
 from crome_edge.errors import CromeError
 from crome_edge.model import CromeModel, PrefixBatch
 from crome_edge.training.config import TrainConfig
-from crome_edge.training.whitening import statistics_tokens, whiten_visual
 
 VISUAL_CACHE_BATCH = 32
-WHITEN_FRAMES = 2048  # --whiten measures the token statistics on at most about this many training frames
 MIRROR_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))  # flipped dims of (B, 3, S, S): none, h, v, both
 
 
@@ -79,15 +77,6 @@ class FinetuneStage:
             views = [self.model.visual_embeds(mirrored(pixels, dims), questions) for dims in self.views]
             for sample, v in zip(chunk, torch.stack(views, 1)):  # (B, views, Nq, d)
                 self._visual[self._key(sample)] = v
-
-    def whiten(self, samples: list[Sample]) -> None:
-        """Trains the visual projections on whitened tokens, their statistics from every view of `samples`
-        (the training split: validation frames never shape the model)."""
-        keys = sorted({self._key(s) for s in samples}, key=str)
-        keys = keys[:: max(1, len(keys) // WHITEN_FRAMES)]  # bounds the memory on large sets; evenly spread
-        visual = torch.cat([self._visual[key] for key in keys])  # (frames × views, Nq, d)
-        tokens = statistics_tokens(visual, self.backbone.pooled_token is not None)
-        whiten_visual(self.adapter, tokens, torch.Generator().manual_seed(self.config.seed))
 
     def visual(self, samples: list[Sample]) -> torch.Tensor:
         """(B, Nq, d): a random view of each sample while training, the frame as it is otherwise."""

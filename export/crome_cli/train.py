@@ -40,9 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"flips: also train on mirrored frames (only where mirroring keeps the answer true; default: {d['augment']})")
 
     how = parser.add_argument_group("optimisation")
-    how.add_argument("--whiten", action="store_true", default=None,
-                     help="finetune: train the adapter's visual projections on the training frames' whitened tokens "
-                          "(learns faint differences, e.g. real photographs, in few steps; the saved adapter is the same kind)")
     how.add_argument("--epochs", type=whole(1), help=f"passes over the training split (default: {d['epochs']})")
     how.add_argument("--steps", type=whole(1), help="total optimizer steps (overrides --epochs)")
     how.add_argument("--batch-size", type=whole(1), help=f"global batch, split across torchrun processes (default: {d['batch_size']})")
