@@ -15,7 +15,7 @@ held-out set; the frozen backbone and the majority class beside it. Everything g
     python benchmarks/data_efficiency.py --work runs/data_eff --sizes 25 50 100 200 500 --test 1000 \\
         --results benchmarks/RESULTS.md --plot benchmarks/data_efficiency.png --json runs/data_eff.json
     python benchmarks/data_efficiency.py --from-json runs/elpv.json runs/line3.json --results benchmarks/RESULTS.md \
-        --plot benchmarks/data_efficiency.png    # one table and plot of runs made one task at a time
+        --plot benchmarks/data_efficiency.png    # one table and plot of runs made one task (or some sizes) at a time
 """
 from __future__ import annotations
 
@@ -225,10 +225,19 @@ def merged(results: list[dict]) -> dict:
     out = dict(results[0], tasks={}, command=" ; ".join(r["command"] for r in results))
     for result in results:
         for name, task in result["tasks"].items():
-            if name in out["tasks"]:
-                raise SystemExit(f"--from-json: two runs measured {name}; give one of them")
-            out["tasks"][name] = task
+            out["tasks"][name] = merged_task(name, out["tasks"][name], task) if name in out["tasks"] else task
     return out
+
+
+def merged_task(name: str, first: dict, second: dict) -> dict:
+    """One task's points from two runs that split its sizes (same question and held-out set, no size twice)."""
+    same = ("question", "test_n", "test_classes", "frozen")
+    if any(first[key] != second[key] for key in same):
+        raise SystemExit(f"--from-json: two runs of {name} differ in question, held-out set or frozen baseline")
+    sizes = {p["n"] for p in first["points"]} & {p["n"] for p in second["points"]}
+    if sizes:
+        raise SystemExit(f"--from-json: two runs measured {name} at N={', '.join(map(str, sorted(sizes)))}; give one of them")
+    return dict(first, points=sorted(first["points"] + second["points"], key=lambda p: p["n"]))
 
 
 def main(argv: list[str] | None = None) -> None:

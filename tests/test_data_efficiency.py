@@ -12,11 +12,12 @@ import data_efficiency  # noqa: E402
 MACHINE = "host: x86_64 avx2"
 
 
-def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips") -> Path:
+def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips",
+         frozen: float = 0.0) -> Path:
     result = {"command": f"python benchmarks/data_efficiency.py --tasks {task}", "machine": MACHINE,
               "date": "2026-12-06", "steps": 200, "augment": augment,
               "tasks": {task: {"question": f"{task}?", "test_n": 500, "test_classes": {"a": 300, "b": 200},
-                               "chance": 0.6, "frozen": 0.0,
+                               "chance": 0.6, "frozen": frozen,
                                "points": [{"n": n, "accuracy": a, "train_seconds": 1.0} for n, a in points]}}}
     path = tmp_path / name
     path.write_text(json.dumps(result))
@@ -42,9 +43,21 @@ def test_from_json_refuses_runs_that_cannot_share_a_table(tmp_path):
     plain = _run(tmp_path, "b.json", "line3", [(25, 0.7)], augment="none")
     with pytest.raises(SystemExit, match="differ in steps, augment or machine"):
         data_efficiency.main(["--from-json", str(flips), str(plain)])
-    again = _run(tmp_path, "c.json", "elpv", [(50, 0.6)])
-    with pytest.raises(SystemExit, match="two runs measured elpv"):
+    again = _run(tmp_path, "c.json", "elpv", [(25, 0.6), (50, 0.6)])
+    with pytest.raises(SystemExit, match="two runs measured elpv at N=25; give one of them"):
         data_efficiency.main(["--from-json", str(flips), str(again)])
+    other_test = _run(tmp_path, "d.json", "elpv", [(50, 0.6)], frozen=0.1)
+    with pytest.raises(SystemExit, match="two runs of elpv differ in question, held-out set or frozen baseline"):
+        data_efficiency.main(["--from-json", str(flips), str(other_test)])
+
+
+def test_from_json_joins_runs_that_split_one_task_by_size(tmp_path, capsys):
+    small = _run(tmp_path, "a.json", "elpv", [(50, 0.588), (25, 0.62)])
+    large = _run(tmp_path, "b.json", "elpv", [(500, 0.754)])
+    out = tmp_path / "merged.json"
+    data_efficiency.main(["--from-json", str(large), str(small), "--json", str(out)])
+    assert [p["n"] for p in json.loads(out.read_text())["tasks"]["elpv"]["points"]] == [25, 50, 500]
+    assert '| elpv ("elpv?") | 500 | 60.0% | 0.0% | 62.0% | 58.8% | 75.4% |' in capsys.readouterr().out
 
 
 def test_running_needs_a_work_directory(capsys):
