@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch.nn.utils import parametrize
 
 from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_smol
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
@@ -70,8 +71,6 @@ class Whitened(torch.nn.Module):
 
 
 def whiten_visual(adapter: CromeAdapter, x: torch.Tensor) -> None:
-    from torch.nn.utils import parametrize
-
     whitened = Whitened(x)
     k = whitened.whitening.shape[1]
     for weights in (adapter.down, adapter.gate):
