@@ -13,9 +13,15 @@ adapter (500 train / 1000 held-out photographs, stage_a_probe.py's split and eye
   own_whiten       the same tokens, the adapter's visual down and gate trained as whitening · V: V reads the training
                    tokens' centred, whitened coordinates (statistics per --whiten: the pooled token's, all tokens as
                    one set, or the covariance within each position); tried as `crome-edge train --whiten`, not kept
-                   (benchmarks/RESULTS.md, "Whitened adapter training")
+                   (benchmarks/RESULTS.md, "Whitened adapter training"; until 2026-12-06 13:00 UTC this mode also
+                   appended `ninth`'s token with its map frozen at random, which that section's proxy rows include)
+  own_tenth        every visual token of `--parts` and a token as `ninth` makes it, from the eye map `--tap` (stage 6
+                   is computed from the photographs, `--work` holds the ELPV wheel), appended as a 10th or added to
+                   the last (`--into`), optionally standardised after the per-frame LayerNorm the shipped token applies
+                   (`--per-frame-ln`): the most a token that the adapter owned (its own statistics and map, trained
+                   with it) could add to the shipped backbone
 Adapter r=64, batch 16, lr 2e-3, warm-up then cosine to 10%, bf16 autocast, no mirrors; greedy exact match.
-V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (`own`, `own_remap`).
+V is the first NUM_QUERIES tokens of `--parts` (the shipped smol by default), or all of them (the `own*` modes).
 
     python benchmarks/pooled_token_proxy.py --mode base --cache runs/probe_tokens --threads 1
 """
@@ -28,24 +34,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch.nn.utils import parametrize
 
-from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_smol
-from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
-from crome_edge.model import CromeModel
-from crome_edge.recipes.smol_stage_a import pooled
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crome_edge.backbones.smol import LLM_WIDTH, NUM_QUERIES, PooledToken, load_smol  # noqa: E402
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter  # noqa: E402
+from crome_edge.model import CromeModel  # noqa: E402
+from crome_edge.recipes.smol_stage_a import pooled  # noqa: E402
 
 QUESTION = "What kind of cell is this?"
 TRAIN = 500
 WARMUP = 10
 
 
-def pooled_features(tokens: torch.Tensor, mode: str) -> torch.Tensor:
+def pooled_features(tokens: torch.Tensor, mode: str, per_frame_ln: bool = False) -> torch.Tensor:
     if mode == "ninth_ln_frozen":  # PooledToken's own pooling and LayerNorm
         return PooledToken().normalised(tokens.float())
-    features = pooled(tokens)
+    features = PooledToken().normalised(tokens.float()) if per_frame_ln else pooled(tokens)
     return (features - features[:TRAIN].mean(0)) / (features[:TRAIN].std(0) + 1e-3)
 
 
@@ -78,10 +86,46 @@ def whiten_visual(adapter: CromeAdapter, x: torch.Tensor) -> None:
         parametrize.register_parametrization(weights, "visual", whitened, unsafe=True)
 
 
+def stage6_tokens(cache: Path, work: Path | None) -> torch.Tensor:
+    """(N, 49, 192) stage-6 maps of stage_a_probe.py's ELPV photographs, in its cache's order (computed once)."""
+    path = cache / "elpv_stage6.safetensors"
+    if not path.is_file():
+        if work is None:
+            raise SystemExit("--tap stage6 computes the stage-6 maps once: give --work (data_efficiency.py's, with the wheel)")
+        from eye_probe import maps
+        from safetensors.torch import save_file
+        from stage_a_probe import elpv_frames
+
+        from crome_edge.backbones.efficientnet_lite import EfficientNetLite0
+        from crome_edge.backbones.smol import SMOL_MEAN, SMOL_STD
+        from crome_edge.store.efficientnet import ensure_efficientnet_lite0
+        from crome_runtime.preprocess import preprocess_image
+
+        eye = EfficientNetLite0().eval()
+        eye.load_state_dict(load_file(str(ensure_efficientnet_lite0())))
+        images, _ = elpv_frames(work)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(images), 32):
+                pixels = torch.from_numpy(np.stack([preprocess_image(image, 224, SMOL_MEAN, SMOL_STD)
+                                                    for image in images[start : start + 32]]))
+                chunks.append(maps(eye, pixels)["stage6"].flatten(2).transpose(1, 2).contiguous())
+        save_file({"tokens": torch.cat(chunks)}, str(path))
+    return load_file(str(path))["tokens"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap", "own_whiten"],
-                        required=True)
+    parser.add_argument("--mode", choices=["base", "ninth", "ninth_ln_frozen", "own", "own_remap", "own_whiten",
+                                           "own_tenth"], required=True)
+    parser.add_argument("--tap", choices=["stage5", "stage6"], default="stage5",
+                        help="ninth/own_tenth: the eye map whose pooled features make the appended token")
+    parser.add_argument("--into", choices=["append", "last"], default="append",
+                        help="own_tenth: append the token as a 10th, or add it to the last (the shipped pooled) token")
+    parser.add_argument("--per-frame-ln", action="store_true",
+                        help="standardise the pooled features after PooledToken's per-frame LayerNorm (what the shipped "
+                             "9th token carries, so a map of that token could compute it) instead of the raw ones")
+    parser.add_argument("--work", type=Path, help="--tap stage6: data_efficiency.py's --work (holds the ELPV wheel)")
     parser.add_argument("--whiten", choices=["pooled", "all", "positions"], default="pooled",
                         help="own_whiten: the tokens whose statistics whiten the adapter's visual projections")
     parser.add_argument("--cache", type=Path, required=True, help="stage_a_probe.py's --cache (holds elpv.safetensors)")
@@ -100,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = None if args.mode.startswith("own") else NUM_QUERIES
         queries = torch.cat([backbone.encode_features(tokens[i : i + 100].float())[:, :kept]
                              for i in range(0, len(tokens), 100)])
-        features = pooled_features(tokens, args.mode)
+        features = pooled_features(stage6_tokens(args.cache, args.work) if args.tap == "stage6" else tokens, args.mode,
+                                   args.per_frame_ln)
     projection = torch.nn.Linear(features.shape[1], LLM_WIDTH)
     torch.nn.init.normal_(projection.weight, std=0.136 / features.shape[1] ** 0.5)
     torch.nn.init.zeros_(projection.bias)
@@ -111,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         sample = {"all": queries[:TRAIN].reshape(-1, 1, LLM_WIDTH), "positions": queries[:TRAIN],
                   "pooled": queries[:TRAIN, -1:]}[args.whiten]
         whiten_visual(model.adapter, sample.float())
-    projection.requires_grad_(args.mode == "ninth")
+    projection.requires_grad_(args.mode in ("ninth", "own_tenth"))
     remap.requires_grad_(args.mode == "own_remap")
     params = list(model.adapter.parameters()) + [p for p in [*projection.parameters(), *remap.parameters()]
                                                  if p.requires_grad]
@@ -121,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         v = queries[index]
         if args.mode == "own_remap":
             return torch.cat([v[:, :-1], v[:, -1:] + remap(v[:, -1:])], 1)
-        return v if args.mode in ("base", "own") else torch.cat([v, projection(features[index])[:, None]], 1)
+        if args.mode in ("base", "own", "own_whiten"):
+            return v
+        token = projection(features[index])[:, None]
+        if args.into == "last":
+            return torch.cat([v[:, :-1], v[:, -1:] + token], 1)
+        return torch.cat([v, token], 1)
 
     start = time.time()
     order = torch.Generator().manual_seed(0)
@@ -145,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             out = model.generate_from_prefix(model.prefix_from_visual(visual(index), [QUESTION] * len(index)))
             right += sum(backbone.decode(o).strip() == answers[i] for o, i in zip(out, index.tolist()))
     held_out = len(answers) - TRAIN
-    print(json.dumps({"mode": args.mode, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out,
+    print(json.dumps({"mode": args.mode, "tap": args.tap, "into": args.into, "per_frame_ln": args.per_frame_ln, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out,
                       "n": held_out, "train_s": round(seconds)}))
     return 0
 
