@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=64, help="the adapter's rank r")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.mode != "own_tenth" and (args.into != "append" or args.per_frame_ln):
+        parser.error("--into and --per-frame-ln shape the token of --mode own_tenth only")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = load_file(str(args.cache / "elpv.safetensors"))["tokens"]
@@ -195,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             out = model.generate_from_prefix(model.prefix_from_visual(visual(index), [QUESTION] * len(index)))
             right += sum(backbone.decode(o).strip() == answers[i] for o, i in zip(out, index.tolist()))
     held_out = len(answers) - TRAIN
-    print(json.dumps({"mode": args.mode, "tap": args.tap, "into": args.into, "per_frame_ln": args.per_frame_ln, "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out,
-                      "n": held_out, "train_s": round(seconds)}))
+    print(json.dumps({"mode": args.mode, "tap": args.tap, "into": args.into, "per_frame_ln": args.per_frame_ln,
+                      "steps": args.steps, "rank": args.rank, "elpv_held_out": right / held_out, "n": held_out,
+                      "train_s": round(seconds)}))
     return 0
 
 
