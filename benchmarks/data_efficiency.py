@@ -170,7 +170,8 @@ def run_task(name: str, question: str, train_sets: dict[int, Path], test: Path, 
         cli("train", "--stage", "finetune", "--backbone", "smol", "--data", str(data), "--question", question,
             "--out", str(adapter), "--force", "--rank", "64", "--steps", str(args.steps), "--batch-size", "16",
             "--lr", "2e-3", "--val-fraction", "0", "--threads", str(args.threads), "--no-progress",
-            *(["--bf16"] if args.bf16 else []), "--augment", args.augment)
+            *(["--bf16"] if args.bf16 else []), "--augment", args.augment,
+            *(["--pooled-map"] if args.pooled_map else []))
         seconds = time.perf_counter() - start
         accuracy = evaluate(test, question, adapter, args.threads)
         result["points"].append({"n": n, "accuracy": accuracy, "train_seconds": round(seconds, 1)})
@@ -180,7 +181,8 @@ def run_task(name: str, question: str, train_sets: dict[int, Path], test: Path, 
 
 def markdown(result: dict) -> str:
     lines = [HEADING, "", f"`{result['command']}` on {result['machine']} ({result['date']}); adapter r=64, "
-             f"{result['steps']} steps of batch 16, lr 2e-3, augment {result['augment']}, everything else frozen; exact-match accuracy on held-out "
+             f"{result['steps']} steps of batch 16, lr 2e-3, augment {result['augment']}"
+             f"{', pooled map' if result.get('pooled_map') else ''}, everything else frozen; exact-match accuracy on held-out "
              "images, through `crome-edge train` / `crome-edge eval`.", ""]
     sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
     lines.append("| task | held out | majority class | frozen backbone | " + " | ".join(f"N={n}" for n in sizes) + " |")
@@ -218,9 +220,9 @@ def plot(result: dict, path: Path) -> None:
 
 def merged(results: list[dict]) -> dict:
     """One result holding every task of `results` (each run's command kept beside its task)."""
-    settings = {(r["steps"], r.get("augment", "none"), r["machine"]) for r in results}
+    settings = {(r["steps"], r.get("augment", "none"), r.get("pooled_map", False), r["machine"]) for r in results}
     if len(settings) != 1:
-        raise SystemExit(f"--from-json: the runs differ in steps, augment or machine ({sorted(settings)}): one table "
+        raise SystemExit(f"--from-json: the runs differ in steps, augment, pooled map or machine ({sorted(settings)}): one table "
                          "would mix them")
     out = dict(results[0], tasks={}, command=" ; ".join(r["command"] for r in results))
     for result in results:
@@ -252,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     # Mirroring keeps both tasks' answers true: a part's bin and a cell's type and defects do not depend on handedness.
     parser.add_argument("--augment", choices=("none", "flips"), default="flips")
+    parser.add_argument("--pooled-map", action="store_true", help="train each adapter with `--pooled-map` (its own map of "
+                        "smol's pooled token)")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
                         help="run nothing: one table and plot of the tasks of earlier runs' --json files")
     add_output_arguments(parser, plot="accuracy against training-set size")
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
 
     result = {"command": command_line(argv), "machine": f"{platform.node() or 'host'}: {describe_cpu()}",
               "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-              "augment": args.augment, "tasks": {}}
+              "augment": args.augment, "pooled_map": args.pooled_map, "tasks": {}}
     if "elpv" in args.tasks:
         train_sets, test, counts = elpv_sets(args.work, args.sizes, args.test, args.seed)
         result["tasks"]["elpv"] = run_task("elpv", ELPV_QUESTION, train_sets, test, counts, args)

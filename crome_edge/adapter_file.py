@@ -56,10 +56,14 @@ class AdapterMetadata:
 
 
 def adapter_tensors(adapter: CromeAdapter) -> dict[str, torch.Tensor]:
-    return {
+    """The file's tensors; a PooledMap in its folded form (formats.ADAPTER_POOLED_TENSORS)."""
+    tensors = {
         "visual.down": adapter.down["visual"], "visual.gate": adapter.gate["visual"],
         "text.down": adapter.down["text"], "text.gate": adapter.gate["text"], "up": adapter.up,
     }
+    if adapter.pooled is not None:
+        tensors.update(zip(formats.ADAPTER_POOLED_TENSORS, adapter.pooled.folded()))
+    return tensors
 
 
 def save_adapter(path: Path, adapter: CromeAdapter, metadata: AdapterMetadata) -> None:
@@ -149,6 +153,8 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
+            pooled = pooled_shapes(path, f, names, d)
+            expected.update(pooled)
             if names != set(expected):
                 missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
                 found = "; ".join(part for part in (
@@ -168,11 +174,34 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
             raise AdapterFileError(f"{path}: tensor {name} has dtype {tensor.dtype}; adapters are floating point")
         if not torch.isfinite(tensor).all():
             raise AdapterFileError(f"{path}: tensor {name} contains NaN or Inf; the training run diverged — retrain")
-    adapter = CromeAdapter(meta.config)
+    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
+    adapter = CromeAdapter(meta.config, pooled_features=pooled[map_][0] if pooled else 0)
     with torch.no_grad():
-        for name, param in adapter_tensors(adapter).items():
-            param.copy_(tensors[name].to(torch.float32))
+        for name in formats.ADAPTER_TENSORS:
+            adapter_tensors(adapter)[name].copy_(tensors[name].to(torch.float32))
+        if pooled:  # the folded form: shift 0
+            adapter.pooled.read.copy_(tensors[read])
+            adapter.pooled.map.copy_(tensors[map_])
+            adapter.pooled.bias.copy_(tensors[bias])
     return adapter, meta
+
+
+def pooled_shapes(path: Path, f, names: set[str], d: int) -> dict[str, tuple[int, ...]]:
+    """The expected shapes of the file's PooledMap tensors ({} when it has none); AdapterFileError for a partial set or
+    a feature count out of bounds."""
+    present = [n for n in formats.ADAPTER_POOLED_TENSORS if n in names]
+    if not present:
+        return {}
+    if len(present) != len(formats.ADAPTER_POOLED_TENSORS):
+        raise AdapterFileError(f"{path}: it has {', '.join(present)} but not all of {formats.ADAPTER_POOLED_TENSORS}; "
+                               "a pooled map needs all three — retrain the adapter")
+    read_shape = tuple(f.get_slice(formats.ADAPTER_POOLED_TENSORS[0]).get_shape())
+    features = read_shape[1] if len(read_shape) == 2 else 0
+    if not 1 <= features <= formats.MAX_POOLED_FEATURES:
+        raise AdapterFileError(f"{path}: visual.pooled.read has shape {read_shape}; expected (d, F) with 1 <= F <= "
+                               f"{formats.MAX_POOLED_FEATURES}")
+    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
+    return {read: (d, features), map_: (features, d), bias: (d,)}
 
 
 def check_backbone_match(meta: AdapterMetadata, backbone, path: Path) -> None:

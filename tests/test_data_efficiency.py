@@ -41,7 +41,7 @@ def test_from_json_merges_tasks_into_one_table(tmp_path, capsys):
 def test_from_json_refuses_runs_that_cannot_share_a_table(tmp_path):
     flips = _run(tmp_path, "a.json", "elpv", [(25, 0.6)])
     plain = _run(tmp_path, "b.json", "line3", [(25, 0.7)], augment="none")
-    with pytest.raises(SystemExit, match="differ in steps, augment or machine"):
+    with pytest.raises(SystemExit, match="differ in steps, augment, pooled map or machine"):
         data_efficiency.main(["--from-json", str(flips), str(plain)])
     again = _run(tmp_path, "c.json", "elpv", [(25, 0.6), (50, 0.6)])
     with pytest.raises(SystemExit, match="two runs measured elpv at N=25; give one of them"):

@@ -64,7 +64,7 @@ def _one_line(error: Exception) -> str:
 
 
 # Identity keys added after checkpoints were first written, with the value an older checkpoint implies.
-LEGACY_IDENTITY = {"augment": "none"}
+LEGACY_IDENTITY = {"augment": "none", "pooled_map": False}
 
 
 def check_compatible(saved: dict, current: dict, path: Path) -> None:

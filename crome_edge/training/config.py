@@ -34,6 +34,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process
     train_vision: bool = False  # pretrain: also train the vision tower
     augment: str = "none"  # "flips": train on random horizontal/vertical mirror images too
+    pooled_map: bool = False  # finetune: the adapter also learns its own map of the backbone's pooled token (PooledMap)
     replay: int = 0  # finetune: mix this many general Q&A samples into training (training/replay.py)
     replay_data: str | None = None  # their dataset; None = the backbone's own pretraining questions
     warmup_steps: int | None = None  # None = 5% of the steps (at most 100)

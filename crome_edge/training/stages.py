@@ -51,9 +51,16 @@ class FinetuneStage:
     def __init__(self, backbone: CromeBackbone, config: TrainConfig, pixels: PixelStore, device: torch.device):
         self.backbone, self.config, self.pixels, self.device = backbone, config, pixels, device
         backbone.freeze()
+        pooled_features = 0
+        if config.pooled_map:
+            if backbone.pooled_token is None:
+                raise CromeError(f"--pooled-map maps the backbone's pooled token; backbone {backbone.info.name} "
+                                 f"({backbone.info.architecture}) has none (smol has one): train without --pooled-map")
+            pooled_features = backbone.pooled_token.linear.in_features
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            self.adapter = CromeAdapter(AdapterConfig(d_model=backbone.info.d_model, rank=config.rank)).to(device)
+            self.adapter = CromeAdapter(AdapterConfig(d_model=backbone.info.d_model, rank=config.rank),
+                                        pooled_features).to(device)
         self.model = CromeModel(backbone, self.adapter)
         self.trainable = nn.ModuleDict({"adapter": self.adapter})
         self.views = mirror_views(config.augment)
@@ -77,6 +84,12 @@ class FinetuneStage:
             views = [self.model.visual_embeds(mirrored(pixels, dims), questions) for dims in self.views]
             for sample, v in zip(chunk, torch.stack(views, 1)):  # (B, views, Nq, d)
                 self._visual[self._key(sample)] = v
+
+    def fit_pooled_map(self, samples: list[Sample]) -> None:
+        """The PooledMap's fixed reading, from the pooled tokens of every cached view of `samples` (the training split)."""
+        tokens = torch.cat([self._visual[self._key(s)][:, -1] for s in {self._key(s): s for s in samples}.values()])
+        linear = self.backbone.pooled_token.linear
+        self.adapter.pooled.fit(tokens, linear.weight, linear.bias)
 
     def visual(self, samples: list[Sample]) -> torch.Tensor:
         """(B, Nq, d): a random view of each sample while training, the frame as it is otherwise."""

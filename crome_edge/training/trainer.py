@@ -201,6 +201,8 @@ class Trainer:
         pixels = PixelStore.for_backbone(self.backbone.info)
         self.stage: Stage = STAGE_CLASSES[self.config.stage](self.backbone, self.config, pixels, self.device)
         self.stage.prepare(self.train_samples + self.val_samples)  # checks every image, caches what it can
+        if self.config.pooled_map:
+            self.stage.fit_pooled_map(self.train_samples)  # the training split's statistics, before the first step
         self.objective = _Objective(self.stage)
         self.model_for_step: nn.Module = self.objective
         if self.dist.enabled:
@@ -238,6 +240,8 @@ class Trainer:
             raise CromeError("--replay mixes general Q&A into adapter fine-tuning; it needs --stage finetune")
         if config.replay_data and not config.replay:
             raise CromeError("--replay-data gives --replay its samples; pass --replay N too (how many to mix in)")
+        if config.pooled_map and config.stage != "finetune":
+            raise CromeError("--pooled-map is part of the adapter; it needs --stage finetune")
         if config.augment not in AUGMENTS:
             raise CromeError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
         for flag, value in (("--lr", config.learning_rate), ("--encoder-lr", config.encoder_learning_rate)):
@@ -274,6 +278,7 @@ class Trainer:
             "rank": config.rank if config.stage == "finetune" else None,
             "train_vision": config.train_vision if config.stage == "pretrain" else None,
             "augment": config.augment,
+            "pooled_map": config.pooled_map,
             "replay": self.replay.record if self.replay else None,
             "batch_size": config.batch_size,
             "seed": config.seed,
@@ -509,6 +514,7 @@ class Trainer:
             "bf16": self.bf16.use,  # what ran: --bf16 falls back to fp32 without native bf16
             "bf16_requested": config.bf16,
             "augment": config.augment,
+            "pooled_map": config.pooled_map,
             "replay": self.replay.record if self.replay else None,
             "world_size": self.dist.world_size,
             "val_accuracy": last.get("val_accuracy"),

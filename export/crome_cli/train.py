@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--augment", choices=AUGMENTS,
                       help=f"flips: also train on mirrored frames (only where mirroring keeps the answer true; default: {d['augment']})")
 
+    what.add_argument("--pooled-map", action="store_true", default=None,
+                      help="finetune: the adapter also learns its own map of the backbone's pooled token, standardised "
+                           "on the training frames (smol; real photographs: ELPV 75.4%% -> 83.0%% at 500 examples)")
+
     how = parser.add_argument_group("optimisation")
     how.add_argument("--epochs", type=whole(1), help=f"passes over the training split (default: {d['epochs']})")
     how.add_argument("--steps", type=whole(1), help="total optimizer steps (overrides --epochs)")

@@ -47,23 +47,49 @@ def fused_gated_projection_function(opset: int) -> onnx.FunctionProto:
     )
 
 
-def build_adapter_graph(w_down_gate: np.ndarray, w_up: np.ndarray, modality: str, opset: int) -> onnx.ModelProto:
-    """w_down_gate: (d, 2r) = [Wd | Wg]; w_up: (r, d). Input `x` (B, N, d) -> output `y` (B, N, d)."""
+def pooled_step_nodes(read: np.ndarray, map_: np.ndarray, bias: np.ndarray) -> tuple[list, list, str]:
+    """Nodes computing x' = x with its last token t moved by (t · read) · map + bias (the adapter's pooled map);
+    (nodes, initializers, the name of x')."""
+    int64 = lambda name, values: numpy_helper.from_array(np.array(values, dtype=np.int64), name)  # noqa: E731
+    initializers = [
+        numpy_helper.from_array(np.ascontiguousarray(read, dtype=np.float32), "pooled_read"),
+        numpy_helper.from_array(np.ascontiguousarray(map_, dtype=np.float32), "pooled_map"),
+        numpy_helper.from_array(np.ascontiguousarray(bias, dtype=np.float32), "pooled_bias"),
+        int64("zero", [0]), int64("minus_one", [-1]), int64("end", [np.iinfo(np.int64).max]), int64("token_axis", [1]),
+    ]
+    x = formats.IN_ADAPTER_X
+    nodes = [
+        helper.make_node("Slice", [x, "zero", "minus_one", "token_axis"], ["x_head"]),  # (B, N-1, d)
+        helper.make_node("Slice", [x, "minus_one", "end", "token_axis"], ["x_last"]),  # (B, 1, d)
+        helper.make_node("MatMul", ["x_last", "pooled_read"], ["pooled_features"]),  # (B, 1, F)
+        helper.make_node("MatMul", ["pooled_features", "pooled_map"], ["pooled_mapped"]),  # (B, 1, d)
+        helper.make_node("Add", ["pooled_mapped", "pooled_bias"], ["pooled_moved"]),
+        helper.make_node("Add", ["x_last", "pooled_moved"], ["x_last_moved"]),
+        helper.make_node("Concat", ["x_head", "x_last_moved"], ["x_pooled"], axis=1),
+    ]
+    return nodes, initializers, "x_pooled"
+
+
+def build_adapter_graph(w_down_gate: np.ndarray, w_up: np.ndarray, modality: str, opset: int,
+                        pooled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> onnx.ModelProto:
+    """w_down_gate: (d, 2r) = [Wd | Wg]; w_up: (r, d). Input `x` (B, N, d) -> output `y` (B, N, d). pooled: the
+    adapter's folded pooled map (read, map, bias), applied to the last token first (the visual graph)."""
     d, two_r = w_down_gate.shape
     if w_up.shape != (two_r // 2, d):
         raise ValueError(f"w_up has shape {w_up.shape}, expected {(two_r // 2, d)} for w_down_gate {w_down_gate.shape}")
     x = helper.make_tensor_value_info(formats.IN_ADAPTER_X, TensorProto.FLOAT, ["batch", "tokens", d])
     y = helper.make_tensor_value_info(formats.OUT_ADAPTER_Y, TensorProto.FLOAT, ["batch", "tokens", d])
-    node = helper.make_node(
-        formats.FUSED_GATED_PROJECTION_OP, [formats.IN_ADAPTER_X, formats.ADAPTER_W_DOWN_GATE, formats.ADAPTER_W_UP],
+    nodes, initializers, source = pooled_step_nodes(*pooled) if pooled is not None else ([], [], formats.IN_ADAPTER_X)
+    nodes.append(helper.make_node(
+        formats.FUSED_GATED_PROJECTION_OP, [source, formats.ADAPTER_W_DOWN_GATE, formats.ADAPTER_W_UP],
         [formats.OUT_ADAPTER_Y], domain=formats.CROME_ONNX_DOMAIN, name=f"crome_adapter_{modality}",
-    )
+    ))
     graph = helper.make_graph(
-        [node], f"crome_adapter_{modality}", [x], [y],
+        nodes, f"crome_adapter_{modality}", [x], [y],
         initializer=[
             numpy_helper.from_array(np.ascontiguousarray(w_down_gate, dtype=np.float32), formats.ADAPTER_W_DOWN_GATE),
             numpy_helper.from_array(np.ascontiguousarray(w_up, dtype=np.float32), formats.ADAPTER_W_UP),
-        ],
+        ] + initializers,
     )
     opset = max(opset, FUNCTION_OPSET)
     model = helper.make_model(
@@ -82,8 +108,11 @@ def export_adapter_graphs(adapter, directory: Path, opset: int) -> dict[str, Pat
     w_up = adapter.up.detach().cpu().numpy()
     for modality in ADAPTER_MODALITIES:
         w_down_gate = adapter.fused_weight(modality).detach().cpu().numpy()
+        pooled = None
+        if modality == "visual" and adapter.pooled is not None:
+            pooled = tuple(t.detach().cpu().numpy() for t in adapter.pooled.folded())
         path = directory / formats.adapter_onnx(modality)
-        onnx.save(build_adapter_graph(w_down_gate, w_up, modality, opset), str(path))
+        onnx.save(build_adapter_graph(w_down_gate, w_up, modality, opset, pooled), str(path))
         paths[modality] = path
     return paths
 

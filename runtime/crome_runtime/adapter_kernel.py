@@ -48,7 +48,40 @@ def read_adapter_tensors(path: Path) -> dict[str, np.ndarray]:
     missing = sorted(set(formats.ADAPTER_TENSORS) - set(tensors))
     if missing:
         raise BundleError(f"{path.name} lacks the adapter tensors {missing}; re-export the bundle")
-    return {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in formats.ADAPTER_TENSORS}
+    pooled = [name for name in formats.ADAPTER_POOLED_TENSORS if name in tensors]
+    if pooled and len(pooled) != len(formats.ADAPTER_POOLED_TENSORS):
+        raise BundleError(f"{path.name} has {pooled} but not all of {formats.ADAPTER_POOLED_TENSORS}; re-export the bundle")
+    return {name: np.ascontiguousarray(tensors[name], dtype=np.float32)
+            for name in formats.ADAPTER_TENSORS + tuple(pooled)}
+
+
+class PooledStep:
+    """An adapter's own map of the pooled token (crome_edge.gated_adapter.PooledMap, folded): the last visual token
+    t += (t · read) · map + bias. read (d, F), map (F, d), bias (d,); F bounded by formats.MAX_POOLED_FEATURES."""
+
+    def __init__(self, read: np.ndarray, map_: np.ndarray, bias: np.ndarray, d_model: int, name: str):
+        features = read.shape[1] if read.ndim == 2 else 0
+        if (read.shape != (d_model, features) or map_.shape != (features, d_model) or bias.shape != (d_model,)
+                or not 1 <= features <= formats.MAX_POOLED_FEATURES):
+            raise BundleError(f"{name}: pooled map tensors are {read.shape}/{map_.shape}/{bias.shape}, expected (d, F)/"
+                              f"(F, d)/(d,) with d={d_model} and 1 <= F <= {formats.MAX_POOLED_FEATURES}; re-export")
+        self.read, self.map, self.bias = read, map_, bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N, d) -> (N, d), the last row moved."""
+        out = x.copy()
+        out[-1] += (x[-1] @ self.read) @ self.map + self.bias
+        return out
+
+
+class PooledThenProjection:
+    """The visual branch of an adapter with a pooled map: the PooledStep, then the C core's gated projection."""
+
+    def __init__(self, step: PooledStep, projection):
+        self.step, self.projection = step, projection
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return self.projection.apply(np.ascontiguousarray(self.step(x)))
 
 
 def load_c_adapter(path: Path, d_model: int) -> dict:
@@ -68,4 +101,7 @@ def load_c_adapter(path: Path, d_model: int) -> dict:
             )
         w1 = np.ascontiguousarray(np.concatenate([down, gate], axis=1), dtype=np.float32)  # (d, 2r) = [Wd | Wg]
         projections[modality] = GatedProjection(w1, up)
+    if formats.ADAPTER_POOLED_TENSORS[0] in tensors:
+        step = PooledStep(*(tensors[n] for n in formats.ADAPTER_POOLED_TENSORS), d_model, path.name)
+        projections["visual"] = PooledThenProjection(step, projections["visual"])
     return projections

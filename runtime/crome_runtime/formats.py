@@ -13,6 +13,10 @@ ADAPTER_MODALITIES = ("visual", "text")  # the two inputs a CROME adapter adapts
 # generation cap when nothing measured one (an export measures the longest answer + 2)
 DEFAULT_MAX_NEW_TOKENS = 16
 ADAPTER_TENSORS = ("visual.down", "visual.gate", "text.down", "text.gate", "up")
+# Optional, all three or none: the adapter's own map of the backbone's pooled token (the last visual token t, on
+# backbones that have one): t += (t · read) · map + bias, before the gated projection. read (d, F), map (F, d), bias (d,).
+ADAPTER_POOLED_TENSORS = ("visual.pooled.read", "visual.pooled.map", "visual.pooled.bias")
+MAX_POOLED_FEATURES = 4096  # F: a bound on what an adapter file may ask the runtime to allocate
 
 # String metadata keys (safetensors metadata is str -> str; structured values are JSON strings).
 META_FORMAT = "format"

@@ -1,0 +1,131 @@
+"""The adapter's own map of the backbone's pooled token (gated_adapter.PooledMap): what it computes, its file form, and
+the files and flags it refuses."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from crome_edge.adapter_file import AdapterFileError, AdapterMetadata, load_adapter, save_adapter
+from crome_edge.errors import CromeError
+from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
+from crome_edge.training.config import TrainConfig
+from crome_edge.training.trainer import Trainer
+from crome_runtime import formats
+from tests.support.datasets import synth_dataset
+
+D, R, F = 64, 8, 12
+
+
+def _fitted(seed=0):
+    """An adapter with a PooledMap fitted to 200 tokens t = W·u + b, and (W, b, u, t)."""
+    torch.manual_seed(seed)
+    adapter = CromeAdapter(AdapterConfig(D, R), pooled_features=F)
+    torch.nn.init.normal_(adapter.up, std=0.1)
+    weight, bias = torch.randn(D, F), torch.randn(D)
+    u = torch.randn(200, F) * torch.logspace(-3, 1, F) + torch.randn(F)  # features of very different spreads
+    tokens = u @ weight.T + bias
+    adapter.pooled.fit(tokens, weight, bias)
+    return adapter, weight, bias, u, tokens
+
+
+def test_fit_reads_the_features_back_standardised():
+    adapter, _, _, u, tokens = _fitted()
+    z = tokens.double() @ adapter.pooled.read.double() - adapter.pooled.shift.double()
+    expected = (u.double() - u.double().mean(0)) / (u.double().std(0) + 1e-3)
+    assert torch.allclose(z, expected, atol=2e-3)  # float32 buffers; the faintest feature (spread 1e-3) is floored
+
+
+def test_only_the_last_visual_token_moves_and_text_never():
+    adapter, *_, tokens = _fitted()
+    torch.nn.init.normal_(adapter.pooled.bias, std=0.5)
+    x = torch.cat([torch.randn(200, 3, D), tokens[:, None]], 1)
+    moved = adapter.pooled(x)
+    assert torch.equal(moved[:, :3], x[:, :3]) and not torch.allclose(moved[:, 3], x[:, 3])
+    without = CromeAdapter(AdapterConfig(D, R))
+    with torch.no_grad():
+        for m in ("visual", "text"):
+            without.down[m].copy_(adapter.down[m])
+            without.gate[m].copy_(adapter.gate[m])
+        without.up.copy_(adapter.up)
+    assert torch.equal(adapter(x, "text"), without(x, "text"))
+    assert torch.allclose(adapter(x, "visual"), without(moved, "visual"))
+    assert torch.allclose(adapter.forward_fused(x, "visual"), adapter(x, "visual"), rtol=1e-4, atol=1e-4)
+
+
+def test_the_file_carries_the_folded_form_and_loads_to_the_same_outputs(tmp_path, tiny_backbone):
+    adapter, *_, tokens = _fitted()
+    torch.nn.init.normal_(adapter.pooled.bias, std=0.5)
+    path = tmp_path / "elpv.safetensors"
+    meta = AdapterMetadata(config=adapter.config, backbone_name=tiny_backbone.info.name,
+                           backbone_fingerprint=tiny_backbone.fingerprint(), prompt=tiny_backbone.info.prompt,
+                           training={"stage": "finetune"}, train_data="/data/elpv")
+    save_adapter(path, adapter, meta)
+    stored = load_file(str(path))
+    assert set(stored) == set(formats.ADAPTER_TENSORS) | set(formats.ADAPTER_POOLED_TENSORS)
+    assert stored["visual.pooled.read"].shape == (D, F) and stored["visual.pooled.map"].shape == (F, D)
+    loaded, _ = load_adapter(path, tiny_backbone)
+    assert loaded.pooled is not None and torch.count_nonzero(loaded.pooled.shift) == 0  # folded into the bias
+    x = torch.cat([torch.randn(200, 3, D), tokens[:, None]], 1)
+    assert torch.allclose(loaded(x, "visual"), adapter(x, "visual"), atol=1e-4)
+
+
+def test_partial_or_oversized_pooled_tensors_are_refused(tmp_path, tiny_backbone):
+    adapter, *_ = _fitted()
+    path = tmp_path / "a.safetensors"
+    meta = AdapterMetadata(config=adapter.config, backbone_name=tiny_backbone.info.name,
+                           backbone_fingerprint=tiny_backbone.fingerprint(), prompt=tiny_backbone.info.prompt,
+                           training={}, train_data="/data")
+    save_adapter(path, adapter, meta)
+    tensors, strings = load_file(str(path)), meta.to_strings()
+    partial = {k: v for k, v in tensors.items() if k != "visual.pooled.bias"}
+    save_file(partial, str(tmp_path / "partial.safetensors"), metadata=strings)
+    with pytest.raises(AdapterFileError, match="not all of"):
+        load_adapter(tmp_path / "partial.safetensors", tiny_backbone)
+    huge = dict(tensors, **{"visual.pooled.read": torch.zeros(D, formats.MAX_POOLED_FEATURES + 1)})
+    save_file(huge, str(tmp_path / "huge.safetensors"), metadata=strings)
+    with pytest.raises(AdapterFileError, match="1 <= F"):
+        load_adapter(tmp_path / "huge.safetensors", tiny_backbone)
+    mismatched = dict(tensors, **{"visual.pooled.map": torch.zeros(F + 1, D)})
+    save_file(mismatched, str(tmp_path / "mismatched.safetensors"), metadata=strings)
+    with pytest.raises(AdapterFileError, match="visual.pooled.map has shape"):
+        load_adapter(tmp_path / "mismatched.safetensors", tiny_backbone)
+
+
+def test_pooled_map_needs_a_backbone_with_a_pooled_token_and_finetune(tmp_path):
+    data = str(synth_dataset(tmp_path / "data", n=8))
+    fast = dict(batch_size=4, rank=8, threads=1, progress=False, backbone="tiny", device="cpu", pooled_map=True)
+    with pytest.raises(CromeError, match="has none"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "a.safetensors"), steps=1, **fast)).run()
+    with pytest.raises(CromeError, match="needs --stage finetune"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "b.safetensors"), stage="pretrain", steps=1, **fast)).run()
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_the_adapter_graph_and_the_c_kernel_move_the_pooled_token_as_pytorch_does(tmp_path, tiny_backbone):
+    """Both runtime backends of an exported adapter with a pooled map answer as CromeAdapter does."""
+    import onnxruntime as ort
+
+    from crome_export.adapter_graph import export_adapter_graphs
+    from crome_runtime import ccore
+    from crome_runtime.adapter_kernel import load_c_adapter
+
+    adapter, *_, tokens = _fitted()
+    torch.nn.init.normal_(adapter.pooled.bias, std=0.5)
+    x = torch.cat([torch.randn(1, 4, D), tokens[:1, None]], 1)  # (1, Nq, d): one frame's visual queries
+    with torch.no_grad():
+        want = {m: adapter(x, m)[0].numpy() for m in ("visual", "text")}
+    paths = export_adapter_graphs(adapter, tmp_path, opset=17)
+    for modality, path in paths.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {formats.IN_ADAPTER_X: x.numpy()})[0][0]
+        assert abs(got - want[modality]).max() < 1e-4 * (1 + abs(want[modality]).max())
+    if not ccore.available():
+        pytest.skip("the C core is not built")
+    path = tmp_path / "elpv.safetensors"
+    save_adapter(path, adapter, AdapterMetadata(
+        config=adapter.config, backbone_name=tiny_backbone.info.name, backbone_fingerprint=tiny_backbone.fingerprint(),
+        prompt=tiny_backbone.info.prompt, training={}, train_data="/data"))
+    kernels = load_c_adapter(path, D)
+    for modality in ("visual", "text"):
+        got = kernels[modality].apply(np.ascontiguousarray(x[0].numpy()))
+        assert abs(got - want[modality]).max() < 1e-4 * (1 + abs(want[modality]).max())
