@@ -176,13 +176,12 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
             raise AdapterFileError(f"{path}: tensor {name} contains NaN or Inf; the training run diverged — retrain")
     read, map_, bias = formats.ADAPTER_POOLED_TENSORS
     adapter = CromeAdapter(meta.config, pooled_features=pooled[map_][0] if pooled else 0)
+    targets = {name: t for name, t in adapter_tensors(adapter).items() if name in formats.ADAPTER_TENSORS}
+    if pooled:  # the folded form: shift stays 0
+        targets.update({read: adapter.pooled.read, map_: adapter.pooled.map, bias: adapter.pooled.bias})
     with torch.no_grad():
-        for name in formats.ADAPTER_TENSORS:
-            adapter_tensors(adapter)[name].copy_(tensors[name].to(torch.float32))
-        if pooled:  # the folded form: shift 0
-            adapter.pooled.read.copy_(tensors[read])
-            adapter.pooled.map.copy_(tensors[map_])
-            adapter.pooled.bias.copy_(tensors[bias])
+        for name, target in targets.items():
+            target.copy_(tensors[name].to(torch.float32))
     return adapter, meta
 
 
