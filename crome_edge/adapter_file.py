@@ -149,7 +149,7 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
     if backbone is not None:
         check_backbone_match(meta, backbone, path)
     d, r = meta.config.d_model, meta.config.rank
-    expected = {"visual.down": (d, r), "visual.gate": (d, r), "text.down": (d, r), "text.gate": (d, r), "up": (r, d)}
+    expected: dict[str, tuple[int, ...]] = {"visual.down": (d, r), "visual.gate": (d, r), "text.down": (d, r), "text.gate": (d, r), "up": (r, d)}
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
@@ -177,7 +177,7 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
     read, map_, bias = formats.ADAPTER_POOLED_TENSORS
     adapter = CromeAdapter(meta.config, pooled_features=pooled[map_][0] if pooled else 0)
     targets = {name: t for name, t in adapter_tensors(adapter).items() if name in formats.ADAPTER_TENSORS}
-    if pooled:  # the folded form: shift stays 0
+    if adapter.pooled is not None:  # the folded form: shift stays 0
         targets.update({read: adapter.pooled.read, map_: adapter.pooled.map, bias: adapter.pooled.bias})
     with torch.no_grad():
         for name, target in targets.items():

@@ -45,6 +45,9 @@ class PooledMap(nn.Module):
     that tell the user's photographs apart as slowly as the ones that never change (benchmarks/RESULTS.md, "Issue 19
     measured again"). Files carry the folded form (`folded`): read, map and bias - shift · map."""
 
+    read: torch.Tensor  # buffers, registered below
+    shift: torch.Tensor
+
     def __init__(self, d_model: int, features: int):
         super().__init__()
         self.register_buffer("read", torch.zeros(d_model, features))

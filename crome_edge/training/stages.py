@@ -51,12 +51,14 @@ class FinetuneStage:
     def __init__(self, backbone: CromeBackbone, config: TrainConfig, pixels: PixelStore, device: torch.device):
         self.backbone, self.config, self.pixels, self.device = backbone, config, pixels, device
         backbone.freeze()
-        pooled_features = 0
+        self.pooled_linear: nn.Linear | None = None  # the pooled token's map to the LLM width, read by fit_pooled_map
         if config.pooled_map:
-            if backbone.pooled_token is None:
+            linear = getattr(backbone.pooled_token, "linear", None)
+            if not isinstance(linear, nn.Linear):
                 raise CromeError(f"--pooled-map maps the backbone's pooled token; backbone {backbone.info.name} "
                                  f"({backbone.info.architecture}) has none (smol has one): train without --pooled-map")
-            pooled_features = backbone.pooled_token.linear.in_features
+            self.pooled_linear = linear
+        pooled_features = self.pooled_linear.in_features if self.pooled_linear is not None else 0
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.adapter = CromeAdapter(AdapterConfig(d_model=backbone.info.d_model, rank=config.rank),
@@ -87,9 +89,10 @@ class FinetuneStage:
 
     def fit_pooled_map(self, samples: list[Sample]) -> None:
         """The PooledMap's fixed reading, from the pooled tokens of every cached view of `samples` (the training split)."""
+        if self.pooled_linear is None or self.adapter.pooled is None:
+            raise CromeError("fit_pooled_map needs a stage built with --pooled-map")
         tokens = torch.cat([self._visual[self._key(s)][:, -1] for s in {self._key(s): s for s in samples}.values()])
-        linear = self.backbone.pooled_token.linear
-        self.adapter.pooled.fit(tokens, linear.weight, linear.bias)
+        self.adapter.pooled.fit(tokens, self.pooled_linear.weight, self.pooled_linear.bias)
 
     def visual(self, samples: list[Sample]) -> torch.Tensor:
         """(B, Nq, d): a random view of each sample while training, the frame as it is otherwise."""

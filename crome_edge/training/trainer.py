@@ -33,7 +33,7 @@ from crome_edge.training.checkpoint import (
 )
 from crome_edge.training.config import AUGMENTS, STAGES, TrainConfig
 from crome_edge.training.distributed import DistContext, init_distributed, pick_device, shutdown_distributed
-from crome_edge.training.stages import STAGE_CLASSES, Stage
+from crome_edge.training.stages import STAGE_CLASSES, FinetuneStage, Stage
 from crome_runtime.outputs import check_output
 
 LOSS_WINDOW = 20  # steps averaged for the progress bar and the curve's first/last values
@@ -201,7 +201,7 @@ class Trainer:
         pixels = PixelStore.for_backbone(self.backbone.info)
         self.stage: Stage = STAGE_CLASSES[self.config.stage](self.backbone, self.config, pixels, self.device)
         self.stage.prepare(self.train_samples + self.val_samples)  # checks every image, caches what it can
-        if self.config.pooled_map:
+        if isinstance(self.stage, FinetuneStage) and self.config.pooled_map:
             self.stage.fit_pooled_map(self.train_samples)  # the training split's statistics, before the first step
         self.objective = _Objective(self.stage)
         self.model_for_step: nn.Module = self.objective

@@ -101,7 +101,8 @@ def load_c_adapter(path: Path, d_model: int) -> dict:
             )
         w1 = np.ascontiguousarray(np.concatenate([down, gate], axis=1), dtype=np.float32)  # (d, 2r) = [Wd | Wg]
         projections[modality] = GatedProjection(w1, up)
-    if formats.ADAPTER_POOLED_TENSORS[0] in tensors:
-        step = PooledStep(*(tensors[n] for n in formats.ADAPTER_POOLED_TENSORS), d_model, path.name)
-        projections["visual"] = PooledThenProjection(step, projections["visual"])
+    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
+    if read in tensors:
+        step = PooledStep(tensors[read], tensors[map_], tensors[bias], d_model, path.name)
+        return {**projections, "visual": PooledThenProjection(step, projections["visual"])}
     return projections
