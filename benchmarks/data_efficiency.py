@@ -182,7 +182,9 @@ def run_task(name: str, question: str, train_sets: dict[int, Path], test: Path, 
 def markdown(result: dict) -> str:
     lines = [HEADING, "", f"`{result['command']}` on {result['machine']} ({result['date']}); adapter r=64, "
              f"{result['steps']} steps of batch 16, lr 2e-3, augment {result['augment']}"
-             f"{', pooled map' if result.get('pooled_map') else ''}, everything else frozen; exact-match accuracy on held-out "
+             f"{', pooled map' if result.get('pooled_map') else ''}"
+             f"{' (rows marked --pooled-map: trained with it)' if any(POOLED_SERIES in t for t in result['tasks']) else ''}"
+             ", everything else frozen; exact-match accuracy on held-out "
              "images, through `crome-edge train` / `crome-edge eval`.", ""]
     sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
     lines.append("| task | held out | majority class | frozen backbone | " + " | ".join(f"N={n}" for n in sizes) + " |")
@@ -201,10 +203,14 @@ def plot(result: dict, path: Path) -> None:
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors: dict[str, str] = {}  # one colour per task, solid plain and dashed with the pooled map
     for name, task in result["tasks"].items():
-        points = task["points"]
-        line, = ax.plot([p["n"] for p in points], [100 * p["accuracy"] for p in points], marker="o", label=name)
-        ax.axhline(100 * task["chance"], color=line.get_color(), linestyle=":", linewidth=1)
+        points, base = task["points"], name.removesuffix(POOLED_SERIES)
+        line, = ax.plot([p["n"] for p in points], [100 * p["accuracy"] for p in points], marker="o", label=name,
+                        color=colors.get(base), linestyle="--" if name.endswith(POOLED_SERIES) else "-")
+        if base not in colors:
+            colors[base] = line.get_color()
+            ax.axhline(100 * task["chance"], color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xscale("log")
     sizes = sorted({p["n"] for task in result["tasks"].values() for p in task["points"]})
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -218,16 +224,21 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+POOLED_SERIES = " --pooled-map"  # the suffix of a task trained with `--pooled-map`, so both curves share one table
+
+
 def merged(results: list[dict]) -> dict:
-    """One result holding every task of `results` (each run's command kept beside its task)."""
-    settings = {(r["steps"], r.get("augment", "none"), r.get("pooled_map", False), r["machine"]) for r in results}
+    """One result holding every task of `results` (each run's command kept beside its task). Runs with and without
+    `--pooled-map` become separate series of one task ("elpv" and "elpv --pooled-map")."""
+    settings = {(r["steps"], r.get("augment", "none"), r["machine"]) for r in results}
     if len(settings) != 1:
-        raise SystemExit(f"--from-json: the runs differ in steps, augment, pooled map or machine ({sorted(settings)}): one table "
+        raise SystemExit(f"--from-json: the runs differ in steps, augment or machine ({sorted(settings)}): one table "
                          "would mix them")
-    out = dict(results[0], tasks={}, command=" ; ".join(r["command"] for r in results))
+    out = dict(results[0], tasks={}, pooled_map=False, command=" ; ".join(r["command"] for r in results))
     for result in results:
-        for name, task in result["tasks"].items():
-            out["tasks"][name] = merged_task(name, out["tasks"][name], task) if name in out["tasks"] else task
+        for task, measured in result["tasks"].items():
+            name = task + (POOLED_SERIES if result.get("pooled_map") else "")
+            out["tasks"][name] = merged_task(name, out["tasks"][name], measured) if name in out["tasks"] else measured
     return out
 
 

@@ -13,9 +13,9 @@ MACHINE = "host: x86_64 avx2"
 
 
 def _run(tmp_path: Path, name: str, task: str, points: list[tuple[int, float]], augment: str = "flips",
-         frozen: float = 0.0) -> Path:
+         frozen: float = 0.0, pooled_map: bool = False) -> Path:
     result = {"command": f"python benchmarks/data_efficiency.py --tasks {task}", "machine": MACHINE,
-              "date": "2026-12-06", "steps": 200, "augment": augment,
+              "date": "2026-12-06", "steps": 200, "augment": augment, "pooled_map": pooled_map,
               "tasks": {task: {"question": f"{task}?", "test_n": 500, "test_classes": {"a": 300, "b": 200},
                                "chance": 0.6, "frozen": frozen,
                                "points": [{"n": n, "accuracy": a, "train_seconds": 1.0} for n, a in points]}}}
@@ -41,7 +41,7 @@ def test_from_json_merges_tasks_into_one_table(tmp_path, capsys):
 def test_from_json_refuses_runs_that_cannot_share_a_table(tmp_path):
     flips = _run(tmp_path, "a.json", "elpv", [(25, 0.6)])
     plain = _run(tmp_path, "b.json", "line3", [(25, 0.7)], augment="none")
-    with pytest.raises(SystemExit, match="differ in steps, augment, pooled map or machine"):
+    with pytest.raises(SystemExit, match="differ in steps, augment or machine"):
         data_efficiency.main(["--from-json", str(flips), str(plain)])
     again = _run(tmp_path, "c.json", "elpv", [(25, 0.6), (50, 0.6)])
     with pytest.raises(SystemExit, match="two runs measured elpv at N=25; give one of them"):
@@ -58,6 +58,23 @@ def test_from_json_joins_runs_that_split_one_task_by_size(tmp_path, capsys):
     data_efficiency.main(["--from-json", str(large), str(small), "--json", str(out)])
     assert [p["n"] for p in json.loads(out.read_text())["tasks"]["elpv"]["points"]] == [25, 50, 500]
     assert '| elpv ("elpv?") | 500 | 60.0% | 0.0% | 62.0% | 58.8% | 75.4% |' in capsys.readouterr().out
+
+
+def test_from_json_keeps_pooled_map_runs_as_their_own_series(tmp_path, capsys):
+    plain = _run(tmp_path, "a.json", "elpv", [(25, 0.62), (500, 0.754)])
+    mapped = _run(tmp_path, "b.json", "elpv", [(25, 0.776)], pooled_map=True)
+    mapped_large = _run(tmp_path, "c.json", "elpv", [(500, 0.836)], pooled_map=True)
+    out = tmp_path / "merged.json"
+    data_efficiency.main(["--from-json", str(plain), str(mapped), str(mapped_large), "--json", str(out),
+                          "--plot", str(tmp_path / "curve.png")])
+    merged = json.loads(out.read_text())
+    assert list(merged["tasks"]) == ["elpv", "elpv --pooled-map"]
+    assert [p["n"] for p in merged["tasks"]["elpv --pooled-map"]["points"]] == [25, 500]
+    table = capsys.readouterr().out
+    assert '| elpv ("elpv?") | 500 | 60.0% | 0.0% | 62.0% | 75.4% |' in table
+    assert '| elpv --pooled-map ("elpv?") | 500 | 60.0% | 0.0% | 77.6% | 83.6% |' in table
+    if data_efficiency.pyplot() is not None:
+        assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_running_needs_a_work_directory(capsys):
