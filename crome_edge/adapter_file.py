@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from crome_edge.backbones.hf_vlm import VLM_ARCHITECTURES
 from crome_edge.gated_adapter import AdapterConfig, CromeAdapter
+from crome_runtime.adapter_kernel import pooled_map_shapes
 from crome_runtime.atomic import atomic_path
 from crome_runtime.limits import listed
 from crome_edge.errors import CromeError
@@ -188,19 +189,11 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
 def pooled_shapes(path: Path, f, names: set[str], d: int) -> dict[str, tuple[int, ...]]:
     """The expected shapes of the file's PooledMap tensors ({} when it has none); AdapterFileError for a partial set or
     a feature count out of bounds."""
-    present = [n for n in formats.ADAPTER_POOLED_TENSORS if n in names]
-    if not present:
-        return {}
-    if len(present) != len(formats.ADAPTER_POOLED_TENSORS):
-        raise AdapterFileError(f"{path}: it has {', '.join(present)} but not all of {formats.ADAPTER_POOLED_TENSORS}; "
-                               "a pooled map needs all three — retrain the adapter")
-    read_shape = tuple(f.get_slice(formats.ADAPTER_POOLED_TENSORS[0]).get_shape())
-    features = read_shape[1] if len(read_shape) == 2 else 0
-    if not 1 <= features <= formats.MAX_POOLED_FEATURES:
-        raise AdapterFileError(f"{path}: visual.pooled.read has shape {read_shape}; expected (d, F) with 1 <= F <= "
-                               f"{formats.MAX_POOLED_FEATURES}")
-    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
-    return {read: (d, features), map_: (features, d), bias: (d,)}
+    present = {n: tuple(f.get_slice(n).get_shape()) for n in formats.ADAPTER_POOLED_TENSORS if n in names}
+    try:
+        return pooled_map_shapes(present, d)
+    except ValueError as error:
+        raise AdapterFileError(f"{path}: {error}; retrain the adapter") from None
 
 
 def check_backbone_match(meta: AdapterMetadata, backbone, path: Path) -> None:

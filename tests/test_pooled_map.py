@@ -129,3 +129,24 @@ def test_the_adapter_graph_and_the_c_kernel_move_the_pooled_token_as_pytorch_doe
     for modality in ("visual", "text"):
         got = kernels[modality].apply(np.ascontiguousarray(x[0].numpy()))
         assert abs(got - want[modality]).max() < 1e-4 * (1 + abs(want[modality]).max())
+
+
+def test_the_runtime_refuses_pooled_tensors_that_do_not_fit_the_backbone():
+    """The bundle loader checks a pooled map by the same rule as adapter files: all three tensors, 1 <= F <= the bound,
+    shapes that fit the backbone's width."""
+    from crome_runtime.adapter_kernel import PooledStep
+    from crome_runtime.manifest import BundleError
+
+    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
+    good = {read: np.zeros((D, F), np.float32), map_: np.zeros((F, D), np.float32), bias: np.zeros(D, np.float32)}
+    assert PooledStep.from_tensors({}, D, "a.safetensors") is None
+    assert PooledStep.from_tensors(good, D, "a.safetensors").read.shape == (D, F)
+    cases = {"not all of": {read: good[read], map_: good[map_]},
+             "1 <= F": dict(good, **{read: np.zeros((D, formats.MAX_POOLED_FEATURES + 1), np.float32)}),
+             "visual.pooled.map has shape": dict(good, **{map_: np.zeros((F + 1, D), np.float32)}),
+             "visual.pooled.bias has shape": dict(good, **{bias: np.zeros(D + 1, np.float32)})}
+    for message, tensors in cases.items():
+        with pytest.raises(BundleError, match=message):
+            PooledStep.from_tensors(tensors, D, "a.safetensors")
+    with pytest.raises(BundleError, match="visual.pooled.read has shape"):
+        PooledStep.from_tensors(good, D + 1, "a.safetensors")

@@ -35,6 +35,24 @@ def adapter_dims(config_json: str) -> tuple[int, int]:
     return dims
 
 
+def pooled_map_shapes(present: dict[str, tuple[int, ...]], d_model: int) -> dict[str, tuple[int, ...]]:
+    """The shapes an adapter's pooled-map tensors must have (formats.ADAPTER_POOLED_TENSORS), given those a file holds
+    as name -> shape ({} for an adapter without a pooled map); ValueError saying what is wrong for a partial set or a
+    feature count F outside 1..formats.MAX_POOLED_FEATURES. The one rule: crome_edge's adapter files and the bundle
+    loader both check pooled maps through it."""
+    if not present:
+        return {}
+    if set(present) != set(formats.ADAPTER_POOLED_TENSORS):
+        raise ValueError(f"it has {', '.join(sorted(present))} but not all of {formats.ADAPTER_POOLED_TENSORS}: a "
+                         "pooled map needs all three")
+    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
+    read_shape = tuple(present[read])
+    features = read_shape[1] if len(read_shape) == 2 else 0
+    if not 1 <= features <= formats.MAX_POOLED_FEATURES:
+        raise ValueError(f"{read} has shape {read_shape}; expected (d, F) with 1 <= F <= {formats.MAX_POOLED_FEATURES}")
+    return {read: (d_model, features), map_: (features, d_model), bias: (d_model,)}
+
+
 def read_adapter_tensors(path: Path) -> dict[str, np.ndarray]:
     """The adapter tensors (formats.ADAPTER_TENSORS) of a bundle's adapter weights file, float32 and contiguous;
     BundleError when it cannot be read or lacks one."""
@@ -48,24 +66,30 @@ def read_adapter_tensors(path: Path) -> dict[str, np.ndarray]:
     missing = sorted(set(formats.ADAPTER_TENSORS) - set(tensors))
     if missing:
         raise BundleError(f"{path.name} lacks the adapter tensors {missing}; re-export the bundle")
-    pooled = [name for name in formats.ADAPTER_POOLED_TENSORS if name in tensors]
-    if pooled and len(pooled) != len(formats.ADAPTER_POOLED_TENSORS):
-        raise BundleError(f"{path.name} has {pooled} but not all of {formats.ADAPTER_POOLED_TENSORS}; re-export the bundle")
-    return {name: np.ascontiguousarray(tensors[name], dtype=np.float32)
-            for name in formats.ADAPTER_TENSORS + tuple(pooled)}
+    pooled = tuple(name for name in formats.ADAPTER_POOLED_TENSORS if name in tensors)
+    return {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in formats.ADAPTER_TENSORS + pooled}
 
 
 class PooledStep:
     """An adapter's own map of the pooled token (crome_edge.gated_adapter.PooledMap, folded): the last visual token
-    t += (t · read) · map + bias. read (d, F), map (F, d), bias (d,); F bounded by formats.MAX_POOLED_FEATURES."""
+    t += (t · read) · map + bias. read (d, F), map (F, d), bias (d,), as pooled_map_shapes checks them."""
 
-    def __init__(self, read: np.ndarray, map_: np.ndarray, bias: np.ndarray, d_model: int, name: str):
-        features = read.shape[1] if read.ndim == 2 else 0
-        if (read.shape != (d_model, features) or map_.shape != (features, d_model) or bias.shape != (d_model,)
-                or not 1 <= features <= formats.MAX_POOLED_FEATURES):
-            raise BundleError(f"{name}: pooled map tensors are {read.shape}/{map_.shape}/{bias.shape}, expected (d, F)/"
-                              f"(F, d)/(d,) with d={d_model} and 1 <= F <= {formats.MAX_POOLED_FEATURES}; re-export")
+    def __init__(self, read: np.ndarray, map_: np.ndarray, bias: np.ndarray):
         self.read, self.map, self.bias = read, map_, bias
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], d_model: int, name: str) -> "PooledStep | None":
+        """The step of an adapter file's tensors (None when it has no pooled map); BundleError when they do not fit."""
+        present = {n: tensors[n].shape for n in formats.ADAPTER_POOLED_TENSORS if n in tensors}
+        try:
+            expected = pooled_map_shapes(present, d_model)
+        except ValueError as error:
+            raise BundleError(f"{name}: {error}; re-export the bundle") from None
+        for tensor_name, shape in expected.items():
+            if present[tensor_name] != shape:
+                raise BundleError(f"{name}: {tensor_name} has shape {present[tensor_name]}, expected {shape} for "
+                                  f"d={d_model}; re-export the bundle")
+        return cls(*(tensors[n] for n in formats.ADAPTER_POOLED_TENSORS)) if expected else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, d) -> (N, d), the last row moved."""
@@ -101,8 +125,7 @@ def load_c_adapter(path: Path, d_model: int) -> dict:
             )
         w1 = np.ascontiguousarray(np.concatenate([down, gate], axis=1), dtype=np.float32)  # (d, 2r) = [Wd | Wg]
         projections[modality] = GatedProjection(w1, up)
-    read, map_, bias = formats.ADAPTER_POOLED_TENSORS
-    if read in tensors:
-        step = PooledStep(tensors[read], tensors[map_], tensors[bias], d_model, path.name)
+    step = PooledStep.from_tensors(tensors, d_model, path.name)
+    if step is not None:
         return {**projections, "visual": PooledThenProjection(step, projections["visual"])}
     return projections
