@@ -150,3 +150,28 @@ def test_the_runtime_refuses_pooled_tensors_that_do_not_fit_the_backbone():
             PooledStep.from_tensors(tensors, D, "a.safetensors")
     with pytest.raises(BundleError, match="visual.pooled.read has shape"):
         PooledStep.from_tensors(good, D + 1, "a.safetensors")
+
+
+def test_explain_counts_the_pooled_maps_move_in_the_last_querys_change(tmp_path, tiny_backbone):
+    """The heat map's per-query change is ‖adapter(x) − x‖ / ‖x‖ with the pooled map's move included."""
+    from crome_runtime.explain import VisualWeights, query_stats
+
+    adapter, *_, tokens = _fitted()
+    torch.nn.init.normal_(adapter.pooled.bias, std=0.5)
+    path = tmp_path / "elpv.safetensors"
+    save_adapter(path, adapter, AdapterMetadata(
+        config=adapter.config, backbone_name=tiny_backbone.info.name, backbone_fingerprint=tiny_backbone.fingerprint(),
+        prompt=tiny_backbone.info.prompt, training={}, train_data="/data"))
+    x = torch.cat([torch.randn(4, D), tokens[:1]], 0)  # (Nq, d): four queries and the pooled token
+    with torch.no_grad():
+        moved = adapter.pooled(x[None])[0]
+        want_change = (adapter(x[None], "visual")[0] - x).norm(dim=1) / x.norm(dim=1)
+        want_gate = torch.sigmoid(moved @ adapter.gate["visual"]).mean(dim=1)
+    weights = VisualWeights.read(path)
+    assert weights.pooled is not None
+    change, gate = query_stats(x.numpy(), weights)
+    np.testing.assert_allclose(change, want_change.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(gate, want_gate.numpy(), rtol=1e-5)
+    without, _ = query_stats(x.numpy(), VisualWeights(weights.down, weights.gate, weights.up))
+    np.testing.assert_allclose(change[:4], without[:4], rtol=1e-6)  # the queries themselves are not moved
+    assert abs(without[4] - want_change[4].item()) > 0.05  # leaving the pooled map out would misreport the last token

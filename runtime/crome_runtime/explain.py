@@ -2,7 +2,8 @@
 
 Per visual query q (a row x of the vision graph's output V, before the adapter), from the adapter's own weights
 (crome_edge.gated_adapter's formula, Z = SiLU(x·Wg) ⊙ (x·Wd), y = x + Z·Wu):
-  change_q = ‖Z·Wu‖ / ‖x‖    how much the adapter moved the query (0: passed through untouched)
+  change_q = ‖y − x‖ / ‖x‖   how much the adapter moved the query (0: passed through untouched); an adapter's
+                             pooled map (crome_runtime.adapter_kernel.PooledStep) moves the last query first
   gate_q   = mean σ(x·Wg)    how far the SiLU gate is open, over its r channels (SiLU(u) = u·σ(u)), in (0, 1)
 and where q looks: vision.onnx's optional query_attention output, (Nq, gh, gw) over the tower's patch grid
 (crome_edge.query_attention). The answer's map is the queries' maps weighted by change × gate, scaled to sum to 1.
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
+from crome_runtime.adapter_kernel import PooledStep
 from crome_runtime.errors import EngineError
 
 WEIGHTING_ADAPTER = "change x gate"
@@ -28,27 +30,31 @@ REEXPORT = "crome-edge export --adapter ADAPTER --out BUNDLE --force"  # the hin
 
 @dataclass(frozen=True)
 class VisualWeights:
-    """An adapter's visual branch: Wd, Wg (d, r) and the shared Wu (r, d), float32."""
+    """An adapter's visual branch: Wd, Wg (d, r) and the shared Wu (r, d), float32, and its pooled map if it has one."""
 
     down: np.ndarray
     gate: np.ndarray
     up: np.ndarray
+    pooled: PooledStep | None = None
 
     @classmethod
     def read(cls, path: Path) -> "VisualWeights":
         from crome_runtime.adapter_kernel import read_adapter_tensors
 
         tensors = read_adapter_tensors(path)  # BundleError when unreadable or incomplete
-        return cls(tensors["visual.down"], tensors["visual.gate"], tensors["up"])
+        pooled = PooledStep.from_tensors(tensors, tensors["up"].shape[1], path.name)
+        return cls(tensors["visual.down"], tensors["visual.gate"], tensors["up"], pooled)
 
 
 def query_stats(x: np.ndarray, weights: VisualWeights) -> tuple[np.ndarray, np.ndarray]:
-    """x: the visual queries before the adapter (Nq, d) -> (change (Nq,), gate (Nq,)), as the module docstring says."""
+    """x: the visual queries before the adapter (Nq, d) -> (change (Nq,), gate (Nq,)), as the module docstring says.
+    An adapter's pooled map moves the last query before the gated projection: its move counts in that query's change."""
     x = x.astype(np.float64)
-    u = x @ weights.gate  # (Nq, r)
+    moved = weights.pooled(x) if weights.pooled is not None else x
+    u = moved @ weights.gate  # (Nq, r)
     sig = 1.0 / (1.0 + np.exp(-u))
-    z = u * sig * (x @ weights.down)  # (Nq, r): SiLU(x·Wg) ⊙ (x·Wd)
-    delta = z @ weights.up  # (Nq, d): y - x
+    z = u * sig * (moved @ weights.down)  # (Nq, r): SiLU(x·Wg) ⊙ (x·Wd)
+    delta = moved - x + z @ weights.up  # (Nq, d): y - x
     change = np.linalg.norm(delta, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-12)
     return change, sig.mean(axis=1)
 
