@@ -150,7 +150,8 @@ def load_adapter(path: Path, backbone=None) -> tuple[CromeAdapter, AdapterMetada
     if backbone is not None:
         check_backbone_match(meta, backbone, path)
     d, r = meta.config.d_model, meta.config.rank
-    expected: dict[str, tuple[int, ...]] = {"visual.down": (d, r), "visual.gate": (d, r), "text.down": (d, r), "text.gate": (d, r), "up": (r, d)}
+    expected: dict[str, tuple[int, ...]] = {"visual.down": (d, r), "visual.gate": (d, r), "text.down": (d, r),
+                                            "text.gate": (d, r), "up": (r, d)}
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crome_runtime import formats
-from crome_runtime.adapter_kernel import PooledStep
+from crome_runtime.adapter_kernel import PooledStep, read_adapter_tensors
 from crome_runtime.errors import EngineError
 
 WEIGHTING_ADAPTER = "change x gate"
@@ -39,8 +39,6 @@ class VisualWeights:
 
     @classmethod
     def read(cls, path: Path) -> "VisualWeights":
-        from crome_runtime.adapter_kernel import read_adapter_tensors
-
         tensors = read_adapter_tensors(path)  # BundleError when unreadable or incomplete
         pooled = PooledStep.from_tensors(tensors, tensors["up"].shape[1], path.name)
         return cls(tensors["visual.down"], tensors["visual.gate"], tensors["up"], pooled)
