@@ -101,6 +101,45 @@ def test_pooled_map_needs_a_backbone_with_a_pooled_token_and_finetune(tmp_path):
     assert not list(tmp_path.glob("*.safetensors"))
 
 
+class _MeanPooledToken(torch.nn.Module):
+    """A pooled token for tiny (smol's PooledToken in miniature): the mean of the tower's tokens, mapped to d."""
+
+    def __init__(self, channels: int, d_model: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(channels, d_model)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.mean(dim=1))[:, None]
+
+
+def test_training_with_a_pooled_map_fits_it_trains_it_and_writes_it(tmp_path):
+    """End to end on tiny with a pooled token: `train --pooled-map` fits the map's reading on the training frames
+    before the first step, trains the map with the adapter, and writes all three pooled tensors."""
+    from crome_edge.backbones.tiny import build_tiny
+
+    backbone = build_tiny(seed=0)
+    backbone.pooled_token = _MeanPooledToken(channels=32, d_model=backbone.info.d_model)
+    data = str(synth_dataset(tmp_path / "data", n=8))
+    out = tmp_path / "a.safetensors"
+    config = TrainConfig(data=data, out=str(out), steps=3, batch_size=4, rank=8, threads=1, progress=False,
+                         backbone="tiny", device="cpu", pooled_map=True)
+    trainer = Trainer(config, backbone=backbone)
+    trainer.setup()
+    pooled = trainer.stage.adapter.pooled
+    assert pooled is not None and torch.count_nonzero(pooled.read) > 0  # fitted before the first step
+    start = pooled.map.detach().clone()
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(pooled.map), id(pooled.bias)} <= trained and id(pooled.read) not in trained
+    trainer.run()
+    assert not torch.equal(pooled.map.detach(), start)
+    stored = load_file(str(out))
+    assert stored["visual.pooled.read"].shape == (backbone.info.d_model, 32)
+    assert stored["visual.pooled.map"].shape == (32, backbone.info.d_model)
+    loaded, _ = load_adapter(out, backbone)
+    x = torch.randn(2, 5, backbone.info.d_model)
+    assert torch.allclose(loaded(x, "visual"), trainer.stage.adapter.cpu()(x, "visual"), atol=1e-5)
+
+
 def test_the_adapter_graph_and_the_c_kernel_move_the_pooled_token_as_pytorch_does(tmp_path, tiny_backbone):
     """Both runtime backends of an exported adapter with a pooled map answer as CromeAdapter does."""
     import onnxruntime as ort
