@@ -37,9 +37,9 @@ def adapter_dims(config_json: str) -> tuple[int, int]:
 
 def pooled_map_shapes(present: dict[str, tuple[int, ...]], d_model: int) -> dict[str, tuple[int, ...]]:
     """The shapes an adapter's pooled-map tensors must have (formats.ADAPTER_POOLED_TENSORS), given those a file holds
-    as name -> shape ({} for an adapter without a pooled map); ValueError saying what is wrong for a partial set or a
-    feature count F outside 1..formats.MAX_POOLED_FEATURES. The one rule: crome_edge's adapter files and the bundle
-    loader both check pooled maps through it."""
+    as name -> shape ({} for an adapter without a pooled map); ValueError saying what is wrong for a partial set, a
+    feature count F outside 1..formats.MAX_POOLED_FEATURES or a shape that does not fit d_model. The one rule:
+    crome_edge's adapter files and the bundle loader both check pooled maps through it."""
     if not present:
         return {}
     if set(present) != set(formats.ADAPTER_POOLED_TENSORS):
@@ -50,7 +50,11 @@ def pooled_map_shapes(present: dict[str, tuple[int, ...]], d_model: int) -> dict
     features = read_shape[1] if len(read_shape) == 2 else 0
     if not 1 <= features <= formats.MAX_POOLED_FEATURES:
         raise ValueError(f"{read} has shape {read_shape}; expected (d, F) with 1 <= F <= {formats.MAX_POOLED_FEATURES}")
-    return {read: (d_model, features), map_: (features, d_model), bias: (d_model,)}
+    expected = {read: (d_model, features), map_: (features, d_model), bias: (d_model,)}
+    for name, shape in expected.items():
+        if tuple(present[name]) != shape:
+            raise ValueError(f"{name} has shape {tuple(present[name])}, expected {shape} for d={d_model}")
+    return expected
 
 
 def read_adapter_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -85,10 +89,6 @@ class PooledStep:
             expected = pooled_map_shapes(present, d_model)
         except ValueError as error:
             raise BundleError(f"{name}: {error}; re-export the bundle") from None
-        for tensor_name, shape in expected.items():
-            if present[tensor_name] != shape:
-                raise BundleError(f"{name}: {tensor_name} has shape {present[tensor_name]}, expected {shape} for "
-                                  f"d={d_model}; re-export the bundle")
         return cls(*(tensors[n] for n in formats.ADAPTER_POOLED_TENSORS)) if expected else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
